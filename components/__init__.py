@@ -1,0 +1,1 @@
+"""Building blocks of trainwise: no argv, no params.yaml, no DVC knowledge."""

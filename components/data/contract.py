@@ -1,0 +1,237 @@
+"""The data contract between stages: Parquet shards plus a JSON manifest, written atomically.
+
+A dataset directory holds ``part-00000.parquet ...``, ``manifest.json`` (rows, classes,
+class_counts, set_aside per reason, schema, content hash) and ``set_aside.jsonl`` (one line
+per row that was not carried forward, with its reason). Counts add up:
+``rows_in == rows + sum(set_aside.values())``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "manifest.json"
+SET_ASIDE = "set_aside.jsonl"
+PAYLOAD_COLUMNS = ("image", "text", "sequence", "features")
+
+
+class DataContractError(ValueError):
+    """A dataset directory does not hold what the contract promises."""
+
+
+def content_id(payload: bytes, source: str) -> str:
+    """Stable row id from content and origin, never from row order.
+
+    Two identical payloads from different sources get different ids, so ``clean`` can see
+    and decide about duplicates instead of having them merged silently.
+    """
+    h = hashlib.blake2b(payload, digest_size=10)
+    h.update(b"\0" + source.encode())
+    return h.hexdigest()
+
+
+def content_hash(payload: bytes) -> str:
+    return hashlib.blake2b(payload, digest_size=16).hexdigest()
+
+
+@dataclass
+class SetAside:
+    """Rows not carried forward, each with a reason (and optionally what it duplicates)."""
+
+    rows: list[dict] = field(default_factory=list)
+
+    def add(self, row_id: str, source: str, reason: str, **detail) -> None:
+        self.rows.append({"id": row_id, "source": source, "reason": reason, **detail})
+
+    def counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(r["reason"] for r in self.rows).items()))
+
+
+def payload_column(schema: pa.Schema) -> str:
+    found = [c for c in PAYLOAD_COLUMNS if c in schema.names]
+    if len(found) != 1:
+        raise DataContractError(f"expected exactly one payload column of {PAYLOAD_COLUMNS}, found {found}")
+    return found[0]
+
+
+def _table_digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+class DatasetWriter:
+    """Write a dataset to ``out_dir`` atomically: shards go to a temp dir renamed at the end.
+
+    A crash before :meth:`close` leaves any previous ``out_dir`` untouched.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, *, classes: list[str], shard_rows: int = 50_000,
+                 metadata: dict | None = None):
+        self.out_dir = Path(out_dir)
+        self.classes = list(classes)
+        self.shard_rows = shard_rows
+        self.metadata = dict(metadata or {})
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=self.out_dir.parent))
+        self._shards: list[Path] = []
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._schema: pa.Schema | None = None
+        self.class_counts: Counter[int] = Counter()
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        if self._schema is None:
+            self._schema = table.schema
+        table = table.cast(self._schema)
+        self.class_counts.update(table.column("label").to_pylist())
+        self.rows += table.num_rows
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        while self._pending_rows >= self.shard_rows:
+            self._flush(self.shard_rows)
+
+    def _flush(self, n: int) -> None:
+        merged = pa.concat_tables(self._pending)
+        head, rest = merged.slice(0, n), merged.slice(n)
+        path = self._tmp / f"part-{len(self._shards):05d}.parquet"
+        pq.write_table(head, path)
+        self._shards.append(path)
+        self._pending = [rest] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+
+    def close(self, *, rows_in: int, set_aside: SetAside, extra: dict | None = None) -> dict:
+        if self._pending_rows:
+            self._flush(self._pending_rows)
+        if self._schema is None:
+            raise DataContractError(f"{self.out_dir}: no rows left to write (rows in: {rows_in}); "
+                                    f"set aside: {set_aside.counts()}")
+        counts = set_aside.counts()
+        if rows_in != self.rows + sum(counts.values()):
+            raise DataContractError(
+                f"{self.out_dir}: counts do not add up: {rows_in} in, {self.rows} out, set aside {counts}")
+        manifest = {
+            "rows": self.rows,
+            "rows_in": rows_in,
+            "classes": self.classes,
+            "class_counts": {self.classes[k]: self.class_counts.get(k, 0) for k in range(len(self.classes))},
+            "set_aside": counts,
+            "payload": payload_column(self._schema),
+            "schema": {f.name: str(f.type) for f in self._schema},
+            "shards": [p.name for p in self._shards],
+            "content_hash": _table_digest(self._shards),
+            **self.metadata,
+            **(extra or {}),
+        }
+        (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        with open(self._tmp / SET_ASIDE, "w") as f:
+            for row in set_aside.rows:
+                f.write(json.dumps(row) + "\n")
+        replace_dir(self._tmp, self.out_dir)
+        return manifest
+
+    def abort(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is not None:
+            self.abort()
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, replacing it; the old ``dst`` is removed only after the move."""
+    dst = Path(dst)
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(data_dir: str | os.PathLike) -> dict:
+    path = Path(data_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataContractError(f"{path}: missing; run the stage that writes {data_dir} first") from None
+    except json.JSONDecodeError as err:
+        raise DataContractError(f"{path}: not valid JSON ({err}); re-run the stage that writes it") from None
+
+
+def read_table(data_dir: str | os.PathLike, *, columns: list[str] | None = None,
+               filter_split: str | None = None) -> pa.Table:
+    """Read every shard listed in the manifest (optionally one split) into one table."""
+    manifest = read_manifest(data_dir)
+    paths = [Path(data_dir) / s for s in manifest["shards"]]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise DataContractError(f"{data_dir}: shards listed in the manifest are missing: {missing}")
+    table = pq.ParquetDataset(paths, filters=[("split", "=", filter_split)] if filter_split else None).read(
+        columns=columns)
+    return table
+
+
+def iter_batches(data_dir: str | os.PathLike, *, batch_rows: int = 8192) -> Iterator[pa.RecordBatch]:
+    """Stream a dataset shard by shard, so memory is bounded by ``batch_rows``."""
+    manifest = read_manifest(data_dir)
+    for shard in manifest["shards"]:
+        yield from pq.ParquetFile(Path(data_dir) / shard).iter_batches(batch_size=batch_rows)
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_csv_atomic(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
+def batched(items: Iterable, n: int) -> Iterator[list]:
+    batch = []
+    for it in items:
+        batch.append(it)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

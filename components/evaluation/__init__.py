@@ -1,0 +1,1 @@
+"""Evaluation: test metrics, comparison with baselines, the pipeline summary."""

@@ -1,0 +1,1 @@
+"""Data quality: decoding and validation, duplicates, (later) label errors."""

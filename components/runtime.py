@@ -1,0 +1,35 @@
+"""Start or join Ray, quietly by default."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def ray_verbose(requested: bool = False) -> bool:
+    return requested or os.environ.get("TRAINWISE_RAY_VERBOSE", "") not in ("", "0", "false")
+
+
+def init_ray(*, address: str | None = None, num_cpus: int | None = None, verbose: bool = False) -> dict:
+    """``ray.init`` in-process, or join the cluster named by ``RAY_ADDRESS`` / ``address``.
+
+    Returns the cluster's resources. With ``verbose`` false, worker logs stay out of the
+    terminal (they remain in Ray's session logs under /tmp/ray).
+    """
+    import ray
+
+    verbose = ray_verbose(verbose)
+    if not verbose:
+        # Train v2 / Tune print progress tables and worker chatter; trainwise prints its own.
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+        logging.getLogger("ray").setLevel(logging.ERROR)
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS") or address
+        kwargs = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR)
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, **kwargs)
+    return ray.cluster_resources()

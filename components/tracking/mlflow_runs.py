@@ -1,0 +1,116 @@
+"""MLflow helpers: store set-up, flattened params, batched metric history, lineage tags."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import psutil
+
+PIPELINE_RUN_ENV = "TRAINWISE_PIPELINE_RUN"
+
+
+def default_tracking_uri(root: Path) -> str:
+    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def setup_mlflow(*, tracking_uri: str | None, experiment: str, root: Path) -> str:
+    """Point MLflow at the store (env > params > SQLite in the repo); return the experiment id."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or default_tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        artifact_location = None
+        if uri.startswith("sqlite:"):
+            # Keep artifacts beside the SQLite file instead of under whatever cwd runs first.
+            artifact_location = (root / "mlartifacts").resolve().as_uri()
+        try:
+            exp_id = client.create_experiment(experiment, artifact_location=artifact_location)
+        except MlflowException:  # created concurrently by another stage: use theirs
+            exp_id = client.get_experiment_by_name(experiment).experiment_id
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def ui_command(uri: str, root: Path) -> str:
+    """The `mlflow ui` command that shows this store (relative when the store is in the repo)."""
+    local = f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    if uri == local:
+        uri = "sqlite:///mlflow.db"
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def latest_verdict(experiment_id: str) -> str | None:
+    """The verdict tag of the newest `evaluate` run, if any."""
+    import mlflow
+
+    runs = mlflow.MlflowClient().search_runs([experiment_id], "tags.`trainwise.stage` = 'evaluate'",
+                                             order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].data.tags.get("verdict") if runs else None
+
+
+def flatten(d: Mapping, prefix: str = "") -> dict[str, str]:
+    """{'a': {'b': 1}} -> {'a.b': '1'}; lists are joined so they fit MLflow's param values."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    return out
+
+
+def log_history(run_id: str, rows: Iterable[Mapping[str, float]], *, step_key: str = "epoch") -> int:
+    """Log per-step metrics in batches (one round trip per 1,000 values, not one per value)."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient()
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, int(row[step_key]))
+               for row in rows for k, v in row.items()
+               if k != step_key and isinstance(v, (int, float)) and v == v]
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+    return len(metrics)
+
+
+def pipeline_run_id() -> str:
+    """One id shared by the stages of one ``dvc repro``.
+
+    ``trainwise run`` sets it in the environment; under a bare ``dvc repro`` the stages derive
+    it from the ``dvc`` process they descend from (pid + start time), so they still agree.
+    """
+    if os.environ.get(PIPELINE_RUN_ENV):
+        return os.environ[PIPELINE_RUN_ENV]
+    try:
+        for proc in psutil.Process().parents():
+            cmd = " ".join(proc.cmdline()[:3])
+            if "dvc" in os.path.basename(proc.name()) or " dvc " in f" {cmd} " or "/dvc " in f"{cmd} ":
+                seed = f"{proc.pid}:{proc.create_time()}"
+                return "dvc-" + hashlib.blake2b(seed.encode(), digest_size=6).hexdigest()
+    except (psutil.Error, OSError):
+        pass
+    return "adhoc-" + uuid.uuid4().hex[:12]
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else "none"
+    except (OSError, subprocess.SubprocessError):
+        return "none"

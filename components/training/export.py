@@ -1,0 +1,43 @@
+"""The trained model on disk: ``model.pt`` (state dict) + ``model.json`` (how to rebuild it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from components.data.contract import replace_dir
+from components.models import build_model
+
+WEIGHTS, SPEC = "model.pt", "model.json"
+
+
+def save_model(out_dir: str | os.PathLike, state_dict: dict, spec: dict) -> Path:
+    """Write both files to a temp dir and rename it over ``out_dir`` (never half a model)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    torch.save(state_dict, tmp / WEIGHTS)
+    (tmp / SPEC).write_text(json.dumps(spec, indent=2) + "\n")
+    replace_dir(tmp, out_dir)
+    return out_dir
+
+
+def load_model(model_dir: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
+    model_dir = Path(model_dir)
+    try:
+        spec = json.loads((model_dir / SPEC).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{model_dir / SPEC}: missing; run the train stage first") from None
+    return load_model_from_state(torch.load(model_dir / WEIGHTS, map_location="cpu", weights_only=True), spec)
+
+
+def load_model_from_state(state_dict: dict, spec: dict) -> tuple[torch.nn.Module, dict]:
+    model = build_model(spec["model"], input_shape=tuple(spec["input_shape"]), n_classes=len(spec["classes"]),
+                        dropout=spec.get("dropout", 0.0))
+    model.load_state_dict(state_dict)
+    model.eval()
+    return model, spec

@@ -1,0 +1,1 @@
+"""One thin module per DVC stage, plus the `trainwise` command line (cli.py)."""

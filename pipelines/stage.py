@@ -1,0 +1,108 @@
+"""What every stage shares: params, an MLflow run, the cost meter, atomic metrics, errors.
+
+A stage module is ``with Stage("name") as stage: ...`` around calls to components. Errors the
+user can fix (params, data contract) end the process with a one-paragraph message and exit
+code 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from components.data.contract import DataContractError, write_json_atomic
+from components.tracking.cost import CostMeter, Rates
+from components.tracking.mlflow_runs import flatten, git_commit, pipeline_run_id, setup_mlflow
+from pipelines.config import ConfigError, Params, load_params
+
+USER_ERRORS = (ConfigError, DataContractError)
+
+
+class StageError(RuntimeError):
+    """A stage cannot go on; the message says what to do."""
+
+
+class Stage:
+    def __init__(self, name: str, *, params_file: str = "params.yaml", root: str | os.PathLike = "."):
+        self.name = name
+        self.root = Path(root).resolve()
+        self.params: Params = load_params(self.root / params_file)
+        self.paths = self.params.paths
+        self.metrics: dict[str, float] = {}
+        self.meter = CostMeter(rates=Rates(self.params.cost.cpu_hour_usd, self.params.cost.gpu_hour_usd))
+        self.run_id: str | None = None
+        self._t0 = time.perf_counter()
+        self.meter.start()  # from process start: imports and MLflow set-up are part of the bill
+
+    # -- paths -------------------------------------------------------------------------
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def __enter__(self) -> "Stage":
+        import mlflow
+
+        logging.basicConfig(level=logging.INFO, format=f"[{self.name}] %(message)s", force=True)
+        for noisy in ("mlflow", "alembic", "urllib3", "filelock"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        mp = self.params.mlflow
+        setup_mlflow(tracking_uri=mp.tracking_uri, experiment=mp.experiment, root=self.root)
+        section = getattr(self.params, self.name, None)
+        run = mlflow.start_run(run_name=self.name, tags={
+            "trainwise.stage": self.name,
+            "trainwise.pipeline_run": pipeline_run_id(),
+            "git.commit": git_commit(self.root),
+        })
+        self.run_id = run.info.run_id
+        if section is not None:
+            mlflow.log_params(flatten(section.model_dump(mode="json"), f"{self.name}."))
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        import mlflow
+
+        mlflow.end_run(status="FINISHED" if exc_type is None else "FAILED")
+        return False
+
+    def log(self, msg: str, *args) -> None:
+        logging.getLogger("trainwise").info(msg, *args)
+
+    def finish(self, metrics: dict[str, float], *, artifacts: list[str | os.PathLike] = ()) -> dict:
+        """Add cost, write ``metrics/<stage>.json`` atomically, log everything to MLflow."""
+        import mlflow
+
+        out = {**metrics, **self.meter.read()}
+        write_json_atomic(self.path(self.paths.metrics) / f"{self.name}.json", out)
+        mlflow.log_metrics({k: float(v) for k, v in out.items()})
+        for a in artifacts:
+            p = Path(a)
+            if p.is_dir():
+                mlflow.log_artifacts(str(p), artifact_path=p.name)
+            elif p.exists():
+                mlflow.log_artifact(str(p))
+        self.log("done in %.1fs, cost $%.6f; metrics in %s/%s.json", time.perf_counter() - self._t0,
+                 out["cost/usd"], self.paths.metrics, self.name)
+        return out
+
+
+def run_stage(main) -> None:
+    """Run a stage's ``main`` and turn user-fixable errors into a clear message, exit 2."""
+    try:
+        main()
+    except USER_ERRORS + (StageError,) as err:
+        print(f"trainwise: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StageError(f"{path}: missing; run the stage that writes it first (dvc repro)") from None
+    except json.JSONDecodeError as err:
+        raise StageError(f"{path}: not valid JSON ({err}); re-run the stage that writes it") from None

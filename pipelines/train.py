@@ -1,0 +1,71 @@
+"""DVC stage `train`: Ray Train DDP on `train.num_workers` workers -> models/model."""
+
+import time
+
+import mlflow
+import numpy as np
+import torch
+
+from components.data.contract import read_manifest, write_csv_atomic
+from components.runtime import init_ray
+from components.training.data import input_shape
+from components.training.driver import Scaling, best_checkpoint_state, fit, run_history
+from components.training.export import load_model_from_state, save_model
+from components.training.loop import LoopConfig
+from components.tracking.mlflow_runs import log_history
+from pipelines.stage import Stage, read_json, run_stage
+
+CURVE_COLUMNS = ["epoch", "train/loss", "val/loss", "train/acc", "val/acc", "gap/acc"]
+
+
+def main() -> None:
+    with Stage("train") as stage:
+        tp, rp = stage.params.train, stage.params.ray
+        data = stage.path(stage.paths.split)
+        tuned = read_json(stage.path(stage.paths.tune) / "best_params.json")
+        hp = tuned["params"]
+        classes = read_manifest(data)["classes"]
+        loop = LoopConfig(data_dir=str(data), n_classes=len(classes), input_shape=input_shape(data),
+                          model=tp.model, epochs=tp.epochs, patience=tp.patience, seed=tp.seed,
+                          batch_size=hp["batch_size"], lr=hp["lr"], weight_decay=hp["weight_decay"],
+                          dropout=hp["dropout"])
+        mlflow.log_params({f"hp.{k}": v for k, v in hp.items()} | {"hp.source": tuned["source"]})
+        stage.meter.reserve(cpus=tp.num_workers * tp.cpus_per_worker, gpus=tp.num_workers if tp.use_gpu else 0)
+        init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose)
+        stage.log("training %s on %d worker(s) (%s), up to %d epochs, hp from %s: %s", tp.model, tp.num_workers,
+                  "GPU" if tp.use_gpu else "CPU", tp.epochs, tuned["source"], hp)
+        result = fit(loop, scaling=Scaling(tp.num_workers, tp.use_gpu, tp.cpus_per_worker),
+                     storage_path=str(stage.path(rp.storage_path)),
+                     name=f"train-{time.strftime('%Y%m%d-%H%M%S')}-{stage.run_id[:8]}",
+                     max_failures=tp.max_failures, checkpoints_to_keep=tp.checkpoints_to_keep)
+        if result.error:
+            raise result.error
+        history = run_history(result)
+        for row in history:
+            stage.log("epoch %2d  train/loss %.4f  val/loss %.4f  val/acc %.4f  gap/acc %+.4f  %.0f samples/s",
+                      row["epoch"], row["train/loss"], row["val/loss"], row["val/acc"], row["gap/acc"],
+                      row["samples_per_s"])
+        log_history(stage.run_id, history)
+        write_csv_atomic(stage.path(stage.paths.plots) / "train_curve.csv", history, CURVE_COLUMNS)
+
+        best = best_checkpoint_state(result)
+        best_row = next(r for r in history if r["epoch"] == best["epoch"] + 1)
+        spec = {"model": tp.model, "input_shape": list(loop.input_shape), "classes": classes,
+                "dropout": hp["dropout"], "epoch": best_row["epoch"], "hp": hp}
+        model, _ = load_model_from_state(best["model"], spec)
+        example = np.zeros((2, *loop.input_shape), dtype=np.float32)  # batch 2: keeps the batch dim dynamic in pt2
+        info = mlflow.pytorch.log_model(model, name="model", input_example=example,
+                                        registered_model_name=stage.params.mlflow.registered_model,
+                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        spec.update(mlflow_run_id=stage.run_id, registered_version={
+            "name": stage.params.mlflow.registered_model, "version": str(info.registered_model_version)})
+        out = save_model(stage.path(stage.paths.model), best["model"], spec)
+        stage.finish({
+            **{k: best_row[k] for k in ("train/loss", "train/acc", "val/loss", "val/acc", "gap/acc")},
+            "train/best_epoch": best_row["epoch"], "train/epochs_run": len(history),
+            "train/samples_per_s": float(np.mean([r["samples_per_s"] for r in history])),
+        }, artifacts=[out / "model.json"])
+
+
+if __name__ == "__main__":
+    run_stage(main)
