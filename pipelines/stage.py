@@ -71,13 +71,18 @@ class Stage:
     def log(self, msg: str, *args) -> None:
         logging.getLogger("trainwise").info(msg, *args)
 
-    def finish(self, metrics: dict[str, float], *, artifacts: list[str | os.PathLike] = ()) -> dict:
-        """Add cost, write ``metrics/<stage>.json`` atomically, log everything to MLflow."""
+    def finish(self, metrics: dict[str, float], *, artifacts: list[str | os.PathLike] = (),
+               logged_per_step: set[str] = frozenset()) -> dict:
+        """Add cost, write ``metrics/<stage>.json`` atomically, log it all to MLflow in one batch.
+
+        Keys in ``logged_per_step`` already have a per-epoch series in MLflow; a summary value
+        logged under the same name would land at step 0 of that series, so it is left out there.
+        """
         import mlflow
 
         out = {**metrics, **self.meter.read()}
         write_json_atomic(self.path(self.paths.metrics) / f"{self.name}.json", out)
-        mlflow.log_metrics({k: float(v) for k, v in out.items()})
+        mlflow.log_metrics({k: float(v) for k, v in out.items() if k not in logged_per_step})
         for a in artifacts:
             p = Path(a)
             if p.is_dir():

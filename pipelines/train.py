@@ -64,7 +64,7 @@ def main() -> None:
             **{k: best_row[k] for k in ("train/loss", "train/acc", "val/loss", "val/acc", "gap/acc")},
             "train/best_epoch": best_row["epoch"], "train/epochs_run": len(history),
             "train/samples_per_s": float(np.mean([r["samples_per_s"] for r in history])),
-        }, artifacts=[out / "model.json"])
+        }, artifacts=[out / "model.json"], logged_per_step=set(history[0]))
 
 
 if __name__ == "__main__":

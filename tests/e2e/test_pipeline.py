@@ -1,0 +1,127 @@
+"""The whole pipeline through real `dvc repro` in a copy of the repo, with params shrunk.
+
+Asserts what a user checks: metrics files, the MLflow store (one run per stage, one child
+run per tune trial, a registered model), the HTML report, a no-op second repro, and
+`dvc exp run -S ...` followed by `dvc metrics diff`.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+
+STAGES = ["ingest", "clean", "split", "baseline", "tune", "train", "evaluate", "report"]
+TRIALS = 3  # more than run at once (2): a finished trial must hand its CPU back
+
+
+def _sh(args, cwd, env, timeout=900):
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        src = REPO / f
+        # Only the project's sources: not outputs of a pipeline run in the developer's checkout.
+        if src.is_file() and f.split("/")[0] not in {"data", "models", "metrics", "plots", "reports"} \
+                and f != "dvc.lock":
+            (root / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, root / f)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["tune"].update(num_samples=TRIALS, max_concurrent_trials=2, max_epochs=2, grace_period=1)
+    params["train"].update(epochs=3)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(root)  # the copy's code, not the developer checkout's
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    _sh(["git", "init", "-q"], root, env)
+    _sh([*git, "add", "-A"], root, env)
+    _sh([*git, "commit", "-qm", "init"], root, env)
+    out = _sh(["dvc", "repro"], root, env, timeout=1200)
+    return root, env, git, out
+
+
+def _metrics(root, stage):
+    return json.loads((root / "metrics" / f"{stage}.json").read_text())
+
+
+def test_every_stage_ran_and_wrote_its_metrics(project):
+    root, _, _, out = project
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in out
+        assert "cost/usd" in _metrics(root, stage)
+    assert _metrics(root, "ingest")["ingest/rows"] == 1797
+    clean = _metrics(root, "clean")
+    assert clean["clean/rows_in"] == clean["clean/rows"] + clean["clean/set_aside"]
+    ev = _metrics(root, "evaluate")
+    assert ev["test/acc"] >= 0.9  # 3 epochs; the full demo reaches >= 0.97
+    assert _metrics(root, "train")["train/epochs_run"] == 3
+    assert _metrics(root, "tune")["tune/trials"] == TRIALS
+    assert json.loads((root / "models/tune/best_params.json").read_text())["source"] == "tune"
+    assert (root / "models/model/model.pt").exists()
+    report = (root / "reports/report.html").read_text()
+    assert "Verdict:" in report and report.count("data:image/png;base64,") >= 2
+    assert "== trainwise summary ==" in out and "test accuracy" in out
+
+
+def test_mlflow_holds_stage_runs_trial_children_and_registered_model(project):
+    root = project[0]
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("trainwise")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    by_stage = {}
+    for r in runs:
+        by_stage.setdefault(r.data.tags.get("trainwise.stage"), []).append(r)
+    for stage in STAGES:
+        assert len(by_stage[stage]) == 1, stage
+        assert by_stage[stage][0].info.status == "FINISHED"
+    assert len({by_stage[s][0].data.tags["trainwise.pipeline_run"] for s in STAGES}) == 1
+    tune_run = by_stage["tune"][0]
+    children = by_stage["tune.trial"]
+    assert len(children) == TRIALS
+    assert all(c.data.tags["mlflow.parentRunId"] == tune_run.info.run_id for c in children)
+    assert all("lr" in c.data.params for c in children)
+    train_run = by_stage["train"][0]
+    assert train_run.data.params["train.num_workers"] == "2"
+    history = client.get_metric_history(train_run.info.run_id, "val/loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    versions = client.search_model_versions("name = 'trainwise-digits'")
+    assert len(versions) == 1 and versions[0].run_id == train_run.info.run_id
+    assert float(versions[0].tags["test/acc"]) == pytest.approx(_metrics(root, "evaluate")["test/acc"], abs=1e-4)
+
+
+def test_second_repro_changes_nothing(project):
+    root, env, _, _ = project
+    out = _sh(["dvc", "repro"], root, env)
+    assert "Data and pipelines are up to date." in out
+    assert "Running stage" not in out
+
+
+def test_exp_run_with_a_changed_param_shows_in_metrics_diff(project):
+    root, env, git, _ = project
+    _sh([*git, "add", "-A"], root, env)
+    _sh([*git, "commit", "-qm", "first run"], root, env)
+    out = _sh(["dvc", "exp", "run", "-S", "train.epochs=2"], root, env)
+    for stage in ("ingest", "clean", "split", "baseline", "tune"):  # only what reads train.epochs re-ran
+        assert f"Running stage '{stage}'" not in out
+    assert "Running stage 'train'" in out
+    diff = json.loads(_sh(["dvc", "metrics", "diff", "--json"], root, env))
+    change = diff["metrics/train.json"]["train/epochs_run"]
+    assert (change["old"], change["new"]) == (3, 2)
