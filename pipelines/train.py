@@ -15,7 +15,7 @@ from components.training.loop import LoopConfig
 from components.tracking.mlflow_runs import log_history
 from pipelines.stage import Stage, read_json, run_stage
 
-CURVE_COLUMNS = ["epoch", "train/loss", "val/loss", "train/acc", "val/acc", "gap/acc"]
+CURVE_COLUMNS = ["epoch", "train/loss", "val/loss", "train/acc", "val/acc", "gap/acc", "epoch_s", "samples_per_s"]
 
 
 def main() -> None:

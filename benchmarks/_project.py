@@ -1,0 +1,37 @@
+"""Run the pipeline in a scratch copy of this repository (what a fresh clone would hold)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+OUTPUT_DIRS = {"data", "models", "metrics", "plots", "reports", "benchmarks"}
+
+
+def scratch_project(params_update: dict | None = None) -> tuple[Path, dict]:
+    root = Path(tempfile.mkdtemp(prefix="trainwise-bench-"))
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        if (REPO / f).is_file() and f.split("/")[0] not in OUTPUT_DIRS and f != "dvc.lock":
+            (root / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, root / f)
+    if params_update:
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        for section, values in params_update.items():
+            params[section].update(values)
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(root)
+    for args in (["git", "init", "-q"], ["git", "add", "-A"],
+                 ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"]):
+        subprocess.run(args, cwd=root, env=env, check=True, capture_output=True)
+    return root, env
