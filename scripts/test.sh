@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up, then run the test suite (all of it, slow tests included: ~5 min on 2 CPU cores).
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"` for the fast unit tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m pytest "$@"
