@@ -4,6 +4,37 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+
+
+class _DropRayletNoise:
+    """A stdout wrapper that drops one known-harmless raylet warning and passes the rest.
+
+    Every Tune trial starts short-lived actors (trial, Train controller, workers); on a small
+    machine the raylet then prints "N PYTHON worker processes have been started ..." to the
+    driver's stdout again and again. Ray has no switch for it (it is not a worker log, so
+    ``log_to_driver=False`` keeps it), hence this narrow filter; all other raylet messages
+    (OOM kills, failures) still show.
+    """
+
+    NOISE = "worker processes have been started on node"
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._swallow_newline = False
+
+    def write(self, text: str) -> int:
+        if self._swallow_newline and text == "\n":
+            self._swallow_newline = False
+            return len(text)
+        self._swallow_newline = False
+        if "(raylet)" in text and self.NOISE in text:
+            self._swallow_newline = True
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def ray_verbose(requested: bool = False) -> bool:
@@ -25,6 +56,8 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, verbose
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
         logging.getLogger("ray").setLevel(logging.ERROR)
+        if not isinstance(sys.stdout, _DropRayletNoise):
+            sys.stdout = _DropRayletNoise(sys.stdout)
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or address
         kwargs = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR)
