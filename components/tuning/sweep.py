@@ -58,6 +58,33 @@ def _trial(config: dict, *, scaling: Scaling, storage_path: str) -> None:
         name=tune.get_context().get_trial_name(), callbacks=[TuneReportCallback()])
 
 
+def _progress_callback(metric: str):
+    """A driver-side Tune callback that prints one line per trial result: the terminal's
+    progress while Ray's own output stays off."""
+    import logging
+
+    from ray import tune
+
+    log = logging.getLogger("trainwise")
+
+    class Progress(tune.Callback):
+        done = 0
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            log.info("trial_%s epoch %d  %s %.4f  val/acc %.4f", trial.trial_id, result.get("epoch", 0),
+                     metric, result.get(metric, float("nan")), result.get("val/acc", float("nan")))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            log.info("trial_%s finished (%d trials done)", trial.trial_id, self.done)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.done += 1
+            log.info("trial_%s failed (%d trials done): see %s", trial.trial_id, self.done, trial.local_path)
+
+    return Progress()
+
+
 def _trial_id(trial) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -89,7 +116,8 @@ def run_sweep(base: LoopConfig, *, space: dict[str, dict], options: SweepOptions
                                     max_t=options.max_epochs, grace_period=options.grace_period,
                                     reduction_factor=options.reduction_factor),
         ),
-        run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0),
+        run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
+                                  callbacks=[_progress_callback(options.metric)]),
     )
     return tuner.fit()
 
