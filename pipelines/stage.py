@@ -32,7 +32,6 @@ class Stage:
         self.root = Path(root).resolve()
         self.params: Params = load_params(self.root / params_file)
         self.paths = self.params.paths
-        self.metrics: dict[str, float] = {}
         self.meter = CostMeter(rates=Rates(self.params.cost.cpu_hour_usd, self.params.cost.gpu_hour_usd))
         self.run_id: str | None = None
         self._t0 = time.perf_counter()

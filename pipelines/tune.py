@@ -2,19 +2,18 @@
 
 import time
 
-import mlflow
-
 from components.data.contract import read_manifest, write_csv_atomic, write_json_atomic
 from components.runtime import init_ray
 from components.training.data import input_shape
 from components.training.driver import Scaling
 from components.training.loop import LoopConfig
-from components.tracking.mlflow_runs import log_history
+from components.tracking.mlflow_runs import log_trial_runs
 from components.tuning.sweep import SweepOptions, run_sweep, trial_rows
 from pipelines.stage import Stage, StageError, run_stage
 
 HP_KEYS = ("lr", "weight_decay", "dropout", "batch_size")
-TRIAL_COLUMNS = ["trial", "status", "epochs", "best_epoch", "best_val/loss", "best_val/acc", "val/acc", "gap/acc", "time_s"]
+TRIAL_COLUMNS = ["trial", "status", "epochs", "best_epoch", "best_val/loss", "best_val/acc", "val/acc", "gap/acc",
+                 "time_s", "cost/usd"]
 
 
 def main() -> None:
@@ -46,16 +45,10 @@ def main() -> None:
                          name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{stage.run_id[:8]}")
 
         rows = trial_rows(grid, metric=tp.metric, mode=tp.mode, space_keys=sorted(space))
-        for result, row in zip(grid, rows):  # one MLflow child run per trial
-            with mlflow.start_run(run_name=row["trial"], nested=True,
-                                  tags={"trainwise.stage": "tune.trial", "trainwise.trial_status": row["status"]}) as child:
-                mlflow.log_params({k: result.config[k] for k in HP_KEYS})
-                if result.metrics_dataframe is not None:
-                    log_history(child.info.run_id, result.metrics_dataframe.to_dict("records"))
-                rates = stage.params.cost
-                mlflow.log_metrics({"cost/usd": row.get("time_s", 0.0) / 3600 * tp.workers_per_trial
-                                    * trp.cpus_per_worker * rates.cpu_hour_usd,
-                                    "trial/epochs": row["epochs"]})
+        cpus_per_trial = tp.workers_per_trial * trp.cpus_per_worker
+        for row in rows:
+            row["cost/usd"] = row.get("time_s", 0.0) / 3600 * cpus_per_trial * stage.params.cost.cpu_hour_usd
+        log_trial_runs(grid, rows, param_keys=HP_KEYS)
         ok = [r for r in rows if r["status"] == "ok" and f"best_{tp.metric}" in r]
         if not ok:
             raise StageError(f"all {len(rows)} trials failed; see Ray's logs under /tmp/ray/session_latest/logs")

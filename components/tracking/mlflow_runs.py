@@ -89,6 +89,27 @@ def log_history(run_id: str, rows: Iterable[Mapping[str, float]], *, step_key: s
     return len(metrics)
 
 
+def log_trial_runs(grid, rows: list[dict], *, param_keys: Iterable[str]) -> list[str]:
+    """One MLflow child run per Tune trial (under the active run): its sampled params, every
+    reported epoch, its cost and status. Logged after the sweep from Tune's own records, so
+    trials need no access to the tracking store."""
+    import mlflow
+
+    run_ids = []
+    for result, row in zip(grid, rows):
+        with mlflow.start_run(run_name=row["trial"], nested=True, tags={
+                "trainwise.stage": "tune.trial", "trainwise.trial_status": row["status"]}) as child:
+            mlflow.log_params({k: result.config[k] for k in param_keys})
+            if result.metrics_dataframe is not None:
+                # Tune adds bookkeeping columns (pid, timestamp, ...): keep what the loop reported.
+                log_history(child.info.run_id, [
+                    {k: v for k, v in r.items() if "/" in k or k in ("epoch", "epoch_s", "samples_per_s")}
+                    for r in result.metrics_dataframe.to_dict("records")])
+            mlflow.log_metrics({"cost/usd": row.get("cost/usd", 0.0), "trial/epochs": row["epochs"]})
+            run_ids.append(child.info.run_id)
+    return run_ids
+
+
 def pipeline_run_id() -> str:
     """One id shared by the stages of one ``dvc repro``.
 
