@@ -66,3 +66,18 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, verbose
         else:
             ray.init(num_cpus=num_cpus, **kwargs)
     return ray.cluster_resources()
+
+
+def unschedulable(resources: dict, *, cpus: float, gpus: float = 0.0) -> str | None:
+    """Why a worker group needing ``cpus``/``gpus`` in total can never start here, or None.
+
+    Ray Train starts all workers at once, and would otherwise wait forever for resources
+    that do not exist. Checked against the cluster's total resources (a necessary condition;
+    on an autoscaling cluster, pass what it can grow to).
+    """
+    have_cpu, have_gpu = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if cpus > have_cpu:
+        return f"needs {cpus:g} CPUs but the Ray cluster has {have_cpu:g}"
+    if gpus > have_gpu:
+        return f"needs {gpus:g} GPUs but the Ray cluster has {have_gpu:g}"
+    return None

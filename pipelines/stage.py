@@ -19,7 +19,8 @@ from components.tracking.cost import CostMeter, Rates
 from components.tracking.mlflow_runs import flatten, git_commit, pipeline_run_id, setup_mlflow
 from pipelines.config import ConfigError, Params, load_params
 
-USER_ERRORS = (ConfigError, DataContractError)
+# Errors a user can act on from the message alone (it names the file or key).
+USER_ERRORS = (ConfigError, DataContractError, FileNotFoundError)
 
 
 class StageError(RuntimeError):

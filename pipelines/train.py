@@ -7,13 +7,13 @@ import numpy as np
 import torch
 
 from components.data.contract import read_manifest, write_csv_atomic
-from components.runtime import init_ray
+from components.runtime import init_ray, unschedulable
 from components.training.data import input_shape
 from components.training.driver import Scaling, best_checkpoint_state, fit, run_history
 from components.training.export import load_model_from_state, save_model
 from components.training.loop import LoopConfig
 from components.tracking.mlflow_runs import log_history
-from pipelines.stage import Stage, read_json, run_stage
+from pipelines.stage import Stage, StageError, read_json, run_stage
 
 CURVE_COLUMNS = ["epoch", "train/loss", "val/loss", "train/acc", "val/acc", "gap/acc", "epoch_s", "samples_per_s"]
 
@@ -31,7 +31,13 @@ def main() -> None:
                           dropout=hp["dropout"])
         mlflow.log_params({f"hp.{k}": v for k, v in hp.items()} | {"hp.source": tuned["source"]})
         stage.meter.reserve(cpus=tp.num_workers * tp.cpus_per_worker, gpus=tp.num_workers if tp.use_gpu else 0)
-        init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose)
+        resources = init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose)
+        why = unschedulable(resources, cpus=tp.num_workers * tp.cpus_per_worker,
+                            gpus=tp.num_workers if tp.use_gpu else 0)
+        if why:
+            raise StageError(f"params.yaml: train.num_workers={tp.num_workers} x train.cpus_per_worker="
+                             f"{tp.cpus_per_worker}{' with train.use_gpu' if tp.use_gpu else ''} {why}; "
+                             "lower them or join a bigger cluster (RAY_ADDRESS)")
         stage.log("training %s on %d worker(s) (%s), up to %d epochs, hp from %s: %s", tp.model, tp.num_workers,
                   "GPU" if tp.use_gpu else "CPU", tp.epochs, tuned["source"], hp)
         result = fit(loop, scaling=Scaling(tp.num_workers, tp.use_gpu, tp.cpus_per_worker),

@@ -3,7 +3,7 @@
 import time
 
 from components.data.contract import read_manifest, write_csv_atomic, write_json_atomic
-from components.runtime import init_ray
+from components.runtime import init_ray, unschedulable
 from components.training.data import input_shape
 from components.training.driver import Scaling
 from components.training.loop import LoopConfig
@@ -37,7 +37,11 @@ def main() -> None:
                                reduction_factor=tp.reduction_factor, metric=tp.metric, mode=tp.mode, seed=tp.seed)
         scaling = Scaling(num_workers=tp.workers_per_trial, cpus_per_worker=trp.cpus_per_worker)
         stage.meter.reserve(cpus=tp.max_concurrent_trials * tp.workers_per_trial * trp.cpus_per_worker)
-        init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose)
+        resources = init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose)
+        why = unschedulable(resources, cpus=tp.workers_per_trial * trp.cpus_per_worker)
+        if why:
+            raise StageError(f"params.yaml: one trial (tune.workers_per_trial={tp.workers_per_trial} x "
+                             f"train.cpus_per_worker={trp.cpus_per_worker}) {why}; lower them")
         stage.log("%d trials (%d at a time), ASHA on %s over %s", tp.num_samples, tp.max_concurrent_trials,
                   tp.metric, sorted(space))
         grid = run_sweep(base, space=space, options=options, scaling=scaling,

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -105,6 +106,9 @@ def test_mlflow_holds_stage_runs_trial_children_and_registered_model(project):
     versions = client.search_model_versions("name = 'trainwise-digits'")
     assert len(versions) == 1 and versions[0].run_id == train_run.info.run_id
     assert float(versions[0].tags["test/acc"]) == pytest.approx(_metrics(root, "evaluate")["test/acc"], abs=1e-4)
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    served = mlflow.pyfunc.load_model("models:/trainwise-digits/1")
+    assert served.predict(np.zeros((5, 1, 8, 8), dtype=np.float32)).shape == (5, 10)
 
 
 def test_second_repro_changes_nothing(project):
@@ -125,3 +129,19 @@ def test_exp_run_with_a_changed_param_shows_in_metrics_diff(project):
     diff = json.loads(_sh(["dvc", "metrics", "diff", "--json"], root, env))
     change = diff["metrics/train.json"]["train/epochs_run"]
     assert (change["old"], change["new"]) == (3, 2)
+
+
+def test_more_workers_than_the_machine_has_is_an_error_not_a_hang(project):
+    root, env, _, _ = project
+    original = (root / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["train"]["num_workers"] = 64
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pipelines.train"], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        (root / "params.yaml").write_text(original)
+    assert proc.returncode == 2
+    assert "train.num_workers=64" in proc.stderr and "needs 64 CPUs but the Ray cluster has" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -13,3 +13,11 @@ def test_filter_drops_only_the_worker_startup_warning_and_its_newline():
     print("(raylet) A worker died or was killed: OOM", file=f)
     print("[train] epoch 1", file=f)
     assert out.getvalue() == "(raylet) A worker died or was killed: OOM\n[train] epoch 1\n"
+
+
+def test_a_worker_bundle_bigger_than_the_cluster_is_reported_not_waited_for():
+    from components.runtime import unschedulable
+
+    assert unschedulable({"CPU": 2.0}, cpus=2) is None
+    assert unschedulable({"CPU": 2.0}, cpus=3) == "needs 3 CPUs but the Ray cluster has 2"
+    assert unschedulable({"CPU": 8.0}, cpus=2, gpus=2) == "needs 2 GPUs but the Ray cluster has 0"
