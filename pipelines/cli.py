@@ -3,7 +3,7 @@
     trainwise run [DVC REPRO ARGS...]   dvc repro, then the summary
     trainwise stage NAME                run one stage in this process (what dvc.yaml calls)
     trainwise summary                   the summary of the last run, from metrics/*.json
-    trainwise check                     validate params.yaml and dvc.yaml
+    trainwise check                     validate params.yaml
 """
 
 from __future__ import annotations

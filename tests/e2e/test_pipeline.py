@@ -145,3 +145,16 @@ def test_more_workers_than_the_machine_has_is_an_error_not_a_hang(project):
     assert proc.returncode == 2
     assert "train.num_workers=64" in proc.stderr and "needs 64 CPUs but the Ray cluster has" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_tune_can_be_turned_off_and_train_then_uses_train_params(project):
+    root, env, _, _ = project
+    out = _sh(["dvc", "exp", "run", "-S", "tune.enabled=false"], root, env)
+    assert "Running stage 'tune'" in out and "Running stage 'train'" in out
+    best = json.loads((root / "models/tune/best_params.json").read_text())
+    params = yaml.safe_load((root / "params.yaml").read_text())["train"]
+    assert best == {"source": "train", "params": {k: params[k] for k in ("lr", "weight_decay", "dropout", "batch_size")}}
+    assert (root / "models/tune/trials.csv").read_text().count("\n") == 1  # header only
+    assert _metrics(root, "tune")["tune/trials"] == 0
+    report = (root / "reports/report.html").read_text()
+    assert "<h2>Tuning trials</h2><p class='missing'>" in report  # the section says so instead of breaking
