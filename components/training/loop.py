@@ -96,7 +96,7 @@ def train_loop_per_worker(config: dict) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     core = model.module if hasattr(model, "module") else model
 
-    start_epoch, best_val, bad_epochs, history = 0, float("inf"), 0, []
+    start_epoch, best_val, bad_epochs, history, restarts = 0, float("inf"), 0, [], 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # a restarted worker group resumes where the last checkpoint left off
         with checkpoint.as_directory() as d:
@@ -105,7 +105,7 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start_epoch, best_val, bad_epochs = state["epoch"] + 1, state["best_val"], state["bad_epochs"]
-        history = state["history"]
+        history, restarts = state["history"], state["restarts"] + 1
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -123,6 +123,7 @@ def train_loop_per_worker(config: dict) -> None:
             "gap/acc": tr[1] / tr[2] - va[1] / va[2],
             "val/best_loss": best_val,
             "epoch_s": seconds, "samples_per_s": tr[2] / seconds,
+            "restarts": restarts,  # times this run resumed from a checkpoint after a failure
         }
         history.append(metrics)
         stop = cfg.patience is not None and bad_epochs >= cfg.patience
@@ -131,7 +132,8 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0:
                 torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
                             "rng": torch.get_rng_state(), "epoch": epoch, "best_val": best_val,
-                            "bad_epochs": bad_epochs, "history": history, "config": config},
+                            "bad_epochs": bad_epochs, "history": history, "restarts": restarts,
+                            "config": config},
                            os.path.join(d, CHECKPOINT_FILE))
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt)

@@ -1,5 +1,11 @@
 """The training driver on real Ray Train: 2 DDP workers (gloo, CPU) on the digits split."""
 
+import os
+import signal
+import threading
+import time
+
+import psutil
 import pytest
 import torch
 
@@ -12,7 +18,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def _loop(data, **kw):
-    return LoopConfig(data_dir=str(data), n_classes=10, input_shape=input_shape(data), epochs=3, batch_size=64,
+    kw = {"epochs": 3, **kw}
+    return LoopConfig(data_dir=str(data), n_classes=10, input_shape=input_shape(data), batch_size=64,
                       lr=3e-3, weight_decay=1e-4, dropout=0.1, patience=None, seed=0, **kw)
 
 
@@ -48,3 +55,30 @@ def test_same_seed_gives_identical_metrics_on_cpu(two_runs):
     a, b = (run_history(r) for r in two_runs)
     keys = ("train/loss", "val/loss", "val/acc")
     assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
+
+
+def _train_workers():
+    return [p for p in psutil.process_iter(["cmdline"])
+            if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_session, digits_split, tmp_path):
+    epochs = 20
+    done = {}
+    thread = threading.Thread(target=lambda: done.update(result=fit(
+        _loop(digits_split, epochs=epochs), scaling=Scaling(num_workers=2), storage_path=str(tmp_path),
+        name="faulty", max_failures=1, checkpoints_to_keep=1)))
+    thread.start()
+    deadline = time.monotonic() + 240
+    # The snapshot is written once a checkpoint is registered (not merely being uploaded).
+    while not (tmp_path / "faulty" / "checkpoint_manager_snapshot.json").exists() or len(_train_workers()) < 2:
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.1)
+    os.kill(_train_workers()[0].pid, signal.SIGKILL)  # what a preempted node does to a worker
+    thread.join(timeout=400)
+    assert not thread.is_alive()
+    history = run_history(done["result"])
+    assert [r["epoch"] for r in history] == list(range(1, epochs + 1))  # nothing repeated, nothing lost
+    assert history[0]["restarts"] == 0 and history[-1]["restarts"] == 1  # resumed once, from a checkpoint
+    first_after = next(r["epoch"] for r in history if r["restarts"] == 1)
+    assert 2 <= first_after < epochs  # the restart began after the checkpointed epoch, not at epoch 1
