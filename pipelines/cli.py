@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 from components.evaluation.summary import SUMMARY_BY_CLI_ENV, collect, format_summary
-from components.tracking.mlflow_runs import PIPELINE_RUN_ENV, latest_verdict, setup_mlflow, ui_command
+from components.tracking.mlflow_runs import PIPELINE_RUN_ENV, latest_verdict, setup_mlflow, where_to_look
 from pipelines.config import ConfigError, load_params
 from pipelines.stage import run_stage
 
@@ -36,9 +36,10 @@ def _summary() -> str:
                           root=Path.cwd())
     verdict = latest_verdict(exp_id)
     report = Path(params.paths.reports) / "report.html"
-    return format_summary(stages, verdict=verdict, report=report if report.exists() else None, mlflow_hint=(
-        f"{ui_command(mlflow.get_tracking_uri(), Path.cwd())}  -> experiment '{params.mlflow.experiment}', "
-        f"model '{params.mlflow.registered_model}'"))
+    return format_summary(stages, verdict=verdict, report=report if report.exists() else None,
+                          mlflow_hint=where_to_look(mlflow.get_tracking_uri(), Path.cwd(),
+                                                    experiment=params.mlflow.experiment,
+                                                    model=params.mlflow.registered_model))
 
 
 def cmd_run(args: list[str]) -> int:

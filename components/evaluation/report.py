@@ -80,3 +80,55 @@ def render(title: str, sections: Sequence[tuple[str, str]], *, verdict: str | No
         parts.append(body if body is not None else "<p class='missing'>not available yet: run the stage that makes it</p>")
     parts.append("</body></html>\n")
     return "".join(parts)
+
+
+def confusion_matrix_from_pairs(pairs: Sequence[dict], classes: list[str]) -> np.ndarray:
+    idx = {c: i for i, c in enumerate(classes)}
+    cm = np.zeros((len(classes), len(classes)), dtype=int)
+    for r in pairs:
+        cm[idx[r["actual"]], idx[r["predicted"]]] += 1
+    return cm
+
+
+def _img(alt: str, fig) -> str:
+    return f"<img alt='{html.escape(alt)}' src='{png_data_uri(fig)}'>"
+
+
+def build_report(*, title: str, verdict: str | None, stages: dict[str, dict], manifests: dict[str, dict],
+                 curve: list[dict] | None, confusion: list[dict] | None, per_class: list[dict] | None,
+                 trials: list[dict] | None, network: str, pipeline: dict[str, float], mlflow_hint: str) -> str:
+    """The whole page from the pipeline's outputs; a section whose inputs are missing says so."""
+    data_rows = [{"stage": name, "rows in": m.get("rows_in", m["rows"]), "rows out": m["rows"],
+                  "set aside": ", ".join(f"{k}: {v}" for k, v in m["set_aside"].items()) or "none"}
+                 for name, m in manifests.items()]
+    split = manifests.get("split", {})
+    split_rows = [{"split": s, **c} for s, c in split.get("split_class_counts", {}).items()]
+    base = stages.get("baseline", {})
+    base_rows = [{"model": m, **{k: base[f"baseline/{m}/{k}"] for k in ("val/acc", "test/acc", "test/f1_macro", "fit_s")}}
+                 for m in sorted({k.split("/")[1] for k in base if k.endswith("/fit_s")})]
+    ev = stages.get("evaluate", {})
+    if ev and "train" in stages:
+        base_rows.append({"model": f"network ({network})", "val/acc": stages["train"]["val/acc"],
+                          "test/acc": ev["test/acc"], "test/f1_macro": ev["test/f1_macro"],
+                          "fit_s": stages["train"]["cost/wall_s"]})
+    cost_rows = [{"stage": s, "wall_s": m.get("cost/wall_s", 0.0), "cpu_hours": m.get("cost/cpu_hours", 0.0),
+                  "cpu_util": m.get("cost/cpu_util", 0.0), "usd": m.get("cost/usd", 0.0)} for s, m in stages.items()]
+    cost_rows.append({"stage": "total", "wall_s": pipeline["pipeline/wall_s"],
+                      "cpu_hours": pipeline["pipeline/cpu_hours"], "usd": pipeline["pipeline/cost/usd"]})
+    test_metrics = None
+    if ev:
+        test_metrics = table([{k: v for k, v in ev.items() if k.startswith("test/")}])
+        if confusion and split.get("classes"):
+            cm = confusion_matrix_from_pairs(confusion, split["classes"])
+            test_metrics += _img("confusion matrix", confusion_figure(cm, split["classes"]))
+    return render(title, [
+        ("Data", table(data_rows) if data_rows else None),
+        ("Split", table(split_rows) if split_rows else None),
+        ("Learning curves", _img("learning curves", learning_curve_figure(curve)) if curve else None),
+        ("Tuning trials", table(trials) if trials else None),
+        ("Baselines vs network (test split)", table(base_rows) if base_rows else None),
+        ("Test metrics", test_metrics),
+        ("Per class", table(per_class) if per_class else None),
+        ("Cost", table(cost_rows)),
+        ("MLflow", f"<p><code>{html.escape(mlflow_hint)}</code></p>"),
+    ], verdict=verdict)

@@ -53,6 +53,10 @@ def ui_command(uri: str, root: Path) -> str:
     return f"mlflow ui --backend-store-uri {uri}"
 
 
+def where_to_look(uri: str, root: Path, *, experiment: str, model: str) -> str:
+    return f"{ui_command(uri, root)}  -> experiment '{experiment}', model '{model}'"
+
+
 def latest_verdict(experiment_id: str) -> str | None:
     """The verdict tag of the newest `evaluate` run, if any."""
     import mlflow
