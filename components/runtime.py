@@ -41,11 +41,21 @@ def ray_verbose(requested: bool = False) -> bool:
     return requested or os.environ.get("TRAINWISE_RAY_VERBOSE", "") not in ("", "0", "false")
 
 
-def init_ray(*, address: str | None = None, num_cpus: int | None = None, verbose: bool = False) -> dict:
+# Ray Train v2's controller collects each worker's `ray.train.report` by polling every
+# RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s), and a worker's result queue holds one
+# report: every report waits up to one poll. With epochs shorter than that (digits: 0.3 s),
+# the poll, not the training, sets the pace (benchmarks/report_poll.py measures it).
+POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+
+
+def init_ray(*, address: str | None = None, num_cpus: int | None = None, verbose: bool = False,
+             train_poll_s: float | None = None) -> dict:
     """``ray.init`` in-process, or join the cluster named by ``RAY_ADDRESS`` / ``address``.
 
     Returns the cluster's resources. With ``verbose`` false, worker logs stay out of the
-    terminal (they remain in Ray's session logs under /tmp/ray).
+    terminal (they remain in Ray's session logs under /tmp/ray). ``train_poll_s`` sets how
+    often Ray Train's controller polls its workers, for every actor of this job (an explicit
+    RAY_TRAIN_HEALTH_CHECK_INTERVAL_S in the environment wins); None keeps Ray's default.
     """
     import ray
 
@@ -61,6 +71,9 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, verbose
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or address
         kwargs = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR)
+        poll = os.environ.get(POLL_ENV) or (str(train_poll_s) if train_poll_s else None)
+        if poll:
+            kwargs["runtime_env"] = {"env_vars": {POLL_ENV: poll}}
         if address:
             ray.init(address=address, **kwargs)
         else:

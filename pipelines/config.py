@@ -164,6 +164,10 @@ class RayParams(_Section):
     num_cpus: int | None = Field(None, gt=0, description="CPUs of the in-process Ray (null: all)")
     storage_path: str = Field(".trainwise/ray", description="checkpoints and Tune state; shared storage on a cluster")
     verbose: bool = Field(False, description="show Ray's own logs (TRAINWISE_RAY_VERBOSE=1 too)")
+    train_poll_s: float = Field(
+        0.25, gt=0, le=10,
+        description="how often Ray Train's controller collects reports; Ray's 2 s default makes every "
+                    "epoch wait up to 2 s for it (see benchmarks/report_poll.py)")
 
 
 class CostParams(_Section):

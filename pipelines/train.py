@@ -31,7 +31,8 @@ def main() -> None:
                           dropout=hp["dropout"])
         mlflow.log_params({f"hp.{k}": v for k, v in hp.items()} | {"hp.source": tuned["source"]})
         stage.meter.reserve(cpus=tp.num_workers * tp.cpus_per_worker, gpus=tp.num_workers if tp.use_gpu else 0)
-        resources = init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose)
+        resources = init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose,
+                             train_poll_s=rp.train_poll_s)
         why = unschedulable(resources, cpus=tp.num_workers * tp.cpus_per_worker,
                             gpus=tp.num_workers if tp.use_gpu else 0)
         if why:

@@ -37,7 +37,8 @@ def main() -> None:
                                reduction_factor=tp.reduction_factor, metric=tp.metric, mode=tp.mode, seed=tp.seed)
         scaling = Scaling(num_workers=tp.workers_per_trial, cpus_per_worker=trp.cpus_per_worker)
         stage.meter.reserve(cpus=tp.max_concurrent_trials * tp.workers_per_trial * trp.cpus_per_worker)
-        resources = init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose)
+        resources = init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose,
+                             train_poll_s=rp.train_poll_s)
         why = unschedulable(resources, cpus=tp.workers_per_trial * trp.cpus_per_worker)
         if why:
             raise StageError(f"params.yaml: one trial (tune.workers_per_trial={tp.workers_per_trial} x "
