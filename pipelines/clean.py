@@ -1,6 +1,6 @@
 """DVC stage `clean`: decode, validate, de-duplicate (data/ingest -> data/clean)."""
 
-from components.data.contract import DatasetWriter, iter_batches, read_manifest
+from components.data.contract import DatasetWriter, iter_batches
 from components.quality.cleaning import CleanOptions, clean_images
 from pipelines.stage import Stage, run_stage
 
@@ -9,7 +9,7 @@ def main() -> None:
     with Stage("clean") as stage:
         p = stage.params.clean
         src, out = stage.path(stage.paths.ingest), stage.path(stage.paths.clean)
-        raw = read_manifest(src)
+        raw = stage.record_input(src)
         options = CleanOptions(image_size=tuple(p.image_size), channels=p.channels,
                                drop_duplicates=p.drop_duplicates)
         with DatasetWriter(out, classes=raw["classes"], metadata={"source": raw.get("source")}) as writer:

@@ -5,6 +5,7 @@ import torch
 
 from components.data.contract import write_csv_atomic
 from components.evaluation.metrics import classification_metrics, predict_proba, verdict
+from components.evaluation.summary import best_baseline
 from components.training.data import load_split
 from components.training.export import load_model
 from pipelines.stage import Stage, read_json, run_stage
@@ -15,14 +16,14 @@ def main() -> None:
         paths = stage.paths
         torch.set_num_threads(1)
         model, spec = load_model(stage.path(paths.model))
-        x, y, ids = load_split(stage.path(paths.split), "test")
+        stage.record_input(stage.path(paths.split))
+        x, y, _ = load_split(stage.path(paths.split), "test")
         proba = predict_proba(model, x, batch_size=stage.params.evaluate.batch_size)
-        metrics, per_class, cm = classification_metrics(y.numpy(), proba, classes=spec["classes"])
+        metrics, per_class, _ = classification_metrics(y.numpy(), proba, classes=spec["classes"])
 
         mdir = stage.path(paths.metrics)
         base, train, tune = (read_json(mdir / f"{s}.json") for s in ("baseline", "train", "tune"))
-        best_name = max((k.split("/")[1] for k in base if k.endswith("/val/acc") and "/best/" not in k),
-                        key=lambda m: base[f"baseline/{m}/val/acc"])
+        best_name, _ = best_baseline(base)
         metrics["evaluate/gain_vs_best_baseline"] = metrics["test/acc"] - base["baseline/best/test/acc"]
         sentence = verdict(net_acc=metrics["test/acc"], net_name=spec["model"].replace("_", " "),
                            baseline_acc=base["baseline/best/test/acc"], baseline_name=best_name.replace("_", " "),

@@ -2,7 +2,7 @@
 
 import pyarrow as pa
 
-from components.data.contract import DatasetWriter, SetAside, iter_batches, read_manifest
+from components.data.contract import DatasetWriter, SetAside, iter_batches
 from components.data.splitting import assign_splits, split_counts
 from pipelines.stage import Stage, run_stage
 
@@ -11,7 +11,7 @@ def main() -> None:
     with Stage("split") as stage:
         p = stage.params.split
         src, out = stage.path(stage.paths.clean), stage.path(stage.paths.split)
-        clean = read_manifest(src)
+        clean = stage.record_input(src)
         fractions = {"train": p.train, "val": p.val, "test": p.test}
         all_splits, all_labels = [], []
         with DatasetWriter(out, classes=clean["classes"],

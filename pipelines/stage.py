@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from components.data.contract import DataContractError, write_json_atomic
+from components.data.contract import DataContractError, read_manifest, write_json_atomic
 from components.tracking.cost import CostMeter, Rates
 from components.tracking.mlflow_runs import flatten, git_commit, pipeline_run_id, setup_mlflow
 from pipelines.config import ConfigError, Params, load_params
@@ -67,6 +67,15 @@ class Stage:
 
         mlflow.end_run(status="FINISHED" if exc_type is None else "FAILED")
         return False
+
+    def record_input(self, data_dir: str | os.PathLike) -> dict:
+        """Read an input dataset's manifest and tag the run with its version (content hash)."""
+        import mlflow
+
+        manifest = read_manifest(data_dir)
+        rel = os.path.relpath(data_dir, self.root)
+        mlflow.set_tags({f"input.{rel}.content_hash": manifest["content_hash"], f"input.{rel}.rows": manifest["rows"]})
+        return manifest
 
     def log(self, msg: str, *args) -> None:
         logging.getLogger("trainwise").info(msg, *args)

@@ -6,7 +6,7 @@ import mlflow
 import numpy as np
 import torch
 
-from components.data.contract import read_manifest, write_csv_atomic
+from components.data.contract import write_csv_atomic
 from components.runtime import init_ray, unschedulable
 from components.training.data import input_shape
 from components.training.driver import Scaling, best_checkpoint_state, fit, run_history
@@ -24,7 +24,7 @@ def main() -> None:
         data = stage.path(stage.paths.split)
         tuned = read_json(stage.path(stage.paths.tune) / "best_params.json")
         hp = tuned["params"]
-        classes = read_manifest(data)["classes"]
+        classes = stage.record_input(data)["classes"]
         loop = LoopConfig(data_dir=str(data), n_classes=len(classes), input_shape=input_shape(data),
                           model=tp.model, epochs=tp.epochs, patience=tp.patience, seed=tp.seed,
                           batch_size=hp["batch_size"], lr=hp["lr"], weight_decay=hp["weight_decay"],

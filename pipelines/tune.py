@@ -2,7 +2,7 @@
 
 import time
 
-from components.data.contract import read_manifest, write_csv_atomic, write_json_atomic
+from components.data.contract import write_csv_atomic, write_json_atomic
 from components.runtime import init_ray, unschedulable
 from components.training.data import input_shape
 from components.training.driver import Scaling
@@ -29,7 +29,7 @@ def main() -> None:
             return
 
         data = stage.path(stage.paths.split)
-        base = LoopConfig(data_dir=str(data), n_classes=len(read_manifest(data)["classes"]),
+        base = LoopConfig(data_dir=str(data), n_classes=len(stage.record_input(data)["classes"]),
                           input_shape=input_shape(data), model=trp.model, seed=trp.seed, **defaults)
         space = {k: d.model_dump(exclude_none=True) for k, d in tp.search_space.items()}
         options = SweepOptions(num_samples=tp.num_samples, max_concurrent_trials=tp.max_concurrent_trials,

@@ -101,6 +101,9 @@ def test_mlflow_holds_stage_runs_trial_children_and_registered_model(project):
     assert all("lr" in c.data.params for c in children)
     train_run = by_stage["train"][0]
     assert train_run.data.params["train.num_workers"] == "2"
+    split_hash = json.loads((root / "data/split/manifest.json").read_text())["content_hash"]
+    for stage in ("baseline", "tune", "train", "evaluate"):  # the data version each stage consumed
+        assert by_stage[stage][0].data.tags["input.data/split.content_hash"] == split_hash
     history = client.get_metric_history(train_run.info.run_id, "val/loss")
     assert sorted(m.step for m in history) == [1, 2, 3]
     versions = client.search_model_versions("name = 'trainwise-digits'")
