@@ -44,14 +44,14 @@ def main() -> None:
         result = fit(loop, scaling=Scaling(tp.num_workers, tp.use_gpu, tp.cpus_per_worker),
                      storage_path=str(stage.path(rp.storage_path)),
                      name=f"train-{time.strftime('%Y%m%d-%H%M%S')}-{stage.run_id[:8]}",
-                     max_failures=tp.max_failures, checkpoints_to_keep=tp.checkpoints_to_keep)
+                     max_failures=tp.max_failures, checkpoints_to_keep=tp.checkpoints_to_keep,
+                     on_epoch=lambda row: stage.log(
+                         "epoch %2d  train/loss %.4f  val/loss %.4f  val/acc %.4f  gap/acc %+.4f  %.0f samples/s%s",
+                         row["epoch"], row["train/loss"], row["val/loss"], row["val/acc"], row["gap/acc"],
+                         row["samples_per_s"], f"  (restart {row['restarts']})" if row["restarts"] else ""))
         if result.error:
             raise result.error
         history = run_history(result)
-        for row in history:
-            stage.log("epoch %2d  train/loss %.4f  val/loss %.4f  val/acc %.4f  gap/acc %+.4f  %.0f samples/s",
-                      row["epoch"], row["train/loss"], row["val/loss"], row["val/acc"], row["gap/acc"],
-                      row["samples_per_s"])
         log_history(stage.run_id, history)
         write_csv_atomic(stage.path(stage.paths.plots) / "train_curve.csv", history, CURVE_COLUMNS)
 

@@ -8,11 +8,13 @@ exactly the way the final model does.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-from components.training.loop import CHECKPOINT_FILE, LoopConfig, train_loop_per_worker
+from components.training.loop import CHECKPOINT_FILE, PROGRESS_QUEUE, LoopConfig, train_loop_per_worker
 
 
 @dataclass(frozen=True)
@@ -23,19 +25,27 @@ class Scaling:
 
 
 def fit(loop: LoopConfig, *, scaling: Scaling, storage_path: str, name: str,
-        max_failures: int = 0, checkpoints_to_keep: int = 2, callbacks: list | None = None):
+        max_failures: int = 0, checkpoints_to_keep: int = 2, callbacks: list | None = None,
+        on_epoch: Callable[[dict], None] | None = None):
     """Train on ``scaling.num_workers`` DDP ranks; returns Ray Train's ``Result``.
 
     Checkpoints (every epoch, best ``checkpoints_to_keep`` by ``val/loss``) go under
-    ``storage_path/name``; running again with the same name resumes that run.
+    ``storage_path/name``. ``on_epoch`` is called in this process with rank 0's metrics as
+    each epoch ends (Ray's own worker output stays off the terminal).
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    config = {**loop.to_dict(), "use_gpu": scaling.use_gpu, "cpus_per_worker": scaling.cpus_per_worker}
+    queue = None
+    if on_epoch is not None:
+        from ray.util.queue import Queue
+
+        queue = Queue(actor_options={"num_cpus": 0})
+        config[PROGRESS_QUEUE] = queue
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={**loop.to_dict(), "use_gpu": scaling.use_gpu,
-                           "cpus_per_worker": scaling.cpus_per_worker},
+        train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
@@ -51,7 +61,29 @@ def fit(loop: LoopConfig, *, scaling: Scaling, storage_path: str, name: str,
             callbacks=callbacks or [],
         ),
     )
-    return trainer.fit()
+    if queue is None:
+        return trainer.fit()
+    # fit() blocks (and wants the main thread); a helper thread relays progress meanwhile.
+    stop = threading.Event()
+    relay = threading.Thread(target=_relay, args=(queue, on_epoch, stop), daemon=True)
+    relay.start()
+    try:
+        return trainer.fit()
+    finally:
+        stop.set()
+        relay.join(timeout=30)
+        queue.shutdown()
+
+
+def _relay(queue, on_epoch: Callable[[dict], None], stop: threading.Event) -> None:
+    from ray.util.queue import Empty
+
+    while True:
+        try:
+            on_epoch(queue.get(timeout=0.5))
+        except Empty:
+            if stop.is_set():
+                return
 
 
 def _load(checkpoint, result) -> dict:

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 CHECKPOINT_FILE = "checkpoint.pt"
+PROGRESS_QUEUE = "progress_queue"  # optional config key: a ray.util.queue.Queue that rank 0 feeds
 
 
 @dataclass
@@ -74,6 +75,8 @@ def train_loop_per_worker(config: dict) -> None:
     from components.models import build_model
     from components.training.data import load_split
 
+    config = dict(config)
+    progress = config.pop(PROGRESS_QUEUE, None)
     cfg = LoopConfig(**config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -137,5 +140,7 @@ def train_loop_per_worker(config: dict) -> None:
                            os.path.join(d, CHECKPOINT_FILE))
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt)
+        if progress is not None and rank == 0:
+            progress.put_nowait(metrics)
         if stop:
             break

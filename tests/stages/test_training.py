@@ -26,12 +26,14 @@ def _loop(data, **kw):
 @pytest.fixture(scope="module")
 def two_runs(ray_session, digits_split, tmp_path_factory):
     storage = tmp_path_factory.mktemp("ray-storage")
-    return [fit(_loop(digits_split), scaling=Scaling(num_workers=2), storage_path=str(storage), name=f"run{i}",
-                checkpoints_to_keep=1) for i in range(2)]
+    seen = []  # run 0 relays progress to the driver as epochs end; run 1 does not
+    runs = [fit(_loop(digits_split), scaling=Scaling(num_workers=2), storage_path=str(storage), name=f"run{i}",
+                checkpoints_to_keep=1, on_epoch=seen.append if i == 0 else None) for i in range(2)]
+    return runs, seen
 
 
 def test_ddp_run_reports_every_epoch_and_learns(two_runs):
-    result = two_runs[0]
+    (result, _), seen = two_runs
     assert result.error is None
     history = run_history(result)
     assert [r["epoch"] for r in history] == [1, 2, 3]
@@ -40,11 +42,13 @@ def test_ddp_run_reports_every_epoch_and_learns(two_runs):
     assert history[-1]["val/acc"] > 0.85
     assert history[-1]["train/loss"] < history[0]["train/loss"]
     assert history[-1]["gap/acc"] == pytest.approx(history[-1]["train/acc"] - history[-1]["val/acc"])
+    assert seen == history  # the driver saw every epoch, as it ended, from rank 0
 
 
 def test_best_checkpoint_is_the_lowest_val_loss_epoch_and_loads_safely(two_runs, digits_split):
-    history = run_history(two_runs[0])
-    best = best_checkpoint_state(two_runs[0])  # torch.load(weights_only=True) inside
+    result = two_runs[0][0]
+    history = run_history(result)
+    best = best_checkpoint_state(result)  # torch.load(weights_only=True) inside
     assert best["epoch"] + 1 == min(history, key=lambda r: r["val/loss"])["epoch"]
     model, _ = load_model_from_state(best["model"], {"model": "small_cnn", "input_shape": input_shape(digits_split),
                                                      "classes": [str(i) for i in range(10)], "dropout": 0.1})
@@ -52,7 +56,7 @@ def test_best_checkpoint_is_the_lowest_val_loss_epoch_and_loads_safely(two_runs,
 
 
 def test_same_seed_gives_identical_metrics_on_cpu(two_runs):
-    a, b = (run_history(r) for r in two_runs)
+    a, b = (run_history(r) for r in two_runs[0])
     keys = ("train/loss", "val/loss", "val/acc")
     assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
 
