@@ -49,7 +49,10 @@ def project(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(root)  # the copy's code, not the developer checkout's
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    # A fresh CI machine has no global git identity; `dvc exp run` commits experiment refs.
+    env.update(GIT_CONFIG_GLOBAL=os.devnull, GIT_AUTHOR_NAME="trainwise-test", GIT_AUTHOR_EMAIL="test@localhost",
+               GIT_COMMITTER_NAME="trainwise-test", GIT_COMMITTER_EMAIL="test@localhost")
+    git = ["git"]
     _sh(["git", "init", "-q"], root, env)
     _sh([*git, "add", "-A"], root, env)
     _sh([*git, "commit", "-qm", "init"], root, env)
