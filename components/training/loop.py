@@ -57,8 +57,10 @@ def _epoch_pass(model, loader, device, *, optimizer=None) -> torch.Tensor:
                 optimizer.zero_grad(set_to_none=True)
                 (loss / len(yb)).backward()
                 optimizer.step()
-            stats += torch.tensor([loss.item(), (logits.argmax(1) == yb).sum().item(), len(yb)],
-                                  dtype=torch.float64, device=device)
+            # Accumulate on the device: no host sync per batch (matters on GPU).
+            stats[0] += loss.detach().double()
+            stats[1] += (logits.argmax(1) == yb).sum()
+            stats[2] += len(yb)
     return stats
 
 
@@ -106,7 +108,7 @@ def train_loop_per_worker(config: dict) -> None:
             state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=device, weights_only=True)
         core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())
         start_epoch, best_val, bad_epochs = state["epoch"] + 1, state["best_val"], state["bad_epochs"]
         history, restarts = state["history"], state["restarts"] + 1
 
