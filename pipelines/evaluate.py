@@ -3,12 +3,12 @@
 import mlflow
 import torch
 
-from components.data.contract import write_csv_atomic
+from components.data.contract import read_json, write_csv_atomic
 from components.evaluation.metrics import classification_metrics, predict_proba, verdict
 from components.evaluation.summary import best_baseline
 from components.training.data import load_split
 from components.training.export import load_model
-from pipelines.stage import Stage, read_json, run_stage
+from pipelines.stage import Stage, run_stage
 
 
 def main() -> None:

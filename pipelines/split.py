@@ -22,8 +22,8 @@ def main() -> None:
                 all_splits += splits
                 all_labels += batch.column("label").to_pylist()
             per_split = split_counts(all_splits, all_labels, clean["classes"])
-            manifest = w.close(rows_in=clean["rows"], set_aside=SetAside(),
-                               extra={"fractions": fractions, "seed": p.seed, "split_class_counts": per_split})
+            w.close(rows_in=clean["rows"], set_aside=SetAside(),
+                    extra={"fractions": fractions, "seed": p.seed, "split_class_counts": per_split})
         sizes = {s: sum(c.values()) for s, c in per_split.items()}
         stage.log("split %s", sizes)
         stage.finish({f"split/{s}_rows": n for s, n in sizes.items()}, artifacts=[out / "manifest.json"])

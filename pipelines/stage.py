@@ -7,7 +7,6 @@ code 2 instead of a traceback.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -110,13 +109,3 @@ def run_stage(main) -> None:
     except USER_ERRORS + (StageError,) as err:
         print(f"trainwise: error: {err}", file=sys.stderr)
         sys.exit(2)
-
-
-def read_json(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise StageError(f"{path}: missing; run the stage that writes it first (dvc repro)") from None
-    except json.JSONDecodeError as err:
-        raise StageError(f"{path}: not valid JSON ({err}); re-run the stage that writes it") from None

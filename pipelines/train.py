@@ -6,14 +6,14 @@ import mlflow
 import numpy as np
 import torch
 
-from components.data.contract import write_csv_atomic
+from components.data.contract import read_json, write_csv_atomic
 from components.runtime import init_ray, unschedulable
 from components.training.data import input_shape
 from components.training.driver import Scaling, best_checkpoint_state, fit, run_history
 from components.training.export import load_model_from_state, save_model
 from components.training.loop import LoopConfig
 from components.tracking.mlflow_runs import log_history
-from pipelines.stage import Stage, StageError, read_json, run_stage
+from pipelines.stage import Stage, StageError, run_stage
 
 CURVE_COLUMNS = ["epoch", "train/loss", "val/loss", "train/acc", "val/acc", "gap/acc", "epoch_s", "samples_per_s"]
 

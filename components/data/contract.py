@@ -172,14 +172,19 @@ def replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def read_manifest(data_dir: str | os.PathLike) -> dict:
-    path = Path(data_dir) / MANIFEST
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON file another stage wrote; a missing or corrupt one says which and what to do."""
+    path = Path(path)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise DataContractError(f"{path}: missing; run the stage that writes {data_dir} first") from None
+        raise DataContractError(f"{path}: missing; run the stage that writes it first (dvc repro)") from None
     except json.JSONDecodeError as err:
         raise DataContractError(f"{path}: not valid JSON ({err}); re-run the stage that writes it") from None
+
+
+def read_manifest(data_dir: str | os.PathLike) -> dict:
+    return read_json(Path(data_dir) / MANIFEST)
 
 
 def read_table(data_dir: str | os.PathLike, *, columns: list[str] | None = None,
