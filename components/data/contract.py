@@ -208,11 +208,7 @@ def iter_batches(data_dir: str | os.PathLike, *, batch_rows: int = 8192) -> Iter
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=float) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, default=float) + "\n")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -64,6 +64,7 @@ def clean_images(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *,
     schema = _decoded_schema(n_values)
     aside = SetAside()
     records: list[tuple[str, str, int]] = []  # (id, hash, label) of every decodable row
+    source_of: dict[str, str] = {}
     rows_in = 0
 
     with tempfile.TemporaryDirectory(prefix="trainwise-clean-") as tmp:
@@ -87,6 +88,7 @@ def clean_images(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *,
                         continue
                     flat = pixels.reshape(-1)
                     records.append((row_id, content_hash(flat.tobytes()), label))
+                    source_of[row_id] = source
                     keep_ids.append(row_id)
                     keep_labels.append(label)
                     keep_pixels.append(flat)
@@ -100,16 +102,10 @@ def clean_images(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *,
                     }, schema=schema))
 
         dropped = find_duplicates(records) if options.drop_duplicates else {}
-        source_of = {}
         if records:
             for batch in pq.ParquetFile(staged).iter_batches(batch_size=4096):
                 table = pa.Table.from_batches([batch])
-                ids = table.column("id").to_pylist()
-                mask = [i not in dropped for i in ids]
-                for i, src in zip(ids, table.column("source").to_pylist()):
-                    if i in dropped:
-                        source_of[i] = src
-                writer.write(table.filter(pa.array(mask)))
+                writer.write(table.filter(pa.array([i not in dropped for i in table.column("id").to_pylist()])))
         for row_id, (reason, detail) in sorted(dropped.items()):
             aside.add(row_id, source_of[row_id], reason, **detail)
 
