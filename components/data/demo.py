@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
-from components.data.contract import DatasetWriter, SetAside, iter_batches
+from components.data.contract import DatasetWriter, SetAside, content_id, iter_batches
 from components.data.sources import digits_source
 from components.data.splitting import assign_splits
 from components.quality.cleaning import CleanOptions, clean_images
@@ -31,3 +32,54 @@ def write_digits_split(root: str | Path, *, fractions: dict[str, float] | None =
             w.write(pa.Table.from_batches([batch]).append_column("split", pa.array(splits)))
         w.close(rows_in=w.rows, set_aside=SetAside())
     return root / "split"
+
+
+def _synthetic_rows(modality: str, *, n_per_class: int, n_classes: int, rng) -> tuple[list, list[int], dict]:
+    """Small learnable rows of one non-image modality in its *cleaned* form (see DESIGN.md)."""
+    labels = [k for k in range(n_classes) for _ in range(n_per_class)]
+    if modality == "text":
+        words = [["alpha", "apple", "amber"], ["beta", "banana", "blue"], ["gamma", "grape", "green"],
+                 ["delta", "date", "dune"]]
+        filler = ["the", "a", "of", "and", "with", "some"]
+        payload = [" ".join(rng.choice(words[k % len(words)] * 2 + filler, size=8).tolist()) for k in labels]
+        return payload, labels, {}
+    if modality == "sequence":
+        length = 40
+        t = np.linspace(0, 1, length, dtype=np.float32)
+        payload = [np.sin(2 * np.pi * (k + 1) * t + rng.uniform(0, 6.28)).astype(np.float32)
+                   + rng.normal(0, 0.3, length).astype(np.float32) for k in labels]
+        return payload, labels, {"sequence_length": length}
+    if modality == "features":
+        n_features = 6
+        centers = rng.normal(0, 3, size=(n_classes, n_features))
+        payload = [(centers[k] + rng.normal(0, 1, n_features)).astype(np.float32) for k in labels]
+        return payload, labels, {"feature_names": [f"f{i}" for i in range(n_features)]}
+    raise ValueError(f"unknown modality {modality!r}: text | sequence | features (images: write_digits_split)")
+
+
+def write_synthetic_split(root: str | Path, modality: str, *, n_per_class: int = 60, n_classes: int = 3,
+                          fractions: dict[str, float] | None = None, seed: int = 0) -> Path:
+    """A split dataset (``root/split``) of text / sequence / features rows, as clean and split would
+    write them: the fixture for tests of modalities that have no demo source of their own.
+
+    Cleaned payload columns: ``text`` string; ``sequence`` fixed_size_list<float32>[L] with
+    manifest ``sequence_length``; ``features`` fixed_size_list<float32>[F] with manifest
+    ``feature_names``.
+    """
+    rng = np.random.default_rng(seed)
+    payload, labels, extra = _synthetic_rows(modality, n_per_class=n_per_class, n_classes=n_classes, rng=rng)
+    if modality == "text":
+        column = pa.array(payload, pa.string())
+    else:
+        width = len(payload[0])
+        column = pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(payload), pa.float32()), width)
+    ids = [content_id(f"{modality}:{i}".encode(), "synthetic") for i in range(len(labels))]
+    fractions = fractions or {"train": 0.7, "val": 0.15, "test": 0.15}
+    table = pa.table({"id": ids, "label": pa.array(labels, pa.int64()), modality: column,
+                      "source": [f"synthetic/{i}" for i in range(len(labels))],
+                      "split": assign_splits(ids, fractions=fractions, seed=seed)})
+    classes = [f"class_{k}" for k in range(n_classes)]
+    with DatasetWriter(Path(root) / "split", classes=classes, metadata=extra) as w:
+        w.write(table)
+        w.close(rows_in=w.rows, set_aside=SetAside())
+    return Path(root) / "split"
