@@ -4,6 +4,7 @@
     trainwise stage NAME                run one stage in this process (what dvc.yaml calls)
     trainwise summary                   the summary of the last run, from metrics/*.json
     trainwise check                     validate params.yaml
+    trainwise submit STAGE...           run stages as Ray Jobs on the cluster (ray.jobs_address)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from components.evaluation.summary import SUMMARY_BY_CLI_ENV, collect, format_summary
 from components.tracking.mlflow_runs import PIPELINE_RUN_ENV, latest_verdict, setup_mlflow, where_to_look
-from pipelines.config import ConfigError, load_params
+from pipelines.config import SUBMITTABLE, ConfigError, load_params
 from pipelines.stage import run_stage
 
 STAGES = ("ingest", "clean", "split", "baseline", "tune", "train", "evaluate", "report")
@@ -57,6 +58,23 @@ def cmd_run(args: list[str]) -> int:
     return rc
 
 
+def cmd_submit(stages: list[str]) -> int:
+    """Outside `dvc repro`: outputs land in the workspace; `dvc commit` records them."""
+    from pipelines.remote import submit
+    from pipelines.stage import StageError
+
+    for name in stages:
+        try:
+            facts = submit(name)
+        except (StageError, FileNotFoundError) as err:
+            print(f"trainwise: error: {err}", file=sys.stderr)
+            return 2
+        print(f"[{name}] Ray job {facts['job_id']} {facts['status']} in {facts['wall_s']:.1f}s; outputs fetched")
+    print("outputs are in the workspace; `dvc commit` records them (or list the stages in ray.submit and "
+          "let `dvc repro` submit them)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trainwise", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -68,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("name", choices=STAGES)
     sub.add_parser("summary", help="summary of the last run")
     sub.add_parser("check", help="validate params.yaml")
+    sm = sub.add_parser("submit", help="run stages as Ray Jobs on a cluster; their outputs come back here")
+    sm.add_argument("stages", nargs="+", choices=SUBMITTABLE, metavar="STAGE",
+                    help=f"one or more of {', '.join(SUBMITTABLE)}, run in the order given")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -78,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "summary":
             print(_summary())
             return 0
+        if args.command == "submit":
+            return cmd_submit(args.stages)
         if args.command == "check":
             load_params()
             print("params.yaml is valid")

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = "params.yaml"
+# Stages whose work can run as a Ray Job on a cluster (ray.submit): the compute-heavy ones.
+SUBMITTABLE = ("clean", "baseline", "tune", "train", "evaluate")
 
 
 class ConfigError(ValueError):
@@ -168,6 +170,25 @@ class RayParams(_Section):
         0.25, gt=0, le=10,
         description="how often Ray Train's controller collects reports; Ray's 2 s default makes every "
                     "epoch wait up to 2 s for it (see benchmarks/report_poll.py)")
+    submit: list[str] = Field(
+        default_factory=list,
+        description="stages run as Ray Jobs on the cluster at ray.jobs_address (e.g. [tune, train]); "
+                    "`dvc repro` then submits them and brings their outputs back")
+    jobs_address: str | None = Field(
+        None, description="the cluster's Ray Jobs API (dashboard) address, http://HEAD:8265; "
+                          "RAY_API_SERVER_ADDRESS overrides")
+    shared_storage: str | None = Field(
+        None, description="storage every cluster node reads (shared path or fsspec URL, e.g. s3://bucket/x): "
+                          "submitted stages' inputs and outputs travel through it")
+    job_timeout_s: float = Field(24 * 3600, gt=0, description="a submitted stage's job is stopped after this")
+
+    @field_validator("submit")
+    @classmethod
+    def _known_stages(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - set(SUBMITTABLE))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; stages that can run on a cluster: {list(SUBMITTABLE)}")
+        return v
 
 
 class CostParams(_Section):

@@ -102,9 +102,22 @@ class Stage:
         return out
 
 
+def _stage_name(main) -> str | None:
+    """`pipelines.train` -> "train", also when run as ``python -m pipelines.train`` (module __main__)."""
+    spec = getattr(sys.modules.get(main.__module__), "__spec__", None)
+    name = spec.name if spec else main.__module__
+    return name.split(".", 1)[1] if name.startswith("pipelines.") else None
+
+
 def run_stage(main) -> None:
     """Run a stage's ``main`` and turn user-fixable errors into a clear message, exit 2."""
+    from pipelines.remote import submit, submitted_here
+
     try:
+        name = _stage_name(main)
+        if name and submitted_here(name):  # ray.submit lists it: run it as a Ray Job, outputs come back
+            submit(name)
+            return
         main()
     except USER_ERRORS + (StageError,) as err:
         print(f"trainwise: error: {err}", file=sys.stderr)

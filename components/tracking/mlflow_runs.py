@@ -134,6 +134,9 @@ def pipeline_run_id() -> str:
 
 
 def git_commit(root: Path) -> str:
+    """HEAD of the repo at ``root``; a submitted Ray job (no .git) gets it from TRAINWISE_GIT_COMMIT."""
+    if os.environ.get("TRAINWISE_GIT_COMMIT"):
+        return os.environ["TRAINWISE_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         return out.stdout.strip() if out.returncode == 0 else "none"

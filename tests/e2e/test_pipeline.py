@@ -6,17 +6,15 @@ run per tune trial, a registered model), the HTML report, a no-op second repro, 
 """
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.project import copy_project
+from tests.project import sh as _sh
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -24,38 +22,13 @@ STAGES = ["ingest", "clean", "split", "baseline", "tune", "train", "evaluate", "
 TRIALS = 3  # more than run at once (2): a finished trial must hand its CPU back
 
 
-def _sh(args, cwd, env, timeout=900):
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout + proc.stderr
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for f in files:
-        src = REPO / f
-        # Only the project's sources: not outputs of a pipeline run in the developer's checkout.
-        if src.is_file() and f.split("/")[0] not in {"data", "models", "metrics", "plots", "reports"} \
-                and f != "dvc.lock":
-            (root / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, root / f)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["tune"].update(num_samples=TRIALS, max_concurrent_trials=2, max_epochs=2, grace_period=1)
-    params["train"].update(epochs=3)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(root)  # the copy's code, not the developer checkout's
-    # A fresh CI machine has no global git identity; `dvc exp run` commits experiment refs.
-    env.update(GIT_CONFIG_GLOBAL=os.devnull, GIT_AUTHOR_NAME="trainwise-test", GIT_AUTHOR_EMAIL="test@localhost",
-               GIT_COMMITTER_NAME="trainwise-test", GIT_COMMITTER_EMAIL="test@localhost")
+    env = copy_project(root, params={
+        "tune": dict(num_samples=TRIALS, max_concurrent_trials=2, max_epochs=2, grace_period=1),
+        "train": dict(epochs=3)})
     git = ["git"]
-    _sh(["git", "init", "-q"], root, env)
-    _sh([*git, "add", "-A"], root, env)
-    _sh([*git, "commit", "-qm", "init"], root, env)
     out = _sh(["dvc", "repro"], root, env, timeout=1200)
     return root, env, git, out
 
