@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 
 
 class _DropRayletNoise:
@@ -94,3 +97,30 @@ def unschedulable(resources: dict, *, cpus: float, gpus: float = 0.0) -> str | N
     if gpus > have_gpu:
         return f"needs {gpus:g} GPUs but the Ray cluster has {have_gpu:g}"
     return None
+
+
+def watch_parent(*, interval_s: float = 1.0, grace_s: float = 30.0, log=None) -> threading.Thread | None:
+    """Stop this process when the process that started it dies (e.g. `dvc repro` was killed).
+
+    An orphaned stage would otherwise keep training, and billing, for a pipeline nobody runs
+    any more, and race the next `dvc repro` for the same outputs. On orphaning the main thread
+    gets a KeyboardInterrupt (the stage ends its MLflow run as FAILED, Ray shuts down, nothing
+    is renamed into place); if it has not exited ``grace_s`` later, the process exits hard.
+    Returns the watcher thread, or None when there is nothing to watch (started by init).
+    """
+    parent = os.getppid()
+    if parent <= 1:
+        return None
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        if log:
+            log(f"the process that started this stage (pid {parent}) is gone; stopping")
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(grace_s)
+        os._exit(130)
+
+    thread = threading.Thread(target=watch, name="trainwise-parent-watch", daemon=True)
+    thread.start()
+    return thread

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from components.data.contract import DataContractError, read_manifest, write_json_atomic
+from components.runtime import watch_parent
 from components.tracking.cost import CostMeter, Rates
 from components.tracking.mlflow_runs import flatten, git_commit, pipeline_run_id, setup_mlflow
 from pipelines.config import ConfigError, Params, load_params
@@ -48,6 +49,7 @@ class Stage:
         logging.basicConfig(level=logging.INFO, format=f"[{self.name}] %(message)s", force=True)
         for noisy in ("mlflow", "alembic", "urllib3", "filelock"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        watch_parent(log=self.log)  # `dvc repro` killed: don't keep training for nobody
         mp = self.params.mlflow
         setup_mlflow(tracking_uri=mp.tracking_uri, experiment=mp.experiment, root=self.root)
         section = getattr(self.params, self.name, None)
