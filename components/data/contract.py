@@ -89,7 +89,8 @@ class DatasetWriter:
         self.shard_rows = shard_rows
         self.metadata = dict(metadata or {})
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=self.out_dir.parent))
+        recover_dir(self.out_dir)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-{os.getpid()}-", dir=self.out_dir.parent))
         self._shards: list[Path] = []
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
@@ -160,9 +161,42 @@ class DatasetWriter:
             self.abort()
 
 
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``, replacing it; the old ``dst`` is removed only after the move."""
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_dir(dst: str | os.PathLike) -> None:
+    """Undo what a writer killed mid-way left beside ``dst``: its temp dirs (``.name.tmp-PID-*``)
+    and, if it died between the two renames of :func:`replace_dir`, the previous ``dst``
+    (``.name.old-PID``) is put back. Only leftovers of processes that are gone are touched."""
     dst = Path(dst)
+    if not dst.parent.is_dir():
+        return
+    for p in dst.parent.glob(f".{dst.name}.*-*"):
+        kind, _, rest = p.name[len(dst.name) + 2:].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind not in ("tmp", "old") or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        if kind == "old" and not dst.exists():
+            os.replace(p, dst)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, replacing it; the old ``dst`` is removed only after the move.
+
+    Between the two renames ``dst`` is briefly absent; a crash exactly there leaves the old
+    tree as ``.name.old-PID``, which :func:`recover_dir` (run by the next writer) puts back.
+    """
+    dst = Path(dst)
+    recover_dir(dst)
     old = None
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old-{os.getpid()}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from components.data.contract import replace_dir
+from components.data.contract import DataContractError, replace_dir
 from components.models import build_model
 
 WEIGHTS, SPEC = "model.pt", "model.json"
@@ -19,7 +19,7 @@ def save_model(out_dir: str | os.PathLike, state_dict: dict, spec: dict) -> Path
     """Write both files to a temp dir and rename it over ``out_dir`` (never half a model)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
     torch.save(state_dict, tmp / WEIGHTS)
     (tmp / SPEC).write_text(json.dumps(spec, indent=2) + "\n")
     replace_dir(tmp, out_dir)
@@ -32,7 +32,21 @@ def load_model(model_dir: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
         spec = json.loads((model_dir / SPEC).read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{model_dir / SPEC}: missing; run the train stage first") from None
-    return load_model_from_state(torch.load(model_dir / WEIGHTS, map_location="cpu", weights_only=True), spec)
+    weights = model_dir / WEIGHTS
+    try:
+        # weights_only: a checkpoint is data, never code; a pickle that tries to run code is refused
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{weights}: missing; run the train stage first") from None
+    except Exception as err:  # truncated / corrupt file, or a pickle weights_only refuses
+        raise DataContractError(f"{weights}: not a loadable trainwise checkpoint ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0][:200]}); re-run the train stage to rewrite it") from None
+    try:
+        return load_model_from_state(state, spec)
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise DataContractError(f"{weights}: does not fit the model {model_dir / SPEC} describes "
+                                f"({str(err).splitlines()[0][:200]}...); the two files come from different "
+                                "runs: re-run the train stage") from None
 
 
 def load_model_from_state(state_dict: dict, spec: dict) -> tuple[torch.nn.Module, dict]:

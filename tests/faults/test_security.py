@@ -1,0 +1,112 @@
+"""Security promises: checkpoints are data not code, no unsafe deserialisation or eval in the
+source, servers bind 127.0.0.1 unless configured."""
+
+import json
+import re
+import subprocess
+
+import pytest
+import torch
+
+from components.data.contract import DataContractError
+from components.training.export import WEIGHTS, load_model, save_model
+from tests.conftest import REPO
+
+SOURCE_DIRS = ("components", "pipelines", "benchmarks", "scripts")
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # what a malicious "checkpoint" does: run code when unpickled
+        return (subprocess.call, (["touch", str(self.marker)],))
+
+
+def _tiny_model(tmp_path):
+    from components.models import build_model
+
+    spec = {"model": "mlp", "input_shape": [1, 8, 8], "classes": ["a", "b"], "dropout": 0.0}
+    model = build_model("mlp", input_shape=(1, 8, 8), n_classes=2, dropout=0.0)
+    return save_model(tmp_path / "model", model.state_dict(), spec)
+
+
+def test_malicious_pickle_checkpoint_is_refused(tmp_path):
+    model_dir = _tiny_model(tmp_path)
+    marker = tmp_path / "pwned"
+    torch.save({"weights": _Exploit(marker)}, model_dir / WEIGHTS)
+    with pytest.raises(DataContractError, match=re.escape(str(model_dir / WEIGHTS))):
+        load_model(model_dir)
+    assert not marker.exists()  # the payload never ran
+
+
+def test_corrupt_checkpoint_names_the_file_and_the_fix(tmp_path):
+    model_dir = _tiny_model(tmp_path)
+    data = (model_dir / WEIGHTS).read_bytes()
+    (model_dir / WEIGHTS).write_bytes(data[: len(data) // 2])  # truncated by a full disk
+    with pytest.raises(DataContractError, match="re-run the train stage"):
+        load_model(model_dir)
+
+
+def test_checkpoint_of_another_model_shape(tmp_path):
+    model_dir = _tiny_model(tmp_path)
+    spec = json.loads((model_dir / "model.json").read_text())
+    spec["classes"] = ["a", "b", "c"]  # the spec now says 3 classes; the weights have 2
+    (model_dir / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(DataContractError, match="different runs"):
+        load_model(model_dir)
+
+
+def _source_files():
+    for d in SOURCE_DIRS:
+        yield from (REPO / d).rglob("*.py")
+        yield from (REPO / d).rglob("*.sh")
+
+
+def test_no_unsafe_deserialisation_or_eval_in_the_source():
+    bad = {
+        r"\bpickle\.loads?\(": "pickle.load on data",
+        r"(?<![\w.])eval\(": "eval",
+        r"(?<![\w.])exec\(": "exec",
+        r"\byaml\.load\(": "yaml.load (use safe_load)",
+        r"\bshell=True": "shell=True",
+        r"\bextractall\(": "extractall (extract member by member, checking paths)",
+        r"\bcloudpickle\.loads?\(": "cloudpickle.load",
+    }
+    found = []
+    for path in _source_files():
+        text = path.read_text()
+        for pattern, what in bad.items():
+            for m in re.finditer(pattern, text):
+                line = text.count("\n", 0, m.start()) + 1
+                found.append(f"{path.relative_to(REPO)}:{line}: {what}")
+    assert not found, "\n".join(found)
+
+
+def test_every_torch_load_is_weights_only():
+    calls = []
+    for path in _source_files():
+        text = path.read_text()
+        for m in re.finditer(r"torch\.load\(", text):
+            depth, i = 1, m.end()
+            while depth and i < len(text):
+                depth += {"(": 1, ")": -1}.get(text[i], 0)
+                i += 1
+            call = text[m.start():i]
+            if "weights_only=True" not in call:
+                calls.append(f"{path.relative_to(REPO)}: {call}")
+    assert not calls, "\n".join(calls)
+
+
+def test_servers_we_start_bind_localhost():
+    """Every server command in code, scripts, tests and README binds 127.0.0.1 (infra/ documents
+    cluster set-ups, where binding other interfaces is the point, behind explicit settings)."""
+    files = [*_source_files(), *(REPO / "tests").rglob("*.py"), REPO / "README.md"]
+    offenders = []
+    for path in files:
+        text = path.read_text()
+        for m in re.finditer(r"0\.0\.0\.0|--host[= ]+(?!127\.0\.0\.1)\S+|-h [^1\s-]\S*", text):
+            if path.name == "test_security.py":
+                continue
+            offenders.append(f"{path.relative_to(REPO)}: {m.group(0)}")
+    assert not offenders, "\n".join(offenders)
