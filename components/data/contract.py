@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -229,16 +230,30 @@ def read_table(data_dir: str | os.PathLike, *, columns: list[str] | None = None,
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise DataContractError(f"{data_dir}: shards listed in the manifest are missing: {missing}")
-    table = pq.ParquetDataset(paths, filters=[("split", "=", filter_split)] if filter_split else None).read(
-        columns=columns)
-    return table
+    with _unreadable_parquet(data_dir):
+        return pq.ParquetDataset(paths, filters=[("split", "=", filter_split)] if filter_split else None).read(
+            columns=columns)
 
 
 def iter_batches(data_dir: str | os.PathLike, *, batch_rows: int = 8192) -> Iterator[pa.RecordBatch]:
     """Stream a dataset shard by shard, so memory is bounded by ``batch_rows``."""
     manifest = read_manifest(data_dir)
     for shard in manifest["shards"]:
-        yield from pq.ParquetFile(Path(data_dir) / shard).iter_batches(batch_size=batch_rows)
+        with _unreadable_parquet(Path(data_dir) / shard):
+            yield from pq.ParquetFile(Path(data_dir) / shard).iter_batches(batch_size=batch_rows)
+
+
+@contextmanager
+def _unreadable_parquet(where: str | os.PathLike):
+    """A corrupt or truncated shard becomes a DataContractError naming it and the fix."""
+    try:
+        yield
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise DataContractError(f"{where}: unreadable Parquet ({str(err).splitlines()[0][:300]}); the file is "
+                                "damaged: re-run the stage that writes it (`dvc repro --force STAGE`) or "
+                                "restore it (`dvc checkout`)") from None
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
