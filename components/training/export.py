@@ -32,6 +32,8 @@ def load_model(model_dir: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
         spec = json.loads((model_dir / SPEC).read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{model_dir / SPEC}: missing; run the train stage first") from None
+    except json.JSONDecodeError as err:
+        raise DataContractError(f"{model_dir / SPEC}: not valid JSON ({err}); re-run the train stage") from None
     weights = model_dir / WEIGHTS
     try:
         # weights_only: a checkpoint is data, never code; a pickle that tries to run code is refused
