@@ -30,7 +30,7 @@ STAGE_OUTPUTS = {  # what each stage would write: none of it may exist after a f
     "clean": ["data/clean", "metrics/clean.json"],
     "split": ["data/split", "metrics/split.json"],
     "baseline": ["metrics/baseline.json"],
-    "train": ["models/model", "metrics/train.json"],
+    "train": ["models/model", "metrics/train.json"],  # models/model pre-exists in the fixture
     "evaluate": ["metrics/evaluate.json"],
 }
 
@@ -101,6 +101,8 @@ CASES = [
          ["data/split", "unreadable Parquet", "dvc repro --force"]),
     Case("shard-missing", "baseline", lambda r: sorted((r / "data/split").glob("*.parquet"))[0].unlink(),
          ["data/split", "shards listed in the manifest are missing"]),
+    Case("workers-beyond-cluster", "train", lambda r: _params(r, "train", num_workers=64),
+         ["train.num_workers=64", "needs 64 CPUs but the Ray cluster has"]),  # an error, not a hang
     # -- models and checkpoints ------------------------------------------------------------
     Case("model-missing", "evaluate", _remove("models/model"), ["models/model/model.json", "run the train stage"]),
     Case("checkpoint-corrupt", "evaluate", _write("models/model/model.pt", b"\x80\x02garbage"),
@@ -114,15 +116,22 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
-    """params.yaml + digits through ingest/clean/split + an (untrained) model, as the stages lay them out."""
+    """params.yaml + digits through ingest/clean/split + the tune stage's output (tune off) + an
+    (untrained) model, laid out as the stages lay them out."""
     root = tmp_path_factory.mktemp("pristine")
     shutil.copy2(REPO / "params.yaml", root / "params.yaml")
+    _params(root, "tune", enabled=False)
     write_digits_split(root / "data")
     manifest = json.loads((root / "data/split/manifest.json").read_text())
     h, w, c = manifest["image_shape"]
     model = build_model("small_cnn", input_shape=(c, h, w), n_classes=len(manifest["classes"]), dropout=0.0)
     save_model(root / "models/model", model.state_dict(),
                {"model": "small_cnn", "input_shape": [c, h, w], "classes": manifest["classes"], "dropout": 0.0})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root.parent / 'catalogue-mlflow.db'}")
+        run_stage(importlib.import_module("pipelines.tune").main)  # tune.enabled false: writes train's params
+    assert (root / "models/tune/best_params.json").exists()
     return root
 
 
