@@ -92,7 +92,7 @@ def _stream_logs(client, job_id: str, write: Callable[[str], None], timeout_s: f
         asyncio.run(asyncio.wait_for(tail(), timeout=timeout_s))
     except asyncio.TimeoutError:
         client.stop_job(job_id)
-        raise JobError(f"Ray job {job_id} ran past {timeout_s:.0f}s (ray.job_timeout_s) and was stopped")
+        raise JobError(f"Ray job {job_id} ran past {timeout_s:.0f}s (ray.job_timeout_s) and was stopped") from None
 
 
 def run_stage_job(io: StageIO, *, root: str | Path, address: str, shared: str, storage_path: str,
