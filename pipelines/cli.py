@@ -4,11 +4,13 @@
     trainwise stage NAME                run one stage in this process (what dvc.yaml calls)
     trainwise summary                   the summary of the last run, from metrics/*.json
     trainwise check                     validate params.yaml
+    trainwise predict PATH...           predict files / folders / CSV lists with the registered model
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib
 import os
 import shutil
@@ -57,6 +59,49 @@ def cmd_run(args: list[str]) -> int:
     return rc
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Prediction table to stdout or --out; exit 1 only when no input could be predicted."""
+    from components.data.contract import write_csv_atomic
+    from components.serving.batch import TABLE_COLUMNS, iter_items, predict_items
+    from components.serving.registry import ModelNotFound, open_predictor
+
+    params = load_params()
+    pp = params.predict
+    if args.batch_size is not None and args.batch_size <= 0:
+        print(f"trainwise: error: --batch-size must be > 0, got {args.batch_size}", file=sys.stderr)
+        return 2
+    if args.model_dir is None:
+        setup_mlflow(tracking_uri=params.mlflow.tracking_uri, experiment=params.mlflow.experiment, root=Path.cwd())
+    try:
+        predictor, used = open_predictor(model_uri=args.model, run_id=args.run, model_dir=args.model_dir,
+                                         registered_model=params.mlflow.registered_model, alias=pp.alias,
+                                         batch_size=args.batch_size or pp.batch_size)
+    except ModelNotFound as err:
+        print(f"trainwise: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        rows = predict_items(predictor, iter_items(args.paths))
+        if args.out:
+            rows = list(rows)
+            write_csv_atomic(Path(args.out), rows, TABLE_COLUMNS)
+        else:
+            writer = csv.DictWriter(sys.stdout, fieldnames=TABLE_COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            written = []
+            for row in rows:  # streamed: rows appear as their batch is done
+                writer.writerow(row)
+                written.append(row)
+            rows = written
+    except NotImplementedError as err:
+        print(f"trainwise: error: {err}", file=sys.stderr)
+        return 2
+    failed = [r for r in rows if r["error"] is not None]
+    print(f"trainwise predict: {len(rows) - len(failed)} of {len(rows)} input(s) predicted with {used}"
+          + (f"; {len(failed)} could not be (see the `error` column)" if failed else "")
+          + (f"; table in {args.out}" if args.out else ""), file=sys.stderr)
+    return 0 if len(failed) < len(rows) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trainwise", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -68,6 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("name", choices=STAGES)
     sub.add_parser("summary", help="summary of the last run")
     sub.add_parser("check", help="validate params.yaml")
+    pr = sub.add_parser("predict", help="predict files, folders or CSV lists of files with a trained model",
+                        description="One CSV row per input (id, source, predicted_class, class_index, "
+                                    "probability, error). Default model: the registered mlflow.registered_model "
+                                    "(the version with alias predict.alias if set, else the latest).")
+    pr.add_argument("paths", nargs="+", metavar="PATH",
+                    help="image file, folder (recursive), or .csv with a `path` column (relative to the CSV)")
+    which = pr.add_mutually_exclusive_group()
+    which.add_argument("--model", metavar="URI", help="an MLflow model URI, e.g. models:/trainwise-digits/3")
+    which.add_argument("--run", metavar="RUN_ID", help="the model logged by this MLflow (train) run")
+    which.add_argument("--model-dir", metavar="DIR", help="a model directory the train stage wrote (models/model)")
+    pr.add_argument("--out", metavar="FILE", help="write the table here (CSV) instead of stdout")
+    pr.add_argument("--batch-size", type=int, metavar="N", help="default: predict.batch_size in params.yaml")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -78,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "summary":
             print(_summary())
             return 0
+        if args.command == "predict":
+            return cmd_predict(args)
         if args.command == "check":
             load_params()
             print("params.yaml is valid")

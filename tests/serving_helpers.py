@@ -31,7 +31,7 @@ def train_tiny_digits_model(split_dir: Path, out_dir: Path, *, epochs: int = 8) 
     return save_model(out_dir, model.state_dict(), spec), spec
 
 
-def test_digit_pngs(split_dir: Path, n: int) -> list[tuple[bytes, str]]:
+def digit_pngs(split_dir: Path, n: int) -> list[tuple[bytes, str]]:
     """(PNG bytes, true class name) of ``n`` test-split digits, encoded back from the cleaned pixels."""
     x, y, _ = load_split(str(split_dir), "test")
     classes = read_manifest(split_dir)["classes"]
