@@ -71,7 +71,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"trainwise: error: --batch-size must be > 0, got {args.batch_size}", file=sys.stderr)
         return 2
     if args.model_dir is None:
-        setup_mlflow(tracking_uri=params.mlflow.tracking_uri, experiment=params.mlflow.experiment, root=Path.cwd())
+        import mlflow
+
+        from components.tracking.mlflow_runs import default_tracking_uri
+
+        # Only point at the store (same precedence as the stages): predicting creates no experiment.
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
+                                or default_tracking_uri(Path.cwd()))
     try:
         predictor, used = open_predictor(model_uri=args.model, run_id=args.run, model_dir=args.model_dir,
                                          registered_model=params.mlflow.registered_model, alias=pp.alias,

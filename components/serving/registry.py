@@ -17,20 +17,24 @@ def resolve_registered(name: str, *, alias: str | None = "champion") -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient()
-    if alias:
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        versions = []  # no store yet: say so instead of creating an empty one
+    else:
+        client = mlflow.MlflowClient()
+        if alias:
+            try:
+                client.get_model_version_by_alias(name, alias)
+                return f"models:/{name}@{alias}"
+            except MlflowException:
+                pass  # alias not set (or model not registered): fall back to the latest version
         try:
-            client.get_model_version_by_alias(name, alias)
-            return f"models:/{name}@{alias}"
+            versions = client.search_model_versions(f"name = '{name}'")
         except MlflowException:
-            pass  # alias not set (or model not registered): fall back to the latest version
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        versions = []
+            versions = []
     if not versions:
         raise ModelNotFound(
-            f"no registered model {name!r} in {mlflow.get_tracking_uri()} (params.yaml mlflow.registered_model): "
+            f"no registered model {name!r} in {uri} (params.yaml mlflow.registered_model): "
             "run the pipeline first (`trainwise run`), or pass --model-dir models/model / --run RUN_ID")
     return f"models:/{name}/{max(int(v.version) for v in versions)}"
 
