@@ -17,8 +17,8 @@ from PIL import Image, UnidentifiedImageError
 from components.quality.cleaning import decode_image
 from components.training.data import images_to_tensor
 
-__all__ = ["DECODE_ERRORS", "PreprocessError", "as_bytes", "decode_image", "image_shape", "images_to_tensor",
-           "payload_of", "preprocess_image"]
+__all__ = ["DECODE_ERRORS", "PreprocessError", "as_bytes", "batch_tensor", "decode_image", "image_shape",
+           "images_to_tensor", "payload_of", "preprocess_image"]
 
 # What a corrupt or non-image payload raises inside decode_image (the same set clean catches).
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
@@ -82,4 +82,5 @@ def preprocess_image(value, *, spec: dict) -> np.ndarray:
 
 
 def batch_tensor(pixels: list[np.ndarray]) -> torch.Tensor:
+    """Decoded images (each H, W, C uint8) -> one model input batch, scaled as in training."""
     return images_to_tensor(np.stack(pixels))
