@@ -8,8 +8,9 @@ is what a JSON request carries; the scoring server decodes base64 itself for the
 column of the signature) and answer with ``predicted_class``, ``class_index``, ``probability``
 and ``error`` per row.
 
-The class is imported from this module when the model loads, so the environment that serves
-it needs trainwise installed (``--env-manager local`` from the project's venv).
+It is logged as "models from code" (``model_code.py``, which MLflow runs at load time), so loading
+it unpickles nothing; that code imports this module, so the environment that serves it needs
+trainwise installed (``--env-manager local`` from the project's venv).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class TrainwiseClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.predictor = Predictor.from_files(context.artifacts[ARTIFACT_WEIGHTS], context.artifacts[ARTIFACT_SPEC])
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         column = self.predictor.payload
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
@@ -81,7 +82,7 @@ def log_classifier(state_dict: dict, spec: dict, *, name: str = "model", registe
     with tempfile.TemporaryDirectory(prefix="trainwise-pyfunc-") as tmp:
         model_dir = save_model(Path(tmp) / "model", state_dict, spec)
         return mlflow.pyfunc.log_model(
-            name=name, python_model=TrainwiseClassifier(),
+            name=name, python_model=str(Path(__file__).with_name("model_code.py")),
             artifacts={ARTIFACT_WEIGHTS: str(model_dir / WEIGHTS), ARTIFACT_SPEC: str(model_dir / SPEC)},
             signature=signature_for(spec), input_example=example_input(spec),
             registered_model_name=registered_model_name, pip_requirements=reqs)
