@@ -67,6 +67,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     params = load_params()
     pp = params.predict
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stderr to our one summary line
     if args.batch_size is not None and args.batch_size <= 0:
         print(f"trainwise: error: --batch-size must be > 0, got {args.batch_size}", file=sys.stderr)
         return 2
