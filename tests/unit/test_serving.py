@@ -49,7 +49,8 @@ def registry(tiny, tmp_path_factory):
     state = torch.load(model_dir / WEIGHTS, weights_only=True)
     assert json.loads((model_dir / SPEC).read_text()) == spec
     try:
-        with mlflow.start_run():
+        # An experiment of this store: another test may have left a different one active.
+        with mlflow.start_run(experiment_id=mlflow.set_experiment("serving-test").experiment_id):
             info = log_classifier(state, spec, registered_model_name=NAME)
         assert info.registered_model_version == 1
         assert int(mlflow.register_model(info.model_uri, NAME).version) == 2  # a second version, no re-logging
