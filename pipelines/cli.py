@@ -5,11 +5,13 @@
     trainwise summary                   the summary of the last run, from metrics/*.json
     trainwise check                     validate params.yaml
     trainwise submit STAGE...           run stages as Ray Jobs on the cluster (ray.jobs_address)
+    trainwise predict PATH...           predict files / folders / CSV lists with the registered model
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib
 import os
 import shutil
@@ -73,6 +75,54 @@ def cmd_submit(stages: list[str]) -> int:
     print("outputs are in the workspace; `dvc commit` records them (or list the stages in ray.submit and "
           "let `dvc repro` submit them)")
     return 0
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Prediction table to stdout or --out; exit 1 only when no input could be predicted."""
+    from components.data.contract import write_csv_atomic
+    from components.serving.batch import TABLE_COLUMNS, iter_items, predict_items
+    from components.serving.registry import ModelNotFound, open_predictor
+
+    params = load_params()
+    pp = params.predict
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stderr to our one summary line
+    if args.batch_size is not None and args.batch_size <= 0:
+        print(f"trainwise: error: --batch-size must be > 0, got {args.batch_size}", file=sys.stderr)
+        return 2
+    if args.model_dir is None:
+        import mlflow
+
+        from components.tracking.mlflow_runs import default_tracking_uri
+
+        # Only point at the store (same precedence as the stages): predicting creates no experiment.
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
+                                or default_tracking_uri(Path.cwd()))
+    try:
+        predictor, used = open_predictor(model_uri=args.model, run_id=args.run, model_dir=args.model_dir,
+                                         registered_model=params.mlflow.registered_model, alias=pp.alias,
+                                         batch_size=args.batch_size or pp.batch_size)
+    except ModelNotFound as err:
+        print(f"trainwise: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        rows = predict_items(predictor, iter_items(args.paths))
+        if args.out:
+            rows = list(rows)
+            write_csv_atomic(Path(args.out), rows, TABLE_COLUMNS)
+        else:
+            writer = csv.DictWriter(sys.stdout, fieldnames=TABLE_COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            written = []
+            for row in rows:  # streamed: rows appear as their batch is done
+                writer.writerow(row)
+                written.append(row)
+            rows = written
+    except NotImplementedError as err:
+        print(f"trainwise: error: {err}", file=sys.stderr)
+        return 2
+    failed = [r for r in rows if r["error"] is not None]
+    print(f"trainwise predict: {len(rows) - len(failed)} of {len(rows)} input(s) predicted with {used}"
+          + (f"; {len(failed)} could not be (see the `error` column)" if failed else "")
+          + (f"; table in {args.out}" if args.out else ""), file=sys.stderr)
+    return 0 if len(failed) < len(rows) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     sm = sub.add_parser("submit", help="run stages as Ray Jobs on a cluster; their outputs come back here")
     sm.add_argument("stages", nargs="+", choices=SUBMITTABLE, metavar="STAGE",
                     help=f"one or more of {', '.join(SUBMITTABLE)}, run in the order given")
+    pr = sub.add_parser("predict", help="predict files, folders or CSV lists of files with a trained model",
+                        description="One CSV row per input (id, source, predicted_class, class_index, "
+                                    "probability, error). Default model: the registered mlflow.registered_model "
+                                    "(the version with alias predict.alias if set, else the latest).")
+    pr.add_argument("paths", nargs="+", metavar="PATH",
+                    help="image file, folder (recursive), or .csv with a `path` column (relative to the CSV)")
+    which = pr.add_mutually_exclusive_group()
+    which.add_argument("--model", metavar="URI", help="an MLflow model URI, e.g. models:/trainwise-digits/3")
+    which.add_argument("--run", metavar="RUN_ID", help="the model logged by this MLflow (train) run")
+    which.add_argument("--model-dir", metavar="DIR", help="a model directory the train stage wrote (models/model)")
+    pr.add_argument("--out", metavar="FILE", help="write the table here (CSV) instead of stdout")
+    pr.add_argument("--batch-size", type=int, metavar="N", help="default: predict.batch_size in params.yaml")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -101,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "submit":
             return cmd_submit(args.stages)
+        if args.command == "predict":
+            return cmd_predict(args)
         if args.command == "check":
             load_params()
             print("params.yaml is valid")

@@ -196,6 +196,13 @@ class CostParams(_Section):
     gpu_hour_usd: float = Field(2.50, ge=0, description="price of one reserved GPU for an hour")
 
 
+class PredictParams(_Section):
+    alias: str | None = Field(
+        "champion", description="registry alias `trainwise predict` uses when set on a version of "
+                                "mlflow.registered_model; otherwise (or null) the latest version")
+    batch_size: int = Field(256, gt=0, description="inputs decoded and scored at once")
+
+
 class Params(_Section):
     paths: Paths = Paths()
     ingest: IngestParams = IngestParams()
@@ -209,6 +216,7 @@ class Params(_Section):
     mlflow: MlflowParams = MlflowParams()
     ray: RayParams = RayParams()
     cost: CostParams = CostParams()
+    predict: PredictParams = PredictParams()
 
 
 def _describe(err: ValidationError, source: str) -> str:

@@ -4,13 +4,13 @@ import time
 
 import mlflow
 import numpy as np
-import torch
 
 from components.data.contract import read_json, write_csv_atomic
 from components.runtime import init_ray, unschedulable
 from components.training.data import input_shape
 from components.training.driver import Scaling, best_checkpoint_state, fit, run_history
-from components.training.export import load_model_from_state, save_model
+from components.serving.pyfunc import log_classifier
+from components.training.export import save_model
 from components.training.loop import LoopConfig
 from components.tracking.mlflow_runs import log_history
 from pipelines.stage import Stage, StageError, run_stage
@@ -59,11 +59,8 @@ def main() -> None:
         best_row = next(r for r in history if r["epoch"] == best["epoch"] + 1)
         spec = {"model": tp.model, "input_shape": list(loop.input_shape), "classes": classes,
                 "dropout": hp["dropout"], "epoch": best_row["epoch"], "hp": hp}
-        model, _ = load_model_from_state(best["model"], spec)
-        example = np.zeros((2, *loop.input_shape), dtype=np.float32)  # batch 2: keeps the batch dim dynamic in pt2
-        info = mlflow.pytorch.log_model(model, name="model", input_example=example,
-                                        registered_model_name=stage.params.mlflow.registered_model,
-                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        # A pyfunc that takes raw image bytes / base64 and preprocesses them like training did.
+        info = log_classifier(best["model"], spec, registered_model_name=stage.params.mlflow.registered_model)
         spec.update(mlflow_run_id=stage.run_id, registered_version={
             "name": stage.params.mlflow.registered_model, "version": str(info.registered_model_version)})
         out = save_model(stage.path(stage.paths.model), best["model"], spec)

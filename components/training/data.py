@@ -14,7 +14,7 @@ def load_split(data_dir: str, split: str) -> tuple[torch.Tensor, torch.Tensor, l
     table = read_table(data_dir, columns=["id", "label", "image"], filter_split=split)
     h, w, c = manifest["image_shape"]
     flat = table.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    x = torch.from_numpy(flat.reshape(-1, h, w, c).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+    x = images_to_tensor(flat.reshape(-1, h, w, c))
     y = torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
     return x, y, table.column("id").to_pylist()
 
@@ -22,3 +22,11 @@ def load_split(data_dir: str, split: str) -> tuple[torch.Tensor, torch.Tensor, l
 def input_shape(data_dir: str) -> tuple[int, int, int]:
     h, w, c = read_manifest(data_dir)["image_shape"]
     return c, h, w
+
+
+def images_to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """Decoded uint8 images (N, H, W, C) -> the float32 (N, C, H, W) in [0, 1] that models take.
+
+    The one place this scaling lives: training and serving (components/serving) both call it.
+    """
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)).astype(np.float32) / 255.0)

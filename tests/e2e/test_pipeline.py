@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -86,8 +87,11 @@ def test_mlflow_holds_stage_runs_trial_children_and_registered_model(project):
     assert len(versions) == 1 and versions[0].run_id == train_run.info.run_id
     assert float(versions[0].tags["test/acc"]) == pytest.approx(_metrics(root, "evaluate")["test/acc"], abs=1e-4)
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    served = mlflow.pyfunc.load_model("models:/trainwise-digits/1")
-    assert served.predict(np.zeros((5, 1, 8, 8), dtype=np.float32)).shape == (5, 10)
+    served = mlflow.pyfunc.load_model("models:/trainwise-digits/1")  # raw image bytes in, classes out
+    from components.data.sources import encode_png
+
+    pred = served.predict(pd.DataFrame({"image": [encode_png(np.zeros((8, 8), np.uint8))] * 5}))
+    assert len(pred) == 5 and pred["predicted_class"].isin([str(d) for d in range(10)]).all()
 
 
 def test_second_repro_changes_nothing(project):

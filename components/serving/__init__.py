@@ -1,0 +1,1 @@
+"""Serving: trained model + the shared preprocessing -> predictions (trainwise predict, the MLflow pyfunc)."""
