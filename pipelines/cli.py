@@ -75,6 +75,8 @@ def cmd_submit(stages: list[str]) -> int:
     print("outputs are in the workspace; `dvc commit` records them (or list the stages in ray.submit and "
           "let `dvc repro` submit them)")
     return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Prediction table to stdout or --out; exit 1 only when no input could be predicted."""
     from components.data.contract import write_csv_atomic
