@@ -42,7 +42,9 @@ def main() -> None:
         stage.log("duplicates: %d exact (+%d label conflicts), %d near-duplicate groups (%d disagree on the label)",
                   m["clean/exact_duplicates"], m["clean/exact_duplicate_conflicts"], m["clean/near_duplicate_groups"],
                   m["clean/near_duplicate_conflicts"])
-        if "label_issues" in manifest:
+        if "skipped" in manifest.get("label_issues", {}):
+            stage.log("%s", manifest["label_issues"]["skipped"])
+        elif "label_issues" in manifest:
             stage.log("label issues (%s, %d folds in %.1fs): %s; top suspects in %s", li.model, li.folds,
                       m["clean/label_issues/oof_s"], manifest["label_issues"], out / "label_issues.csv")
         stage.finish({"clean/rows_in": manifest["rows_in"], "clean/rows": manifest["rows"],

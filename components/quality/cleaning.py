@@ -40,7 +40,7 @@ from PIL import Image, UnidentifiedImageError
 from components.data.contract import DatasetWriter, SetAside, content_hash
 from components.quality.duplicates import (DUPLICATE, LABEL_CONFLICT, connected_groups, duplicate_pairs, find_exact_duplicates,
                                            group_summary, image_embedding, text_key)
-from components.quality.label_issues import (LabelIssueOptions, decide, detection_scores, oof_probabilities,
+from components.quality.label_issues import (LabelIssueOptions, TooFewRows, decide, detection_scores, oof_probabilities,
                                              suspects_table)
 from components.quality.noise import inject_symmetric_noise
 
@@ -292,15 +292,20 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
 
         decisions, suspects = None, []
         li = options.label_issues
-        if li is not None and len(kept) >= 2 * li.folds:
+        proba = None
+        if li is not None:
             table = pq.read_table(staged, columns=["id", modality])
-            order = np.array([index.get(i, -1) for i in table.column("id").to_pylist()])
+            order = np.array([index.get(i, -1) for i in table.column("id").to_pylist()], dtype=np.int64)
             col = table.column(modality).combine_chunks().filter(pa.array(order >= 0))
-            x = oof_features(col, modality, shape=extra.get("image_shape"))
+            x = oof_features(col, modality, shape=extra.get("image_shape")) if len(kept) else None
             rows_order = order[order >= 0]
-            x_sorted = x[np.argsort(rows_order)]  # feature row k belongs to kept[k]
-            proba, oof_s = oof_probabilities(x_sorted, labels, n_classes=n_classes, model=li.model, folds=li.folds,
-                                             workers=li.workers, seed=li.seed)
+            x_sorted = x[np.argsort(rows_order)] if len(kept) else None  # feature row k belongs to kept[k]
+            try:
+                proba, oof_s = oof_probabilities(x_sorted, labels, n_classes=n_classes, model=li.model,
+                                                 folds=li.folds, workers=li.workers, seed=li.seed)
+            except TooFewRows as err:
+                extra["label_issues"] = {"skipped": str(err)}
+        if proba is not None:
             decisions = decide(labels, proba, policy=li.policy, max_fraction=li.max_fraction)
             suspects = suspects_table(decisions, ids=ids, sources=[r.source for r in kept], labels=labels,
                                       classes=classes, top=li.top_suspects)

@@ -76,13 +76,19 @@ def fit_predict_fold(x, y, train_idx, test_idx, *, model: str, n_classes: int, s
     return out
 
 
+class TooFewRows(ValueError):
+    """Too few rows (per class) to cross-validate; label-issue search is skipped, with this reason."""
+
+
 def fold_indices(y: np.ndarray, *, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     from sklearn.model_selection import StratifiedKFold
 
-    counts = np.bincount(y)
-    k = min(folds, int(counts[counts > 0].min())) if len(y) else folds
-    if k < 2:
-        raise ValueError(f"a class has fewer than 2 rows ({counts.tolist()}); cannot cross-validate")
+    counts = np.bincount(y) if len(y) else np.zeros(1, dtype=np.int64)
+    present = counts[counts > 0]
+    k = min(folds, int(present.min())) if len(present) else 0
+    if k < 2 or len(present) < 2:
+        raise TooFewRows(f"label-issue search skipped: needs 2+ classes with 2+ rows each, "
+                         f"got class counts {counts.tolist()}")
     return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
 
 
@@ -148,7 +154,9 @@ class LabelDecisions:
 
     def counts(self) -> dict[str, int]:
         action = {"drop": "dropped", "flag": "flagged", "relabel": "relabeled"}[self.policy]
-        return {"found": len(self.found), action: len(self.acted), "over_cap": self.capped}
+        # `touched` is the same number under one name for every policy (for metric diffs)
+        return {"found": len(self.found), action: len(self.acted), "touched": len(self.acted),
+                "over_cap": self.capped}
 
 
 def decide(labels: np.ndarray, proba: np.ndarray, *, policy: str, max_fraction: float) -> LabelDecisions:

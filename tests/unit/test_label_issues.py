@@ -36,7 +36,7 @@ def test_decide_ranks_and_caps():
     assert set(d.found.tolist()) == set(wrong.tolist())
     capped = decide(labels, proba, policy="flag", max_fraction=0.1)
     assert len(capped.acted) == 20 and capped.capped == 20
-    assert capped.counts() == {"found": 40, "flagged": 20, "over_cap": 20}
+    assert capped.counts() == {"found": 40, "flagged": 20, "touched": 20, "over_cap": 20}
     assert (capped.predicted[wrong] == (labels[wrong] + 1) % 4).all()
 
 
@@ -88,11 +88,13 @@ def test_planted_flips_are_found_and_each_policy_does_what_it_says(ray_session, 
 
     # flag: every row kept, flagged rows marked, labels untouched
     st, m, t = _clean(digits_ingest, tmp_path / "flag", noise_rate=0.2,
-                      label_issues=LabelIssueOptions(policy="flag", workers=2))
+                      label_issues=LabelIssueOptions(policy="flag", model="knn"))  # knn: faster, same job
     assert m["rows"] == 1797 and "label_issue" not in m["set_aside"]
     flagged = t.column("label_issue").to_numpy(zero_copy_only=False)
-    assert flagged.sum() == m["label_issues"]["flagged"] == dropped
-    assert t.column("label").to_numpy()[flagged].tolist() != t.column("true_label").to_numpy()[flagged].tolist()
+    assert flagged.sum() == m["label_issues"]["flagged"] > 200
+    wrong = t.column("label").to_numpy() != t.column("true_label").to_numpy()
+    assert wrong.sum() == m["noise"]["flipped"]  # labels untouched: every flip still there
+    assert wrong[flagged].mean() > 0.85  # and the flags point at them
 
     # relabel: every row kept, flagged rows get the prediction, the given label stays in a column
     st, m, t = _clean(digits_ingest, tmp_path / "relabel", noise_rate=0.2,
@@ -105,6 +107,6 @@ def test_planted_flips_are_found_and_each_policy_does_what_it_says(ray_session, 
 
     # the cap: at most max_fraction of rows touched, the rest reported as over the cap
     st, m, t = _clean(digits_ingest, tmp_path / "cap", noise_rate=0.2,
-                      label_issues=LabelIssueOptions(policy="drop", max_fraction=0.05))
+                      label_issues=LabelIssueOptions(policy="drop", max_fraction=0.05, model="knn"))
     assert m["set_aside"]["label_issue"] == int(0.05 * 1797)
     assert m["label_issues"]["over_cap"] == m["label_issues"]["found"] - int(0.05 * 1797) > 0
