@@ -1,8 +1,9 @@
 """Decode, validate, de-duplicate and check the labels of a raw dataset, accounting for every
 row set aside.
 
-Two streaming passes keep memory bounded by one batch plus one small record per row (the
-label-issue step is the exception: its model needs every kept row's features at once):
+Two streaming passes keep memory bounded by one batch plus one small record per row (for
+images it holds the 1 KiB near-duplicate embedding; the label-issue step is the exception: its
+model needs every kept row's features at once):
 pass 1 decodes and validates each row into a temporary Parquet file and remembers its id,
 label, content hash and near-duplicate signature; duplicates, groups, injected noise and
 label issues are then decided over those records; pass 2 streams the temporary file and
@@ -162,8 +163,7 @@ def oof_features(column: pa.Array, modality: str, *, shape: list[int] | None = N
         h, w, c = shape
         x = flat.reshape(-1, h, w, c)
         if h > 32 or w > 32:
-            mode = "L" if c == 1 else "RGB"
-            x = np.stack([np.asarray(Image.fromarray(a[..., 0] if c == 1 else a, mode).resize(
+            x = np.stack([np.asarray(Image.fromarray(a[..., 0] if c == 1 else a).resize(
                 (min(w, 32), min(h, 32)), Image.Resampling.BILINEAR)) for a in x])
         return x.reshape(len(x), -1).astype(np.float32) / 255.0
     x = flat.reshape(len(column), -1).astype(np.float32)
