@@ -46,12 +46,40 @@ class IngestParams(_Section):
     shard_rows: int = Field(50_000, gt=0, description="rows per Parquet shard")
 
 
+class LabelIssueParams(_Section):
+    enabled: bool = Field(True, description="search for likely label errors (confident learning; starts Ray)")
+    policy: Literal["drop", "flag", "relabel"] = Field(
+        "drop", description="drop: set aside; flag: kept, `label_issue` column true; "
+                            "relabel: label := out-of-fold prediction, `given_label` keeps the old one")
+    max_fraction: float = Field(0.3, ge=0, le=1, description="cap on the fraction of rows the policy touches "
+                                                             "(the least self-confident first)")
+    model: Literal["svc", "logistic_regression", "knn"] = Field(
+        "svc", description="fast model trained k-fold for out-of-fold probabilities")
+    folds: int = Field(5, ge=2, description="k of the k-fold; each fold is one Ray task")
+    workers: int = Field(2, gt=0, description="folds trained at once (Ray tasks of 1 CPU)")
+    top_suspects: int = Field(50, gt=0, description="rows in the suspects table (data/clean/label_issues.csv)")
+    seed: int = Field(0, description="seed of the folds and the model")
+
+
+class NoiseParams(_Section):
+    rate: float = Field(0.0, ge=0, lt=1, description="symmetric label noise injected into the rows split "
+                                                     "will put in train (demos, benchmarks); 0: none")
+    seed: int = Field(0, description="which rows flip, and to what, is hash(seed, id)")
+
+
 class CleanParams(_Section):
     image_size: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] = Field(
         (8, 8), description="(height, width) every image is decoded and resized to"
     )
     channels: Literal[1, 3] = Field(1, description="1: grayscale, 3: RGB; every image is converted")
     drop_duplicates: bool = Field(True, description="set aside exact duplicates (content hash)")
+    payload_length: int | None = Field(
+        None, gt=0, description="sequences/features: rows of another length are set aside; null: most common")
+    near_duplicate_distance: float = Field(
+        0.05, ge=0, le=2, description="images: near duplicates when their unit 16x16 grayscale embeddings lie "
+                                      "within this distance; 0: off")
+    label_issues: LabelIssueParams = LabelIssueParams()
+    noise: NoiseParams = NoiseParams()
 
 
 class SplitParams(_Section):

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from components.data.contract import DatasetWriter, SetAside, content_id, iter_batches
 from components.data.sources import digits_source
-from components.data.splitting import assign_splits
+from components.data.splitting import assign_splits, split_keys
 from components.quality.cleaning import CleanOptions, clean_images
 
 
@@ -25,10 +25,10 @@ def write_digits_split(root: str | Path, *, fractions: dict[str, float] | None =
         raw = w.close(rows_in=w.rows, set_aside=SetAside())
     with DatasetWriter(root / "clean", classes=raw["classes"]) as w:
         stats = clean_images(iter_batches(root / "ingest"), w, n_classes=len(raw["classes"]), options=CleanOptions())
-        w.close(rows_in=stats["rows_in"], set_aside=stats["set_aside"], extra={"image_shape": stats["image_shape"]})
+        w.close(rows_in=stats["rows_in"], set_aside=stats["set_aside"], extra=stats["extra"])
     with DatasetWriter(root / "split", classes=raw["classes"], metadata={"image_shape": stats["image_shape"]}) as w:
         for batch in iter_batches(root / "clean"):
-            splits = assign_splits(batch.column("id").to_pylist(), fractions=fractions, seed=seed)
+            splits = assign_splits(split_keys(batch), fractions=fractions, seed=seed)
             w.write(pa.Table.from_batches([batch]).append_column("split", pa.array(splits)))
         w.close(rows_in=w.rows, set_aside=SetAside())
     return root / "split"

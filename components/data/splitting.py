@@ -1,9 +1,16 @@
-"""Train / val / test assignment derived from each row's id.
+"""Train / val / test assignment derived from each row's id (or its duplicate group's name).
 
-A row's split depends only on ``hash(seed, id)`` and the fractions, never on the other rows:
+A row's split depends only on ``hash(seed, key)`` and the fractions, never on the other rows:
 adding or removing rows does not move an existing row to another split, and the same
-params give the same split on any machine. Every class is cut at the same thresholds, so the
-split is stratified in expectation; the realised per-class counts go into the manifest.
+params give the same split on any machine. The key is the row's ``group`` column when clean
+wrote one (near-duplicate groups are named by their smallest id), so a whole group lands in
+one split; otherwise the row's ``id``. (A new row that joins an existing group with a smaller
+id renames the group and may move it: the price of never splitting a group.)
+
+Stratification: every class is cut at the same hash thresholds, so each class is split in
+the given fractions *in expectation*; exact per-class quotas would move existing rows when
+rows are added. The realised per-class counts and the largest deviation from the target
+fraction go into the manifest and metrics (``split/max_class_fraction_gap``).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from collections import Counter
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
 
 SPLITS = ("train", "val", "test")
 
@@ -24,6 +32,7 @@ def unit_hash(row_id: str, *, seed: int) -> float:
 
 
 def assign_splits(ids: Sequence[str], *, fractions: dict[str, float], seed: int) -> list[str]:
+    """Each key's split; pass group names instead of ids to keep groups together."""
     names = [s for s in SPLITS if s in fractions] + [s for s in fractions if s not in SPLITS]
     cuts = np.cumsum([fractions[n] for n in names])
     if not np.isclose(cuts[-1], 1.0):
@@ -33,8 +42,25 @@ def assign_splits(ids: Sequence[str], *, fractions: dict[str, float], seed: int)
     return [names[k] for k in np.searchsorted(cuts, u, side="right")]
 
 
+def split_keys(table: pa.Table | pa.RecordBatch) -> list[str]:
+    """What a row's split is derived from: its ``group`` if clean wrote one, else its ``id``."""
+    names = table.schema.names
+    return table.column("group" if "group" in names else "id").to_pylist()
+
+
 def split_counts(splits: Sequence[str], labels: Sequence[int], classes: list[str]) -> dict:
     """{split: {class_name: count}} for the manifest."""
     c = Counter(zip(splits, labels))
     return {s: {classes[k]: c.get((s, k), 0) for k in range(len(classes))}
             for s in sorted(set(splits), key=lambda s: SPLITS.index(s) if s in SPLITS else 99)}
+
+
+def class_fraction_gap(per_split: dict, fractions: dict[str, float]) -> float:
+    """Largest |share of a class's rows in a split - that split's fraction| over classes with rows."""
+    classes = {c for counts in per_split.values() for c in counts}
+    gap = 0.0
+    for c in classes:
+        total = sum(per_split.get(s, {}).get(c, 0) for s in fractions)
+        if total:
+            gap = max(gap, *(abs(per_split.get(s, {}).get(c, 0) / total - f) for s, f in fractions.items()))
+    return gap

@@ -49,3 +49,38 @@ def test_decode_resizes_and_converts_channels():
     assert out.shape == (8, 6, 1) and out.dtype == np.uint8
     assert 70 < out.mean() < 80  # red -> luminance ~76
     assert decode_image(encode_png(rgb), size=(8, 6), channels=3).shape == (8, 6, 3)
+
+
+def _numeric_raw(modality, rows):
+    return pa.table({"id": [f"r{i}" for i in range(len(rows))], "label": [l for _, l in rows],
+                     modality: pa.array([v for v, _ in rows], pa.list_(pa.float32())),
+                     "source": [f"s/{i}" for i in range(len(rows))]})
+
+
+def test_sequences_and_features_are_checked_for_nan_inf_and_length(tmp_path):
+    from components.quality.cleaning import clean_dataset
+
+    rows = [([0.0, 1.0, 2.0], 0), ([1.0, 2.0, 3.0], 1), ([1.0, float("nan"), 3.0], 0), ([1.0, 2.0], 1),
+            ([float("inf"), 0.0, 0.0], 1), ([5.0, 6.0, 7.0], 0), (None, 0), ([0.0, 1.0, 2.0], 0)]
+    for modality, key in (("sequence", "sequence_length"), ("features", "feature_names")):
+        with DatasetWriter(tmp_path / modality, classes=["a", "b"]) as w:
+            st = clean_dataset(iter(_numeric_raw(modality, rows).to_batches()), w, n_classes=2, modality=modality,
+                               options=CleanOptions())
+            m = w.close(rows_in=st["rows_in"], set_aside=st["set_aside"], extra=st["extra"])
+        assert m["set_aside"] == {"corrupt_payload": 1, "duplicate": 1, "non_finite_values": 2, "wrong_length": 1}
+        assert m["rows_in"] == 8 and m["rows"] == 3
+        t = read_table(tmp_path / modality)
+        assert t.schema.field(modality).type == pa.list_(pa.float32(), 3)
+        assert m[key] == (3 if modality == "sequence" else ["f0", "f1", "f2"])
+
+
+def test_text_is_normalised(tmp_path):
+    from components.quality.cleaning import clean_dataset, normalize_text
+
+    assert normalize_text("  ﬁne\tday\x00\n ") == "fine day"
+    raw = pa.table({"id": ["a", "b"], "label": [0, 1], "text": ["Hello\u00a0 world ", b"caf\xc3\xa9".decode()],
+                    "source": ["x", "y"]})
+    with DatasetWriter(tmp_path / "t", classes=["a", "b"]) as w:
+        st = clean_dataset(iter(raw.to_batches()), w, n_classes=2, modality="text", options=CleanOptions())
+        w.close(rows_in=st["rows_in"], set_aside=st["set_aside"], extra=st["extra"])
+    assert read_table(tmp_path / "t").column("text").to_pylist() == ["Hello world", "café"]
