@@ -41,7 +41,8 @@ def main() -> None:
         torch.set_num_threads(1)
         model, spec = load_model(stage.path(paths.model))
         split_dir = stage.path(paths.split)
-        modality = read_manifest(split_dir).get("payload", "image")
+        manifest = read_manifest(split_dir)
+        modality = manifest.get("payload", "image")
         stage.record_input(split_dir)
         x, y, ids = load_split(split_dir, "test")
         y = y.numpy()
@@ -93,6 +94,10 @@ def main() -> None:
         attributions, fig = explain_sample(model, x, y, proba, modality=modality, classes=names, ids=ids,
                                            n=p.attribution_samples, seed=p.seed, method=p.attribution_method,
                                            steps=p.attribution_steps, vocab=spec.get("vocab"))
+        feature_names = manifest.get("feature_names") or []
+        for r in attributions:  # tabular: name the strongest inputs
+            for t in r.get("top_features", []):
+                t["name"] = feature_names[t["index"]] if t["index"] < len(feature_names) else f"#{t['index']}"
         if fig is not None:
             figures.save_png(fig, out / "attributions.png")
         write_json_atomic(out / EVALUATION_FILE, {

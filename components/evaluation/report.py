@@ -50,6 +50,11 @@ def table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
     columns = list(columns or rows[0].keys())
 
     def cell(v):
+        if isinstance(v, str) and "." in v:  # numbers read back from CSV files
+            try:
+                v = float(v)
+            except ValueError:
+                pass
         if isinstance(v, float):
             return f"{v:.4g}"
         return html.escape(str(v))

@@ -194,3 +194,18 @@ def test_report_renders_in_headless_chromium(project, tmp_path):
 
     img = np.asarray(Image.open(tmp_path / "shot.png").convert("L"))
     assert img.std() > 5  # something was drawn, not a blank page
+
+
+def test_stale_or_missing_baseline_predictions_name_the_stage_to_rerun(project):
+    from pipelines.evaluate import _baseline_test_predictions
+    from pipelines.stage import StageError
+
+    path = project / "models/baseline/test_predictions.csv"
+    ids = [r["id"] for r in csv.DictReader(open(path))]
+    assert len(_baseline_test_predictions(path, "decision_tree", ids)) == len(ids)
+    with pytest.raises(StageError, match="re-run the baseline stage"):
+        _baseline_test_predictions(path, "decision_tree", ids[:-1] + ["not-a-test-row"])
+    with pytest.raises(StageError, match="no column 'svm'"):
+        _baseline_test_predictions(path, "svm", ids)
+    with pytest.raises(FileNotFoundError, match="run the baseline stage first"):
+        _baseline_test_predictions(project / "nope.csv", "decision_tree", ids)
