@@ -1,8 +1,6 @@
 """DVC stage `evaluate`: test metrics, per-class report, confusion matrix, calibration, the most
 confidently wrong examples, attributions, and the verdict against the best baseline."""
 
-import csv
-
 import mlflow
 import numpy as np
 import torch
@@ -13,26 +11,10 @@ from components.evaluation.attributions import explain_sample
 from components.evaluation.metrics import (calibration, classification_metrics, confidently_wrong,
                                            paired_comparison, predict_proba, verdict)
 from components.evaluation.summary import EVALUATION_FILE, best_baseline
-from components.models.classical import PREDICTIONS
+from components.models.classical import PREDICTIONS, read_test_predictions
 from components.training.data import load_split
 from components.training.export import load_model
-from pipelines.stage import Stage, StageError, run_stage
-
-
-def _baseline_test_predictions(path, model: str, ids: list[str]) -> np.ndarray:
-    """The baseline's predicted class for each of ``ids`` (the network's test rows, same order)."""
-    try:
-        with open(path) as f:
-            rows = {r["id"]: int(r[model]) for r in csv.DictReader(f)}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing; run the baseline stage first (dvc repro baseline)") from None
-    except KeyError:
-        raise StageError(f"{path} has no column {model!r}; re-run the baseline stage") from None
-    missing = [i for i in ids if i not in rows]
-    if missing or len(rows) != len(ids):
-        raise StageError(f"{path} does not hold the same test rows as the split ({len(rows)} vs {len(ids)}, "
-                         f"{len(missing)} missing); re-run the baseline stage on this split")
-    return np.array([rows[i] for i in ids])
+from pipelines.stage import Stage, run_stage
 
 
 def main() -> None:
@@ -57,7 +39,7 @@ def main() -> None:
         mdir = stage.path(paths.metrics)
         base, train, tune = (read_json(mdir / f"{s}.json") for s in ("baseline", "train", "tune"))
         best_name, best_acc = best_baseline(base)
-        base_pred = _baseline_test_predictions(stage.path(paths.baseline) / PREDICTIONS, best_name, ids)
+        base_pred = read_test_predictions(stage.path(paths.baseline) / PREDICTIONS, best_name, ids)
         cmp = paired_comparison(pred == y, base_pred == y, resamples=p.bootstrap_resamples,
                                 confidence=p.confidence, seed=p.seed)
         net_cost, base_cost = train["cost/usd"] + tune["cost/usd"], base["cost/usd"]
@@ -86,11 +68,9 @@ def main() -> None:
         wrong = [{"id": ids[i], "label": names[y[i]], "predicted": names[pred[i]],
                   "confidence": float(proba[i, pred[i]])} for i in confidently_wrong(y, proba, k=p.confident_wrong)]
         if wrong and x.is_floating_point() and modality in ("image", "sequence"):
-            rows = [ids.index(w["id"]) for w in wrong]
+            rows = x[[ids.index(w["id"]) for w in wrong]].numpy()
             titles = [f"{w['label']}→{w['predicted']} {w['confidence']:.2f}" for w in wrong]
-            fig = (figures.thumbnails_figure(list(x[rows].numpy()), titles) if modality == "image"
-                   else figures.sequences_figure(x[rows].numpy(), titles))
-            figures.save_png(fig, out / "confident_wrong.png")
+            figures.save_png(figures.examples_figure(rows, titles, modality=modality), out / "confident_wrong.png")
         attributions, fig = explain_sample(model, x, y, proba, modality=modality, classes=names, ids=ids,
                                            n=p.attribution_samples, seed=p.seed, method=p.attribution_method,
                                            steps=p.attribution_steps, vocab=spec.get("vocab"))

@@ -157,6 +157,15 @@ def sequences_figure(seqs: np.ndarray, titles: Sequence[str], *, cols: int = 4):
     return fig
 
 
+def examples_figure(x: np.ndarray, titles: Sequence[str], *, modality: str):
+    """Model inputs as pictures: images (N, C, H, W) as thumbnails, sequences as line plots."""
+    if modality == "image":
+        return thumbnails_figure(list(x), titles)
+    if modality == "sequence":
+        return sequences_figure(x, titles)
+    raise ValueError(f"no picture for modality {modality!r} (image | sequence)")
+
+
 def pareto_front(points: Sequence[tuple[float, float]], *, maximize: bool) -> list[int]:
     """Indices of the points no other point beats on both cost (lower) and metric, by cost."""
     order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1] if maximize else points[i][1]))

@@ -8,6 +8,7 @@ first step of each model's pipeline); sequences and tabular features are used ra
 
 from __future__ import annotations
 
+import csv
 import time
 from pathlib import Path
 
@@ -135,3 +136,20 @@ def fit_cost_usd(fit_s: float, *, cpus: float, cpu_hour_usd: float) -> float:
     return fit_s / 3600 * cpus * cpu_hour_usd
 
 
+
+
+def read_test_predictions(path: str | Path, model: str, ids: list[str]) -> np.ndarray:
+    """``model``'s predicted class for each of ``ids`` (the network's test rows, in that order), from
+    the baseline stage's predictions file; a missing or stale file says which stage to re-run."""
+    try:
+        with open(path) as f:
+            rows = {r["id"]: int(r[model]) for r in csv.DictReader(f)}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing; run the baseline stage first (dvc repro baseline)") from None
+    except KeyError:
+        raise DataContractError(f"{path} has no column {model!r}; re-run the baseline stage") from None
+    missing = [i for i in ids if i not in rows]
+    if missing or len(rows) != len(ids):
+        raise DataContractError(f"{path} does not hold the same test rows as the split ({len(rows)} vs {len(ids)}, "
+                                f"{len(missing)} missing); re-run the baseline stage on this split")
+    return np.array([rows[i] for i in ids])

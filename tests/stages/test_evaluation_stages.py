@@ -197,15 +197,15 @@ def test_report_renders_in_headless_chromium(project, tmp_path):
 
 
 def test_stale_or_missing_baseline_predictions_name_the_stage_to_rerun(project):
-    from pipelines.evaluate import _baseline_test_predictions
-    from pipelines.stage import StageError
+    from components.data.contract import DataContractError
+    from components.models.classical import read_test_predictions
 
     path = project / "models/baseline/test_predictions.csv"
     ids = [r["id"] for r in csv.DictReader(open(path))]
-    assert len(_baseline_test_predictions(path, "decision_tree", ids)) == len(ids)
-    with pytest.raises(StageError, match="re-run the baseline stage"):
-        _baseline_test_predictions(path, "decision_tree", ids[:-1] + ["not-a-test-row"])
-    with pytest.raises(StageError, match="no column 'svm'"):
-        _baseline_test_predictions(path, "svm", ids)
+    assert len(read_test_predictions(path, "decision_tree", ids)) == len(ids)
+    with pytest.raises(DataContractError, match="re-run the baseline stage"):
+        read_test_predictions(path, "decision_tree", ids[:-1] + ["not-a-test-row"])
+    with pytest.raises(DataContractError, match="no column 'svm'"):
+        read_test_predictions(path, "svm", ids)
     with pytest.raises(FileNotFoundError, match="run the baseline stage first"):
-        _baseline_test_predictions(project / "nope.csv", "decision_tree", ids)
+        read_test_predictions(project / "nope.csv", "decision_tree", ids)
