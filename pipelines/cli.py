@@ -20,7 +20,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from components.evaluation.summary import SUMMARY_BY_CLI_ENV, collect, format_summary
+from components.evaluation.summary import SUMMARY_BY_CLI_ENV, collect, format_summary, read_verdict
 from components.tracking.mlflow_runs import PIPELINE_RUN_ENV, latest_verdict, setup_mlflow, where_to_look
 from pipelines.config import SUBMITTABLE, ConfigError, load_params
 from pipelines.stage import run_stage
@@ -37,7 +37,7 @@ def _summary() -> str:
 
     exp_id = setup_mlflow(tracking_uri=params.mlflow.tracking_uri, experiment=params.mlflow.experiment,
                           root=Path.cwd())
-    verdict = latest_verdict(exp_id)
+    verdict = read_verdict(params.paths.evaluate) or latest_verdict(exp_id)
     report = Path(params.paths.reports) / "report.html"
     return format_summary(stages, verdict=verdict, report=report if report.exists() else None,
                           mlflow_hint=where_to_look(mlflow.get_tracking_uri(), Path.cwd(),

@@ -36,6 +36,8 @@ class Paths(_Section):
     metrics: str = Field("metrics", description="one <stage>.json of DVC metrics per stage")
     plots: str = Field("plots", description="DVC plot data")
     reports: str = Field("reports", description="the HTML report")
+    baseline: str = Field("models/baseline", description="baselines' test predictions (for the paired verdict)")
+    evaluate: str = Field("models/evaluate", description="evaluation details: verdict, calibration, attributions")
 
 
 class IngestParams(_Section):
@@ -96,15 +98,17 @@ class SplitParams(_Section):
         return self
 
 
-BaselineModel = Literal["majority", "logistic_regression", "decision_tree"]
+BaselineModel = Literal["majority", "logistic_regression", "decision_tree", "gradient_boosting"]
 
 
 class BaselineParams(_Section):
     models: list[BaselineModel] = Field(
-        ["majority", "logistic_regression", "decision_tree"], min_length=1,
+        ["majority", "logistic_regression", "decision_tree", "gradient_boosting"], min_length=1,
         description="classical models trained on the same split as the network",
     )
     seed: int = Field(0, description="random_state of the scikit-learn models")
+    max_pixels: int = Field(1024, gt=0, description="images: block-average down to at most this many values")
+    tfidf_max_features: int = Field(5000, gt=0, description="text: TF-IDF vocabulary size (train split only)")
 
 
 class Distribution(_Section):
@@ -175,10 +179,20 @@ class TrainParams(_Section):
 
 class EvaluateParams(_Section):
     batch_size: int = Field(512, gt=0, description="inference batch size")
+    bootstrap_resamples: int = Field(1000, ge=100, description="paired bootstrap resamples of the test rows")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="level of the verdict's confidence interval")
+    calibration_bins: int = Field(15, ge=2, le=100, description="equal-width confidence bins for ECE")
+    confident_wrong: int = Field(8, ge=0, description="most confidently wrong test examples to show")
+    attribution_samples: int = Field(16, ge=0, description="test examples explained (half right, half wrong)")
+    attribution_method: Literal["integrated_gradients", "saliency"] = Field(
+        "integrated_gradients", description="Captum method for the attributions")
+    attribution_steps: int = Field(32, gt=0, description="integrated gradients: steps of the path integral")
+    seed: int = Field(0, description="seed of the bootstrap and of the attribution sample")
 
 
 class ReportParams(_Section):
     title: str = Field("trainwise report", description="heading of the HTML report")
+    label_suspects: int = Field(12, ge=0, description="likely label errors shown with thumbnails")
 
 
 class MlflowParams(_Section):

@@ -1,11 +1,17 @@
-"""DVC stage `evaluate`: test metrics, per-class report, confusion matrix, verdict vs baselines."""
+"""DVC stage `evaluate`: test metrics, per-class report, confusion matrix, calibration, the most
+confidently wrong examples, attributions, and the verdict against the best baseline."""
 
 import mlflow
+import numpy as np
 import torch
 
-from components.data.contract import read_json, write_csv_atomic
-from components.evaluation.metrics import classification_metrics, predict_proba, verdict
-from components.evaluation.summary import best_baseline
+from components.data.contract import read_json, read_manifest, write_csv_atomic, write_json_atomic
+from components.evaluation import figures
+from components.evaluation.attributions import explain_sample
+from components.evaluation.metrics import (calibration, classification_metrics, confidently_wrong,
+                                           paired_comparison, predict_proba, verdict)
+from components.evaluation.summary import EVALUATION_FILE, best_baseline
+from components.models.classical import PREDICTIONS, read_test_predictions
 from components.training.data import load_split
 from components.training.export import load_model
 from pipelines.stage import Stage, run_stage
@@ -13,31 +19,73 @@ from pipelines.stage import Stage, run_stage
 
 def main() -> None:
     with Stage("evaluate") as stage:
-        paths = stage.paths
+        paths, p = stage.paths, stage.params.evaluate
         torch.set_num_threads(1)
         model, spec = load_model(stage.path(paths.model))
-        stage.record_input(stage.path(paths.split))
-        x, y, _ = load_split(stage.path(paths.split), "test")
-        proba = predict_proba(model, x, batch_size=stage.params.evaluate.batch_size)
-        metrics, per_class, _ = classification_metrics(y.numpy(), proba, classes=spec["classes"])
+        split_dir = stage.path(paths.split)
+        manifest = read_manifest(split_dir)
+        modality = manifest.get("payload", "image")
+        stage.record_input(split_dir)
+        x, y, ids = load_split(split_dir, "test")
+        y = y.numpy()
+        names = spec["classes"]
+        proba = predict_proba(model, x, batch_size=p.batch_size)
+        pred = proba.argmax(1)
+        metrics, per_class, cm = classification_metrics(y, proba, classes=names)
+        ece, bins = calibration(y, proba, bins=p.calibration_bins)
+        metrics["test/ece"] = ece
 
+        # The verdict: the network vs the baseline chosen on val, on the very same test rows.
         mdir = stage.path(paths.metrics)
         base, train, tune = (read_json(mdir / f"{s}.json") for s in ("baseline", "train", "tune"))
-        best_name, _ = best_baseline(base)
-        metrics["evaluate/gain_vs_best_baseline"] = metrics["test/acc"] - base["baseline/best/test/acc"]
-        sentence = verdict(net_acc=metrics["test/acc"], net_name=spec["model"].replace("_", " "),
-                           baseline_acc=base["baseline/best/test/acc"], baseline_name=best_name.replace("_", " "),
-                           net_cost=train["cost/usd"] + tune["cost/usd"], baseline_cost=base["cost/usd"])
-        stage.log("test/acc %.4f  test/f1_macro %.4f  (best baseline %s: %.4f)", metrics["test/acc"],
-                  metrics["test/f1_macro"], best_name, base["baseline/best/test/acc"])
+        best_name, best_acc = best_baseline(base)
+        base_pred = read_test_predictions(stage.path(paths.baseline) / PREDICTIONS, best_name, ids)
+        cmp = paired_comparison(pred == y, base_pred == y, resamples=p.bootstrap_resamples,
+                                confidence=p.confidence, seed=p.seed)
+        net_cost, base_cost = train["cost/usd"] + tune["cost/usd"], base["cost/usd"]
+        cost_ratio = net_cost / base_cost if base_cost > 0 else float("inf")
+        sentence = verdict(net_name=spec["model"].replace("_", " "), baseline_name=best_name.replace("_", " "),
+                           diff=cmp["diff"], ci_low=cmp["ci_low"], ci_high=cmp["ci_high"], cost_ratio=cost_ratio,
+                           confidence=p.confidence)
+        metrics.update({f"verdict/{k}": v for k, v in cmp.items()})
+        metrics["verdict/cost_ratio"] = cost_ratio
+        metrics["evaluate/gain_vs_best_baseline"] = metrics["test/acc"] - best_acc
+        stage.log("test/acc %.4f  test/f1_macro %.4f  test/ece %.4f  (best baseline %s: %.4f)",
+                  metrics["test/acc"], metrics["test/f1_macro"], ece, best_name, best_acc)
         stage.log("verdict: %s", sentence)
 
-        plots = stage.path(paths.plots)
-        pred = proba.argmax(1)
-        names = spec["classes"]
+        # Plots (DVC) and figures for the report.
+        plots, out = stage.path(paths.plots), stage.path(paths.evaluate)
+        out.mkdir(parents=True, exist_ok=True)
         write_csv_atomic(plots / "confusion.csv", [{"actual": names[a], "predicted": names[b]}
                                                    for a, b in zip(y.tolist(), pred.tolist())], ["actual", "predicted"])
         write_csv_atomic(plots / "per_class.csv", per_class, ["class", "precision", "recall", "f1", "support"])
+        write_csv_atomic(plots / "calibration.csv", bins, ["bin", "confidence", "accuracy", "count"])
+        figures.save_png(figures.confusion_figure(cm, names), plots / "confusion.png")
+        figures.save_png(figures.reliability_figure(bins, ece=ece), plots / "reliability.png")
+        for stale in ("attributions.png", "confident_wrong.png"):
+            (out / stale).unlink(missing_ok=True)
+        wrong = [{"id": ids[i], "label": names[y[i]], "predicted": names[pred[i]],
+                  "confidence": float(proba[i, pred[i]])} for i in confidently_wrong(y, proba, k=p.confident_wrong)]
+        if wrong and x.is_floating_point() and modality in ("image", "sequence"):
+            rows = x[[ids.index(w["id"]) for w in wrong]].numpy()
+            titles = [f"{w['label']}→{w['predicted']} {w['confidence']:.2f}" for w in wrong]
+            figures.save_png(figures.examples_figure(rows, titles, modality=modality), out / "confident_wrong.png")
+        attributions, fig = explain_sample(model, x, y, proba, modality=modality, classes=names, ids=ids,
+                                           n=p.attribution_samples, seed=p.seed, method=p.attribution_method,
+                                           steps=p.attribution_steps, vocab=spec.get("vocab"))
+        feature_names = manifest.get("feature_names") or []
+        for r in attributions:  # tabular: name the strongest inputs
+            for t in r.get("top_features", []):
+                t["name"] = feature_names[t["index"]] if t["index"] < len(feature_names) else f"#{t['index']}"
+        if fig is not None:
+            figures.save_png(fig, out / "attributions.png")
+        write_json_atomic(out / EVALUATION_FILE, {
+            "modality": modality, "classes": names, "network": spec["model"],
+            "verdict": {"sentence": sentence, "baseline": best_name, "confidence": p.confidence,
+                        "net_cost_usd": net_cost, "baseline_cost_usd": base_cost, "cost_ratio": cost_ratio, **cmp},
+            "calibration": {"ece": ece, "bins": bins}, "confidently_wrong": wrong,
+            "attributions": {"method": p.attribution_method, "rows": attributions}})
 
         mlflow.set_tags({"verdict": sentence, "baseline.best": best_name,
                          "model.train_run_id": spec.get("mlflow_run_id", "")})
@@ -47,7 +95,8 @@ def main() -> None:
             for k in ("test/acc", "test/f1_macro"):
                 client.set_model_version_tag(mv["name"], mv["version"], k, f"{metrics[k]:.4f}")
             client.set_model_version_tag(mv["name"], mv["version"], "verdict", sentence)
-        stage.finish(metrics, artifacts=[plots / "per_class.csv"])
+        stage.finish(metrics, artifacts=[plots / "per_class.csv", plots / "confusion.png", plots / "reliability.png",
+                                         out])
 
 
 if __name__ == "__main__":

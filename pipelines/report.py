@@ -5,11 +5,17 @@ import os
 
 import mlflow
 
-from components.data.contract import read_manifest, write_text_atomic
+from components.data.contract import DataContractError, read_manifest, write_text_atomic
+from components.evaluation.figures import png_bytes, thumbnails_figure
 from components.evaluation.report import build_report
-from components.evaluation.summary import SUMMARY_BY_CLI_ENV, best_baseline, collect, format_summary, totals
+from components.evaluation.report_inputs import image_thumbnails, pipeline_runs, read_label_suspects
+from components.evaluation.summary import (SUMMARY_BY_CLI_ENV, best_baseline, collect, format_summary, read_evaluation,
+                                           totals)
 from components.tracking.mlflow_runs import latest_verdict, where_to_look
 from pipelines.stage import Stage, run_stage
+
+IMAGES = {"confusion": ("plots", "confusion.png"), "reliability": ("plots", "reliability.png"),
+          "attributions": ("evaluate", "attributions.png"), "confident_wrong": ("evaluate", "confident_wrong.png")}
 
 
 def _csv(path):
@@ -19,23 +25,46 @@ def _csv(path):
         return list(csv.DictReader(f))
 
 
+def _manifest(path):
+    try:
+        return read_manifest(path)
+    except DataContractError:
+        return None
+
+
 def main() -> None:
     with Stage("report") as stage:
         p, params = stage.paths, stage.params
         stages = collect(stage.path(p.metrics))
         pipeline = totals(stages)
-        verdict = latest_verdict(mlflow.active_run().info.experiment_id)
+        evaluation = read_evaluation(stage.path(p.evaluate))
+        run = mlflow.active_run()
+        verdict = (evaluation or {}).get("verdict", {}).get("sentence") or latest_verdict(run.info.experiment_id)
         hint = where_to_look(mlflow.get_tracking_uri(), stage.root, experiment=params.mlflow.experiment,
                              model=params.mlflow.registered_model)
+        images = {k: stage.path(getattr(p, d)) / f for k, (d, f) in IMAGES.items()}
+        images = {k: f.read_bytes() for k, f in images.items() if f.exists()}
+        suspects, suspects_file = read_label_suspects(stage.path(p.clean), k=params.report.label_suspects)
+        if suspects:
+            thumbs = image_thumbnails([s["id"] for s in suspects], clean_dir=stage.path(p.clean),
+                                      ingest_dir=stage.path(p.ingest))
+            if thumbs:
+                shown = [s for s in suspects if s["id"] in thumbs]
+                images["label_suspects"] = png_bytes(thumbnails_figure(
+                    [thumbs[s["id"]] for s in shown], [str(s["id"])[:8] for s in shown]))
         curve = _csv(stage.path(p.plots) / "train_curve.csv")
         page = build_report(
             title=params.report.title, verdict=verdict, stages=stages, pipeline=pipeline, mlflow_hint=hint,
-            manifests={name: read_manifest(stage.path(getattr(p, name))) for name in ("ingest", "clean", "split")},
+            manifests={name: _manifest(stage.path(getattr(p, name))) for name in ("ingest", "clean", "split")},
             curve=[{k: float(v) for k, v in r.items()} for r in curve] if curve else None,
             confusion=_csv(stage.path(p.plots) / "confusion.csv"),
             per_class=_csv(stage.path(p.plots) / "per_class.csv"),
             trials=_csv(stage.path(p.tune) / "trials.csv"),
-            network=params.train.model)
+            network=params.train.model, evaluation=evaluation, images=images,
+            label_suspects=suspects, suspects_file=f"{p.clean}/{suspects_file}",
+            mlflow_runs=pipeline_runs(run.info.experiment_id,
+                                      mlflow.get_run(run.info.run_id).data.tags["trainwise.pipeline_run"],
+                                      tracking_uri=mlflow.get_tracking_uri()))
         out = stage.path(p.reports) / "report.html"
         write_text_atomic(out, page)
         if not os.environ.get(SUMMARY_BY_CLI_ENV):  # `trainwise run` prints it once, after dvc

@@ -31,14 +31,88 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, *, classes: li
     return metrics, per_class, confusion_matrix(y_true, y_pred, labels=labels)
 
 
-def verdict(*, net_acc: float, net_name: str, baseline_acc: float, baseline_name: str,
-            net_cost: float, baseline_cost: float) -> str:
-    """One sentence on whether the network is worth it, in test-accuracy points and cost."""
-    diff = 100 * (net_acc - baseline_acc)
-    ratio = net_cost / baseline_cost if baseline_cost > 0 else float("inf")
-    cost = f"at {ratio:.0f}x the cost" if ratio >= 1.5 else "at a similar cost"
-    if abs(diff) < 0.5:
-        return f"the {net_name} ties {baseline_name} ({diff:+.1f} points) {cost}: the simpler model would do"
-    if diff > 0:
-        return f"the {net_name} beats {baseline_name} by {diff:.1f} points {cost}"
-    return f"{baseline_name} beats the {net_name} by {-diff:.1f} points; the network is not worth it here"
+def calibration(y_true: np.ndarray, proba: np.ndarray, *, bins: int = 15) -> tuple[float, list[dict]]:
+    """Expected calibration error of the top-class confidence, and the reliability-diagram rows.
+
+    ECE = sum over equal-width confidence bins of (rows in bin / rows) x |accuracy - mean confidence|.
+    Only non-empty bins get a row: ``{"bin", "confidence", "accuracy", "count"}``.
+    """
+    if bins < 2:
+        raise ValueError(f"bins must be >= 2, got {bins}")
+    conf = proba.max(1)
+    correct = proba.argmax(1) == y_true
+    which = np.minimum((conf * bins).astype(int), bins - 1)  # confidence 1.0 goes to the last bin
+    ece, rows = 0.0, []
+    for b in range(bins):
+        m = which == b
+        if not m.any():
+            continue
+        acc, c = float(correct[m].mean()), float(conf[m].mean())
+        ece += m.sum() / len(y_true) * abs(acc - c)
+        rows.append({"bin": f"{b / bins:.2f}-{(b + 1) / bins:.2f}", "confidence": c, "accuracy": acc,
+                     "count": int(m.sum())})
+    return float(ece), rows
+
+
+def confidently_wrong(y_true: np.ndarray, proba: np.ndarray, *, k: int) -> list[int]:
+    """Row indices of the ``k`` wrong predictions made with the highest confidence, most confident first."""
+    pred = proba.argmax(1)
+    wrong = np.flatnonzero(pred != y_true)
+    order = np.argsort(-proba[wrong, pred[wrong]], kind="stable")
+    return wrong[order[:k]].tolist()
+
+
+def paired_comparison(net_correct: np.ndarray, base_correct: np.ndarray, *, resamples: int = 1000,
+                      confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Network minus baseline accuracy on the same test rows, in points, with a paired bootstrap
+    interval (the same resampled rows score both models) and McNemar's exact p-value.
+
+    Returns ``{"diff", "ci_low", "ci_high", "mcnemar_p", "significant"}``; significant means the
+    interval excludes zero.
+    """
+    from scipy.stats import binomtest
+
+    a = np.asarray(net_correct, dtype=np.float64)
+    b = np.asarray(base_correct, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"need two equal-length, non-empty 1-D arrays of per-row correctness, got {a.shape} and {b.shape}")
+    if not 0.5 < confidence < 1:
+        raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
+    d = a - b
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // len(d))  # bound memory on large test sets
+    diffs = np.concatenate([d[rng.integers(0, len(d), size=(min(chunk, resamples - i), len(d)))].mean(1)
+                            for i in range(0, resamples, chunk)])
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(diffs, [tail, 1 - tail])
+    net_only, base_only = int((d > 0).sum()), int((d < 0).sum())
+    p = binomtest(min(net_only, base_only), net_only + base_only, 0.5).pvalue if net_only + base_only else 1.0
+    return {"diff": 100 * float(d.mean()), "ci_low": 100 * float(low), "ci_high": 100 * float(high),
+            "mcnemar_p": float(p), "significant": float(low > 0 or high < 0)}
+
+
+def _times(ratio: float) -> str:
+    if not np.isfinite(ratio):
+        return "an unmeasured multiple of"
+    return f"{ratio:.1f}x" if ratio < 10 else f"{ratio:.0f}x"
+
+
+def verdict(*, net_name: str, baseline_name: str, diff: float, ci_low: float, ci_high: float,
+            cost_ratio: float, confidence: float = 0.95) -> str:
+    """One sentence on whether the network is worth it: the accuracy difference (points, ± half the
+    confidence interval), whether it is significant, and the cost ratio (network / baseline)."""
+    pm = f"{abs(diff):.1f} ± {(ci_high - ci_low) / 2:.1f} points ({confidence:.0%} CI)"
+    if 1 / 1.5 < cost_ratio < 1.5:
+        cost = "at a similar cost"
+    elif cost_ratio >= 1.5:
+        cost = f"at {_times(cost_ratio)} the cost"
+    else:
+        cost = f"at {cost_ratio:.2f}x the cost"
+    if ci_low > 0:
+        return f"the {net_name} beats {baseline_name} by {pm} {cost}"
+    if ci_high < 0:
+        return f"{baseline_name} beats the {net_name} by {pm}; the network, {cost}, is not worth it here"
+    sign = "+" if diff >= 0 else "-"
+    advice = "the simpler model would do" if cost_ratio > 1 / 1.5 else "either would do"
+    return (f"the {net_name} and {baseline_name} differ by {sign}{pm}, not significant, with the network "
+            f"{cost}: {advice}")

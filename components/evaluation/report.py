@@ -13,6 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from components.evaluation.figures import confusion_figure  # noqa: E402  (re-exported)
+
 
 def png_data_uri(fig) -> str:
     buf = io.BytesIO()
@@ -22,29 +24,23 @@ def png_data_uri(fig) -> str:
 
 
 def learning_curve_figure(rows: Sequence[dict]):
+    """Loss and accuracy per epoch, and the overfitting gap (train - val) of both."""
     epochs = [r["epoch"] for r in rows]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(12, 3.2))
     for key, ax in (("loss", a1), ("acc", a2)):
         ax.plot(epochs, [r[f"train/{key}"] for r in rows], "o-", label=f"train/{key}")
         ax.plot(epochs, [r[f"val/{key}"] for r in rows], "o-", label=f"val/{key}")
         ax.set_xlabel("epoch")
         ax.legend()
         ax.grid(alpha=0.3)
-    return fig
-
-
-def confusion_figure(cm: np.ndarray, classes: list[str]):
-    fig, ax = plt.subplots(figsize=(4.2, 4))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes)
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            if cm[i, j]:
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+    a3.plot(epochs, [r["train/acc"] - r["val/acc"] for r in rows], "o-", color="C3", label="gap/acc (train - val)")
+    a3.plot(epochs, [r["val/loss"] - r["train/loss"] for r in rows], "o-", color="C4", label="val/loss - train/loss")
+    a3.axhline(0, color="#999", lw=0.8)
+    a3.set_xlabel("epoch")
+    a3.set_title("overfitting gap", fontsize=9)
+    a3.legend(fontsize=7)
+    a3.grid(alpha=0.3)
+    fig.tight_layout()
     return fig
 
 
@@ -54,6 +50,11 @@ def table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
     columns = list(columns or rows[0].keys())
 
     def cell(v):
+        if isinstance(v, str) and "." in v:  # numbers read back from CSV files
+            try:
+                v = float(v)
+            except ValueError:
+                pass
         if isinstance(v, float):
             return f"{v:.4g}"
         return html.escape(str(v))
@@ -63,21 +64,34 @@ def table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}
+CSS = """body{font-family:system-ui,sans-serif;max-width:1080px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}.verdict{font-size:1.2em;background:#eef6ee;padding:.6em;border-left:4px solid #4a4}
-.missing{color:#999;font-style:italic}img{max-width:100%}"""
+.missing{color:#999;font-style:italic}img{max-width:100%}nav{font-size:.9em;margin:.5em 0 1.5em}
+nav a{margin-right:.8em}h3{font-size:1em;margin:1em 0 .3em}"""
+
+# Builds the contents line from the h2 headings: the page works without it (no external script).
+TOC_JS = """document.addEventListener('DOMContentLoaded',function(){var nav=document.getElementById('toc');
+document.querySelectorAll('h2').forEach(function(h,i){h.id='s'+i;var a=document.createElement('a');
+a.href='#'+h.id;a.textContent=h.textContent;nav.appendChild(a);});});"""
+
+MISSING = "<p class='missing'>not available yet: run the stage that makes it</p>"
 
 
-def render(title: str, sections: Sequence[tuple[str, str]], *, verdict: str | None) -> str:
+def missing(why: str) -> str:
+    return f"<p class='missing'>{html.escape(why)}</p>"
+
+
+def render(title: str, sections: Sequence[tuple[str, str | None]], *, verdict: str | None) -> str:
     """``sections`` are (heading, html body); a body of None says the data does not exist yet."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+             f"<style>{CSS}</style><script>{TOC_JS}</script></head><body><h1>{html.escape(title)}</h1>"
+             "<nav id='toc'></nav>"]
     if verdict:
         parts.append(f"<p class='verdict'>Verdict: {html.escape(verdict)}</p>")
     for heading, body in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
-        parts.append(body if body is not None else "<p class='missing'>not available yet: run the stage that makes it</p>")
+        parts.append(body if body is not None else MISSING)
     parts.append("</body></html>\n")
     return "".join(parts)
 
@@ -94,41 +108,193 @@ def _img(alt: str, fig) -> str:
     return f"<img alt='{html.escape(alt)}' src='{png_data_uri(fig)}'>"
 
 
-def build_report(*, title: str, verdict: str | None, stages: dict[str, dict], manifests: dict[str, dict],
+def _png(alt: str, data: bytes | None) -> str:
+    if not data:
+        return ""
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
+
+
+def _data_section(manifests: dict[str, dict | None], suspects: list[dict] | None, suspects_png: bytes | None,
+                  suspects_file: str) -> str | None:
+    rows = [{"stage": name, "rows in": m.get("rows_in", m["rows"]), "rows out": m["rows"],
+             "set aside": ", ".join(f"{k}: {v}" for k, v in m["set_aside"].items()) or "none"}
+            for name, m in manifests.items() if m]
+    if not rows:
+        return None
+    body = table(rows)
+    clean = manifests.get("clean") or {}
+    reasons = clean.get("set_aside", {})
+    dup = sum(v for k, v in reasons.items() if "dup" in k)
+    body += (f"<p>clean: {sum(reasons.values()) - dup} quarantined, {dup} duplicates set aside"
+             f" (per reason above).</p>" if clean else "")
+    body += "<h3>Label suspects</h3>"
+    if suspects is None:
+        body += missing(f"not available: the clean stage wrote no {suspects_file}")
+    elif not suspects:
+        body += "<p>no likely label errors found.</p>"
+    else:
+        body += table(suspects) + _png("label suspects", suspects_png)
+    return body
+
+
+def _split_section(split: dict | None, split_metrics: dict) -> str | None:
+    if not split:
+        return None
+    rows = [{"split": s, **c} for s, c in split.get("split_class_counts", {}).items()]
+    body = table(rows) if rows else missing("no per-split class counts in the split manifest")
+    leak = {k: v for k, v in {**split, **split_metrics}.items() if "leak" in k.lower()}
+    body += "<h3>Leakage check</h3>"
+    body += table([leak]) if leak else missing("not available: the split stage reports no leakage check")
+    return body
+
+
+def _curve_section(curve: list[dict] | None, train: dict) -> str | None:
+    if not curve:
+        return None
+    body = _img("learning curves", learning_curve_figure(curve))
+    if "gap/acc" in train:
+        body += (f"<p>overfitting gap at the kept epoch: gap/acc = {train['gap/acc']:+.4f} "
+                 f"(train/acc {train.get('train/acc', float('nan')):.4f}, val/acc {train.get('val/acc', float('nan')):.4f})</p>")
+    return body
+
+
+def _trials_section(trials: list[dict] | None) -> str | None:
+    if not trials:
+        return None
+    body = table(trials)
+    pts = []
+    for t in trials:
+        try:
+            pts.append((float(t["cost/usd"]), float(t["best_val/acc"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    if len(pts) >= 2:
+        from components.evaluation.figures import pareto_figure
+
+        body += _img("tune pareto", pareto_figure([c for c, _ in pts], [m for _, m in pts],
+                                                  metric_name="best val/acc", maximize=True))
+    else:
+        body += missing("Pareto plot: needs at least two trials with cost/usd and best_val/acc")
+    return body
+
+
+def _verdict_section(base_rows: list[dict], evaluation: dict | None) -> str | None:
+    if not base_rows:
+        return None
+    body = table(base_rows)
+    v = (evaluation or {}).get("verdict")
+    if v:
+        body += (f"<p class='verdict'>{html.escape(v['sentence'])}</p>"
+                 f"<p>best baseline (chosen on val): {html.escape(v['baseline'])}; network - baseline test accuracy "
+                 f"{v['diff']:+.2f} points, {v['confidence']:.0%} paired-bootstrap interval [{v['ci_low']:+.2f}, "
+                 f"{v['ci_high']:+.2f}], McNemar p = {v['mcnemar_p']:.3g}; cost: network (tune + train) "
+                 f"${v['net_cost_usd']:.5f} vs baseline stage ${v['baseline_cost_usd']:.5f} = "
+                 f"{v['cost_ratio']:.1f}x.</p>")
+    else:
+        body += missing("verdict: not available yet (run evaluate)")
+    return body
+
+
+def _test_section(ev: dict, evaluation: dict | None, images: dict, confusion, classes) -> str | None:
+    if not ev:
+        return None
+    body = table([{k: v for k, v in ev.items() if k.startswith("test/")}])
+    if images.get("confusion"):
+        body += _png("confusion matrix", images["confusion"])
+    elif confusion and classes:
+        body += _img("confusion matrix", confusion_figure(confusion_matrix_from_pairs(confusion, classes), classes))
+    body += "<h3>Calibration</h3>"
+    cal = (evaluation or {}).get("calibration")
+    if cal:
+        body += f"<p>expected calibration error (ECE) = {cal['ece']:.4f}</p>" + _png("reliability diagram",
+                                                                                    images.get("reliability"))
+    else:
+        body += missing("not available yet (run evaluate)")
+    body += "<h3>Most confidently wrong</h3>"
+    wrong = (evaluation or {}).get("confidently_wrong")
+    if wrong is None:
+        body += missing("not available yet (run evaluate)")
+    elif not wrong:
+        body += "<p>no wrong predictions on the test split.</p>"
+    else:
+        body += table(wrong) + _png("confidently wrong", images.get("confident_wrong"))
+    return body
+
+
+def _attribution_section(evaluation: dict | None, image: bytes | None) -> str | None:
+    att = (evaluation or {}).get("attributions")
+    if not att:
+        return None
+    rows = att.get("rows", [])
+    if not rows:
+        return missing("no test examples were attributed (evaluate.attribution_samples = 0)")
+    flat = []
+    for r in rows:
+        row = {k: r[k] for k in ("id", "label", "predicted", "confidence", "correct")}
+        if "top_tokens" in r:
+            row["top tokens"] = ", ".join(f"{t['token']} ({t['score']:+.2f})" for t in r["top_tokens"])
+        if "top_features" in r:
+            row["top features"] = ", ".join(f"{t.get('name', t['index'])} ({t['score']:+.2f})"
+                                            for t in r["top_features"])
+        flat.append(row)
+    return (f"<p>method: {html.escape(att.get('method', '?'))} (Captum), toward the predicted class; "
+            f"a fixed sample of right and wrong test rows.</p>" + _png("attributions", image) + table(flat))
+
+
+def _mlflow_section(hint: str, runs: list[dict] | None) -> str:
+    body = f"<p><code>{html.escape(hint)}</code></p>"
+    if not runs:
+        return body + missing("no MLflow runs found for this pipeline run")
+    cells = []
+    for r in runs:
+        link = r.get("url")
+        rid = html.escape(r["run_id"])
+        cells.append({"stage": r["stage"], "run id": rid, "status": r.get("status", "")}
+                     | ({"link": link} if link else {}))
+    out = table(cells)
+    for r in runs:  # make links clickable (table() escapes cell text)
+        if r.get("url"):
+            u = html.escape(r["url"])
+            out = out.replace(f"<td>{u}</td>", f"<td><a href='{u}'>open</a></td>")
+    return body + out
+
+
+def build_report(*, title: str, verdict: str | None, stages: dict[str, dict], manifests: dict[str, dict | None],
                  curve: list[dict] | None, confusion: list[dict] | None, per_class: list[dict] | None,
-                 trials: list[dict] | None, network: str, pipeline: dict[str, float], mlflow_hint: str) -> str:
-    """The whole page from the pipeline's outputs; a section whose inputs are missing says so."""
-    data_rows = [{"stage": name, "rows in": m.get("rows_in", m["rows"]), "rows out": m["rows"],
-                  "set aside": ", ".join(f"{k}: {v}" for k, v in m["set_aside"].items()) or "none"}
-                 for name, m in manifests.items()]
-    split = manifests.get("split", {})
-    split_rows = [{"split": s, **c} for s, c in split.get("split_class_counts", {}).items()]
+                 trials: list[dict] | None, network: str, pipeline: dict[str, float], mlflow_hint: str,
+                 evaluation: dict | None = None, images: dict[str, bytes] | None = None,
+                 label_suspects: list[dict] | None = None, suspects_file: str = "label_suspects.jsonl",
+                 mlflow_runs: list[dict] | None = None) -> str:
+    """The whole page from the pipeline's outputs; a section whose inputs are missing says so.
+
+    ``images``: PNG bytes by name (confusion, reliability, confident_wrong, attributions,
+    label_suspects); ``evaluation``: the evaluate stage's evaluation.json.
+    """
+    images = images or {}
+    split = manifests.get("split") or {}
     base = stages.get("baseline", {})
-    base_rows = [{"model": m, **{k: base[f"baseline/{m}/{k}"] for k in ("val/acc", "test/acc", "test/f1_macro", "fit_s")}}
+    base_rows = [{"model": m, **{k: base.get(f"baseline/{m}/{k}", float("nan"))
+                                 for k in ("val/acc", "test/acc", "test/f1_macro", "fit_s", "cost/usd")}}
                  for m in sorted({k.split("/")[1] for k in base if k.endswith("/fit_s")})]
     ev = stages.get("evaluate", {})
     if ev and "train" in stages:
-        base_rows.append({"model": f"network ({network})", "val/acc": stages["train"]["val/acc"],
+        base_rows.append({"model": f"network ({network})", "val/acc": stages["train"].get("val/acc", float("nan")),
                           "test/acc": ev["test/acc"], "test/f1_macro": ev["test/f1_macro"],
-                          "fit_s": stages["train"]["cost/wall_s"]})
+                          "fit_s": stages["train"]["cost/wall_s"] + stages.get("tune", {}).get("cost/wall_s", 0.0),
+                          "cost/usd": stages["train"]["cost/usd"] + stages.get("tune", {}).get("cost/usd", 0.0)})
     cost_rows = [{"stage": s, "wall_s": m.get("cost/wall_s", 0.0), "cpu_hours": m.get("cost/cpu_hours", 0.0),
                   "cpu_util": m.get("cost/cpu_util", 0.0), "usd": m.get("cost/usd", 0.0)} for s, m in stages.items()]
     cost_rows.append({"stage": "total", "wall_s": pipeline["pipeline/wall_s"],
                       "cpu_hours": pipeline["pipeline/cpu_hours"], "usd": pipeline["pipeline/cost/usd"]})
-    test_metrics = None
-    if ev:
-        test_metrics = table([{k: v for k, v in ev.items() if k.startswith("test/")}])
-        if confusion and split.get("classes"):
-            cm = confusion_matrix_from_pairs(confusion, split["classes"])
-            test_metrics += _img("confusion matrix", confusion_figure(cm, split["classes"]))
     return render(title, [
-        ("Data", table(data_rows) if data_rows else None),
-        ("Split", table(split_rows) if split_rows else None),
-        ("Learning curves", _img("learning curves", learning_curve_figure(curve)) if curve else None),
-        ("Tuning trials", table(trials) if trials else None),
-        ("Baselines vs network (test split)", table(base_rows) if base_rows else None),
-        ("Test metrics", test_metrics),
+        ("Data", _data_section(manifests, label_suspects, images.get("label_suspects"), suspects_file)),
+        ("Split and leakage check", _split_section(split, stages.get("split", {}))),
+        ("Learning curves and overfitting gap", _curve_section(curve, stages.get("train", {}))),
+        ("Tuning trials", _trials_section(trials)),
+        ("Baselines vs network", _verdict_section(base_rows, evaluation)),
+        ("Test metrics and calibration", _test_section(ev, evaluation, images, confusion, split.get("classes"))),
         ("Per class", table(per_class) if per_class else None),
-        ("Cost", table(cost_rows)),
-        ("MLflow", f"<p><code>{html.escape(mlflow_hint)}</code></p>"),
+        ("Attributions", _attribution_section(evaluation, images.get("attributions"))),
+        ("Cost per stage", table(cost_rows)),
+        ("MLflow runs", _mlflow_section(mlflow_hint, mlflow_runs)),
     ], verdict=verdict)

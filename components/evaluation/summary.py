@@ -7,6 +7,7 @@ from pathlib import Path
 
 SUMMARY_BY_CLI_ENV = "TRAINWISE_SUMMARY_BY_CLI"
 STAGES = ("ingest", "clean", "split", "baseline", "tune", "train", "evaluate")
+EVALUATION_FILE = "evaluation.json"  # in paths.evaluate: verdict, calibration, confidently wrong, attributions
 
 
 def collect(metrics_dir: str | Path) -> dict[str, dict]:
@@ -19,11 +20,28 @@ def collect(metrics_dir: str | Path) -> dict[str, dict]:
     return out
 
 
+def read_evaluation(evaluate_dir: str | Path) -> dict | None:
+    """The evaluate stage's details (``paths.evaluate``/evaluation.json), or None before it has run."""
+    p = Path(evaluate_dir) / EVALUATION_FILE
+    try:
+        return json.loads(p.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def read_verdict(evaluate_dir: str | Path) -> str | None:
+    """The verdict sentence of the last evaluate run in this workspace."""
+    ev = read_evaluation(evaluate_dir)
+    return ev.get("verdict", {}).get("sentence") if ev else None
+
+
 def best_baseline(baseline: dict) -> tuple[str, float]:
     """(name, test/acc) of the baseline with the best validation accuracy."""
     names = {k.split("/")[1] for k in baseline if k.startswith("baseline/") and k.endswith("/val/acc")}
     names.discard("best")
-    name = max(names, key=lambda m: baseline[f"baseline/{m}/val/acc"])
+    if not names:
+        raise ValueError("no baseline/<model>/val/acc metrics: run the baseline stage first")
+    name = max(sorted(names), key=lambda m: baseline[f"baseline/{m}/val/acc"])  # ties: first by name, stably
     return name, baseline[f"baseline/{name}/test/acc"]
 
 

@@ -1,43 +1,155 @@
-"""Classical baselines trained on the same split as the network (scikit-learn)."""
+"""Classical baselines trained on the same split as the network (scikit-learn).
+
+Inputs by modality (the cleaned contract, DESIGN.md): images are flattened pixels scaled to
+[0, 1], block-averaged down to at most ``max_pixels`` values so a 224x224 RGB image does not
+become a 150k-wide table; text goes through TF-IDF fitted on the train split only (it is the
+first step of each model's pipeline); sequences and tabular features are used raw.
+"""
 
 from __future__ import annotations
 
+import csv
 import time
+from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from sklearn.dummy import DummyClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
+from components.data.contract import DataContractError, read_manifest, read_table
 
-def make_baseline(name: str, *, seed: int):
+BASELINES = ("majority", "logistic_regression", "decision_tree", "gradient_boosting")
+MODALITIES = ("image", "text", "sequence", "features")
+PREDICTIONS = "test_predictions.csv"  # in paths.baseline: id, label, one predicted-class column per baseline
+
+
+def downsample_images(images: np.ndarray, *, max_pixels: int) -> np.ndarray:
+    """(N, H, W, C) -> (N, H/f, W/f, C) by averaging f x f blocks, the smallest f with at most
+    ``max_pixels`` values per image (f = 1: unchanged). Edge rows/columns that do not fill a block
+    are cropped."""
+    if max_pixels <= 0:
+        raise ValueError(f"max_pixels must be > 0, got {max_pixels}")
+    n, h, w, c = images.shape
+    f = 1
+    while (h // f) * (w // f) * c > max_pixels and f < min(h, w):
+        f += 1
+    if f == 1:
+        return images
+    hh, ww = h // f, w // f
+    blocks = images[:, :hh * f, :ww * f, :].reshape(n, hh, f, ww, f, c)
+    return blocks.mean(axis=(2, 4))
+
+
+def table_features(table, manifest: dict, *, max_pixels: int = 1024):
+    """The baseline input of a split table: a float32 matrix, or a list of strings for text."""
+    modality = manifest.get("payload")
+    if modality not in MODALITIES:
+        raise DataContractError(f"manifest payload {modality!r} is not one of {MODALITIES}")
+    col = table.column(modality).combine_chunks()
+    if modality == "text":
+        return [s or "" for s in col.to_pylist()]
+    flat = col.flatten().to_numpy(zero_copy_only=False)
+    if modality == "image":
+        h, w, c = manifest["image_shape"]
+        x = downsample_images(flat.reshape(-1, h, w, c).astype(np.float32) / 255.0, max_pixels=max_pixels)
+        return x.reshape(len(x), -1)
+    width = len(flat) // max(1, len(table))
+    return flat.reshape(len(table), width).astype(np.float32)
+
+
+def load_split_features(data_dir: str | Path, split: str, *, max_pixels: int = 1024):
+    """(x, y, ids) of one split for the baselines."""
+    manifest = read_manifest(data_dir)
+    table = read_table(data_dir, columns=["id", "label", manifest["payload"]], filter_split=split)
+    if table.num_rows == 0:
+        raise DataContractError(f"{data_dir}: the {split!r} split is empty; check split fractions in params.yaml")
+    x = table_features(table, manifest, max_pixels=max_pixels)
+    return x, table.column("label").to_numpy().astype(np.int64), table.column("id").to_pylist()
+
+
+def _dense(x):
+    return x.toarray() if hasattr(x, "toarray") else x
+
+
+def make_baseline(name: str, *, seed: int, text: bool = False, tfidf_max_features: int = 5000):
+    """An unfitted scikit-learn estimator; for text, TF-IDF is its first step (fitted on train only)."""
     if name == "majority":
-        return DummyClassifier(strategy="most_frequent")
-    if name == "logistic_regression":
-        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-    if name == "decision_tree":
-        return DecisionTreeClassifier(random_state=seed)
-    raise ValueError(f"unknown baseline {name!r}; choose from majority, logistic_regression, decision_tree")
+        model = DummyClassifier(strategy="most_frequent")
+    elif name == "logistic_regression":
+        # TF-IDF rows are already normalised and sparse; scaling them would densify for nothing.
+        model = LogisticRegression(max_iter=2000, random_state=seed)
+        if not text:
+            model = make_pipeline(StandardScaler(), model)
+    elif name == "decision_tree":
+        model = DecisionTreeClassifier(random_state=seed)
+    elif name == "gradient_boosting":
+        # Early stopping on an internal 10% of train: never looks at val or test.
+        model = HistGradientBoostingClassifier(random_state=seed, early_stopping=True)
+        if text:  # HistGradientBoosting needs dense input; tfidf_max_features bounds its width
+            model = make_pipeline(FunctionTransformer(_dense, accept_sparse=True), model)
+    else:
+        raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+    if text:
+        return make_pipeline(TfidfVectorizer(max_features=tfidf_max_features, sublinear_tf=True), model)
+    return model
 
 
-def fit_baselines(x_train: np.ndarray, y_train: np.ndarray, evals: dict[str, tuple[np.ndarray, np.ndarray]],
-                  *, models: list[str], seed: int) -> dict[str, dict[str, float]]:
+def fit_baselines(x_train, y_train: np.ndarray, evals: dict[str, tuple], *, models: list[str], seed: int,
+                  text: bool = False, tfidf_max_features: int = 5000, threads: int = 1,
+                  ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, np.ndarray]]]:
     """Fit each model on the train split; score it on every split in ``evals``.
 
-    Returns ``{model: {"val/acc": ..., "test/acc": ..., "test/f1_macro": ..., "fit_s": ...}}``.
+    Returns ``(scores, predictions)``: ``scores[model]`` = ``{"val/acc", "val/f1_macro",
+    "test/acc", "test/f1_macro", "fit_s"}`` (one pair per split in ``evals``) and
+    ``predictions[model][split]`` the predicted class of each row, for paired comparisons.
+    ``threads`` caps OpenMP/BLAS threads to what the stage is billed for: on a busy machine an
+    uncapped HistGradientBoosting spun on every core and took 40x longer than with one thread.
     """
-    results = {}
+    unknown = [m for m in models if m not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
+    scores, predictions = {}, {}
     for name in models:
-        model = make_baseline(name, seed=seed)
-        t0 = time.perf_counter()
-        model.fit(x_train, y_train)
-        scores = {"fit_s": time.perf_counter() - t0}
+        model = make_baseline(name, seed=seed, text=text, tfidf_max_features=tfidf_max_features)
+        with threadpool_limits(limits=threads):
+            t0 = time.perf_counter()
+            model.fit(x_train, y_train)
+            s = {"fit_s": time.perf_counter() - t0}
+            predictions[name] = {split: np.asarray(model.predict(x)) for split, (x, _) in evals.items()}
         for split, (x, y) in evals.items():
-            pred = model.predict(x)
-            scores[f"{split}/acc"] = float(accuracy_score(y, pred))
-            scores[f"{split}/f1_macro"] = float(f1_score(y, pred, average="macro"))
-        results[name] = scores
-    return results
+            pred = predictions[name][split]
+            s[f"{split}/acc"] = float(accuracy_score(y, pred))
+            s[f"{split}/f1_macro"] = float(f1_score(y, pred, average="macro", zero_division=0))
+        scores[name] = s
+    return scores, predictions
+
+
+def fit_cost_usd(fit_s: float, *, cpus: float, cpu_hour_usd: float) -> float:
+    """What a model's fit time costs at the CPUs the stage reserves (same rates as ``cost/usd``)."""
+    return fit_s / 3600 * cpus * cpu_hour_usd
+
+
+
+
+def read_test_predictions(path: str | Path, model: str, ids: list[str]) -> np.ndarray:
+    """``model``'s predicted class for each of ``ids`` (the network's test rows, in that order), from
+    the baseline stage's predictions file; a missing or stale file says which stage to re-run."""
+    try:
+        with open(path) as f:
+            rows = {r["id"]: int(r[model]) for r in csv.DictReader(f)}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing; run the baseline stage first (dvc repro baseline)") from None
+    except KeyError:
+        raise DataContractError(f"{path} has no column {model!r}; re-run the baseline stage") from None
+    missing = [i for i in ids if i not in rows]
+    if missing or len(rows) != len(ids):
+        raise DataContractError(f"{path} does not hold the same test rows as the split ({len(rows)} vs {len(ids)}, "
+                                f"{len(missing)} missing); re-run the baseline stage on this split")
+    return np.array([rows[i] for i in ids])

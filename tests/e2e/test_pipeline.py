@@ -55,6 +55,9 @@ def test_every_stage_ran_and_wrote_its_metrics(project):
     report = (root / "reports/report.html").read_text()
     assert "Verdict:" in report and report.count("data:image/png;base64,") >= 2
     assert "== trainwise summary ==" in out and "test accuracy" in out
+    sentence = json.loads((root / "models/evaluate/evaluation.json").read_text())["verdict"]["sentence"]
+    assert f"Verdict: {sentence}" in report and f"verdict            {sentence}" in out  # issue 8 acceptance
+    assert {"verdict/diff", "verdict/ci_low", "verdict/ci_high", "verdict/cost_ratio", "test/ece"} <= set(ev)
 
 
 def test_mlflow_holds_stage_runs_trial_children_and_registered_model(project):

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from components.evaluation.metrics import classification_metrics, verdict
+from components.evaluation.metrics import (calibration, classification_metrics, confidently_wrong,
+                                           paired_comparison, verdict)
 from components.evaluation.summary import best_baseline, totals
 
 
@@ -14,14 +15,60 @@ def test_classification_metrics_on_known_predictions():
     assert per_class[0] == {"class": "a", "precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
 
 
-@pytest.mark.parametrize("net, base, cost, expected", [
-    (0.99, 0.97, 30.0, "the small cnn beats svm by 2.0 points at 30x the cost"),
-    (0.97, 0.99, 30.0, "svm beats the small cnn by 2.0 points; the network is not worth it here"),
-    (0.971, 0.970, 1.0, "the small cnn ties svm (+0.1 points) at a similar cost: the simpler model would do"),
+@pytest.mark.parametrize("diff, low, high, ratio, expected", [
+    (1.9, 1.3, 2.5, 14.2, "the small cnn beats svm by 1.9 ± 0.6 points (95% CI) at 14x the cost"),
+    (-2.0, -3.0, -1.0, 30.0, "svm beats the small cnn by 2.0 ± 1.0 points (95% CI); the network, at 30x the cost, "
+                             "is not worth it here"),
+    (0.4, -0.5, 1.3, 3.2, "the small cnn and svm differ by +0.4 ± 0.9 points (95% CI), not significant, with the "
+                          "network at 3.2x the cost: the simpler model would do"),
+    (0.4, -0.5, 1.3, 1.2, "the small cnn and svm differ by +0.4 ± 0.9 points (95% CI), not significant, with the "
+                          "network at a similar cost: the simpler model would do"),
 ])
-def test_verdict_sentence(net, base, cost, expected):
-    assert verdict(net_acc=net, net_name="small cnn", baseline_acc=base, baseline_name="svm",
-                   net_cost=cost, baseline_cost=1.0) == expected
+def test_verdict_sentence(diff, low, high, ratio, expected):
+    assert verdict(net_name="small cnn", baseline_name="svm", diff=diff, ci_low=low, ci_high=high,
+                   cost_ratio=ratio) == expected
+
+
+def test_paired_bootstrap_detects_a_real_difference_and_not_noise():
+    rng = np.random.default_rng(0)
+    base = rng.random(2000) < 0.90
+    better = base | (rng.random(2000) < 0.5)  # fixes half of the baseline's errors: +5 points
+    c = paired_comparison(better, base, resamples=500, seed=1)
+    assert c["diff"] == pytest.approx(100 * (better.mean() - base.mean()))
+    assert 0 < c["ci_low"] < c["diff"] < c["ci_high"] and c["significant"] == 1.0 and c["mcnemar_p"] < 1e-6
+    same = paired_comparison(base, base, resamples=500, seed=1)
+    assert same["diff"] == same["ci_low"] == same["ci_high"] == 0 and same["significant"] == 0.0
+    assert same["mcnemar_p"] == 1.0
+    # same accuracy, different mistakes (15 rows each way): the interval straddles 0
+    noisy = base.copy()
+    noisy[np.flatnonzero(base)[:15]] = False
+    noisy[np.flatnonzero(~base)[:15]] = True
+    c2 = paired_comparison(noisy, base, resamples=500, seed=1)
+    assert c2["diff"] == 0 and c2["ci_low"] < 0 < c2["ci_high"] and c2["significant"] == 0.0
+    assert c2["mcnemar_p"] == pytest.approx(1.0)
+    assert paired_comparison(better, base, resamples=500, seed=1) == c  # seeded: reproducible
+
+
+def test_paired_bootstrap_rejects_unpaired_input():
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_comparison(np.ones(3), np.ones(4))
+
+
+def test_calibration_of_a_perfectly_and_an_over_confident_model():
+    y = np.array([0, 1, 0, 1])
+    sure_right = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    ece, rows = calibration(y, sure_right, bins=10)
+    assert ece == 0 and rows == [{"bin": "0.90-1.00", "confidence": 1.0, "accuracy": 1.0, "count": 4}]
+    half_wrong = np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.9, 0.1]])  # 90% sure, 50% right
+    ece, _ = calibration(y, half_wrong, bins=10)
+    assert ece == pytest.approx(0.4)
+
+
+def test_confidently_wrong_orders_by_confidence():
+    y = np.array([0, 0, 0, 1])
+    proba = np.array([[0.4, 0.6], [0.1, 0.9], [0.9, 0.1], [0.3, 0.7]])
+    assert confidently_wrong(y, proba, k=5) == [1, 0]
+    assert confidently_wrong(y, proba, k=1) == [1]
 
 
 def test_best_baseline_is_chosen_on_validation_not_test():

@@ -1,0 +1,93 @@
+"""What the report reads besides metrics: the clean stage's label suspects (with thumbnails) and
+the MLflow runs of this pipeline run. Everything here returns None when its source does not
+exist, so the report can say "not available" instead of breaking."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from components.data.contract import DataContractError, read_manifest, read_table
+
+# Written by the clean stage (issue 4) beside its manifest: one row per likely label error with at
+# least `id`; the report shows every other column it finds (given / predicted label, confidence...).
+LABEL_SUSPECTS = ("label_suspects.jsonl", "label_suspects.csv")
+
+
+def read_label_suspects(clean_dir: str | Path, *, k: int) -> tuple[list[dict] | None, str]:
+    """(the ``k`` most confident suspects, or None when no suspects file exists; the file name looked for)."""
+    clean_dir = Path(clean_dir)
+    for name in LABEL_SUSPECTS:
+        p = clean_dir / name
+        if not p.exists():
+            continue
+        if name.endswith(".jsonl"):
+            rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        else:
+            with open(p) as f:
+                rows = list(csv.DictReader(f))
+        conf_key = next((c for c in ("confidence", "score", "self_confidence") if rows and c in rows[0]), None)
+        if conf_key:
+            rows.sort(key=lambda r: -float(r[conf_key] or 0))
+        return [{c: v for c, v in r.items() if not isinstance(v, (list, dict))} for r in rows[:k]], name
+    return None, LABEL_SUSPECTS[0]
+
+
+def _decode(payload: bytes, shape) -> np.ndarray | None:
+    from PIL import Image
+
+    try:
+        img = Image.open(io.BytesIO(payload))
+        img = img.convert("L" if shape[2] == 1 else "RGB").resize((shape[1], shape[0]))
+        arr = np.asarray(img, dtype=np.uint8)
+        return arr[..., None] if arr.ndim == 2 else arr
+    except Exception:  # a corrupt file is exactly what clean quarantines: no thumbnail, not an error
+        return None
+
+
+def image_thumbnails(ids: list[str], *, clean_dir: str | Path, ingest_dir: str | Path | None = None
+                     ) -> dict[str, np.ndarray]:
+    """(H, W, C) uint8 images of ``ids``: from the cleaned dataset, else decoded from ingest (rows
+    that clean set aside are only there). Non-image datasets give {}."""
+    want, found = set(ids), {}
+    try:
+        m = read_manifest(clean_dir)
+    except DataContractError:
+        return {}
+    if m.get("payload") != "image" or not want:
+        return {}
+    h, w, c = m["image_shape"]
+    t = read_table(clean_dir, columns=["id", "image"])
+    for i, pix in zip(t.column("id").to_pylist(), t.column("image").to_pylist()):
+        if i in want:
+            found[i] = np.asarray(pix, dtype=np.uint8).reshape(h, w, c)
+    rest = want - set(found)
+    if rest and ingest_dir is not None:
+        try:
+            t = read_table(ingest_dir, columns=["id", "image"])
+        except (DataContractError, FileNotFoundError):
+            return found
+        for i, payload in zip(t.column("id").to_pylist(), t.column("image").to_pylist()):
+            if i in rest and isinstance(payload, (bytes, bytearray)):
+                img = _decode(payload, (h, w, c))
+                if img is not None:
+                    found[i] = img
+    return found
+
+
+def pipeline_runs(experiment_id: str, pipeline_run: str, *, tracking_uri: str) -> list[dict]:
+    """One row per MLflow run of this pipeline run (stage runs, not tune trials): stage, run id,
+    status, and a link when the tracking store is a server."""
+    import mlflow
+
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id], f"tags.`trainwise.pipeline_run` = '{pipeline_run}'", order_by=["attributes.start_time ASC"],
+        max_results=200)
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else None
+    return [{"stage": r.data.tags.get("trainwise.stage", "?"), "run_id": r.info.run_id, "status": r.info.status,
+             **({"url": f"{base}/#/experiments/{experiment_id}/runs/{r.info.run_id}"} if base else {})}
+            for r in runs]

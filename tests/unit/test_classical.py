@@ -1,0 +1,63 @@
+"""Classical baselines: every modality's inputs, the four models, predictions for the paired verdict."""
+
+import numpy as np
+import pytest
+
+from components.data.demo import write_synthetic_split
+from components.models.classical import (BASELINES, downsample_images, fit_baselines, load_split_features,
+                                         make_baseline)
+
+
+def test_downsample_averages_blocks_until_under_the_budget():
+    img = np.arange(2 * 4 * 4 * 1, dtype=np.float32).reshape(2, 4, 4, 1)
+    out = downsample_images(img, max_pixels=4)  # 16 values -> 2x2 blocks
+    assert out.shape == (2, 2, 2, 1)
+    assert out[0, 0, 0, 0] == pytest.approx(np.mean([0, 1, 4, 5]))
+    assert downsample_images(img, max_pixels=16) is img  # within budget: untouched
+
+
+def test_digits_features_are_flattened_scaled_pixels(digits_split):
+    x, y, ids = load_split_features(digits_split, "train", max_pixels=1024)
+    assert x.shape == (len(y), 64) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    small, _, _ = load_split_features(digits_split, "train", max_pixels=16)
+    assert small.shape == (len(y), 16)  # 8x8 -> 4x4 by 2x2 blocks
+    assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize("modality", ["text", "sequence", "features"])
+def test_every_baseline_beats_majority_on_each_modality(tmp_path, modality):
+    d = write_synthetic_split(tmp_path, modality, n_per_class=60, n_classes=3)
+    x_tr, y_tr, _ = load_split_features(d, "train")
+    evals = {s: load_split_features(d, s)[:2] for s in ("val", "test")}
+    if modality == "text":
+        assert isinstance(x_tr, list) and isinstance(x_tr[0], str)
+    else:
+        assert x_tr.ndim == 2 and x_tr.dtype == np.float32
+    scores, preds = fit_baselines(x_tr, y_tr, evals, models=list(BASELINES), seed=0, text=modality == "text")
+    assert set(scores) == set(BASELINES)
+    for name, s in scores.items():
+        assert {"val/acc", "val/f1_macro", "test/acc", "test/f1_macro", "fit_s"} <= set(s)
+        assert len(preds[name]["test"]) == len(evals["test"][1])
+    assert scores["majority"]["test/acc"] < 0.6
+    best = max(scores[m]["test/acc"] for m in ("logistic_regression", "gradient_boosting"))
+    assert best > 0.8, scores
+
+
+def test_text_tfidf_is_fitted_on_train_only():
+    model = make_baseline("logistic_regression", seed=0, text=True)
+    model.fit(["alpha apple", "beta banana", "alpha amber", "beta blue"], [0, 1, 0, 1])
+    vocab = model.steps[0][1].vocabulary_
+    assert "alpha" in vocab and "gamma" not in vocab
+    assert model.predict(["alpha alpha", "banana"]).tolist() == [0, 1]
+
+
+def test_same_seed_same_predictions(digits_split):
+    x, y, _ = load_split_features(digits_split, "train")
+    xt, yt, _ = load_split_features(digits_split, "test")
+    runs = [fit_baselines(x, y, {"test": (xt, yt)}, models=["decision_tree"], seed=3)[1] for _ in range(2)]
+    assert (runs[0]["decision_tree"]["test"] == runs[1]["decision_tree"]["test"]).all()
+
+
+def test_unknown_baseline_is_named():
+    with pytest.raises(ValueError, match="unknown baselines \\['svm'\\]"):
+        fit_baselines(np.zeros((2, 1)), np.array([0, 1]), {}, models=["svm"], seed=0)
