@@ -1,0 +1,138 @@
+"""Class-folder sources: ``image_folder`` and ``text_folder``.
+
+One sub-folder per class (``cats/``, ``dogs/``); the sub-folder names, sorted, are the class
+names and their positions the labels. Files are read one at a time and handed on in bounded
+batches, so memory does not grow with the number of files. Every file the tree holds is
+either a row or set aside with a reason: ``files seen == rows + set aside``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable, Iterator
+
+import pyarrow as pa
+
+from components.data.contract import SetAside, content_id
+from components.data.sources.base import RowBuffer, Source, SourceError, Tally
+from components.data.sources.imagecheck import Rejected, check_image
+from components.data.sources.trees import HIDDEN, open_tree
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
+TEXT_EXTENSIONS = (".txt",)
+
+# Reasons a file is set aside at ingest (besides those of trees.py and imagecheck.py).
+EMPTY = "empty_file"
+UNKNOWN_EXTENSION = "unknown_extension"
+OUTSIDE_CLASS = "outside_class_folder"
+TOO_LARGE_FILE = "file_too_large"
+UNREADABLE = "unreadable"
+NOT_UTF8 = "not_utf8"
+
+
+def class_folder_source(tree, *, payload: str, extensions: tuple[str, ...],
+                        convert: Callable[[bytes], object], max_file_bytes: int,
+                        batch_rows: int = 1024) -> Source:
+    """Rows from a tree of class folders; ``convert`` turns a file's bytes into the payload
+    value or raises :class:`Rejected` with the reason it is set aside."""
+    classes = tree.class_names()
+    where = tree.location
+    if not classes:
+        tree.close()
+        raise SourceError(f"ingest.path: {where} has no class folders; expected one sub-folder per class "
+                          f"(e.g. cats/ and dogs/) holding {'/'.join(extensions)} files")
+    if len(classes) == 1:
+        tree.close()
+        raise SourceError(f"ingest.path: {where} has only one class folder ({classes[0]!r}); "
+                          f"a classifier needs at least two")
+    index = {name: k for k, name in enumerate(classes)}
+    aside, tally = SetAside(), Tally()
+    files_per_class: Counter[str] = Counter()
+
+    def gen() -> Iterator[pa.Table]:
+        buf = RowBuffer(payload, batch_rows=batch_rows)
+        try:
+            for e in tree.entries():
+                tally.seen += 1
+                no_id = content_id(b"", e.source)  # a file whose bytes were never read
+                if e.problem:
+                    aside.add(no_id, e.source, e.problem, **e.detail)
+                    continue
+                if any(p.startswith(".") for p in e.parts):
+                    aside.add(no_id, e.source, HIDDEN)
+                    continue
+                if len(e.parts) < 2 or e.parts[0] not in index:
+                    aside.add(no_id, e.source, OUTSIDE_CLASS)
+                    continue
+                files_per_class[e.parts[0]] += 1
+                ext = "." + e.parts[-1].rsplit(".", 1)[-1].lower() if "." in e.parts[-1] else ""
+                if ext not in extensions:
+                    aside.add(no_id, e.source, UNKNOWN_EXTENSION, extension=ext)
+                    continue
+                if e.size is not None and e.size > max_file_bytes:
+                    aside.add(no_id, e.source, TOO_LARGE_FILE, bytes=e.size, max_bytes=max_file_bytes)
+                    continue
+                if e.size == 0:
+                    aside.add(no_id, e.source, EMPTY)
+                    continue
+                try:
+                    data = e.read()
+                except OSError as err:
+                    aside.add(no_id, e.source, UNREADABLE, error=f"{type(err).__name__}: {err}")
+                    continue
+                if not data:
+                    aside.add(no_id, e.source, EMPTY)
+                    continue
+                row_id = content_id(data, e.source)
+                if len(data) > max_file_bytes:
+                    aside.add(row_id, e.source, TOO_LARGE_FILE, bytes=len(data), max_bytes=max_file_bytes)
+                    continue
+                try:
+                    value = convert(data)
+                except Rejected as rej:
+                    aside.add(row_id, e.source, rej.reason, **rej.detail)
+                    continue
+                table = buf.add(row_id, index[e.parts[0]], value, e.source, len(data))
+                if table is not None:
+                    yield table
+            last = buf.take()
+            if last is not None:
+                yield last
+            empty = [c for c in classes if files_per_class[c] == 0]
+            if empty:
+                raise SourceError(f"ingest.path: {where}: class folder(s) {empty} hold no files; "
+                                  f"add files or remove the folder(s)")
+        finally:
+            tree.close()
+
+    return Source(classes=classes, batches=gen(), payload=payload, set_aside=aside, tally=tally,
+                  extra={"path": where})
+
+
+def image_folder_source(path: str, *, max_image_pixels: int, max_file_bytes: int,
+                        batch_rows: int = 1024) -> Source:
+    """JPEG/PNG/BMP/WebP/GIF files in class folders; bytes stored as given (clean decodes).
+
+    Each file's header is checked without decoding (signature, dimensions, end marker; see
+    ``imagecheck``): non-images, truncated files and images over ``max_image_pixels`` are set
+    aside here, anything subtler is caught when ``clean`` decodes.
+    """
+    def convert(data: bytes) -> bytes:
+        check_image(data, max_pixels=max_image_pixels)
+        return data
+
+    return class_folder_source(open_tree(path), payload="image", extensions=IMAGE_EXTENSIONS,
+                               convert=convert, max_file_bytes=max_file_bytes, batch_rows=batch_rows)
+
+
+def decode_text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise Rejected(NOT_UTF8, error=f"byte {err.start}: {err.reason}") from None
+
+
+def text_folder_source(path: str, *, max_file_bytes: int, batch_rows: int = 1024) -> Source:
+    """UTF-8 ``.txt`` files in class folders; each file is one row (a BOM is dropped)."""
+    return class_folder_source(open_tree(path), payload="text", extensions=TEXT_EXTENSIONS,
+                               convert=decode_text, max_file_bytes=max_file_bytes, batch_rows=batch_rows)
