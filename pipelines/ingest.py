@@ -1,22 +1,31 @@
 """DVC stage `ingest`: raw source -> Parquet shards + manifest (data/ingest)."""
 
 import os
+from pathlib import Path
 
-from components.data.sources import ingest, open_source
+from components.data.sources import Source, ingest, open_source
 from components.data.sources.trees import is_url
+from pipelines.config import IngestParams
 from pipelines.stage import Stage, run_stage
+
+
+def source_from_params(p: IngestParams, root: Path) -> Source:
+    """The source params.yaml's `ingest` section names; a relative local path is the repo's."""
+    path = p.path if is_url(p.path) or os.path.isabs(p.path) else str(root / p.path)
+    source = open_source(
+        p.source, path=path, label_column=p.label_column, text_column=p.text_column,
+        feature_columns=p.feature_columns, max_image_pixels=p.max_image_pixels,
+        max_file_bytes=p.max_file_mb << 20, n_samples=p.n_samples, length=p.sequence_length,
+        seed=p.seed, generator=p.generator)
+    if "path" in source.extra:
+        source.extra["path"] = p.path  # as written in params.yaml, not this machine's absolute path
+    return source
 
 
 def main() -> None:
     with Stage("ingest") as stage:
         p = stage.params.ingest
-        local = not is_url(p.path) and not os.path.isabs(p.path)
-        source = open_source(
-            p.source, path=str(stage.path(p.path)) if local else p.path, label_column=p.label_column, text_column=p.text_column,
-            feature_columns=p.feature_columns, max_image_pixels=p.max_image_pixels,
-            max_file_bytes=p.max_file_mb << 20, n_samples=p.n_samples, length=p.sequence_length,
-            seed=p.seed, generator=p.generator)
-        source.extra["path"] = p.path  # as written in params.yaml, not this machine's absolute path
+        source = source_from_params(p, stage.root)
         out = stage.path(stage.paths.ingest)
         manifest = ingest(source, out, shard_rows=p.shard_rows, shard_bytes=p.shard_mb << 20,
                           metadata={"source": p.source})

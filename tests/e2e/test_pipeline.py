@@ -38,8 +38,9 @@ def project(tmp_path_factory):
     for f in files:
         src = REPO / f
         # Only the project's sources: not outputs of a pipeline run in the developer's checkout.
-        if src.is_file() and f.split("/")[0] not in {"data", "models", "metrics", "plots", "reports"} \
-                and f != "dvc.lock":
+        # data/raw/ is a source (the ingest stage's `ingest.path` dependency), the rest of data/ is output.
+        if src.is_file() and (f.split("/")[0] not in {"data", "models", "metrics", "plots", "reports"}
+                              or f.startswith("data/raw/")) and f != "dvc.lock":
             (root / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, root / f)
     params = yaml.safe_load((root / "params.yaml").read_text())

@@ -395,22 +395,21 @@ def test_sequences_are_seeded_balanced_and_learnable(tmp_path, generator):
     if generator == "mnist1d":
         pytest.importorskip("mnist1d")
     from sklearn.linear_model import LogisticRegression
-    from sklearn.neighbors import KNeighborsClassifier  # noqa: F401  (documented comparison below)
 
     def make(seed: int):
-        m = run(tmp_path, "sequences", n_samples=1000, length=40, seed=seed, generator=generator)
+        m = run(tmp_path, "sequences", n_samples=600, length=40, seed=seed, generator=generator)
         t = read_table(tmp_path / "out")
         return m, np.array(t.column("sequence").to_pylist(), np.float32), np.array(t.column("label"))
 
     m, x, y = make(0)
-    assert m["payload"] == "sequence" and m["sequence_length"] == 40 and x.shape == (1000, 40)
-    assert set(m["class_counts"].values()) == {100}
+    assert m["payload"] == "sequence" and m["sequence_length"] == 40 and x.shape == (600, 40)
+    assert set(m["class_counts"].values()) == {60} and 0.5 < x.std() < 2
     _, x_again, _ = make(0)
     _, x_other, _ = make(1)
     assert np.array_equal(x, x_again) and not np.array_equal(x, x_other)
     # Learnable, but not trivially: a linear model beats chance (10%) clearly.
-    clf = LogisticRegression(max_iter=2000).fit(x[:800], y[:800])
-    assert 0.2 < clf.score(x[800:], y[800:]) < 0.95
+    clf = LogisticRegression(max_iter=500).fit(x[:500], y[:500])
+    assert 0.2 < clf.score(x[500:], y[500:]) < 0.95
 
 
 def test_unknown_source_and_missing_path_name_the_key():
