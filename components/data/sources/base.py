@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 
 from components.data.contract import DataContractError, SetAside
@@ -86,11 +87,21 @@ class RowBuffer:
     def take(self) -> pa.Table | None:
         if not self.ids:
             return None
-        table = pa.table({"id": self.ids, "label": pa.array(self.labels, pa.int64()),
-                          self.payload: pa.array(self.payloads, PAYLOAD_TYPES[self.payload]),
+        values = (binary_array(self.payloads) if self.payload == "image"
+                  else pa.array(self.payloads, PAYLOAD_TYPES[self.payload]))
+        table = pa.table({"id": self.ids, "label": pa.array(self.labels, pa.int64()), self.payload: values,
                           "source": self.sources}, schema=self.schema)
         self._clear()
         return table
+
+
+def binary_array(blobs: list[bytes]) -> pa.Array:
+    """``pa.array(blobs, pa.binary())`` built from one joined buffer. pyarrow 25 converts a
+    list of ~1 KB ``bytes`` objects to ``binary`` at about 1 ms per item (measured: 1.36 s for
+    1,024 JPEGs; ``large_binary`` and this are under 1 ms for all of them)."""
+    offsets = np.zeros(len(blobs) + 1, np.int32)
+    np.cumsum([len(b) for b in blobs], out=offsets[1:])
+    return pa.Array.from_buffers(pa.binary(), len(blobs), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(blobs))])
 
 
 def order_labels(values) -> list[str]:

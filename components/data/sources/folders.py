@@ -30,6 +30,11 @@ UNREADABLE = "unreadable"
 NOT_UTF8 = "not_utf8"
 
 
+def _no_id(source: str) -> str:
+    """The id of a file set aside before its bytes were read."""
+    return content_id(b"", source)
+
+
 def class_folder_source(tree, *, payload: str, extensions: tuple[str, ...],
                         convert: Callable[[bytes], object], max_file_bytes: int,
                         batch_rows: int = 1024) -> Source:
@@ -54,38 +59,37 @@ def class_folder_source(tree, *, payload: str, extensions: tuple[str, ...],
         try:
             for e in tree.entries():
                 tally.seen += 1
-                no_id = content_id(b"", e.source)  # a file whose bytes were never read
                 if e.problem:
-                    aside.add(no_id, e.source, e.problem, **e.detail)
+                    aside.add(_no_id(e.source), e.source, e.problem, **e.detail)
                     continue
-                if any(p.startswith(".") for p in e.parts):
-                    aside.add(no_id, e.source, HIDDEN)
+                if e.source.startswith(".") or "/." in e.source:
+                    aside.add(_no_id(e.source), e.source, HIDDEN)
                     continue
                 if len(e.parts) < 2 or e.parts[0] not in index:
-                    aside.add(no_id, e.source, OUTSIDE_CLASS)
+                    aside.add(_no_id(e.source), e.source, OUTSIDE_CLASS)
                     continue
                 files_per_class[e.parts[0]] += 1
                 ext = "." + e.parts[-1].rsplit(".", 1)[-1].lower() if "." in e.parts[-1] else ""
                 if ext not in extensions:
-                    aside.add(no_id, e.source, UNKNOWN_EXTENSION, extension=ext)
+                    aside.add(_no_id(e.source), e.source, UNKNOWN_EXTENSION, extension=ext)
                     continue
                 if e.size is not None and e.size > max_file_bytes:
-                    aside.add(no_id, e.source, TOO_LARGE_FILE, bytes=e.size, max_bytes=max_file_bytes)
+                    aside.add(_no_id(e.source), e.source, TOO_LARGE_FILE, bytes=e.size, max_bytes=max_file_bytes)
                     continue
                 if e.size == 0:
-                    aside.add(no_id, e.source, EMPTY)
+                    aside.add(_no_id(e.source), e.source, EMPTY)
                     continue
                 try:
-                    data = e.read()
+                    data = e.read(max_file_bytes + 1)
                 except OSError as err:
-                    aside.add(no_id, e.source, UNREADABLE, error=f"{type(err).__name__}: {err}")
+                    aside.add(_no_id(e.source), e.source, UNREADABLE, error=f"{type(err).__name__}: {err}")
                     continue
                 if not data:
-                    aside.add(no_id, e.source, EMPTY)
+                    aside.add(_no_id(e.source), e.source, EMPTY)
                     continue
                 row_id = content_id(data, e.source)
                 if len(data) > max_file_bytes:
-                    aside.add(row_id, e.source, TOO_LARGE_FILE, bytes=len(data), max_bytes=max_file_bytes)
+                    aside.add(row_id, e.source, TOO_LARGE_FILE, bytes=f"> {max_file_bytes}", max_bytes=max_file_bytes)
                     continue
                 try:
                     value = convert(data)

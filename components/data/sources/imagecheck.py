@@ -22,38 +22,39 @@ class Rejected(ValueError):
         self.reason, self.detail = reason, detail
 
 
+_BE16 = struct.Struct(">H").unpack_from
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers carry the size
+_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])
+
+
 def _be16(b: bytes, i: int) -> int:
-    return struct.unpack_from(">H", b, i)[0]
+    return _BE16(b, i)[0]
 
 
 def _jpeg(data: bytes) -> tuple[int, int]:
-    i, size, dims, scan = 2, len(data), None, None
-    while i + 4 <= size:
+    i, size = 2, len(data)
+    while i + 9 <= size:
         if data[i] != 0xFF:
             raise Rejected(TRUNCATED, error=f"JPEG marker expected at byte {i}")
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):
+        elif marker in _STANDALONE:
             i += 2
-            continue
-        seg = _be16(data, i + 2)
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if i + 9 > size:
-                break
-            dims = (_be16(data, i + 7), _be16(data, i + 5))  # (width, height)
-        if marker == 0xDA:  # start of scan: entropy-coded data follows
-            scan = i
+        elif marker in _SOF:
+            h, w = _BE16(data, i + 5)[0], _BE16(data, i + 7)[0]
+            # The end-of-image marker must come after the frame header. (Inside entropy-coded
+            # data 0xFF is always followed by 0x00 or a restart marker, so FF D9 there is the
+            # end marker; an embedded thumbnail's FF D9 sits before the frame header.) A
+            # cut-off file lacks it.
+            if data.rfind(b"\xff\xd9", i) < 0:
+                raise Rejected(TRUNCATED, error="JPEG has no end-of-image marker")
+            return w, h
+        elif marker == 0xDA:
             break
-        i += 2 + seg
-    if dims is None or scan is None:
-        raise Rejected(TRUNCATED, error="JPEG header ends before the image data")
-    # Inside entropy-coded data 0xFF is always followed by 0x00 or a restart marker, so an
-    # FF D9 after the scan start is the end-of-image marker; a cut-off file lacks it.
-    if data.rfind(b"\xff\xd9") < scan:
-        raise Rejected(TRUNCATED, error="JPEG has no end-of-image marker")
-    return dims
+        else:
+            i += 2 + _BE16(data, i + 2)[0]
+    raise Rejected(TRUNCATED, error="JPEG header ends before the frame size")
 
 
 def _png(data: bytes) -> tuple[int, int]:

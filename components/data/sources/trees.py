@@ -17,6 +17,7 @@ import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
@@ -36,12 +37,14 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 @dataclass
 class Entry:
     """One file of a tree. ``source`` is what the row records (path inside the source);
-    ``parts`` are its path components below the class-folder root (``[class, ..., name]``)."""
+    ``parts`` are its path components below the class-folder root (``[class, ..., name]``);
+    ``size`` is known beforehand for archive members and some URLs; ``read(limit)`` returns
+    the bytes, at most ``limit`` of them where the backend can stop early."""
 
     source: str
     parts: list[str]
     size: int | None
-    read: Callable[[], bytes] | None
+    read: Callable[[int], bytes] | None
     problem: str | None = None
     detail: dict = field(default_factory=dict)
 
@@ -75,30 +78,28 @@ class LocalTree:
         yield from self._walk(str(self.root), [])
 
     def _walk(self, folder: str, prefix: list[str]) -> Iterator[Entry]:
-        # Names only (not DirEntry objects): one folder's listing is the only per-file state kept.
-        for name in sorted(os.listdir(folder)):
-            path, parts = os.path.join(folder, name), [*prefix, name]
+        # One folder's listing is the only per-file state held. DirEntry's type comes from the
+        # directory itself (d_type), so a regular file costs no stat call: its size is learned
+        # by reading it, with a limit.
+        with os.scandir(folder) as it:
+            items = sorted(it, key=lambda e: e.name)
+        for e in items:
+            parts = [*prefix, e.name]
             rel = "/".join(parts)
-            st = os.lstat(path)
-            if name.startswith("."):
+            if e.name.startswith("."):
                 yield Entry(rel, parts, None, None, HIDDEN)
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                target = os.path.realpath(path)
+            elif e.is_symlink():
+                target = os.path.realpath(e.path)
                 if not _inside(target, self.real):
                     yield Entry(rel, parts, None, None, LINK_OUTSIDE, {"target": target})
-                    continue
-                if os.path.isdir(target):
+                elif os.path.isdir(target):
                     yield Entry(rel, parts, None, None, FOLDER_LINK, {"target": target})
-                    continue
-                try:
-                    st = os.stat(path)
-                except OSError:  # dangling link: reading it reports the error
-                    pass
-            if stat.S_ISDIR(st.st_mode):
-                yield from self._walk(path, parts)
-            elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                yield Entry(rel, parts, st.st_size, _reader(path))
+                else:  # a link to a file inside the source (or a dangling one: reading says so)
+                    yield Entry(rel, parts, None, partial(_read_file, e.path))
+            elif e.is_dir(follow_symlinks=False):
+                yield from self._walk(e.path, parts)
+            elif e.is_file(follow_symlinks=False):
+                yield Entry(rel, parts, None, partial(_read_file, e.path))
             else:
                 yield Entry(rel, parts, None, None, NOT_REGULAR)
 
@@ -106,11 +107,27 @@ class LocalTree:
         pass
 
 
-def _reader(path: str) -> Callable[[], bytes]:
-    def read() -> bytes:
-        with open(path, "rb") as f:
-            return f.read()
-    return read
+def _read_file(path: str, limit: int) -> bytes:
+    """The file's bytes, at most ``limit`` of them: a longer file is set aside unread.
+
+    Plain ``os`` calls: ``open()`` builds a FileIO and a BufferedReader per file, which is a
+    good part of the cost of reading a small file; and ``f.read(limit)`` would allocate
+    ``limit`` bytes (64 MiB by default) up front for every file.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        want = min(os.fstat(fd).st_size + 1, limit)  # +1: see EOF (or a file that grew)
+        data = os.read(fd, want)
+        if len(data) < want - 1:  # a short read (huge file, or a signal): keep reading
+            parts = [data]
+            got = len(data)
+            while got < want and (chunk := os.read(fd, want - got)):
+                parts.append(chunk)
+                got += len(chunk)
+            data = b"".join(parts)
+        return data
+    finally:
+        os.close(fd)
 
 
 class FsspecTree:
@@ -147,7 +164,7 @@ class FsspecTree:
     def _entry(self, info: dict) -> Entry:
         rel = self._rel(info["name"])
         name = info["name"]
-        return Entry(rel, rel.split("/"), info.get("size"), lambda: self.fs.cat_file(name))
+        return Entry(rel, rel.split("/"), info.get("size"), lambda limit: self.fs.cat_file(name, start=0, end=limit))
 
     def close(self) -> None:
         pass
@@ -223,7 +240,7 @@ class ZipTree:
             if problem:
                 yield Entry(name, parts, None, None, problem)
             else:
-                yield Entry(name, parts, info.file_size, lambda info=info: self.zf.read(info))
+                yield Entry(name, parts, info.file_size, lambda limit, info=info: self.zf.read(info))
 
     def close(self) -> None:
         self.zf.close()
@@ -268,7 +285,7 @@ class TarTree:
                 if problem:
                     yield Entry(m.name, parts, None, None, problem, {"linkname": m.linkname} if m.linkname else {})
                 else:
-                    yield Entry(m.name, parts, m.size, lambda tf=tf, m=m: tf.extractfile(m).read())
+                    yield Entry(m.name, parts, m.size, lambda limit, tf=tf, m=m: tf.extractfile(m).read(limit))
         except (tarfile.TarError, EOFError) as err:
             raise SourceError(f"ingest.path: {self.location}: tar archive is damaged ({err})") from None
 
