@@ -62,6 +62,9 @@ class IngestParams(_Section):
     generator: Literal["builtin", "mnist1d"] = Field(
         "builtin", description="sequences: builtin (numpy, MNIST-1D-style) or mnist1d (optional extra)")
     seed: int = Field(0, description="sequences: generator seed")
+    cache_dir: str | None = Field(
+        ".trainwise/ingest-cache", description="image_folder/text_folder on a local path: files unchanged since "
+                                               "the last run (size, mtime) are not read again; null: off")
 
 
 class CleanParams(_Section):

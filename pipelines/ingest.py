@@ -16,7 +16,7 @@ def source_from_params(p: IngestParams, root: Path) -> Source:
         p.source, path=path, label_column=p.label_column, text_column=p.text_column,
         feature_columns=p.feature_columns, max_image_pixels=p.max_image_pixels,
         max_file_bytes=p.max_file_mb << 20, n_samples=p.n_samples, length=p.sequence_length,
-        seed=p.seed, generator=p.generator)
+        seed=p.seed, generator=p.generator, cache_dir=str(root / p.cache_dir) if p.cache_dir else None)
     if "path" in source.extra:
         source.extra["path"] = p.path  # as written in params.yaml, not this machine's absolute path
     return source
@@ -32,11 +32,14 @@ def main() -> None:
         aside = manifest["set_aside"]
         stage.log("%d seen, %d rows, %d classes, set aside: %s -> %s", manifest["rows_in"], manifest["rows"],
                   len(manifest["classes"]), aside or "none", out)
+        reused = source.cache.reused if source.cache is not None else 0
+        if source.cache is not None:
+            stage.log("%d unchanged files taken from the ingest cache (%s), not read again", reused, p.cache_dir)
         if manifest.get("empty_classes"):
             stage.log("warning: no usable rows in class(es) %s", manifest["empty_classes"])
         stage.finish({"ingest/rows_in": manifest["rows_in"], "ingest/rows": manifest["rows"],
                       "ingest/classes": len(manifest["classes"]),
-                      "ingest/set_aside": sum(aside.values()),
+                      "ingest/set_aside": sum(aside.values()), "ingest/reused": reused,
                       **{f"ingest/set_aside/{reason}": n for reason, n in aside.items()}},
                      artifacts=[out / "manifest.json", out / "set_aside.jsonl"])
 

@@ -148,6 +148,8 @@ def test_dvc_reruns_ingest_only_when_its_source_or_params_change(tmp_path):
     assert "Running stage 'ingest'" not in sh("dvc", "repro", "ingest")
     write(tmp_path / "data/raw", "cats/new.png", image_bytes("PNG", seed=42))      # the source changed
     assert "Running stage 'ingest'" in sh("dvc", "repro", "ingest") and rows() == 6
+    metrics = json.loads((tmp_path / "metrics/ingest.json").read_text())
+    assert metrics["ingest/reused"] == 5  # the unchanged files came from the ingest cache, unread
     params["ingest"]["max_file_mb"] = 32                                           # an ingest param changed
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "Running stage 'ingest'" in sh("dvc", "repro", "ingest")

@@ -422,3 +422,38 @@ def test_unknown_source_and_missing_path_name_the_key():
 def test_manifest_is_readable_by_the_next_stage(tmp_path):
     run(tmp_path, "image_folder", path=str(image_tree(tmp_path / "src")))
     assert read_manifest(tmp_path / "out")["rows"] == 5
+
+
+# -- incremental re-ingest -------------------------------------------------------------------
+
+def test_reingest_reads_only_new_and_changed_files(tmp_path, monkeypatch):
+    from components.data.sources import trees
+
+    root = tmp_path / "src"
+    for i in range(40):
+        write(root, f"{'ab'[i % 2]}/{i:03d}.png", image_bytes("PNG", seed=i))
+    cache = str(tmp_path / "cache")
+
+    def ingest_counting_reads(out: str, **kw) -> tuple[dict, list[str]]:
+        reads = []
+        real = trees._read_file
+        monkeypatch.setattr(trees, "_read_file", lambda p, limit: reads.append(p) or real(p, limit))
+        src = open_source("image_folder", path=str(root), batch_rows=8, **{**OPTS, **kw})
+        m = ingest(src, tmp_path / out, shard_rows=16, shard_bytes=1 << 20, progress=False)
+        return m, reads
+
+    first, reads = ingest_counting_reads("first", cache_dir=cache)
+    assert len(reads) == 40 and first["rows"] == 40
+    for i in range(40, 50):                                   # 10 new files
+        write(root, f"{'ab'[i % 2]}/{i:03d}.png", image_bytes("PNG", seed=i))
+    write(root, "a/000.png", image_bytes("PNG", seed=1000))   # one changed (size or mtime differ)
+    (root / "b/001.png").unlink()                             # one deleted
+    write(root, "b/bad.png", b"not an image")                 # one bad
+    again, reads = ingest_counting_reads("again", cache_dir=cache)
+    assert sorted(Path(p).name for p in reads) == sorted(["000.png", "bad.png"] + [f"{i:03d}.png" for i in range(40, 50)])
+    fresh, _ = ingest_counting_reads("fresh")                  # no cache: the same output, byte for byte
+    assert again["content_hash"] == fresh["content_hash"] and again["rows"] == 49
+    assert again["set_aside"] == {"not_an_image": 1}
+    assert read_table(tmp_path / "again").to_pylist() == read_table(tmp_path / "fresh").to_pylist()
+    _, reads = ingest_counting_reads("third", cache_dir=cache, max_image_pixels=10_000_000)  # other options:
+    assert len(reads) == 50                                                                    # cache not used

@@ -126,16 +126,23 @@ def ingest(source: Source, out_dir: str | os.PathLike, *, shard_rows: int, shard
 
     ``progress``: None shows a bar only when stderr is a terminal.
     """
-    with StreamingDatasetWriter(Path(out_dir), classes=source.classes, shard_rows=shard_rows,
-                                shard_bytes=shard_bytes, metadata=metadata) as writer, \
-            _progress(progress) as bar:
-        seen = 0
-        for batch in source.batches:
-            writer.write(batch)
-            bar.update(source.tally.seen - seen)
-            seen = source.tally.seen
-        bar.update(source.tally.seen - seen)
-        counts = writer.class_counts
-        empty = [c for k, c in enumerate(source.classes) if counts.get(k, 0) == 0]
-        extra = {**source.extra, "empty_classes": empty} if empty else dict(source.extra)
-        return writer.close(rows_in=source.tally.seen, set_aside=source.set_aside, extra=extra)
+    try:
+        with StreamingDatasetWriter(Path(out_dir), classes=source.classes, shard_rows=shard_rows,
+                                    shard_bytes=shard_bytes, metadata=metadata) as writer, \
+                _progress(progress) as bar:
+            seen = 0
+            for batch in source.batches:
+                writer.write(batch)
+                bar.update(source.tally.seen - seen)
+                seen = source.tally.seen
+            counts = writer.class_counts
+            empty = [c for k, c in enumerate(source.classes) if counts.get(k, 0) == 0]
+            extra = {**source.extra, "empty_classes": empty} if empty else dict(source.extra)
+            manifest = writer.close(rows_in=source.tally.seen, set_aside=source.set_aside, extra=extra)
+    except BaseException:
+        if source.cache is not None:
+            source.cache.abort()
+        raise
+    if source.cache is not None:
+        source.cache.commit(Path(out_dir), manifest["shards"])
+    return manifest

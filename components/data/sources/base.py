@@ -59,6 +59,7 @@ class Source:
     set_aside: SetAside = field(default_factory=SetAside)
     tally: Tally = field(default_factory=Tally)
     extra: dict = field(default_factory=dict)
+    cache: object | None = None  # an IngestCache to commit once the output is written
 
 
 class RowBuffer:

@@ -16,7 +16,8 @@ import pyarrow as pa
 from components.data.contract import SetAside, content_id
 from components.data.sources.base import RowBuffer, Source, SourceError, Tally
 from components.data.sources.imagecheck import Rejected, check_image
-from components.data.sources.trees import HIDDEN, open_tree
+from components.data.sources.cache import IngestCache
+from components.data.sources.trees import HIDDEN, LocalTree, open_tree
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 TEXT_EXTENSIONS = (".txt",)
@@ -37,9 +38,20 @@ def _no_id(source: str) -> str:
 
 def class_folder_source(tree, *, payload: str, extensions: tuple[str, ...],
                         convert: Callable[[bytes], object], max_file_bytes: int,
-                        batch_rows: int = 1024) -> Source:
+                        batch_rows: int = 1024, cache_dir: str | None = None, cache_key: dict | None = None
+                        ) -> Source:
     """Rows from a tree of class folders; ``convert`` turns a file's bytes into the payload
-    value or raises :class:`Rejected` with the reason it is set aside."""
+    value or raises :class:`Rejected` with the reason it is set aside.
+
+    With ``cache_dir`` (local folders only), files unchanged since the last run (same size and
+    mtime) are taken from that run's output instead of being read: see ``cache.py``.
+    """
+    cache = previous = None
+    if cache_dir is not None and isinstance(tree, LocalTree):
+        cache = IngestCache(cache_dir, key={"payload": payload, "root": tree.real, "extensions": extensions,
+                                            "max_file_bytes": max_file_bytes, **(cache_key or {})})
+        previous = cache.previous(payload)
+        tree.stamps = True
     classes = tree.class_names()
     where = tree.location
     if not classes:
@@ -54,8 +66,25 @@ def class_folder_source(tree, *, payload: str, extensions: tuple[str, ...],
     aside, tally = SetAside(), Tally()
     files_per_class: Counter[str] = Counter()
 
+    stamps: tuple[list, list, list] = ([], [], [])  # of the rows in `buf`, for the cache
+
+    def emit(table: pa.Table | None) -> pa.Table | None:
+        if table is not None and cache is not None:
+            cache.record(*stamps)
+            for s in stamps:
+                s.clear()
+        return table
+
+    def add(row_id: str, label: int, value, e, nbytes: int) -> pa.Table | None:
+        if cache is not None:
+            stamps[0].append(e.source)
+            stamps[1].append(e.stamp[0] if e.stamp else -1)
+            stamps[2].append(e.stamp[1] if e.stamp else -1)
+        return emit(buf.add(row_id, label, value, e.source, nbytes))
+
+    buf = RowBuffer(payload, batch_rows=batch_rows)
+
     def gen() -> Iterator[pa.Table]:
-        buf = RowBuffer(payload, batch_rows=batch_rows)
         try:
             for e in tree.entries():
                 tally.seen += 1
@@ -73,6 +102,13 @@ def class_folder_source(tree, *, payload: str, extensions: tuple[str, ...],
                 if ext not in extensions:
                     aside.add(_no_id(e.source), e.source, UNKNOWN_EXTENSION, extension=ext)
                     continue
+                if previous is not None and e.stamp is not None:
+                    hit = previous.get(e.parts, e.stamp)
+                    if hit is not None:
+                        table = add(hit[0], index[e.parts[0]], hit[1], e, e.stamp[0])
+                        if table is not None:
+                            yield table
+                        continue
                 if e.size is not None and e.size > max_file_bytes:
                     aside.add(_no_id(e.source), e.source, TOO_LARGE_FILE, bytes=e.size, max_bytes=max_file_bytes)
                     continue
@@ -96,10 +132,10 @@ def class_folder_source(tree, *, payload: str, extensions: tuple[str, ...],
                 except Rejected as rej:
                     aside.add(row_id, e.source, rej.reason, **rej.detail)
                     continue
-                table = buf.add(row_id, index[e.parts[0]], value, e.source, len(data))
+                table = add(row_id, index[e.parts[0]], value, e, len(data))
                 if table is not None:
                     yield table
-            last = buf.take()
+            last = emit(buf.take())
             if last is not None:
                 yield last
             empty = [c for c in classes if files_per_class[c] == 0]
@@ -110,11 +146,11 @@ def class_folder_source(tree, *, payload: str, extensions: tuple[str, ...],
             tree.close()
 
     return Source(classes=classes, batches=gen(), payload=payload, set_aside=aside, tally=tally,
-                  extra={"path": where})
+                  extra={"path": where}, cache=cache)
 
 
 def image_folder_source(path: str, *, max_image_pixels: int, max_file_bytes: int,
-                        batch_rows: int = 1024) -> Source:
+                        batch_rows: int = 1024, cache_dir: str | None = None) -> Source:
     """JPEG/PNG/BMP/WebP/GIF files in class folders; bytes stored as given (clean decodes).
 
     Each file's header is checked without decoding (signature, dimensions, end marker; see
@@ -126,7 +162,8 @@ def image_folder_source(path: str, *, max_image_pixels: int, max_file_bytes: int
         return data
 
     return class_folder_source(open_tree(path), payload="image", extensions=IMAGE_EXTENSIONS,
-                               convert=convert, max_file_bytes=max_file_bytes, batch_rows=batch_rows)
+                               convert=convert, max_file_bytes=max_file_bytes, batch_rows=batch_rows,
+                               cache_dir=cache_dir, cache_key={"max_image_pixels": max_image_pixels})
 
 
 def decode_text(data: bytes) -> str:
@@ -136,7 +173,9 @@ def decode_text(data: bytes) -> str:
         raise Rejected(NOT_UTF8, error=f"byte {err.start}: {err.reason}") from None
 
 
-def text_folder_source(path: str, *, max_file_bytes: int, batch_rows: int = 1024) -> Source:
+def text_folder_source(path: str, *, max_file_bytes: int, batch_rows: int = 1024,
+                       cache_dir: str | None = None) -> Source:
     """UTF-8 ``.txt`` files in class folders; each file is one row (a BOM is dropped)."""
     return class_folder_source(open_tree(path), payload="text", extensions=TEXT_EXTENSIONS,
-                               convert=decode_text, max_file_bytes=max_file_bytes, batch_rows=batch_rows)
+                               convert=decode_text, max_file_bytes=max_file_bytes, batch_rows=batch_rows,
+                               cache_dir=cache_dir)

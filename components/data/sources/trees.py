@@ -47,6 +47,7 @@ class Entry:
     read: Callable[[int], bytes] | None
     problem: str | None = None
     detail: dict = field(default_factory=dict)
+    stamp: tuple[int, int] | None = None  # (size, mtime_ns) where the tree offers it cheaply
 
 
 def is_url(path: str) -> bool:
@@ -69,6 +70,7 @@ class LocalTree:
         self.root = root
         self.real = os.path.realpath(root)
         self.location = str(root)
+        self.stamps = False  # set by the incremental cache: stat every file (size, mtime)
 
     def class_names(self) -> list[str]:
         with os.scandir(self.root) as it:
@@ -95,13 +97,22 @@ class LocalTree:
                 elif os.path.isdir(target):
                     yield Entry(rel, parts, None, None, FOLDER_LINK, {"target": target})
                 else:  # a link to a file inside the source (or a dangling one: reading says so)
-                    yield Entry(rel, parts, None, partial(_read_file, e.path))
+                    yield Entry(rel, parts, None, partial(_read_file, e.path), stamp=self._stamp(e))
             elif e.is_dir(follow_symlinks=False):
                 yield from self._walk(e.path, parts)
             elif e.is_file(follow_symlinks=False):
-                yield Entry(rel, parts, None, partial(_read_file, e.path))
+                yield Entry(rel, parts, None, partial(_read_file, e.path), stamp=self._stamp(e))
             else:
                 yield Entry(rel, parts, None, None, NOT_REGULAR)
+
+    def _stamp(self, e: os.DirEntry) -> tuple[int, int] | None:
+        if not self.stamps:
+            return None
+        try:
+            st = e.stat()
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns
 
     def close(self) -> None:
         pass
