@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = "params.yaml"
 
@@ -65,6 +65,14 @@ class IngestParams(_Section):
     cache_dir: str | None = Field(
         ".trainwise/ingest-cache", description="image_folder/text_folder on a local path: files unchanged since "
                                                "the last run (size, mtime) are not read again; null: off")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_set(cls, v):
+        if v is None or v == "":
+            raise ValueError("must be a path: dvc.yaml lists it as the ingest stage's dependency, so it must "
+                             "exist even for digits and sequences (the default data/raw does)")
+        return v
 
 
 class CleanParams(_Section):

@@ -153,3 +153,10 @@ def test_dvc_reruns_ingest_only_when_its_source_or_params_change(tmp_path):
     params["ingest"]["max_file_mb"] = 32                                           # an ingest param changed
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "Running stage 'ingest'" in sh("dvc", "repro", "ingest")
+
+
+def test_a_null_ingest_path_is_a_config_error_not_a_dvc_crash():
+    from pipelines.config import ConfigError
+
+    with pytest.raises(ConfigError, match="ingest.path: .*dvc.yaml lists it as the ingest stage's dependency"):
+        parse_params({"ingest": {"source": "digits", "path": None}})
