@@ -20,7 +20,9 @@ def scratch_project(params_update: dict | None = None) -> tuple[Path, dict]:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.split()
     for f in files:
-        if (REPO / f).is_file() and f.split("/")[0] not in OUTPUT_DIRS and f != "dvc.lock":
+        # data/raw/ is the ingest stage's source (its `ingest.path` dependency); the rest of data/ is output
+        if (REPO / f).is_file() and (f.split("/")[0] not in OUTPUT_DIRS or f.startswith("data/raw/")) \
+                and f != "dvc.lock":
             (root / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / f, root / f)
     if params_update:

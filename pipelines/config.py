@@ -41,11 +41,42 @@ class Paths(_Section):
 
 
 class IngestParams(_Section):
-    source: Literal["digits"] = Field(
-        "digits", description="where rows come from; `digits` ships with scikit-learn"
+    source: Literal["digits", "image_folder", "table", "text_folder", "sequences"] = Field(
+        "digits", description="where rows come from: digits (ships with scikit-learn), image_folder, "
+                              "text_folder (one sub-folder per class), table (CSV/Parquet), sequences (generated)"
     )
-    path: str | None = Field(None, description="folder, file, archive or URL for file sources")
-    shard_rows: int = Field(50_000, gt=0, description="rows per Parquet shard")
+    path: str = Field(
+        "data/raw", description="folder, .zip/.tar/.tar.gz archive, table file or fsspec URL read by image_folder, "
+                                "text_folder and table; dvc.yaml lists it as the ingest stage's dependency, so it "
+                                "must exist (data/raw ships with a README) even for digits and sequences"
+    )
+    shard_rows: int = Field(50_000, gt=0, description="rows per Parquet shard (at most)")
+    shard_mb: int = Field(128, gt=0, description="MiB of payload per Parquet shard (at most, roughly)")
+    max_file_mb: int = Field(64, gt=0, description="files larger than this are set aside (file_too_large)")
+    max_image_pixels: int = Field(
+        89_478_485, gt=0, description="images whose header declares more pixels are set aside (image_too_large): "
+                                      "the decompression-bomb guard; Pillow's default limit")
+    label_column: str = Field("label", description="table: the column holding class labels")
+    text_column: str | None = Field(None, description="table: the text column (text classification); "
+                                                      "null: the other columns are numeric features")
+    feature_columns: list[str] | None = Field(
+        None, description="table: numeric feature columns, in order; null: every column but the label")
+    n_samples: int = Field(4000, gt=0, description="sequences: samples to generate (balanced over 10 classes)")
+    sequence_length: int = Field(40, gt=1, description="sequences: points per sequence")
+    generator: Literal["builtin", "mnist1d"] = Field(
+        "builtin", description="sequences: builtin (numpy, MNIST-1D-style) or mnist1d (optional extra)")
+    seed: int = Field(0, description="sequences: generator seed")
+    cache_dir: str | None = Field(
+        ".trainwise/ingest-cache", description="image_folder/text_folder on a local path: files unchanged since "
+                                               "the last run (size, mtime) are not read again; null: off")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_set(cls, v):
+        if v is None or v == "":
+            raise ValueError("must be a path: dvc.yaml lists it as the ingest stage's dependency, so it must "
+                             "exist even for digits and sequences (the default data/raw does)")
+        return v
 
 
 class LabelIssueParams(_Section):

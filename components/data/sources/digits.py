@@ -1,10 +1,8 @@
-"""Sources that feed ``ingest``. Each yields Arrow tables in the data contract's raw form
-(``id``, ``label``, payload, ``source``) in bounded batches, and names its classes."""
+"""The demo source: scikit-learn's 8x8 handwritten digits, shipped with the package."""
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -12,19 +10,7 @@ import pyarrow as pa
 from PIL import Image
 
 from components.data.contract import batched, content_id
-
-RAW_IMAGE_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("label", pa.int64()),
-    ("image", pa.binary()),
-    ("source", pa.string()),
-])
-
-
-@dataclass
-class Source:
-    classes: list[str]
-    batches: Iterator[pa.Table]
+from components.data.sources.base import RAW_IMAGE_SCHEMA, Source, Tally
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -44,11 +30,13 @@ def digits_source(*, batch_rows: int = 1024) -> Source:
     digits = load_digits()
     images = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
     labels = digits.target.astype(np.int64)
+    tally = Tally()
 
     def gen() -> Iterator[pa.Table]:
         for idx in batched(range(len(labels)), batch_rows):
             payloads = [encode_png(images[i]) for i in idx]
             sources = [f"sklearn:digits/{i}" for i in idx]
+            tally.seen += len(idx)
             yield pa.table({
                 "id": [content_id(p, s) for p, s in zip(payloads, sources)],
                 "label": labels[idx],
@@ -56,15 +44,4 @@ def digits_source(*, batch_rows: int = 1024) -> Source:
                 "source": sources,
             }, schema=RAW_IMAGE_SCHEMA)
 
-    return Source(classes=[str(c) for c in digits.target_names], batches=gen())
-
-
-SOURCES = {"digits": digits_source}
-
-
-def open_source(name: str, **options) -> Source:
-    try:
-        factory = SOURCES[name]
-    except KeyError:
-        raise ValueError(f"unknown ingest source {name!r}; choose from {sorted(SOURCES)}") from None
-    return factory(**options)
+    return Source(classes=[str(c) for c in digits.target_names], batches=gen(), tally=tally)

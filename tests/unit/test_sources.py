@@ -1,0 +1,459 @@
+"""Ingest sources on data the tests make: every source, the bad-input table, archives, URLs.
+
+Each bad input ends either in a set-aside row with a named reason (and the counts add up:
+items seen == rows written + set aside) or in a clear error naming the path or params key,
+with no output left behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import json
+import os
+import socket
+import struct
+import tarfile
+import threading
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from components.data.contract import read_manifest, read_table
+from components.data.sources import SourceError, ingest, open_source
+
+OPTS = dict(max_image_pixels=89_478_485, max_file_bytes=8 << 20)
+
+
+def image_bytes(fmt: str = "JPEG", size: tuple[int, int] = (16, 16), seed: int = 0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def png_bomb(width: int = 40_000, height: int = 40_000) -> bytes:
+    """A PNG whose header declares width x height pixels (1.6 G here) over a tiny body: what a
+    decompression bomb looks like before anything decodes it."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096))
+            + chunk(b"IEND", b""))
+
+
+def write(root: Path, rel: str, data: bytes | str) -> Path:
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data.encode() if isinstance(data, str) else data)
+    return p
+
+
+def image_tree(root: Path) -> Path:
+    """Two classes, four good images of four formats (the baseline every bad case adds to)."""
+    write(root, "cats/a.jpg", image_bytes("JPEG", seed=1))
+    write(root, "cats/b.png", image_bytes("PNG", seed=2))
+    write(root, "dogs/c.webp", image_bytes("WEBP", seed=3))
+    write(root, "dogs/sub/d.gif", image_bytes("GIF", seed=4))
+    write(root, "dogs/e.bmp", image_bytes("BMP", seed=5))
+    return root
+
+
+def run(tmp_path: Path, source: str, **options) -> dict:
+    src = open_source(source, **{**OPTS, **options})
+    return ingest(src, tmp_path / "out", shard_rows=1000, shard_bytes=1 << 20, progress=False)
+
+
+def test_image_folder_rows_labels_and_bytes_as_given(tmp_path):
+    root = image_tree(tmp_path / "src")
+    m = run(tmp_path, "image_folder", path=str(root))
+    assert m["classes"] == ["cats", "dogs"] and m["payload"] == "image"
+    assert m["rows"] == m["rows_in"] == 5 and m["set_aside"] == {}
+    assert m["class_counts"] == {"cats": 2, "dogs": 3}
+    t = read_table(tmp_path / "out").to_pylist()
+    by_source = {r["source"]: r for r in t}
+    assert set(by_source) == {"cats/a.jpg", "cats/b.png", "dogs/c.webp", "dogs/sub/d.gif", "dogs/e.bmp"}
+    assert by_source["dogs/sub/d.gif"]["label"] == 1 and by_source["cats/a.jpg"]["label"] == 0
+    assert by_source["cats/b.png"]["image"] == (root / "cats/b.png").read_bytes()  # not re-encoded
+    assert str(root) == m["path"]
+
+
+def test_identical_content_from_two_paths_is_recorded_not_merged(tmp_path):
+    root = image_tree(tmp_path / "src")
+    write(root, "dogs/copy_of_a.jpg", (root / "cats/a.jpg").read_bytes())
+    m = run(tmp_path, "image_folder", path=str(root))
+    rows = read_table(tmp_path / "out").to_pylist()
+    twins = [r for r in rows if r["image"] == (root / "cats/a.jpg").read_bytes()]
+    assert m["rows"] == 6 and len(twins) == 2 and twins[0]["id"] != twins[1]["id"]
+
+
+def test_ids_are_content_derived_and_stable(tmp_path):
+    root = image_tree(tmp_path / "src")
+    run(tmp_path, "image_folder", path=str(root))
+    first = {r["source"]: r["id"] for r in read_table(tmp_path / "out").to_pylist()}
+    write(root, "cats/a.jpg", image_bytes("JPEG", seed=99))  # one file changes
+    write(root, "cats/new.jpg", image_bytes("JPEG", seed=7))  # one is added
+    run(tmp_path, "image_folder", path=str(root))
+    second = {r["source"]: r["id"] for r in read_table(tmp_path / "out").to_pylist()}
+    assert second["cats/a.jpg"] != first["cats/a.jpg"]
+    assert {k: v for k, v in second.items() if k not in ("cats/a.jpg", "cats/new.jpg")} == \
+           {k: v for k, v in first.items() if k != "cats/a.jpg"}
+
+
+def test_shards_are_bounded_by_rows_and_bytes(tmp_path):
+    root = tmp_path / "src"
+    for i in range(30):
+        write(root, f"{'ab'[i % 2]}/{i}.png", image_bytes("PNG", size=(32, 32), seed=i))  # ~3 KB each
+    src = open_source("image_folder", path=str(root), batch_rows=4, **OPTS)
+    m = ingest(src, tmp_path / "rows", shard_rows=7, shard_bytes=1 << 30, progress=False)
+    sizes = [pq.ParquetFile(tmp_path / "rows" / s).metadata.num_rows for s in m["shards"]]
+    assert sizes == [7, 7, 7, 7, 2]
+    src = open_source("image_folder", path=str(root), batch_rows=4, **OPTS)
+    m = ingest(src, tmp_path / "bytes", shard_rows=1000, shard_bytes=20_000, progress=False)
+    assert len(m["shards"]) >= 3 and m["rows"] == 30
+
+
+# -- the bad-input table -------------------------------------------------------------------
+# Each case: (name, build(tmp) -> (source, options), expected) where expected is either
+# ("set_aside", reason, n) -- a quarantine entry, the good rows still written -- or
+# ("error", exception type, text the message must contain).
+
+def _bad_image(rel: str, data: bytes):
+    def build(tmp: Path):
+        root = image_tree(tmp / "src")
+        write(root, rel, data)
+        return "image_folder", {"path": str(root)}
+    return build
+
+
+def _link_outside(tmp: Path):
+    root = image_tree(tmp / "src")
+    outside = write(tmp, "elsewhere/secret.jpg", image_bytes("JPEG", seed=9))
+    os.symlink(outside, root / "cats" / "link.jpg")
+    os.symlink(tmp / "elsewhere", root / "dogs" / "linked_folder")
+    return "image_folder", {"path": str(root)}
+
+
+def _zip_escape(tmp: Path):
+    archive = tmp / "pets.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for rel in ("cats/a.jpg", "cats/b.jpg", "dogs/c.jpg"):
+            zf.writestr(f"pets/{rel}", image_bytes("JPEG", seed=len(rel)))
+        zf.writestr("../escape.jpg", image_bytes("JPEG", seed=8))
+        zf.writestr("/etc/absolute.jpg", image_bytes("JPEG", seed=8))
+    return "image_folder", {"path": str(archive)}
+
+
+def _tar_link_outside(tmp: Path):
+    archive = tmp / "pets.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        for rel in ("cats/a.jpg", "dogs/c.jpg", "dogs/d.jpg"):
+            data = image_bytes("JPEG", seed=len(rel))
+            info = tarfile.TarInfo(rel)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("cats/passwd.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../../../etc/passwd"
+        tf.addfile(link)
+        evil = tarfile.TarInfo("../../evil.jpg")
+        evil.size = 3
+        tf.addfile(evil, io.BytesIO(b"abc"))
+    return "image_folder", {"path": str(archive)}
+
+
+def _empty_class(tmp: Path):
+    root = image_tree(tmp / "src")
+    (root / "birds").mkdir()
+    return "image_folder", {"path": str(root)}
+
+
+def _one_class(tmp: Path):
+    root = tmp / "src"
+    write(root, "cats/a.jpg", image_bytes())
+    return "image_folder", {"path": str(root)}
+
+
+def _not_utf8(tmp: Path):
+    root = tmp / "src"
+    write(root, "pos/a.txt", "great film")
+    write(root, "neg/b.txt", "dull film")
+    write(root, "neg/latin1.txt", "caf\xe9 cr\xe8me".encode("latin-1"))
+    return "text_folder", {"path": str(root)}
+
+
+def _table(tmp: Path, frame: pd.DataFrame, name: str = "t.csv", **options):
+    path = tmp / name
+    frame.to_csv(path, index=False) if name.endswith(".csv") else frame.to_parquet(path, index=False)
+    return "table", {"path": str(path), "label_column": "label", **options}
+
+
+def _truncated_jpeg() -> bytes:
+    data = image_bytes("JPEG", size=(64, 64))
+    return data[: int(len(data) * 0.8)]  # cut inside the image data: no end-of-image marker
+
+
+BAD_INPUTS = [
+    ("zero-byte file", _bad_image("cats/empty.jpg", b""), ("set_aside", "empty_file", 1)),
+    ("truncated JPEG", _bad_image("cats/cut.jpg", _truncated_jpeg()), ("set_aside", "truncated_image", 1)),
+    ("truncated JPEG header", _bad_image("cats/cut2.jpg", image_bytes()[:100]), ("set_aside", "truncated_image", 1)),
+    ("truncated PNG", _bad_image("cats/cut.png", image_bytes("PNG")[:-30]), ("set_aside", "truncated_image", 1)),
+    ("text with an image extension", _bad_image("dogs/notes.png", "shopping list"), ("set_aside", "not_an_image", 1)),
+    ("unknown extension", _bad_image("dogs/readme.md", "# hi"), ("set_aside", "unknown_extension", 1)),
+    ("decompression bomb", _bad_image("dogs/bomb.png", png_bomb()), ("set_aside", "image_too_large", 1)),
+    ("file outside a class folder", _bad_image("stray.jpg", image_bytes()), ("set_aside", "outside_class_folder", 1)),
+    ("hidden file", _bad_image("cats/.DS_Store", b"\0\1"), ("set_aside", "hidden", 1)),
+    ("symlink pointing outside the source", _link_outside, ("set_aside", "link_outside_source", 2)),
+    ("zip member escaping the target", _zip_escape, ("set_aside", "unsafe_archive_path", 2)),
+    ("tar symlink and ../ member", _tar_link_outside, ("set_aside", "archive_link_not_followed", 1)),
+    ("empty class folder", _empty_class, ("error", SourceError, "['birds'] hold no files")),
+    ("only one class", _one_class, ("error", SourceError, "only one class folder ('cats')")),
+    ("non-UTF-8 text", _not_utf8, ("set_aside", "not_utf8", 1)),
+    ("table missing the label column",
+     lambda tmp: _table(tmp, pd.DataFrame({"x": [1, 2], "y": ["a", "b"]})),
+     ("error", SourceError, "has no label column 'label' (ingest.label_column)")),
+    ("NaN and empty labels",
+     lambda tmp: _table(tmp, pd.DataFrame({"x": [1.0, 2, 3, 4], "label": ["a", None, "b", "  "]})),
+     ("set_aside", "missing_label", 2)),
+    ("NaN labels in Parquet",
+     lambda tmp: _table(tmp, pd.DataFrame({"x": [1.0, 2, 3], "label": [0.0, float("nan"), 1.0]}), "t.parquet"),
+     ("set_aside", "missing_label", 1)),
+    ("mixed types in a CSV feature column",
+     lambda tmp: _table(tmp, pd.DataFrame({"x": ["1", "2", "three"], "label": ["a", "b", "a"]})),
+     ("error", SourceError, "(column 'x')")),
+    ("text in a Parquet feature column",
+     lambda tmp: _table(tmp, pd.DataFrame({"x": [1.0, 2.0], "s": ["a", "b"], "label": [0, 1]}), "t.parquet"),
+     ("error", SourceError, "feature column(s) are not numeric: {'s'")),
+    ("source path that does not exist",
+     lambda tmp: ("image_folder", {"path": str(tmp / "nope")}),
+     ("error", FileNotFoundError, "nope does not exist")),
+    ("table path that does not exist",
+     lambda tmp: ("table", {"path": str(tmp / "nope.csv"), "label_column": "label"}),
+     ("error", FileNotFoundError, "nope.csv does not exist")),
+    ("unreachable URL",
+     lambda tmp: ("image_folder", {"path": f"http://127.0.0.1:{_closed_port()}/pets/"}),
+     ("error", SourceError, "cannot list http://127.0.0.1")),
+    ("unreachable archive URL",
+     lambda tmp: ("image_folder", {"path": f"http://127.0.0.1:{_closed_port()}/pets.zip"}),
+     ("error", SourceError, "cannot read http://127.0.0.1")),
+]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when we return: nothing listens there
+
+
+@pytest.mark.parametrize("build, expected", [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input(tmp_path, build, expected):
+    source, options = build(tmp_path)
+    out = tmp_path / "out"
+    if expected[0] == "error":
+        _, kind, text = expected
+        with pytest.raises(kind) as err:
+            ingest(open_source(source, **{**OPTS, **options}), out, shard_rows=100, shard_bytes=1 << 20,
+                   progress=False)
+        assert text in str(err.value)
+        assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], \
+            "no partial output"
+        return
+    _, reason, n = expected
+    m = run(tmp_path, source, **options)
+    assert m["set_aside"].get(reason) == n, m["set_aside"]
+    assert m["rows_in"] == m["rows"] + sum(m["set_aside"].values())
+    assert m["rows"] >= 2  # the good rows still made it
+    lines = [json.loads(line) for line in (out / "set_aside.jsonl").read_text().splitlines()]
+    assert sum(r["reason"] == reason for r in lines) == n and all(r["source"] for r in lines)
+
+
+def test_every_file_is_accounted_for(tmp_path):
+    """All the bad files at once: files seen = rows written + set aside, per reason."""
+    root = image_tree(tmp_path / "src")
+    bad = {"cats/empty.jpg": b"", "cats/cut.jpg": _truncated_jpeg(), "dogs/notes.png": b"hello",
+           "dogs/readme.md": b"x", "dogs/bomb.png": png_bomb(), "stray.jpg": image_bytes()}
+    for rel, data in bad.items():
+        write(root, rel, data)
+    m = run(tmp_path, "image_folder", path=str(root))
+    assert m["rows_in"] == 5 + len(bad) and m["rows"] == 5
+    assert m["set_aside"] == {"empty_file": 1, "truncated_image": 1, "not_an_image": 1, "unknown_extension": 1,
+                              "image_too_large": 1, "outside_class_folder": 1}
+
+
+def test_small_pixel_limit_sets_aside_big_images(tmp_path):
+    root = image_tree(tmp_path / "src")
+    write(root, "cats/big.png", image_bytes("PNG", size=(200, 100)))
+    m = run(tmp_path, "image_folder", path=str(root), max_image_pixels=10_000)
+    assert m["set_aside"] == {"image_too_large": 1}
+
+
+# -- archives and URLs ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["zip", "tar", "tar.gz"])
+def test_archives_read_without_extracting(tmp_path, kind):
+    root = image_tree(tmp_path / "pets")
+    archive = tmp_path / f"pets.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w") as zf:
+            for p in sorted(root.rglob("*")):
+                zf.write(p, p.relative_to(tmp_path).as_posix())  # wrapped in pets/, as zipping a folder does
+    else:
+        with tarfile.open(archive, "w:gz" if kind == "tar.gz" else "w") as tf:
+            tf.add(root, arcname="pets")
+    before = set(tmp_path.rglob("*"))
+    m = run(tmp_path, "image_folder", path=str(archive))
+    assert m["classes"] == ["cats", "dogs"] and m["rows"] == 5 and m["set_aside"] == {}
+    assert {r["source"] for r in read_table(tmp_path / "out").to_pylist()} >= {"pets/cats/a.jpg"}
+    assert {p for p in tmp_path.rglob("*") if "out" not in p.parts} == before  # nothing extracted
+
+
+@pytest.fixture()
+def http_root(tmp_path):
+    """A local HTTP server (127.0.0.1, a free port) serving tmp_path/www."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(www))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_image_folder_over_http(tmp_path, http_root):
+    www, url = http_root
+    image_tree(www / "pets")
+    m = run(tmp_path, "image_folder", path=f"{url}/pets/")
+    assert m["classes"] == ["cats", "dogs"] and m["rows"] == 5 and m["set_aside"] == {}
+    rows = read_table(tmp_path / "out").to_pylist()
+    assert {r["source"] for r in rows} == {"cats/a.jpg", "cats/b.png", "dogs/c.webp", "dogs/sub/d.gif", "dogs/e.bmp"}
+
+
+def test_archive_and_table_over_http(tmp_path, http_root):
+    www, url = http_root
+    with zipfile.ZipFile(www / "pets.zip", "w") as zf:
+        for rel, seed in (("cats/a.jpg", 1), ("dogs/b.jpg", 2)):
+            zf.writestr(rel, image_bytes(seed=seed))
+    assert run(tmp_path, "image_folder", path=f"{url}/pets.zip")["rows"] == 2
+    pd.DataFrame({"f1": [1.0, 2.0, 3.0], "label": ["x", "y", "x"]}).to_parquet(www / "t.parquet")
+    m = run(tmp_path, "table", path=f"{url}/t.parquet", label_column="label")
+    assert m["rows"] == 3 and m["classes"] == ["x", "y"]
+
+
+# -- text, tables, sequences ---------------------------------------------------------------
+
+def test_text_folder(tmp_path):
+    root = tmp_path / "reviews"
+    write(root, "pos/1.txt", "\ufeffloved it")  # a BOM is dropped
+    write(root, "pos/2.txt", "great")
+    write(root, "neg/3.txt", "boring")
+    m = run(tmp_path, "text_folder", path=str(root))
+    assert m["payload"] == "text" and m["classes"] == ["neg", "pos"] and m["schema"]["text"] == "string"
+    rows = {r["source"]: r for r in read_table(tmp_path / "out").to_pylist()}
+    assert rows["pos/1.txt"]["text"] == "loved it" and rows["pos/1.txt"]["label"] == 1
+
+
+@pytest.mark.parametrize("name", ["t.csv", "t.parquet"])
+def test_table_features(tmp_path, name):
+    frame = pd.DataFrame({"a": [1.0, 2.0, None, 4.0], "b": [1, 2, 3, 4], "label": [10, 2, 10, 2]})
+    source, opts = _table(tmp_path, frame, name)
+    m = run(tmp_path, source, **opts)
+    assert m["payload"] == "features" and m["feature_names"] == ["a", "b"]
+    assert m["classes"] == ["2", "10"]  # integer labels ordered as numbers
+    rows = read_table(tmp_path / "out").to_pylist()
+    assert [r["label"] for r in rows] == [1, 0, 1, 0]
+    assert rows[0]["features"] == [1.0, 1.0] and np.isnan(rows[2]["features"][0])  # clean decides about NaN
+    assert [r["source"] for r in rows] == [f"{name}:{i}" for i in (1, 2, 3, 4)]
+
+
+def test_table_text_and_chosen_feature_columns(tmp_path):
+    frame = pd.DataFrame({"review": ["good", "", "bad", "fine"], "n": [1, 2, 3, 4], "m": [5, 6, 7, 8],
+                          "label": ["pos", "neg", "neg", "pos"]})
+    source, opts = _table(tmp_path, frame, text_column="review")
+    m = run(tmp_path, source, **opts)
+    assert m["payload"] == "text" and m["rows"] == 3 and m["set_aside"] == {"empty_text": 1}
+    source, opts = _table(tmp_path, frame, feature_columns=["m", "n"])
+    m = run(tmp_path, source, **opts)
+    assert m["feature_names"] == ["m", "n"]
+    assert read_table(tmp_path / "out").to_pylist()[0]["features"] == [5.0, 1.0]
+
+
+@pytest.mark.parametrize("generator", ["builtin", "mnist1d"])
+def test_sequences_are_seeded_balanced_and_learnable(tmp_path, generator):
+    if generator == "mnist1d":
+        pytest.importorskip("mnist1d")
+    from sklearn.linear_model import LogisticRegression
+
+    def make(seed: int):
+        m = run(tmp_path, "sequences", n_samples=600, length=40, seed=seed, generator=generator)
+        t = read_table(tmp_path / "out")
+        return m, np.array(t.column("sequence").to_pylist(), np.float32), np.array(t.column("label"))
+
+    m, x, y = make(0)
+    assert m["payload"] == "sequence" and m["sequence_length"] == 40 and x.shape == (600, 40)
+    assert set(m["class_counts"].values()) == {60} and 0.5 < x.std() < 2
+    _, x_again, _ = make(0)
+    _, x_other, _ = make(1)
+    assert np.array_equal(x, x_again) and not np.array_equal(x, x_other)
+    # Learnable, but not trivially: a linear model beats chance (10%) clearly.
+    clf = LogisticRegression(max_iter=500).fit(x[:500], y[:500])
+    assert 0.2 < clf.score(x[500:], y[500:]) < 0.95
+
+
+def test_unknown_source_and_missing_path_name_the_key():
+    with pytest.raises(SourceError, match="ingest.source: unknown source 'images'"):
+        open_source("images")
+    with pytest.raises(SourceError, match="ingest.path: source 'table'"):
+        open_source("table", path=None)
+
+
+def test_manifest_is_readable_by_the_next_stage(tmp_path):
+    run(tmp_path, "image_folder", path=str(image_tree(tmp_path / "src")))
+    assert read_manifest(tmp_path / "out")["rows"] == 5
+
+
+# -- incremental re-ingest -------------------------------------------------------------------
+
+def test_reingest_reads_only_new_and_changed_files(tmp_path, monkeypatch):
+    from components.data.sources import trees
+
+    root = tmp_path / "src"
+    for i in range(40):
+        write(root, f"{'ab'[i % 2]}/{i:03d}.png", image_bytes("PNG", seed=i))
+    cache = str(tmp_path / "cache")
+
+    def ingest_counting_reads(out: str, **kw) -> tuple[dict, list[str]]:
+        reads = []
+        real = trees._read_file
+        monkeypatch.setattr(trees, "_read_file", lambda p, limit: reads.append(p) or real(p, limit))
+        src = open_source("image_folder", path=str(root), batch_rows=8, **{**OPTS, **kw})
+        m = ingest(src, tmp_path / out, shard_rows=16, shard_bytes=1 << 20, progress=False)
+        return m, reads
+
+    first, reads = ingest_counting_reads("first", cache_dir=cache)
+    assert len(reads) == 40 and first["rows"] == 40
+    for i in range(40, 50):                                   # 10 new files
+        write(root, f"{'ab'[i % 2]}/{i:03d}.png", image_bytes("PNG", seed=i))
+    write(root, "a/000.png", image_bytes("PNG", seed=1000))   # one changed (size or mtime differ)
+    (root / "b/001.png").unlink()                             # one deleted
+    write(root, "b/bad.png", b"not an image")                 # one bad
+    again, reads = ingest_counting_reads("again", cache_dir=cache)
+    assert sorted(Path(p).name for p in reads) == sorted(["000.png", "bad.png"] + [f"{i:03d}.png" for i in range(40, 50)])
+    fresh, _ = ingest_counting_reads("fresh")                  # no cache: the same output, byte for byte
+    assert again["content_hash"] == fresh["content_hash"] and again["rows"] == 49
+    assert again["set_aside"] == {"not_an_image": 1}
+    assert read_table(tmp_path / "again").to_pylist() == read_table(tmp_path / "fresh").to_pylist()
+    _, reads = ingest_counting_reads("third", cache_dir=cache, max_image_pixels=10_000_000)  # other options:
+    assert len(reads) == 50                                                                    # cache not used
