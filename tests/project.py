@@ -27,7 +27,8 @@ def copy_project(root: Path, *, params: dict[str, dict] | None = None) -> dict[s
                            text=True, check=True).stdout.split()
     for f in files:
         src = REPO / f
-        if src.is_file() and f.split("/")[0] not in OUTPUT_DIRS and f != "dvc.lock":
+        # data/raw/ is a source (the ingest stage's `ingest.path` dependency); the rest of data/ is output
+        if src.is_file() and (f.split("/")[0] not in OUTPUT_DIRS or f.startswith("data/raw/")) and f != "dvc.lock":
             (root / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, root / f)
     data = yaml.safe_load((root / "params.yaml").read_text())
