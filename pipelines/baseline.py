@@ -1,7 +1,5 @@
 """DVC stage `baseline`: classical models on the same split, to tell whether a network is needed."""
 
-import mlflow
-
 from components.evaluation.summary import best_baseline
 from components.models.classical import fit_baselines
 from components.training.data import load_split
@@ -27,7 +25,7 @@ def main() -> None:
                         "baseline/best/test/f1_macro": results[best]["test/f1_macro"]})
         for m, r in results.items():
             stage.log("%-20s val/acc=%.4f test/acc=%.4f (%.2fs)", m, r["val/acc"], r["test/acc"], r["fit_s"])
-        mlflow.set_tag("baseline.best", best)
+        stage.tracker.set_tags({"baseline.best": best})
         stage.finish(metrics)
 
 

@@ -157,6 +157,7 @@ class MlflowParams(_Section):
     )
     experiment: str = Field("trainwise", description="one experiment per project")
     registered_model: str = Field("trainwise-model", description="registry name of the trained model")
+    enabled: bool = Field(True, description="false: no MLflow at all (stages still write DVC metrics)")
 
 
 class RayParams(_Section):
@@ -173,6 +174,17 @@ class RayParams(_Section):
 class CostParams(_Section):
     cpu_hour_usd: float = Field(0.048, ge=0, description="price of one reserved CPU core for an hour")
     gpu_hour_usd: float = Field(2.50, ge=0, description="price of one reserved GPU for an hour")
+    gpu_hour_usd_by_type: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="GPU-hour price by GPU name substring (e.g. H100: 4.0); "
+                                          "a GPU matching none uses gpu_hour_usd")
+    node_hour_usd: float = Field(0.0, ge=0, description="price of a node (machine) per hour, on top of CPUs/GPUs")
+
+
+class RegisterParams(_Section):
+    alias: str = Field("champion", min_length=1, description="registry alias given to a version that passes the gate")
+    metric: Literal["test/acc", "test/f1_macro"] = Field(
+        "test/acc", description="compared with the best baseline's same metric on the test split")
+    min_gain: float = Field(0.0, ge=-1, le=1, description="the network must beat the best baseline by this much")
 
 
 class Params(_Section):
@@ -188,6 +200,9 @@ class Params(_Section):
     mlflow: MlflowParams = MlflowParams()
     ray: RayParams = RayParams()
     cost: CostParams = CostParams()
+    # params.yaml key `register`; the attribute is `registry` because pydantic models inherit
+    # ABCMeta.register, which a field of that name would shadow.
+    registry: RegisterParams = Field(RegisterParams(), alias="register")
 
 
 def _describe(err: ValidationError, source: str) -> str:

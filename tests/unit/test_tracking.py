@@ -1,0 +1,68 @@
+"""Secrets masking, DVC lineage lookup, and a stage with tracking turned off."""
+
+import json
+
+import mlflow
+import yaml
+
+from components.tracking.mlflow_runs import MASK, dvc_locked_hashes, environment_tags, mask_secrets
+from pipelines.stage import Stage
+
+
+def test_credential_looking_keys_and_url_passwords_are_masked():
+    out = mask_secrets({"api_key": "abc", "train.lr": 0.1, "AWS_SECRET_ACCESS_KEY": "x", "db.Password": "p",
+                        "hf_token": "t", "uri": "http://alice:s3cr3t@mlflow.example:5000", "empty_token": None,
+                        "checkpoints_to_keep": 2})
+    assert out == {"api_key": MASK, "train.lr": 0.1, "AWS_SECRET_ACCESS_KEY": MASK, "db.Password": MASK,
+                   "hf_token": MASK, "uri": f"http://{MASK}@mlflow.example:5000", "empty_token": None,
+                   "checkpoints_to_keep": 2}
+    tags = environment_tags({"TRAINWISE_API_TOKEN": "t0k", "RAY_ADDRESS": "ray://u:pw@head:10001",
+                             "HOME": "/root", "MLFLOW_TRACKING_PASSWORD": "pw"})
+    assert tags == {"env.MLFLOW_TRACKING_PASSWORD": MASK, "env.RAY_ADDRESS": f"ray://{MASK}@head:10001",
+                    "env.TRAINWISE_API_TOKEN": MASK}
+
+
+def test_dvc_hash_comes_from_dvc_lock_only_while_it_matches_the_data(tmp_path):
+    data = tmp_path / "data" / "split"
+    data.mkdir(parents=True)
+    (data / "a.parquet").write_bytes(b"12345")
+    (data / "manifest.json").write_text("{}")
+    lock = {"schema": "2.0", "stages": {"split": {"cmd": "x", "outs": [
+        {"path": "data/split", "hash": "md5", "md5": "0123abcd.dir", "size": 7, "nfiles": 2}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    assert dvc_locked_hashes(tmp_path / "dvc.lock", ["data/split"]) == {"data/split": "0123abcd.dir"}
+    (data / "a.parquet").write_bytes(b"changed!")  # data rewritten since dvc locked it: no stale hash
+    assert dvc_locked_hashes(tmp_path / "dvc.lock", ["data/split"]) == {}
+    assert dvc_locked_hashes(tmp_path / "missing.lock", ["data/split"]) == {}
+
+
+def _project(tmp_path, **mlflow_params):
+    params = {"mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}", **mlflow_params}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+def test_no_secret_from_the_environment_reaches_the_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAINWISE_API_TOKEN", "s3cr3t-value")
+    monkeypatch.setenv("RAY_ADDRESS", "ray://bob:hunter2@head:10001")
+    with Stage("ingest", root=_project(tmp_path)) as stage:
+        stage.finish({"ingest/rows": 1})
+    run = mlflow.MlflowClient().get_run(stage.run_id)
+    assert run.data.tags["env.TRAINWISE_API_TOKEN"] == MASK
+    assert run.data.tags["env.RAY_ADDRESS"] == f"ray://{MASK}@head:10001"
+    everything = json.dumps([run.data.tags, run.data.params])
+    assert "s3cr3t-value" not in everything and "hunter2" not in everything
+    assert run.data.params["ingest.source"] == "digits"  # the stage's own section, flattened
+    assert {"cost/usd", "cost/wall_s", "cost/cpu_hours", "cost/cpu_hours_used"} <= set(run.data.metrics)
+
+
+def test_tracking_off_writes_dvc_metrics_and_touches_no_store(tmp_path):
+    root = _project(tmp_path, enabled=False)
+    with Stage("ingest", root=root) as stage:
+        assert not stage.tracker.active and stage.run_id.startswith("local-")
+        stage.tracker.set_tags({"a": "b"})                      # no-ops, not errors
+        assert stage.tracker.call("something", lambda: 1 / 0) is None
+        out = stage.finish({"ingest/rows": 3})
+    assert json.loads((root / "metrics" / "ingest.json").read_text())["ingest/rows"] == 3
+    assert out["cost/usd"] > 0
+    assert not (root / "m.db").exists() and not (root / "mlruns").exists()
