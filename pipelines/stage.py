@@ -32,6 +32,7 @@ class StageError(RuntimeError):
 
 # Where logging is kept while the tracking store is unreachable (replayed by the next stage).
 SPOOL_DIR = ".trainwise/mlflow_spool"
+DIGEST_CHARS = 32  # MLflow's dataset digest column holds 36 characters
 METER_SAMPLE_S = 5.0  # the cost meter's background sampling (process tree CPU, GPU utilisation)
 
 
@@ -63,6 +64,7 @@ class Stage:
         logging.basicConfig(level=logging.INFO, format=f"[{self.name}] %(message)s", force=True)
         for noisy in ("mlflow", "alembic", "urllib3", "filelock"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # per-retry chatter during an outage
         mp = self.params.mlflow
         spool = self.root / SPOOL_DIR
         if not mp.enabled:
@@ -113,7 +115,8 @@ class Stage:
 
         Tags: our content hash and row count, and the md5 DVC recorded for the directory
         (dvc.lock, when it matches the data on disk). A split dataset is logged as one MLflow
-        dataset input per split (context train / val / test), digest = the content hash.
+        dataset input per split (context train / val / test), digest = the content hash (its
+        first 32 hex digits: MLflow stores at most 36 characters; the full hash is in the tag).
         """
         manifest = read_manifest(data_dir)
         rel = os.path.relpath(data_dir, self.root)
@@ -122,9 +125,10 @@ class Stage:
         if dvc_md5:
             tags[f"input.{rel}.dvc_md5"] = dvc_md5
         self.tracker.set_tags(tags)
-        for split in manifest.get("split_class_counts") or {}:
-            self.tracker.log_input(name=f"{Path(rel).name}/{split}", digest=manifest["content_hash"],
-                                   context=split, source=Path(data_dir).resolve())
+        splits = manifest.get("split_class_counts") or (("train", "val", "test") if "split" in manifest["schema"] else ())
+        for split in splits:
+            self.tracker.log_input(name=f"{Path(rel).name}/{split}", context=split, source=Path(data_dir).resolve(),
+                                   digest=manifest["content_hash"][:DIGEST_CHARS])
         return manifest
 
     def log(self, msg: str, *args) -> None:

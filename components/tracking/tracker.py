@@ -28,7 +28,7 @@ log = logging.getLogger("trainwise")
 SPOOL_SUFFIX = ".jsonl"
 # Fail in seconds, not minutes, when the server is gone (MLflow's defaults: 7 retries with
 # exponential back-off, 120 s timeout). Users may still override them in the environment.
-HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.5",
+HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
@@ -92,6 +92,7 @@ class Tracker:
         self.online = self.enabled
         self.spooled = 0
         self.skipped: list[str] = []
+        self.rejected: list[str] = []
         self.outage: str | None = None
 
     @property
@@ -112,8 +113,10 @@ class Tracker:
                 send()
                 return
             except Exception as err:
-                if not is_outage(err):
-                    raise
+                if not is_outage(err):  # a rejected request: tracking must not end the stage either
+                    self.rejected.append(f"{op['op']}: {str(err).splitlines()[0][:200]}")
+                    log.warning("MLflow rejected %s (%s); the stage goes on", op["op"], self.rejected[-1])
+                    return
                 self._go_offline(err)
         self._spool(op)
 

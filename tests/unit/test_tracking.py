@@ -66,3 +66,40 @@ def test_tracking_off_writes_dvc_metrics_and_touches_no_store(tmp_path):
     assert json.loads((root / "metrics" / "ingest.json").read_text())["ingest/rows"] == 3
     assert out["cost/usd"] > 0
     assert not (root / "m.db").exists() and not (root / "mlruns").exists()
+
+
+def test_outage_mid_stage_is_spooled_and_sent_when_the_store_answers_again(tmp_path, monkeypatch, capfd):
+    """Fault injection on a real SQLite store: the first write fails like a dead server would."""
+    import components.tracking.tracker as tracker
+
+    real_apply, failures = tracker._apply, iter([ConnectionError("Connection refused")])
+
+    def flaky_apply(client, run_id, op):
+        err = next(failures, None)
+        if err is not None:
+            raise err
+        return real_apply(client, run_id, op)
+
+    root = _project(tmp_path)
+    with Stage("ingest", root=root) as stage:
+        monkeypatch.setattr(tracker, "_apply", flaky_apply)
+        stage.tracker.log_history([{"epoch": 1, "train/loss": 0.5}, {"epoch": 2, "train/loss": 0.25}])
+        assert not stage.tracker.online and stage.tracker.spool_path.exists()
+        stage.finish({"ingest/rows": 7})
+    # Back by the end of the stage: the spool was sent there and then, and removed.
+    assert not stage.tracker.spool_path.exists()
+    client = mlflow.MlflowClient()
+    run = client.get_run(stage.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["ingest/rows"] == 7
+    assert [m.value for m in sorted(client.get_metric_history(stage.run_id, "train/loss"), key=lambda m: m.step)] \
+        == [0.5, 0.25]
+    assert "were replayed to run" in capfd.readouterr().err
+
+
+def test_a_request_mlflow_rejects_is_reported_not_fatal(tmp_path):
+    with Stage("ingest", root=_project(tmp_path)) as stage:
+        stage.tracker.log_params({"x": "1"})
+        stage.tracker.log_params({"x": "2"})  # MLflow refuses to change a logged param
+        assert len(stage.tracker.rejected) == 1 and stage.tracker.online
+        stage.finish({"ingest/rows": 1})
+    assert mlflow.MlflowClient().get_run(stage.run_id).data.params["x"] == "1"
