@@ -90,8 +90,10 @@ class Stage:
         self.run_id = run.info.run_id
         self.tracker = Tracker(run_id=self.run_id, tracking_uri=self.tracking_uri, spool_dir=spool)
         self.tracker.set_tags(environment_tags(os.environ))
+        params = flatten(self.params.cost.model_dump(mode="json"), "cost.")  # the rates behind cost/usd
         if section is not None:
-            self.tracker.log_params(flatten(section.model_dump(mode="json"), f"{self.name}."))
+            params.update(flatten(section.model_dump(mode="json"), f"{self.name}."))
+        self.tracker.log_params(params)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:

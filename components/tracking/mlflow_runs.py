@@ -31,7 +31,14 @@ def setup_mlflow(*, tracking_uri: str | None, experiment: str, root: Path) -> st
     from mlflow.exceptions import MlflowException
 
     uri = resolve_tracking_uri(tracking_uri, root)
+    user_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; left there, it would outrank
+    # params.yaml for the next stage set up in this process (tests, `trainwise stage`).
+    if user_env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_env
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(experiment)
     if exp is None:

@@ -281,17 +281,18 @@ def replay_spool(spool_dir: str | os.PathLike, *, tracking_uri: str) -> list[tup
         if not ops or ops[0].get("uri") != tracking_uri:
             continue
         sent = 0
-        try:
-            for op in ops:
+        for i, op in enumerate(ops):
+            try:
                 _apply(client, op["run_id"], op)
                 sent += 1
-        except Exception as err:
-            if not is_outage(err):
-                raise
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(o) + "\n" for o in ops[sent:]))
-            tmp.replace(path)
-            break
+            except Exception as err:
+                if is_outage(err):  # gone again: keep the rest for the next attempt
+                    tmp = path.with_suffix(".tmp")
+                    tmp.write_text("".join(json.dumps(o) + "\n" for o in ops[i:]))
+                    tmp.replace(path)
+                    return done
+                log.warning("MLflow rejected spooled %s of run %s (%s); skipped", op["op"], op["run_id"],
+                            str(err).splitlines()[0][:200])
         path.unlink()
         done.append((ops[0]["run_id"], sent))
     return done

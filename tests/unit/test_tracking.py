@@ -53,6 +53,7 @@ def test_no_secret_from_the_environment_reaches_the_run(tmp_path, monkeypatch):
     everything = json.dumps([run.data.tags, run.data.params])
     assert "s3cr3t-value" not in everything and "hunter2" not in everything
     assert run.data.params["ingest.source"] == "digits"  # the stage's own section, flattened
+    assert run.data.params["cost.cpu_hour_usd"] == "0.048"  # and the rates its dollars come from
     assert {"cost/usd", "cost/wall_s", "cost/cpu_hours", "cost/cpu_hours_used"} <= set(run.data.metrics)
 
 
@@ -103,3 +104,24 @@ def test_a_request_mlflow_rejects_is_reported_not_fatal(tmp_path):
         assert len(stage.tracker.rejected) == 1 and stage.tracker.online
         stage.finish({"ingest/rows": 1})
     assert mlflow.MlflowClient().get_run(stage.run_id).data.params["x"] == "1"
+
+
+def test_replay_skips_what_the_store_rejects_and_keeps_nothing_for_another_uri(tmp_path):
+    from components.tracking.mlflow_runs import setup_mlflow
+    from components.tracking.tracker import replay_spool
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    setup_mlflow(tracking_uri=uri, experiment="t", root=tmp_path)
+    with mlflow.start_run() as run:
+        pass
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    ops = [{"uri": uri, "run_id": "no-such-run", "op": "log_batch", "metrics": [["a", 1.0, 0, 0]], "params": {},
+            "tags": {}},
+           {"uri": uri, "run_id": run.info.run_id, "op": "log_batch", "metrics": [["a", 2.0, 0, 0]], "params": {},
+            "tags": {}}]
+    (spool / "x.jsonl").write_text("".join(json.dumps(o) + "\n" for o in ops))
+    (spool / "other.jsonl").write_text(json.dumps({**ops[1], "uri": "http://elsewhere"}) + "\n")
+    assert replay_spool(spool, tracking_uri=uri) == [("no-such-run", 1)]
+    assert mlflow.MlflowClient().get_run(run.info.run_id).data.metrics["a"] == 2.0
+    assert not (spool / "x.jsonl").exists() and (spool / "other.jsonl").exists()  # kept for its own store
