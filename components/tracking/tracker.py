@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -128,6 +129,12 @@ class Tracker:
 
     def _spool(self, op: dict) -> None:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
+        if op["op"] == "log_artifact":  # a snapshot: a later stage may overwrite the file before replay
+            src = Path(op["path"])
+            dst = self.spool_dir / f"{self.run_id}.files" / str(self.spooled) / src.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
+            op = {**op, "path": str(dst), "artifact_path": op["artifact_path"] or (src.name if src.is_dir() else None)}
         with open(self.spool_path, "a") as f:
             f.write(json.dumps({"uri": self.tracking_uri, "run_id": self.run_id, **op}) + "\n")
         self.spooled += 1
@@ -294,5 +301,6 @@ def replay_spool(spool_dir: str | os.PathLike, *, tracking_uri: str) -> list[tup
                 log.warning("MLflow rejected spooled %s of run %s (%s); skipped", op["op"], op["run_id"],
                             str(err).splitlines()[0][:200])
         path.unlink()
+        shutil.rmtree(spool_dir / f"{ops[0]['run_id']}.files", ignore_errors=True)
         done.append((ops[0]["run_id"], sent))
     return done
