@@ -8,6 +8,7 @@ before any work starts, and reads only its own section. Unknown keys are errors
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -180,6 +181,11 @@ class CostParams(_Section):
     node_hour_usd: float = Field(0.0, ge=0, description="price of a node (machine) per hour, on top of CPUs/GPUs")
 
 
+# A `register` field shadows ABCMeta.register on the class, which nothing here uses; the
+# instance attribute is the section as usual.
+warnings.filterwarnings("ignore", message='Field name "register" in "Params" shadows', category=UserWarning)
+
+
 class RegisterParams(_Section):
     alias: str = Field("champion", min_length=1, description="registry alias given to a version that passes the gate")
     metric: Literal["test/acc", "test/f1_macro"] = Field(
@@ -200,9 +206,7 @@ class Params(_Section):
     mlflow: MlflowParams = MlflowParams()
     ray: RayParams = RayParams()
     cost: CostParams = CostParams()
-    # params.yaml key `register`; the attribute is `registry` because pydantic models inherit
-    # ABCMeta.register, which a field of that name would shadow.
-    registry: RegisterParams = Field(RegisterParams(), alias="register")
+    register: RegisterParams = RegisterParams()
 
 
 def _describe(err: ValidationError, source: str) -> str:

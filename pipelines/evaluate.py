@@ -39,7 +39,7 @@ def main() -> None:
                                                    for a, b in zip(y.tolist(), pred.tolist())], ["actual", "predicted"])
         write_csv_atomic(plots / "per_class.csv", per_class, ["class", "precision", "recall", "f1", "support"])
 
-        rp = stage.params.registry  # registry gate: the alias moves only if the network beats the baselines
+        rp = stage.params.register  # registry gate: the alias moves only if the network beats the baselines
         gate = gate_decision(metrics[rp.metric], base[f"baseline/best/{rp.metric}"], metric=rp.metric,
                              min_gain=rp.min_gain, baseline_name=best_name)
         metrics.update(gate.metrics())
