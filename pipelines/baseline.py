@@ -1,7 +1,5 @@
 """DVC stage `baseline`: classical models on the same split, to tell whether a network is needed."""
 
-import mlflow
-
 from components.data.contract import write_csv_atomic
 from components.evaluation.summary import best_baseline
 from components.models.classical import PREDICTIONS, fit_baselines, fit_cost_usd, load_split_features
@@ -31,7 +29,7 @@ def main() -> None:
         out = stage.path(stage.paths.baseline) / PREDICTIONS
         write_csv_atomic(out, [{"id": i, "label": int(y), **{m: int(preds[m]["test"][k]) for m in p.models}}
                                for k, (i, y) in enumerate(zip(ids, y_test))], ["id", "label", *p.models])
-        mlflow.set_tag("baseline.best", best)
+        stage.tracker.set_tags({"baseline.best": best})
         stage.finish(metrics, artifacts=[out])
 
 

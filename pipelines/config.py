@@ -8,6 +8,7 @@ before any work starts, and reads only its own section. Unknown keys are errors
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -232,6 +233,7 @@ class MlflowParams(_Section):
     )
     experiment: str = Field("trainwise", description="one experiment per project")
     registered_model: str = Field("trainwise-model", description="registry name of the trained model")
+    enabled: bool = Field(True, description="false: no MLflow at all (stages still write DVC metrics)")
 
 
 class RayParams(_Section):
@@ -267,6 +269,22 @@ class RayParams(_Section):
 class CostParams(_Section):
     cpu_hour_usd: float = Field(0.048, ge=0, description="price of one reserved CPU core for an hour")
     gpu_hour_usd: float = Field(2.50, ge=0, description="price of one reserved GPU for an hour")
+    gpu_hour_usd_by_type: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="GPU-hour price by GPU name substring (e.g. H100: 4.0); "
+                                          "a GPU matching none uses gpu_hour_usd")
+    node_hour_usd: float = Field(0.0, ge=0, description="price of a node (machine) per hour, on top of CPUs/GPUs")
+
+
+# A `register` field shadows ABCMeta.register on the class, which nothing here uses; the
+# instance attribute is the section as usual.
+warnings.filterwarnings("ignore", message='Field name "register" in "Params" shadows', category=UserWarning)
+
+
+class RegisterParams(_Section):
+    alias: str = Field("champion", min_length=1, description="registry alias given to a version that passes the gate")
+    metric: Literal["test/acc", "test/f1_macro"] = Field(
+        "test/acc", description="compared with the best baseline's same metric on the test split")
+    min_gain: float = Field(0.0, ge=-1, le=1, description="the network must beat the best baseline by this much")
 
 
 class PredictParams(_Section):
@@ -290,6 +308,7 @@ class Params(_Section):
     ray: RayParams = RayParams()
     cost: CostParams = CostParams()
     predict: PredictParams = PredictParams()
+    register: RegisterParams = RegisterParams()
 
 
 def _describe(err: ValidationError, source: str) -> str:

@@ -1,8 +1,6 @@
 """DVC stage `evaluate`: test metrics, per-class report, confusion matrix, calibration, the most
 confidently wrong examples, attributions, and the verdict against the best baseline."""
 
-import mlflow
-import numpy as np
 import torch
 
 from components.data.contract import read_json, read_manifest, write_csv_atomic, write_json_atomic
@@ -12,6 +10,7 @@ from components.evaluation.metrics import (calibration, classification_metrics, 
                                            paired_comparison, predict_proba, verdict)
 from components.evaluation.summary import EVALUATION_FILE, best_baseline
 from components.models.classical import PREDICTIONS, read_test_predictions
+from components.tracking.registry import apply_gate, gate_decision
 from components.training.data import load_split
 from components.training.export import load_model
 from pipelines.stage import Stage, run_stage
@@ -87,14 +86,17 @@ def main() -> None:
             "calibration": {"ece": ece, "bins": bins}, "confidently_wrong": wrong,
             "attributions": {"method": p.attribution_method, "rows": attributions}})
 
-        mlflow.set_tags({"verdict": sentence, "baseline.best": best_name,
-                         "model.train_run_id": spec.get("mlflow_run_id", "")})
+        rp = stage.params.register  # registry gate: the alias moves only if the network beats the baselines
+        gate = gate_decision(metrics[rp.metric], base[f"baseline/best/{rp.metric}"], metric=rp.metric,
+                             min_gain=rp.min_gain, baseline_name=best_name)
+        metrics.update(gate.metrics())
+        stage.log("registry: %s", gate.reason)
+        stage.tracker.set_tags({"verdict": sentence, "baseline.best": best_name, "register.reason": gate.reason,
+                                "model.train_run_id": spec.get("mlflow_run_id", "")})
         mv = spec.get("registered_version")
-        if mv:  # the test metrics travel with the registered version they describe
-            client = mlflow.MlflowClient()
-            for k in ("test/acc", "test/f1_macro"):
-                client.set_model_version_tag(mv["name"], mv["version"], k, f"{metrics[k]:.4f}")
-            client.set_model_version_tag(mv["name"], mv["version"], "verdict", sentence)
+        if mv:  # the test metrics and the decision travel with the registered version they describe
+            stage.tracker.call("the registry gate", apply_gate, mv["name"], mv["version"], gate, alias=rp.alias,
+                               tags={**{k: metrics[k] for k in ("test/acc", "test/f1_macro")}, "verdict": sentence})
         stage.finish(metrics, artifacts=[plots / "per_class.csv", plots / "confusion.png", plots / "reliability.png",
                                          out])
 

@@ -38,8 +38,8 @@ def main() -> None:
         stages = collect(stage.path(p.metrics))
         pipeline = totals(stages)
         evaluation = read_evaluation(stage.path(p.evaluate))
-        run = mlflow.active_run()
-        verdict = (evaluation or {}).get("verdict", {}).get("sentence") or latest_verdict(run.info.experiment_id)
+        verdict = (evaluation or {}).get("verdict", {}).get("sentence") or stage.tracker.call(
+            "read the verdict", lambda: latest_verdict(mlflow.active_run().info.experiment_id))
         hint = where_to_look(mlflow.get_tracking_uri(), stage.root, experiment=params.mlflow.experiment,
                              model=params.mlflow.registered_model)
         images = {k: stage.path(getattr(p, d)) / f for k, (d, f) in IMAGES.items()}
@@ -53,6 +53,10 @@ def main() -> None:
                 images["label_suspects"] = png_bytes(thumbnails_figure(
                     [thumbs[s["id"]] for s in shown], [str(s["id"])[:8] for s in shown]))
         curve = _csv(stage.path(p.plots) / "train_curve.csv")
+        run = mlflow.active_run()  # None when mlflow.enabled is false
+        runs = run and stage.tracker.call("list this pipeline run's MLflow runs", lambda: pipeline_runs(
+            run.info.experiment_id, mlflow.get_run(run.info.run_id).data.tags["trainwise.pipeline_run"],
+            tracking_uri=mlflow.get_tracking_uri()))
         page = build_report(
             title=params.report.title, verdict=verdict, stages=stages, pipeline=pipeline, mlflow_hint=hint,
             manifests={name: _manifest(stage.path(getattr(p, name))) for name in ("ingest", "clean", "split")},
@@ -62,9 +66,7 @@ def main() -> None:
             trials=_csv(stage.path(p.tune) / "trials.csv"),
             network=params.train.model, evaluation=evaluation, images=images,
             label_suspects=suspects, suspects_file=f"{p.clean}/{suspects_file}",
-            mlflow_runs=pipeline_runs(run.info.experiment_id,
-                                      mlflow.get_run(run.info.run_id).data.tags["trainwise.pipeline_run"],
-                                      tracking_uri=mlflow.get_tracking_uri()))
+            mlflow_runs=runs)
         out = stage.path(p.reports) / "report.html"
         write_text_atomic(out, page)
         if not os.environ.get(SUMMARY_BY_CLI_ENV):  # `trainwise run` prints it once, after dvc

@@ -11,12 +11,16 @@ import logging
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from components.data.contract import DataContractError, read_manifest, write_json_atomic
 from components.runtime import watch_parent
-from components.tracking.cost import CostMeter, Rates
-from components.tracking.mlflow_runs import flatten, git_commit, pipeline_run_id, setup_mlflow
+from components.tracking.cost import CostMeter, Rates, nvml_probe
+from components.tracking.mlflow_runs import (dvc_locked_hashes, environment_tags, flatten, git_commit,
+                                             pipeline_run_id, resolve_tracking_uri, setup_mlflow)
+from components.tracking.tracker import (Tracker, TrackingUnavailable, check_reachable, replay_spool,
+                                         set_fail_fast_http_env)
 from pipelines.config import ConfigError, Params, load_params
 
 # Errors a user can act on from the message alone (it names the file or key).
@@ -27,16 +31,28 @@ class StageError(RuntimeError):
     """A stage cannot go on; the message says what to do."""
 
 
+# Where logging is kept while the tracking store is unreachable (replayed by the next stage).
+SPOOL_DIR = ".trainwise/mlflow_spool"
+DIGEST_CHARS = 32  # MLflow's dataset digest column holds 36 characters
+METER_SAMPLE_S = 5.0  # the cost meter's background sampling (process tree CPU, GPU utilisation)
+
+
 class Stage:
     def __init__(self, name: str, *, params_file: str = "params.yaml", root: str | os.PathLike = "."):
         self.name = name
         self.root = Path(root).resolve()
         self.params: Params = load_params(self.root / params_file)
         self.paths = self.params.paths
-        self.meter = CostMeter(rates=Rates(self.params.cost.cpu_hour_usd, self.params.cost.gpu_hour_usd))
+        c = self.params.cost
+        # A stage holds one process on one node until it reserves more (Ray workers, GPUs).
+        self.meter = CostMeter(rates=Rates(c.cpu_hour_usd, c.gpu_hour_usd, c.gpu_hour_usd_by_type, c.node_hour_usd),
+                               cpus=1.0, nodes=1.0, gpu=nvml_probe())
         self.run_id: str | None = None
+        self.tracking_uri: str | None = None
+        self.tracker = Tracker(run_id=None, tracking_uri=None, spool_dir=self.root / SPOOL_DIR, enabled=False)
         self._t0 = time.perf_counter()
-        self.meter.start()  # from process start: imports and MLflow set-up are part of the bill
+        self._started_at = time.time()
+        self.meter.start(sample_every_s=METER_SAMPLE_S)  # MLflow set-up is part of the bill
 
     # -- paths -------------------------------------------------------------------------
     def path(self, rel: str) -> Path:
@@ -50,8 +66,23 @@ class Stage:
         for noisy in ("mlflow", "alembic", "urllib3", "filelock"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         watch_parent(log=self.log)  # `dvc repro` killed: don't keep training for nobody
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # per-retry chatter during an outage
         mp = self.params.mlflow
+        spool = self.root / SPOOL_DIR
+        if not mp.enabled:
+            self.run_id = f"local-{uuid.uuid4().hex[:12]}"
+            self.log("mlflow.enabled is false: nothing is tracked; metrics go to %s/%s.json only",
+                     self.paths.metrics, self.name)
+            return self
+        set_fail_fast_http_env()
+        self.tracking_uri = resolve_tracking_uri(mp.tracking_uri, self.root)
+        try:  # before any compute: a missing server is an error now, not after an hour of training
+            check_reachable(self.tracking_uri)
+        except TrackingUnavailable as err:
+            raise StageError(str(err)) from None
         setup_mlflow(tracking_uri=mp.tracking_uri, experiment=mp.experiment, root=self.root)
+        for run_id, n in replay_spool(spool, tracking_uri=self.tracking_uri):
+            self.log("MLflow is reachable again: replayed %d spooled operation(s) of run %s", n, run_id)
         section = getattr(self.params, self.name, None)
         run = mlflow.start_run(run_name=self.name, tags={
             "trainwise.stage": self.name,
@@ -59,23 +90,49 @@ class Stage:
             "git.commit": git_commit(self.root),
         })
         self.run_id = run.info.run_id
+        self.tracker = Tracker(run_id=self.run_id, tracking_uri=self.tracking_uri, spool_dir=spool)
+        self.tracker.set_tags(environment_tags(os.environ))
+        params = flatten(self.params.cost.model_dump(mode="json"), "cost.")  # the rates behind cost/usd
         if section is not None:
-            mlflow.log_params(flatten(section.model_dump(mode="json"), f"{self.name}."))
+            params.update(flatten(section.model_dump(mode="json"), f"{self.name}."))
+        self.tracker.log_params(params)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        import mlflow
-
-        mlflow.end_run(status="FINISHED" if exc_type is None else "FAILED")
+        self.meter.stop()
+        self.tracker.end("FINISHED" if exc_type is None else "FAILED")
+        if self.tracker.enabled and not self.tracker.online:
+            try:  # back already? then the spool goes now rather than at the next stage
+                check_reachable(self.tracking_uri, timeout_s=2)
+                replayed = replay_spool(self.root / SPOOL_DIR, tracking_uri=self.tracking_uri)
+            except Exception:
+                replayed = []
+            if any(rid == self.run_id for rid, _ in replayed):
+                self.log("MLflow was unreachable during this stage and is back: its %d spooled operation(s) "
+                         "were replayed to run %s", self.tracker.spooled, self.run_id)
+            else:
+                logging.getLogger("trainwise").warning("%s", self.tracker.report())
         return False
 
     def record_input(self, data_dir: str | os.PathLike) -> dict:
-        """Read an input dataset's manifest and tag the run with its version (content hash)."""
-        import mlflow
+        """Read an input dataset's manifest; tag the run with its version and log it as an MLflow input.
 
+        Tags: our content hash and row count, and the md5 DVC recorded for the directory
+        (dvc.lock, when it matches the data on disk). A split dataset is logged as one MLflow
+        dataset input per split (context train / val / test), digest = the content hash (its
+        first 32 hex digits: MLflow stores at most 36 characters; the full hash is in the tag).
+        """
         manifest = read_manifest(data_dir)
         rel = os.path.relpath(data_dir, self.root)
-        mlflow.set_tags({f"input.{rel}.content_hash": manifest["content_hash"], f"input.{rel}.rows": manifest["rows"]})
+        tags = {f"input.{rel}.content_hash": manifest["content_hash"], f"input.{rel}.rows": manifest["rows"]}
+        dvc_md5 = dvc_locked_hashes(self.root / "dvc.lock", [rel]).get(os.path.normpath(rel))
+        if dvc_md5:
+            tags[f"input.{rel}.dvc_md5"] = dvc_md5
+        self.tracker.set_tags(tags)
+        splits = manifest.get("split_class_counts") or (("train", "val", "test") if "split" in manifest["schema"] else ())
+        for split in splits:
+            self.tracker.log_input(name=f"{Path(rel).name}/{split}", context=split, source=Path(data_dir).resolve(),
+                                   digest=manifest["content_hash"][:DIGEST_CHARS])
         return manifest
 
     def log(self, msg: str, *args) -> None:
@@ -88,17 +145,16 @@ class Stage:
         Keys in ``logged_per_step`` already have a per-epoch series in MLflow; a summary value
         logged under the same name would land at step 0 of that series, so it is left out there.
         """
-        import mlflow
-
         out = {**metrics, **self.meter.read()}
         write_json_atomic(self.path(self.paths.metrics) / f"{self.name}.json", out)
-        mlflow.log_metrics({k: float(v) for k, v in out.items() if k not in logged_per_step})
+        self.tracker.log_metrics({k: float(v) for k, v in out.items() if k not in logged_per_step})
         for a in artifacts:
-            p = Path(a)
-            if p.is_dir():
-                mlflow.log_artifacts(str(p), artifact_path=p.name)
-            elif p.exists():
-                mlflow.log_artifact(str(p))
+            self.tracker.log_artifact(a)
+        plots = self.path(self.paths.plots)
+        if plots.is_dir():  # the plot data this stage wrote, as DVC sees it
+            for p in sorted(plots.iterdir()):
+                if p.is_file() and p.stat().st_mtime >= self._started_at - 1:
+                    self.tracker.log_artifact(p, artifact_path="plots")
         self.log("done in %.1fs, cost $%.6f; metrics in %s/%s.json", time.perf_counter() - self._t0,
                  out["cost/usd"], self.paths.metrics, self.name)
         return out

@@ -2,7 +2,6 @@
 
 import time
 
-import mlflow
 import numpy as np
 
 from components.data.contract import read_json, write_csv_atomic
@@ -12,7 +11,6 @@ from components.training.driver import Scaling, best_checkpoint_state, fit, run_
 from components.serving.pyfunc import log_classifier
 from components.training.export import save_model
 from components.training.loop import LoopConfig
-from components.tracking.mlflow_runs import log_history
 from pipelines.stage import Stage, StageError, run_stage
 
 CURVE_COLUMNS = ["epoch", "train/loss", "val/loss", "train/acc", "val/acc", "gap/acc", "epoch_s", "samples_per_s"]
@@ -29,7 +27,7 @@ def main() -> None:
                           model=tp.model, epochs=tp.epochs, patience=tp.patience, seed=tp.seed,
                           batch_size=hp["batch_size"], lr=hp["lr"], weight_decay=hp["weight_decay"],
                           dropout=hp["dropout"])
-        mlflow.log_params({f"hp.{k}": v for k, v in hp.items()} | {"hp.source": tuned["source"]})
+        stage.tracker.log_params({f"hp.{k}": v for k, v in hp.items()} | {"hp.source": tuned["source"]})
         stage.meter.reserve(cpus=tp.num_workers * tp.cpus_per_worker, gpus=tp.num_workers if tp.use_gpu else 0)
         resources = init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose,
                              train_poll_s=rp.train_poll_s)
@@ -52,7 +50,7 @@ def main() -> None:
         if result.error:
             raise result.error
         history = run_history(result)
-        log_history(stage.run_id, history)
+        stage.tracker.log_history(history)
         write_csv_atomic(stage.path(stage.paths.plots) / "train_curve.csv", history, CURVE_COLUMNS)
 
         best = best_checkpoint_state(result)
@@ -60,8 +58,9 @@ def main() -> None:
         spec = {"model": tp.model, "input_shape": list(loop.input_shape), "classes": classes,
                 "dropout": hp["dropout"], "epoch": best_row["epoch"], "hp": hp}
         # A pyfunc that takes raw image bytes / base64 and preprocesses them like training did.
-        info = log_classifier(best["model"], spec, registered_model_name=stage.params.mlflow.registered_model)
-        spec.update(mlflow_run_id=stage.run_id, registered_version={
+        info = stage.tracker.call("the model (log + register)", log_classifier, best["model"], spec,
+                                  registered_model_name=stage.params.mlflow.registered_model)
+        spec.update(mlflow_run_id=stage.run_id, registered_version=info and {
             "name": stage.params.mlflow.registered_model, "version": str(info.registered_model_version)})
         out = save_model(stage.path(stage.paths.model), best["model"], spec)
         stage.finish({

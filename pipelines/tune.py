@@ -7,6 +7,7 @@ from components.runtime import init_ray, unschedulable
 from components.training.data import input_shape
 from components.training.driver import Scaling
 from components.training.loop import LoopConfig
+from components.tracking.cost import reserved_cost
 from components.tracking.mlflow_runs import log_trial_runs
 from components.tuning.sweep import SweepOptions, run_sweep, trial_rows
 from pipelines.stage import Stage, StageError, run_stage
@@ -52,8 +53,11 @@ def main() -> None:
         rows = trial_rows(grid, metric=tp.metric, mode=tp.mode, space_keys=sorted(space))
         cpus_per_trial = tp.workers_per_trial * trp.cpus_per_worker
         for row in rows:
-            row["cost/usd"] = row.get("time_s", 0.0) / 3600 * cpus_per_trial * stage.params.cost.cpu_hour_usd
-        log_trial_runs(grid, rows, param_keys=HP_KEYS)
+            row.update(reserved_cost(row.get("time_s", 0.0), cpus=cpus_per_trial, rates=stage.meter.rates))
+        run_ids = stage.tracker.call("the trial runs", log_trial_runs, grid, rows, param_keys=HP_KEYS) or []
+        for rid, row in zip(run_ids, rows):  # every trial's cost/* (log_trial_runs logs cost/usd)
+            stage.tracker.log_metrics({k: v for k, v in row.items() if k.startswith("cost/") and k != "cost/usd"},
+                                      run_id=rid)
         ok = [r for r in rows if r["status"] == "ok" and f"best_{tp.metric}" in r]
         if not ok:
             raise StageError(f"all {len(rows)} trials failed; see Ray's logs under /tmp/ray/session_latest/logs")

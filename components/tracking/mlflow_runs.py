@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -19,13 +20,25 @@ def default_tracking_uri(root: Path) -> str:
     return f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
+def resolve_tracking_uri(tracking_uri: str | None, root: Path) -> str:
+    """env > params > SQLite in the repo."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or default_tracking_uri(root)
+
+
 def setup_mlflow(*, tracking_uri: str | None, experiment: str, root: Path) -> str:
     """Point MLflow at the store (env > params > SQLite in the repo); return the experiment id."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or default_tracking_uri(root)
+    uri = resolve_tracking_uri(tracking_uri, root)
+    user_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; left there, it would outrank
+    # params.yaml for the next stage set up in this process (tests, `trainwise stage`).
+    if user_env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_env
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -76,6 +89,67 @@ def flatten(d: Mapping, prefix: str = "") -> dict[str, str]:
         else:
             out[key] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
     return out
+
+
+SECRET_KEY = re.compile(r"token|secret|password|passwd|key|credential|auth", re.IGNORECASE)
+MASK = "***"
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def mask_secrets(d: Mapping[str, object]) -> dict[str, object]:
+    """Hide values that may be credentials before they reach the tracking store.
+
+    A key naming a secret (token, secret, password, key, credential, auth; any case, anywhere in
+    the dotted key) has its value replaced by ``***``; a URL's ``user:password@`` part is
+    masked in every value (tracking URIs and Ray addresses may carry one).
+    """
+    out = {}
+    for k, v in d.items():
+        if SECRET_KEY.search(str(k)) and v not in (None, "", "None"):
+            out[k] = MASK
+        elif isinstance(v, str):
+            out[k] = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", v)
+        else:
+            out[k] = v
+    return out
+
+
+ENV_TAG_PREFIXES = ("TRAINWISE_", "RAY_", "MLFLOW_")
+
+
+def environment_tags(environ: Mapping[str, str]) -> dict[str, str]:
+    """The runtime settings that shape a run (TRAINWISE_*, RAY_*, MLFLOW_*) as ``env.*`` tags, masked."""
+    return mask_secrets({f"env.{k}": v for k, v in sorted(environ.items()) if k.startswith(ENV_TAG_PREFIXES)})
+
+
+def dvc_locked_hashes(lock_file: Path, paths: Iterable[str]) -> dict[str, str]:
+    """{path: md5} that dvc.lock records for ``paths`` as some stage's output.
+
+    Inside ``dvc repro`` the upstream stage has been run and locked before this one starts,
+    so this is the hash DVC will record for this stage's dependency. A lock entry whose size
+    or file count no longer matches the path on disk (the data changed since) is left out.
+    """
+    import yaml
+
+    try:
+        lock = yaml.safe_load(Path(lock_file).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    wanted = {os.path.normpath(p) for p in paths}
+    found = {}
+    for stage in (lock.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            rel = os.path.normpath(str(out.get("path", "")))
+            if rel in wanted and out.get("md5") and _lock_entry_matches(Path(lock_file).parent / rel, out):
+                found[rel] = out["md5"]
+    return found
+
+
+def _lock_entry_matches(path: Path, entry: Mapping) -> bool:
+    if path.is_dir():
+        files = [f for f in path.rglob("*") if f.is_file()]
+        return entry.get("nfiles") == len(files) and entry.get("size") == sum(f.stat().st_size for f in files)
+    return path.is_file() and entry.get("size") == path.stat().st_size
 
 
 def log_history(run_id: str, rows: Iterable[Mapping[str, float]], *, step_key: str = "epoch") -> int:

@@ -97,6 +97,48 @@ def test_mlflow_holds_stage_runs_trial_children_and_registered_model(project):
     assert len(pred) == 5 and pred["predicted_class"].isin([str(d) for d in range(10)]).all()
 
 
+def test_mlflow_lineage_cost_and_registry_gate(project):
+    root = project[0]
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("trainwise")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    by_stage = {r.data.tags["trainwise.stage"]: r for r in runs if r.data.tags["trainwise.stage"] != "tune.trial"}
+    trials = [r for r in runs if r.data.tags["trainwise.stage"] == "tune.trial"]
+    # Cost on every run, trials included; the dollars in MLflow are those in the DVC metrics.
+    for r in [*by_stage.values(), *trials]:
+        assert {"cost/usd", "cost/wall_s", "cost/cpu_hours"} <= set(r.data.metrics), r.data.tags["trainwise.stage"]
+    for stage, r in by_stage.items():
+        assert r.data.metrics["cost/usd"] == pytest.approx(_metrics(root, stage)["cost/usd"])
+        assert "cost/cpu_hours_used" in r.data.metrics and "git.commit" in r.data.tags
+    assert _metrics(root, "report")["pipeline/cost/usd"] == pytest.approx(
+        sum(_metrics(root, s)["cost/usd"] for s in STAGES if s != "report"))
+    # Lineage: the md5 DVC locked for data/split, and the three splits as MLflow dataset inputs.
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    split_md5 = next(o["md5"] for o in lock["stages"]["split"]["outs"] if o["path"] == "data/split")
+    split_hash = json.loads((root / "data/split/manifest.json").read_text())["content_hash"]
+    for stage in ("baseline", "tune", "train", "evaluate"):
+        r = by_stage[stage]
+        assert r.data.tags["input.data/split.dvc_md5"] == split_md5, stage
+        assert {(d.dataset.name, d.dataset.digest) for d in r.inputs.dataset_inputs} == \
+            {(f"split/{s}", split_hash[:32]) for s in ("train", "val", "test")}, stage
+    # Artifacts: manifests, plots, the report.
+    assert "manifest.json" in {a.path for a in client.list_artifacts(by_stage["split"].info.run_id)}
+    assert "plots/train_curve.csv" in {a.path for a in client.list_artifacts(by_stage["train"].info.run_id, "plots")}
+    assert "report.html" in {a.path for a in client.list_artifacts(by_stage["report"].info.run_id)}
+    # The registry gate: alias only if the network beat the best baseline by register.min_gain.
+    ev = _metrics(root, "evaluate")
+    version = client.search_model_versions("name = 'trainwise-digits'")[0]
+    assert version.tags["register.promoted"] == ("true" if ev["register/promoted"] else "false")
+    assert by_stage["evaluate"].data.tags["register.reason"] == version.tags["register.reason"]
+    assert (ev["register/gain"] >= ev["register/min_gain"]) == bool(ev["register/promoted"])
+    if ev["register/promoted"]:
+        assert client.get_model_version_by_alias("trainwise-digits", "champion").version == version.version
+    else:
+        assert "champion" not in client.get_registered_model("trainwise-digits").aliases
+
+
 def test_second_repro_changes_nothing(project):
     root, env, _, _ = project
     out = _sh(["dvc", "repro"], root, env)

@@ -1,6 +1,10 @@
+import subprocess
+import sys
+import time
+
 import pytest
 
-from components.tracking.cost import CostMeter, Rates
+from components.tracking.cost import CostMeter, ProcessTreeCpu, Rates, nvml_probe, reserved_cost
 
 
 class FakeClock:
@@ -29,3 +33,69 @@ def test_dollars_are_reserved_resources_times_wall_time_times_rates():
 def test_reading_before_start_is_an_error():
     with pytest.raises(RuntimeError, match="before start"):
         CostMeter(rates=Rates(1, 1)).read()
+
+
+class FakeGpu:
+    """Two GPUs, 50% busy, drawing 300 W each: energy grows with the fake clock."""
+
+    name, count = "NVIDIA H100 80GB HBM3", 2
+
+    def __init__(self, clock):
+        self.clock = clock
+
+    def utilisation(self):
+        return 0.5
+
+    def energy_joules(self):
+        return 2 * 300.0 * self.clock.t
+
+
+def test_gpu_type_rates_node_hours_gpu_use_and_energy_on_a_fake_clock():
+    clock, cpu = FakeClock(), FakeClock()
+    rates = Rates(cpu_hour_usd=0.04, gpu_hour_usd=2.0, gpu_hour_usd_by_type={"A100": 3.0, "h100": 4.0},
+                  node_hour_usd=0.5)
+    meter = CostMeter(rates=rates, clock=clock, cpu_clock=cpu, gpu=FakeGpu(clock)).start()
+    meter.reserve(cpus=8, gpus=2, nodes=1)
+    for _ in range(4):       # sampled every 15 minutes for an hour
+        clock.t += 900
+        meter.sample()
+    cpu.t += 2 * 3600        # two busy CPU-hours
+    m = meter.read()
+    assert m["cost/wall_s"] == 3600
+    assert (m["cost/cpu_hours"], m["cost/gpu_hours"], m["cost/node_hours"]) == (8.0, 2.0, 1.0)
+    assert m["cost/usd"] == pytest.approx(8 * 0.04 + 2 * 4.0 + 1 * 0.5)  # the H100 rate, not the default
+    assert m["cost/usd"] == pytest.approx(8.82)
+    assert m["cost/cpu_util"] == pytest.approx(0.25)
+    assert m["cost/gpu_hours_used"] == pytest.approx(1.0)   # 2 GPUs x 50% x 1 h
+    assert m["cost/gpu_util"] == pytest.approx(0.5)
+    assert m["cost/energy_kwh"] == pytest.approx(0.6)       # 600 W for an hour
+
+
+def test_unknown_gpu_type_uses_the_default_gpu_rate():
+    rates = Rates(cpu_hour_usd=0.0, gpu_hour_usd=2.0, gpu_hour_usd_by_type={"A100": 3.0})
+    assert reserved_cost(1800, cpus=0, gpus=1, rates=rates, gpu_type="Tesla T4")["cost/usd"] == pytest.approx(1.0)
+    assert reserved_cost(1800, cpus=0, gpus=1, rates=rates, gpu_type="NVIDIA A100-SXM4")["cost/usd"] == \
+        pytest.approx(1.5)
+    with pytest.raises(ValueError, match="non-negative"):
+        reserved_cost(-1, cpus=1, rates=rates)
+
+
+def test_no_gpu_means_no_gpu_use_or_energy_metrics():
+    clock, cpu = FakeClock(), FakeClock()
+    m = CostMeter(rates=Rates(0.05, 2.0), clock=clock, cpu_clock=cpu).start().read()
+    assert "cost/energy_kwh" not in m and "cost/gpu_util" not in m
+    assert nvml_probe() is None or nvml_probe().count > 0  # never raises, GPU or not
+
+
+def test_process_tree_cpu_counts_a_child_that_has_already_exited():
+    tree = ProcessTreeCpu()
+    before = tree()
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt=time.process_time()\n"
+                              "while time.process_time() - t < 1.5: pass"])
+    deadline = time.monotonic() + 30
+    while child.poll() is None and time.monotonic() < deadline:
+        tree()               # what the meter's sampling thread does
+        time.sleep(0.2)
+    child.wait()
+    # The child's 1.5 CPU-seconds (less what ran between its last sample and its exit) stay counted.
+    assert tree() - before >= 1.0

@@ -1,0 +1,135 @@
+"""Stages against a real `mlflow server` (127.0.0.1, a free port), and what happens when it dies.
+
+Not a mock: the server is started as a subprocess in its own process group and killed with
+SIGKILL, the way a crashed or unplugged server looks to a client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from components.data.demo import write_digits_split
+from pipelines.stage import SPOOL_DIR, Stage, StageError
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    def __init__(self, store: Path, port: int):
+        self.store, self.port, self.proc = store, port, None
+        self.uri = f"http://127.0.0.1:{port}"
+
+    def start(self, timeout_s: float = 180) -> "MlflowServer":
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}",
+             "--artifacts-destination", str(self.store / "artifacts")],
+            stdout=open(self.store / "server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=2).close()
+                return self
+            except OSError:
+                assert self.proc.poll() is None, (self.store / "server.log").read_text()[-2000:]
+                time.sleep(0.5)
+        self.kill()
+        raise TimeoutError(f"mlflow server did not answer in {timeout_s}s")
+
+    def kill(self) -> None:
+        """SIGKILL the server's process group (the CLI, uvicorn and its job runner): a crash."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def project(tmp_path):
+    write_digits_split(tmp_path / "data")
+    return tmp_path
+
+
+def _params(root: Path, uri: str) -> None:
+    (root / "params.yaml").write_text(yaml.safe_dump({
+        "paths": {"ingest": "data/ingest", "clean": "data/clean", "split": "data/split"},
+        "mlflow": {"tracking_uri": uri, "experiment": "outage"}}))
+
+
+def test_an_unreachable_server_stops_the_stage_at_start_in_seconds(project):
+    _params(project, f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "pipelines.baseline"], cwd=project, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "is unreachable" in proc.stderr and "mlflow.enabled: false" in proc.stderr
+    assert "Nothing was computed" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (project / "metrics").exists()  # before any compute
+    assert time.monotonic() - t0 < 180          # imports included (slow on a loaded machine); the check: next test
+
+
+def test_server_killed_mid_stage_spools_then_replays_at_the_next_stage(project, capfd):
+    server = MlflowServer(project / "server", _free_port()).start()
+    try:
+        _params(project, server.uri)
+        with Stage("train", root=project) as stage:
+            stage.record_input(project / "data/split")   # online: tags and dataset inputs reach the server
+            server.kill()                                 # the server dies mid-run
+            stage.tracker.log_history([{"epoch": e, "train/loss": 1.0 / e} for e in (1, 2, 3)])
+            model = stage.tracker.call("the model (log + register)", lambda: mlflow.MlflowClient().search_runs(["0"]))
+            stage.finish({"train/epochs_run": 3}, artifacts=[project / "data/split/manifest.json"])
+        run_id = stage.run_id
+        assert model is None
+        # Training completed: outputs and DVC metrics are there, and the stage said what happened.
+        metrics = json.loads((project / "metrics/train.json").read_text())
+        assert metrics["train/epochs_run"] == 3 and metrics["cost/usd"] > 0
+        spool = project / SPOOL_DIR / f"{run_id}.jsonl"
+        ops = [json.loads(line)["op"] for line in spool.read_text().splitlines()]
+        assert ops[0] == "log_batch" and ops[-1] == "end_run" and "log_artifact" in ops and "note" in ops
+        said = capfd.readouterr().err  # what the user sees
+        assert "became unreachable" in said and str(spool) in said and "Not recorded (cannot be replayed): the model" \
+            in said
+
+        server.start()                                    # back, same store
+        with Stage("evaluate", root=project) as nxt:      # the next stage replays the spool first
+            nxt.finish({})
+        assert not spool.exists()
+        client = mlflow.MlflowClient(tracking_uri=server.uri)
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train/loss")) == \
+            [(1, 1.0), (2, 0.5), (3, 1 / 3)]
+        assert run.data.metrics["train/epochs_run"] == 3 and run.data.metrics["cost/usd"] == metrics["cost/usd"]
+        assert [a.path for a in client.list_artifacts(run_id)] == ["manifest.json"]
+        assert "not recorded: the model" in run.data.tags["trainwise.tracking_outage"]
+        assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"split/train", "split/val", "split/test"}
+        assert f"replayed {len(ops)} spooled operation(s) of run {run_id}" in capfd.readouterr().err
+    finally:
+        server.kill()
+
+
+def test_a_stage_refuses_to_start_without_the_server_and_says_so_in_process(project):
+    _params(project, f"http://127.0.0.1:{_free_port()}")
+    t0 = time.monotonic()
+    with pytest.raises(StageError, match="unreachable"):
+        Stage("split", root=project).__enter__()
+    assert time.monotonic() - t0 < 30  # MLflow's own retries would take minutes (7, exponential back-off)
