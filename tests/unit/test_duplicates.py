@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from components.data.contract import DatasetWriter, content_id, read_manifest, read_table
+from components.data.contract import DatasetWriter, content_id, read_table
 from components.data.sources import RAW_IMAGE_SCHEMA, encode_png
 from components.quality.cleaning import CleanOptions, clean_dataset
 from components.quality.duplicates import (connected_groups, cross_split_leaks, image_embedding, near_pairs,
