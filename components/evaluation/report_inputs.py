@@ -13,9 +13,10 @@ import numpy as np
 
 from components.data.contract import DataContractError, read_manifest, read_table
 
-# Written by the clean stage (issue 4) beside its manifest: one row per likely label error with at
-# least `id`; the report shows every other column it finds (given / predicted label, confidence...).
-LABEL_SUSPECTS = ("label_suspects.jsonl", "label_suspects.csv")
+# Written by the clean stage beside its manifest (`label_issues.csv`, ranked: least self-confident
+# first): one row per likely label error with at least `id`; the report shows every other column it
+# finds (given / predicted label, confidence...). The other names are accepted for hand-made files.
+LABEL_SUSPECTS = ("label_issues.csv", "label_suspects.jsonl", "label_suspects.csv")
 
 
 def read_label_suspects(clean_dir: str | Path, *, k: int) -> tuple[list[dict] | None, str]:
@@ -31,7 +32,7 @@ def read_label_suspects(clean_dir: str | Path, *, k: int) -> tuple[list[dict] | 
             with open(p) as f:
                 rows = list(csv.DictReader(f))
         conf_key = next((c for c in ("confidence", "score", "self_confidence") if rows and c in rows[0]), None)
-        if conf_key:
+        if conf_key and not (rows and "rank" in rows[0]):  # a ranked file keeps its order
             rows.sort(key=lambda r: -float(r[conf_key] or 0))
         return [{c: v for c, v in r.items() if not isinstance(v, (list, dict))} for r in rows[:k]], name
     return None, LABEL_SUSPECTS[0]
