@@ -29,3 +29,19 @@ def ray_session():
     init_ray(num_cpus=2, train_poll_s=0.25)
     yield ray
     ray.shutdown()
+
+
+def _restore_tracking_uri_env():
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+# `mlflow.set_tracking_uri` also sets MLFLOW_TRACKING_URI in the environment, which every later
+# stage would then prefer over params.yaml: put the environment back after each test, and after
+# each module (module fixtures that set a store and "restore" the old one leak it at teardown).
+_no_tracking_uri_leaks = pytest.fixture(autouse=True)(_restore_tracking_uri_env)
+_no_tracking_uri_leaks_per_module = pytest.fixture(autouse=True, scope="module")(_restore_tracking_uri_env)
