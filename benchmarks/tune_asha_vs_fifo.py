@@ -24,7 +24,7 @@ from components.runtime import init_ray
 from components.training.data import input_shape
 from components.training.driver import Scaling
 from components.training.loop import LoopConfig
-from components.tuning.sweep import SweepOptions, run_sweep, trial_histories
+from components.tuning.sweep import SweepOptions, patient_worker_start, run_sweep, trial_histories
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = {"lr": {"type": "loguniform", "low": 1e-4, "high": 3e-2},
@@ -65,6 +65,7 @@ def main() -> None:
     if args.quick:
         args.trials, args.epochs = 4, 4
     logging.basicConfig(level=logging.WARNING)
+    patient_worker_start()
     init_ray(num_cpus=2, train_poll_s=0.25)
     with tempfile.TemporaryDirectory() as tmp:
         split = write_digits_split(Path(tmp) / "data")

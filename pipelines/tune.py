@@ -17,7 +17,7 @@ from components.training.loop import LoopConfig
 from components.tracking.mlflow_runs import log_trial_runs
 from components.tuning.analysis import curve_rows, pareto_rows, plot_pareto, trial_row
 from components.tuning.space import apply_trial_config
-from components.tuning.sweep import SweepOptions, run_sweep, trial_histories
+from components.tuning.sweep import TRIAL_DRIVER_CPU, SweepOptions, patient_worker_start, run_sweep, trial_histories
 from pipelines.config import ConfigError
 from pipelines.stage import Stage, StageError, run_stage
 
@@ -87,12 +87,18 @@ def main() -> None:
         gpus = tp.workers_per_trial if tp.use_gpu else 0
         stage.meter.reserve(cpus=tp.max_concurrent_trials * tp.workers_per_trial * cpus,
                             gpus=tp.max_concurrent_trials * gpus)
+        patient_worker_start()
         resources = init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose,
                              train_poll_s=rp.train_poll_s)
         why = unschedulable(resources, cpus=tp.workers_per_trial * cpus, gpus=gpus)
         if why:
             raise StageError(f"params.yaml: one trial (tune.workers_per_trial={tp.workers_per_trial} x "
                              f"{cpus} CPUs{' + 1 GPU' if tp.use_gpu else ''} per worker) {why}; lower them")
+        per_trial = tp.workers_per_trial * cpus + TRIAL_DRIVER_CPU
+        fits = int(resources.get("CPU", 0) // per_trial)
+        if fits < tp.max_concurrent_trials:
+            stage.log("note: %g CPUs fit %d trial(s) of %g CPUs at once, not tune.max_concurrent_trials=%d; "
+                      "the others wait", resources.get("CPU", 0), fits, per_trial, tp.max_concurrent_trials)
         stage.log("%d trials (%d at a time), %s search, %s on %s over %s; budget %s / %s", tp.num_samples,
                   tp.max_concurrent_trials, tp.search_alg, tp.scheduler.upper(), tp.metric, sorted(space),
                   f"${tp.budget_usd:g}" if tp.budget_usd else "no $ limit",

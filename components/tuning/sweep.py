@@ -27,6 +27,20 @@ TRIAL_DRIVER_CPU = 0.01
 OBJECTIVE = "objective"
 
 
+WORKER_START_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+
+
+def patient_worker_start(seconds: int = 600) -> None:
+    """Call before Ray starts (its processes inherit the environment then).
+
+    Ray Train gives a trial's worker group 60 s to start, then tears it down and tries again.
+    On a busy machine a fresh worker's first import of torch can take longer than that, and the
+    trial then retries forever without training an epoch (seen on a 2-core machine shared with
+    other jobs). An explicit value in the environment wins.
+    """
+    os.environ.setdefault(WORKER_START_ENV, str(seconds))
+
+
 @dataclass(frozen=True)
 class SweepOptions:
     num_samples: int = 8

@@ -23,7 +23,20 @@ from tests.conftest import REPO
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
-def test_a_spent_budget_ends_the_running_trial_and_starts_no_new_one(ray_session, digits_split, tmp_path):
+@pytest.fixture(scope="module")
+def patient_ray():
+    """Before ray_session starts Ray: give Train worker groups time to start on a busy machine."""
+    from components.tuning.sweep import WORKER_START_ENV, patient_worker_start
+
+    had = os.environ.get(WORKER_START_ENV)
+    patient_worker_start()
+    yield
+    if had is None:
+        os.environ.pop(WORKER_START_ENV, None)
+
+
+def test_a_spent_budget_ends_the_running_trial_and_starts_no_new_one(patient_ray, ray_session, digits_split,
+                                                                     tmp_path):
     from components.training.data import input_shape
     from components.training.driver import Scaling
     from components.training.loop import LoopConfig
