@@ -25,10 +25,13 @@ import time
 from ray import tune
 from ray.tune.search import Searcher
 
+from components.tuning.cleanup import reap_orphaned_train_groups
+
 log = logging.getLogger("trainwise")
 
 _LIVE: dict[str, "SweepMonitor"] = {}
 UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
+REAP_EVERY_S = 10.0  # how often to look for placement groups of stopped trials (components.tuning.cleanup)
 
 
 def live_monitor(key: str) -> "SweepMonitor":
@@ -51,6 +54,7 @@ class SweepMonitor(tune.Callback):
         self.running: set[str] = set()
         self.exhausted_by: str | None = None
         self.started_here: list[str] = []            # trials that started (or resumed) in this process
+        self._last_reap = clock()
         _LIVE[key] = self
 
     def __reduce__(self):
@@ -90,6 +94,9 @@ class SweepMonitor(tune.Callback):
         self.unfinished = {t.trial_id for t in trials if t.status in UNFINISHED}
         self.running = {t.trial_id for t in trials if t.status == "RUNNING"}
         self.exhausted()
+        if self._clock() - self._last_reap > REAP_EVERY_S and any(t.status in ("TERMINATED", "ERROR") for t in trials):
+            self._last_reap = self._clock()
+            reap_orphaned_train_groups()
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started_here.append(trial.trial_id)
