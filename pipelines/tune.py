@@ -15,9 +15,10 @@ from components.training.data import input_shape
 from components.training.driver import Scaling
 from components.training.loop import LoopConfig
 from components.tracking.mlflow_runs import log_trial_runs
-from components.tuning.analysis import curve_rows, pareto_rows, plot_pareto, trial_row
+from components.tuning.analysis import curve_rows, pareto_rows, plot_pareto
 from components.tuning.space import apply_trial_config
-from components.tuning.sweep import TRIAL_DRIVER_CPU, SweepOptions, patient_worker_start, run_sweep, trial_histories
+from components.tuning.sweep import (TRIAL_DRIVER_CPU, SweepInterrupted, SweepOptions, patient_worker_start,
+                                     run_sweep, sweep_rows)
 from pipelines.config import ConfigError
 from pipelines.stage import Stage, StageError, run_stage
 
@@ -110,20 +111,10 @@ def main() -> None:
             stage.log("resumed sweep %s (%d trials were already done)", name,
                       len(monitor.done) - len(set(monitor.started_here) & monitor.done))
 
-        histories = trial_histories(sweep.grid)
-        rows = []
-        for r in sweep.grid:
-            trial = r.path.rstrip("/").rsplit("/", 1)[-1]
-            trial_id = trial.removeprefix("trial_")
-            history = histories.get(trial, [])
-            budget = trial_id in monitor.stopped_by_budget or (not history and monitor.exhausted_by is not None)
-            if not (r.error or budget or trial_id in monitor.done):
-                raise StageError(f"the sweep was interrupted before {trial} finished; run the stage again to "
-                                 f"resume it (state in {sweep.experiment_path})")
-            rows.append(trial_row(trial, {k: r.config.get(k) for k in sorted(space)}, history, metric=tp.metric,
-                                  mode=tp.mode, patience=tp.patience, usd_per_hour=usd_per_trial_hour,
-                                  max_epochs=tp.max_epochs, error=r.error is not None, budget=budget,
-                                  scheduler=tp.scheduler))
+        try:
+            rows, histories = sweep_rows(sweep, space_keys=sorted(space), options=options, patience=tp.patience)
+        except SweepInterrupted as err:
+            raise StageError(str(err)) from None
         log_trial_runs(rows, histories, param_keys=sorted(space))
         key = f"best_{tp.metric}"
         ok = [r for r in rows if r["status"] == "ok" and key in r]

@@ -189,3 +189,28 @@ def trial_histories(grid) -> dict[str, list[dict]]:
                                                                 "time_total_s")}
         out[os.path.basename(r.path)] = [rows[e] for e in sorted(rows)]
     return out
+
+
+class SweepInterrupted(RuntimeError):
+    """The sweep ended with a trial neither finished, failed nor stopped by the budget."""
+
+
+def sweep_rows(sweep: SweepOutcome, *, space_keys: list[str], options: SweepOptions,
+               patience: int) -> tuple[list[dict], dict[str, list[dict]]]:
+    """The trials table (one row per trial, see analysis.trial_row) and every trial's history."""
+    from components.tuning.analysis import trial_row
+
+    monitor, histories, rows = sweep.monitor, trial_histories(sweep.grid), []
+    for r in sweep.grid:
+        trial = os.path.basename(r.path.rstrip("/"))
+        history = histories.get(trial, [])
+        trial_id = trial.removeprefix("trial_")
+        budget = trial_id in monitor.stopped_by_budget or (not history and monitor.exhausted_by is not None)
+        if not (r.error or budget or trial_id in monitor.done):
+            raise SweepInterrupted(f"the sweep was interrupted before {trial} finished; run it again to resume "
+                                   f"(state in {sweep.experiment_path})")
+        rows.append(trial_row(trial, {k: r.config.get(k) for k in space_keys}, history, metric=options.metric,
+                              mode=options.mode, patience=patience, usd_per_hour=options.usd_per_trial_hour,
+                              max_epochs=options.max_epochs, error=r.error is not None, budget=budget,
+                              scheduler=options.scheduler))
+    return rows, histories

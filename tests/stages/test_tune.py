@@ -6,6 +6,7 @@
   every trial is an MLflow child run of the stage run; the outputs are written.
 """
 
+import csv
 import json
 import os
 import signal
@@ -64,7 +65,8 @@ def _scratch_project(tmp_path: Path) -> tuple[Path, dict]:
     params["tune"].update(num_samples=3, max_concurrent_trials=1, max_epochs=2, grace_period=1, reduction_factor=2,
                           budget_usd=None, time_budget_s=None, search_alg="random", seed=2,
                           # seed 2 samples lr 2.0e-4, 1.2e-5, 4.5e-4: the second is clearly worse
-                          # after one epoch than the first, so ASHA stops it (sequential trials).
+                          # after one epoch than the first, so ASHA stops it (sequential trials),
+                          # before the kill: ASHA's rung records are not part of Tune's saved state.
                           search_space={"lr": {"type": "loguniform", "low": 0.00001, "high": 0.01}})
     params["train"].update(model="mlp")
     params["ray"].update(num_cpus=2)
@@ -94,25 +96,28 @@ def test_killed_tune_stage_resumes_without_rerunning_finished_trials(tmp_path):
     root, env = _scratch_project(tmp_path)
     cmd = [sys.executable, "-m", "pipelines.tune"]
     first = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines, finished = [], None
+    lines, finished = [], []
     try:
         for line in first.stdout:
             lines.append(line)
             if " finished (" in line:
-                finished = line.split()[1]  # "[tune] trial_<id> finished (1 trials done)"
-                time.sleep(5)               # Tune saves its state every 2 s (TUNE_GLOBAL_CHECKPOINT_S)
+                finished.append(line.split()[1])  # "[tune] trial_<id> finished (1 trials done)"
+            if len(finished) == 2:
+                # ASHA (whose rung records live in memory) has judged the second trial: kill now.
+                time.sleep(5)  # Tune saves its state every 2 s (TUNE_GLOBAL_CHECKPOINT_S)
                 break
     finally:
         _kill_tree(first)
-    assert finished, "".join(lines[-30:])
+    assert len(finished) == 2, "".join(lines[-30:])
 
     second = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
     out = second.stdout + second.stderr
     assert second.returncode == 0, out[-4000:]
     assert "resumed sweep" in out
-    assert f"{finished} started" not in out                   # kept, not re-run
-    rows = list(__import__("csv").DictReader((root / "models/tune/trials.csv").open()))
-    assert len(rows) == 3 and {r["trial"] for r in rows} >= {finished}
+    assert not [t for t in finished if f"{t} started" in out]  # kept, not re-run
+    assert "2 trials were already done" in out
+    rows = list(csv.DictReader((root / "models/tune/trials.csv").open()))
+    assert len(rows) == 3 and {r["trial"] for r in rows} >= set(finished)
     assert any(r["stopped_by"] == "asha" and int(r["epochs"]) < 2 for r in rows), rows  # ASHA stopped one early
     best = json.loads((root / "models/tune/best_params.json").read_text())
     stopped = {r["trial"] for r in rows if r["stopped_by"] == "asha"}
