@@ -49,3 +49,26 @@ def reap_orphaned_train_groups() -> int:
     except Exception as err:  # noqa: BLE001 - housekeeping must not end the sweep
         log.debug("placement group clean-up skipped: %s", err)
         return 0
+
+
+def reap_after_sweep(*, timeout_s: float = 30.0, every_s: float = 2.0) -> int:
+    """After ``Tuner.fit`` returns, the last trials' workers die in the background; free their
+    placement groups before another sweep in the same Ray needs the CPUs. Returns how many."""
+    import time
+
+    import ray
+    from ray.util.state import list_actors
+
+    removed, deadline = 0, time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        removed += reap_orphaned_train_groups()
+        try:
+            alive = list_actors(address=ray.get_runtime_context().gcs_address,
+                                filters=[("class_name", "=", "RayTrainWorker"), ("state", "!=", "DEAD")],
+                                limit=10_000, raise_on_missing_output=False)
+        except Exception:  # noqa: BLE001
+            return removed
+        if not alive:
+            return removed + reap_orphaned_train_groups()
+        time.sleep(every_s)
+    return removed

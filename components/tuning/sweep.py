@@ -138,6 +138,7 @@ def run_sweep(base, *, space: dict[str, dict], options: SweepOptions, scaling: S
     from ray import tune
 
     from components.tuning.budget import BudgetedSearch, BudgetStopper, SweepMonitor
+    from components.tuning.cleanup import reap_after_sweep
 
     storage_path = os.path.abspath(storage_path) if "://" not in storage_path else storage_path
     experiment_path = f"{storage_path}/{name}"
@@ -172,7 +173,9 @@ def run_sweep(base, *, space: dict[str, dict], options: SweepOptions, scaling: S
             run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
                                       stop=BudgetStopper(name), callbacks=[monitor]),
         )
-    return SweepOutcome(grid=tuner.fit(), monitor=monitor, resumed=resumed, experiment_path=experiment_path)
+    grid = tuner.fit()
+    reap_after_sweep()
+    return SweepOutcome(grid=grid, monitor=monitor, resumed=resumed, experiment_path=experiment_path)
 
 
 def trial_histories(grid) -> dict[str, list[dict]]:
