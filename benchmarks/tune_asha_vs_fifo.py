@@ -86,7 +86,7 @@ def main() -> None:
     gap = (fifo["best_val_acc"] - asha["best_val_acc"]) * 100
     print(f"ASHA/FIFO trial-epochs: {ratio:.2f}x (target <= 0.5x): {'met' if ratio <= 0.5 else 'NOT met'}; "
           f"best val/acc gap: {gap:+.2f} points (target within 0.5): {'met' if abs(gap) <= 0.5 else 'NOT met'}")
-    print(f"ASHA epochs per trial: {asha['epochs_per_trial']}; sweep wall / ASHA+FIFO: "
+    print(f"ASHA epochs per trial: {asha['epochs_per_trial']}; sweep wall ASHA / FIFO: "
           f"{asha['sweep_wall_s'] / fifo['sweep_wall_s']:.2f}x")
     out = REPO / "benchmarks" / "results" / "tune_asha_vs_fifo.json"
     out.write_text(json.dumps({"benchmark": "tune_asha_vs_fifo", "trials": args.trials, "epochs": args.epochs,
