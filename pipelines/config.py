@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 PARAMS_FILE = "params.yaml"
 # Stages whose work can run as a Ray Job on a cluster (ray.submit): the compute-heavy ones.
@@ -143,26 +144,81 @@ class BaselineParams(_Section):
     tfidf_max_features: int = Field(5000, gt=0, description="text: TF-IDF vocabulary size (train split only)")
 
 
+DistributionType = Literal["loguniform", "uniform", "quniform", "randint", "choice"]
+
+
 class Distribution(_Section):
-    type: Literal["loguniform", "uniform", "choice", "randint"]
-    low: float | None = None
-    high: float | None = None
-    values: list | None = None
+    """One search-space entry. Each field's error names its own key (``tune.search_space.lr.low``)."""
 
-    @model_validator(mode="after")
-    def _bounds(self) -> "Distribution":
+    type: DistributionType = Field(description="loguniform / uniform / quniform: low, high (quniform: q); "
+                                               "randint: integers low <= x < high; choice: values")
+    low: float | None = Field(None, validate_default=True, description="lower bound")
+    high: float | None = Field(None, validate_default=True, description="upper bound (exclusive for randint)")
+    q: float | None = Field(None, validate_default=True, description="quniform: step (x = round(x / q) * q)")
+    values: list | None = Field(None, validate_default=True, description="choice: the candidates")
+
+    @field_validator("low")
+    @classmethod
+    def _low(cls, v, info: ValidationInfo):
+        kind = info.data.get("type")
+        if kind in (None, "choice"):
+            return v
+        if v is None:
+            raise ValueError(f"`{kind}` needs `low`")
+        if kind == "loguniform" and v <= 0:
+            raise ValueError(f"`loguniform` needs low > 0, got {v}")
+        if kind == "randint" and v != int(v):
+            raise ValueError(f"`randint` needs an integer low, got {v}")
+        return v
+
+    @field_validator("high")
+    @classmethod
+    def _high(cls, v, info: ValidationInfo):
+        kind, low = info.data.get("type"), info.data.get("low")
+        if kind in (None, "choice"):
+            return v
+        if v is None:
+            raise ValueError(f"`{kind}` needs `high`")
+        if low is not None and not low < v:
+            raise ValueError(f"`{kind}` needs low < high, got low={low} high={v}")
+        if kind == "randint" and v != int(v):
+            raise ValueError(f"`randint` needs an integer high, got {v}")
+        return v
+
+    @field_validator("q")
+    @classmethod
+    def _q(cls, v, info: ValidationInfo):
+        kind = info.data.get("type")
+        if kind == "quniform" and (v is None or v <= 0):
+            raise ValueError(f"`quniform` needs a step q > 0, got {v}")
+        if kind not in (None, "quniform") and v is not None:
+            raise ValueError(f"`q` only applies to `quniform`, not `{kind}`")
+        return v
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, v, info: ValidationInfo):
+        kind = info.data.get("type")
+        if kind == "choice" and not v:
+            raise ValueError("`choice` needs a non-empty `values` list")
+        if kind not in (None, "choice") and v is not None:
+            raise ValueError(f"`values` only applies to `choice`, not `{kind}`")
+        return v
+
+    def extremes(self) -> list:
+        """The values a sample can take at its edges (all of them for `choice`): checked against
+        the train param's own bounds so a bad range fails at load, not inside a trial."""
         if self.type == "choice":
-            if not self.values:
-                raise ValueError("`choice` needs a non-empty `values` list")
-        else:
-            if self.low is None or self.high is None or not self.low < self.high:
-                raise ValueError(f"`{self.type}` needs low < high, got low={self.low} high={self.high}")
-            if self.type == "loguniform" and self.low <= 0:
-                raise ValueError(f"`loguniform` needs low > 0, got {self.low}")
-        return self
+            return list(self.values)
+        if self.type == "randint":
+            return [int(self.low), int(self.high) - 1]
+        return [self.low, self.high]
 
 
-TUNABLE = ("lr", "weight_decay", "dropout", "batch_size")
+# Train params a sweep cannot sample: it sets them itself (epochs: tune.max_epochs; patience:
+# trials run until the scheduler stops them) or they are resources, not hyperparameters.
+NOT_TUNABLE = ("epochs", "patience", "num_workers", "use_gpu", "cpus_per_worker", "max_failures",
+               "checkpoints_to_keep", "seed")
 
 
 class TuneParams(_Section):
@@ -170,21 +226,51 @@ class TuneParams(_Section):
     num_samples: int = Field(8, gt=0, description="trials to run")
     max_concurrent_trials: int = Field(2, gt=0, description="trials running at once")
     workers_per_trial: int = Field(1, gt=0, description="Ray Train workers (DDP ranks) per trial")
+    cpus_per_worker: int | None = Field(None, gt=0, description="CPUs per trial worker (null: train.cpus_per_worker)")
+    use_gpu: bool = Field(False, description="one GPU per trial worker")
+    search_alg: Literal["random", "optuna"] = Field(
+        "random", description="random: independent samples; optuna: TPE (Optuna), learning from finished trials")
+    optuna_startup_trials: int = Field(
+        4, gt=0, description="optuna: random trials before TPE starts modelling (Optuna's default is 10)")
+    scheduler: Literal["asha", "fifo"] = Field(
+        "asha", description="asha: stop weak trials at rungs; fifo: every trial runs max_epochs")
     max_epochs: int = Field(10, gt=0, description="epochs a trial may reach (ASHA max_t)")
     grace_period: int = Field(2, gt=0, description="epochs every trial runs before ASHA may stop it")
     reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep 1/reduction_factor per rung")
     metric: Literal["val/loss", "val/acc"] = Field("val/loss", description="what ASHA and the pick optimise")
     seed: int = Field(0, description="seed of the search algorithm")
+    budget_usd: float | None = Field(
+        None, gt=0, description="stop at this spend (trial wall x resources x cost.* rates): no new trial "
+                                "starts, running ones end at their next epoch; null: no limit")
+    time_budget_s: float | None = Field(
+        None, gt=0, description="the same, on the sweep's wall time (summed over resumed runs); null: no limit")
+    patience: int = Field(
+        2, gt=0, description="overfit report: a trial whose val/loss stayed above its best for its last "
+                             "`patience` epochs while train/loss kept falling is marked overfit")
+    resume: bool = Field(True, description="an interrupted sweep with the same params and data resumes "
+                                           "(finished trials are kept); false: always start afresh")
     search_space: dict[str, Distribution] = Field(
-        default_factory=dict, description=f"train hyperparameters to sample; keys from {TUNABLE}"
-    )
+        default_factory=dict, description="train params to sample (any train.* key but those set by the "
+                                          f"sweep: {', '.join(NOT_TUNABLE)})")
+
+    @field_validator("search_space")
+    @classmethod
+    def _tunable(cls, space: dict[str, Distribution]) -> dict[str, Distribution]:
+        tunable = [k for k in TrainParams.model_fields if k not in NOT_TUNABLE]
+        for key, dist in space.items():
+            if key not in tunable:
+                raise ValueError(f"tune.search_space.{key}: not a tunable train param; choose from {tunable}")
+            for value in dist.extremes():
+                try:
+                    TrainParams.model_validate({key: value})
+                except ValidationError as err:
+                    raise ValueError(f"tune.search_space.{key}: {value!r} is not a valid train.{key}: "
+                                     f"{err.errors()[0]['msg']}") from None
+        return space
 
     @model_validator(mode="after")
     def _check(self) -> "TuneParams":
-        unknown = sorted(set(self.search_space) - set(TUNABLE))
-        if unknown:
-            raise ValueError(f"search_space keys {unknown} are not tunable; choose from {list(TUNABLE)}")
-        if self.grace_period > self.max_epochs:
+        if self.scheduler == "asha" and self.grace_period > self.max_epochs:
             raise ValueError(f"grace_period ({self.grace_period}) > max_epochs ({self.max_epochs})")
         return self
 

@@ -1,6 +1,13 @@
-"""DVC stage `tune`: Ray Tune + ASHA over params.yaml's search space -> models/tune/best_params.json."""
+"""DVC stage `tune`: a Ray Tune sweep over params.yaml's search space -> models/tune/best_params.json.
 
-import time
+Resumes an interrupted sweep: the experiment is named after what determines its results
+(tune params, the train params it starts from, the data's content hash), so running the stage
+again after a crash restores it instead of starting over.
+"""
+
+import hashlib
+import json
+from dataclasses import fields
 
 from components.data.contract import write_csv_atomic, write_json_atomic
 from components.runtime import init_ray, unschedulable
@@ -9,73 +16,150 @@ from components.training.driver import Scaling
 from components.training.loop import LoopConfig
 from components.tracking.cost import reserved_cost
 from components.tracking.mlflow_runs import log_trial_runs
-from components.tuning.sweep import SweepOptions, run_sweep, trial_rows
+from components.tuning.analysis import curve_rows, pareto_rows, plot_pareto
+from components.tuning.space import apply_trial_config
+from components.tuning.sweep import (TRIAL_DRIVER_CPU, SweepInterrupted, SweepOptions, patient_worker_start,
+                                     run_sweep, sweep_rows)
+from pipelines.config import ConfigError
 from pipelines.stage import Stage, StageError, run_stage
 
-HP_KEYS = ("lr", "weight_decay", "dropout", "batch_size")
-TRIAL_COLUMNS = ["trial", "status", "epochs", "best_epoch", "best_val/loss", "best_val/acc", "val/acc", "gap/acc",
-                 "time_s", "cost/usd"]
+HP_KEYS = ("lr", "weight_decay", "dropout", "batch_size")  # what train reads from best_params.json
+CURVE_COLUMNS = ["trial", "epoch", "train/loss", "val/loss", "train/acc", "val/acc", "gap/acc"]
+
+
+def _columns(space_keys: list[str], metric: str) -> list[str]:
+    return ["trial", *space_keys, "status", "stopped_by", "epochs", "best_epoch", f"best_{metric}", "val/acc",
+            "gap/acc", "gap/loss", "overfit", "time_s", "cost/usd"]
+
+
+def _write_plots(stage: Stage, rows: list[dict], histories: dict, metric: str, mode: str) -> list:
+    plots = stage.path(stage.paths.plots)
+    points = pareto_rows(rows, metric=metric, mode=mode)
+    write_csv_atomic(plots / "tune_pareto.csv", points, ["trial", "cost/usd", f"best_{metric}", "val/acc",
+                                                         "epochs", "pareto"])
+    write_csv_atomic(plots / "tune_curves.csv", curve_rows(histories), CURVE_COLUMNS)
+    plots.mkdir(parents=True, exist_ok=True)
+    plot_pareto(points, plots / "tune_pareto.png", metric=metric)
+    return [plots / "tune_pareto.png"]
 
 
 def main() -> None:
     with Stage("tune") as stage:
-        tp, trp, rp = stage.params.tune, stage.params.train, stage.params.ray
+        tp, trp, rp, cost = stage.params.tune, stage.params.train, stage.params.ray, stage.params.cost
         out = stage.path(stage.paths.tune)
         defaults = {k: getattr(trp, k) for k in HP_KEYS}
         if not tp.enabled:
             stage.log("tune.enabled is false: train will use train.* as given")
             write_json_atomic(out / "best_params.json", {"source": "train", "params": defaults})
-            write_csv_atomic(out / "trials.csv", [], TRIAL_COLUMNS)
+            write_csv_atomic(out / "trials.csv", [], _columns([], tp.metric))
+            _write_plots(stage, [], {}, tp.metric, tp.mode)
             stage.finish({"tune/trials": 0})
             return
+        if not tp.search_space:
+            raise ConfigError("params.yaml: tune.search_space is empty; add train params to sample "
+                              "or set tune.enabled: false")
+        loop_fields = {f.name for f in fields(LoopConfig)}
+        for key in tp.search_space:
+            if key not in loop_fields:
+                raise ConfigError(f"params.yaml: tune.search_space.{key}: train.{key} is not a setting of the "
+                                  f"training loop (components.training.loop.LoopConfig), so a trial cannot vary it")
 
         data = stage.path(stage.paths.split)
-        base = LoopConfig(data_dir=str(data), n_classes=len(stage.record_input(data)["classes"]),
-                          input_shape=input_shape(data), model=trp.model, seed=trp.seed, **defaults)
+        manifest = stage.record_input(data)
+        cpus = tp.cpus_per_worker or trp.cpus_per_worker
+        scaling = Scaling(num_workers=tp.workers_per_trial, use_gpu=tp.use_gpu, cpus_per_worker=cpus)
+        base = LoopConfig(data_dir=str(data), n_classes=len(manifest["classes"]), input_shape=input_shape(data),
+                          **{k: getattr(trp, k) for k in loop_fields & set(type(trp).model_fields)
+                             if k not in ("cpus_per_worker", "use_gpu")},
+                          cpus_per_worker=cpus, use_gpu=tp.use_gpu)
         space = {k: d.model_dump(exclude_none=True) for k, d in tp.search_space.items()}
-        options = SweepOptions(num_samples=tp.num_samples, max_concurrent_trials=tp.max_concurrent_trials,
-                               max_epochs=tp.max_epochs, grace_period=tp.grace_period,
-                               reduction_factor=tp.reduction_factor, metric=tp.metric, mode=tp.mode, seed=tp.seed)
-        scaling = Scaling(num_workers=tp.workers_per_trial, cpus_per_worker=trp.cpus_per_worker)
-        stage.meter.reserve(cpus=tp.max_concurrent_trials * tp.workers_per_trial * trp.cpus_per_worker)
+        usd_per_trial_hour = tp.workers_per_trial * (cpus * cost.cpu_hour_usd + tp.use_gpu * cost.gpu_hour_usd)
+        options = SweepOptions(
+            num_samples=tp.num_samples, max_concurrent_trials=tp.max_concurrent_trials, search_alg=tp.search_alg,
+            optuna_startup_trials=tp.optuna_startup_trials, scheduler=tp.scheduler, max_epochs=tp.max_epochs,
+            grace_period=tp.grace_period, reduction_factor=tp.reduction_factor, metric=tp.metric, mode=tp.mode,
+            seed=tp.seed, budget_usd=tp.budget_usd, time_budget_s=tp.time_budget_s,
+            usd_per_trial_hour=usd_per_trial_hour, resume=tp.resume)
+        # Same inputs -> same name -> an interrupted sweep is found and resumed.
+        identity = {"tune": tp.model_dump(mode="json", exclude={"enabled", "resume"}), "base": base.to_dict(),
+                    "data": manifest["content_hash"], "scaling": vars(scaling)}
+        digest = hashlib.blake2b(json.dumps(identity, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
+        name = f"tune-{digest}" if tp.resume else f"tune-{digest}-{stage.run_id[:8]}"
+
+        gpus = tp.workers_per_trial if tp.use_gpu else 0
+        stage.meter.reserve(cpus=tp.max_concurrent_trials * tp.workers_per_trial * cpus,
+                            gpus=tp.max_concurrent_trials * gpus)
+        patient_worker_start()
         resources = init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose,
                              train_poll_s=rp.train_poll_s)
-        why = unschedulable(resources, cpus=tp.workers_per_trial * trp.cpus_per_worker)
+        why = unschedulable(resources, cpus=tp.workers_per_trial * cpus, gpus=gpus)
         if why:
             raise StageError(f"params.yaml: one trial (tune.workers_per_trial={tp.workers_per_trial} x "
-                             f"train.cpus_per_worker={trp.cpus_per_worker}) {why}; lower them")
-        stage.log("%d trials (%d at a time), ASHA on %s over %s", tp.num_samples, tp.max_concurrent_trials,
-                  tp.metric, sorted(space))
-        grid = run_sweep(base, space=space, options=options, scaling=scaling,
-                         storage_path=str(stage.path(rp.storage_path)),
-                         name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{stage.run_id[:8]}")
+                             f"{cpus} CPUs{' + 1 GPU' if tp.use_gpu else ''} per worker) {why}; lower them")
+        per_trial = tp.workers_per_trial * cpus + TRIAL_DRIVER_CPU
+        fits = int(resources.get("CPU", 0) // per_trial)
+        if fits < tp.max_concurrent_trials:
+            stage.log("note: %g CPUs fit %d trial(s) of %g CPUs at once, not tune.max_concurrent_trials=%d; "
+                      "the others wait", resources.get("CPU", 0), fits, per_trial, tp.max_concurrent_trials)
+        stage.log("%d trials (%d at a time), %s search, %s on %s over %s; budget %s / %s", tp.num_samples,
+                  tp.max_concurrent_trials, tp.search_alg, tp.scheduler.upper(), tp.metric, sorted(space),
+                  f"${tp.budget_usd:g}" if tp.budget_usd else "no $ limit",
+                  f"{tp.time_budget_s:g}s" if tp.time_budget_s else "no time limit")
+        sweep = run_sweep(base, space=space, options=options, scaling=scaling,
+                          storage_path=str(stage.path(rp.storage_path)), name=name)
+        monitor = sweep.monitor
+        if sweep.resumed:
+            stage.log("resumed sweep %s (%d trials were already done)", name,
+                      len(monitor.done) - len(set(monitor.started_here) & monitor.done))
 
-        rows = trial_rows(grid, metric=tp.metric, mode=tp.mode, space_keys=sorted(space))
-        cpus_per_trial = tp.workers_per_trial * trp.cpus_per_worker
-        for row in rows:
-            row.update(reserved_cost(row.get("time_s", 0.0), cpus=cpus_per_trial, rates=stage.meter.rates))
-        run_ids = stage.tracker.call("the trial runs", log_trial_runs, grid, rows, param_keys=HP_KEYS) or []
-        for rid, row in zip(run_ids, rows):  # every trial's cost/* (log_trial_runs logs cost/usd)
+        try:
+            rows, histories = sweep_rows(sweep, space_keys=sorted(space), options=options, patience=tp.patience)
+        except SweepInterrupted as err:
+            raise StageError(str(err)) from None
+        for row in rows:  # cost/wall_s, cost/cpu_hours, ... of the resources each trial held, beside its cost/usd
+            held = reserved_cost(row.get("time_s", 0.0), cpus=tp.workers_per_trial * cpus, gpus=gpus,
+                                 rates=stage.meter.rates)
+            row.update({k: v for k, v in held.items() if k != "cost/usd"})
+        run_ids = stage.tracker.call("the trial runs", log_trial_runs, rows, histories,
+                                     param_keys=sorted(space)) or []
+        for rid, row in zip(run_ids, rows):  # log_trial_runs logs cost/usd; the rest of cost/* here
             stage.tracker.log_metrics({k: v for k, v in row.items() if k.startswith("cost/") and k != "cost/usd"},
                                       run_id=rid)
-        ok = [r for r in rows if r["status"] == "ok" and f"best_{tp.metric}" in r]
+        key = f"best_{tp.metric}"
+        ok = [r for r in rows if r["status"] == "ok" and key in r]
         if not ok:
-            raise StageError(f"all {len(rows)} trials failed; see Ray's logs under /tmp/ray/session_latest/logs")
-        best = grid.get_best_result(metric=tp.metric, mode=tp.mode, scope="all")
-        best_row = next(r for r in rows if r["trial"] == best.path.rsplit("/", 1)[-1])
-        params = {k: best.config[k] for k in HP_KEYS}
+            raise StageError(f"no trial reported an epoch ({len(rows)} trials; budget spent: "
+                             f"{monitor.exhausted_by or 'no'}); see Ray's logs under /tmp/ray/session_latest/logs")
+        best_row = (min if tp.mode == "min" else max)(ok, key=lambda r: r[key])
+        tuned = apply_trial_config(base, {k: best_row[k] for k in space})
+        params = {**defaults, **{k: getattr(tuned, k) for k in space}}
         write_json_atomic(out / "best_params.json", {"source": "tune", "params": params, "trial": best_row["trial"],
-                                                     tp.metric: best_row[f"best_{tp.metric}"]})
-        write_csv_atomic(out / "trials.csv", rows, [*TRIAL_COLUMNS[:1], *sorted(space), *TRIAL_COLUMNS[1:]])
+                                                     tp.metric: best_row[key], "epoch": best_row["best_epoch"]})
+        write_csv_atomic(out / "trials.csv", rows, _columns(sorted(space), tp.metric))
+        artifacts = _write_plots(stage, rows, histories, tp.metric, tp.mode)
+
         for r in rows:
-            stage.log("%s %s epochs=%s best %s=%s", r["trial"], {k: f"{r[k]:.3g}" for k in sorted(space)},
-                      r["epochs"], tp.metric, f"{r.get(f'best_{tp.metric}', float('nan')):.4f}")
+            stage.log("%s %s epochs=%d stopped_by=%s best %s=%s gap/acc=%s%s $%.6f", r["trial"],
+                      {k: (f"{r[k]:.3g}" if isinstance(r[k], float) else r[k]) for k in sorted(space)}, r["epochs"],
+                      r["stopped_by"], tp.metric, f"{r.get(key, float('nan')):.4f}",
+                      f"{r.get('gap/acc', float('nan')):+.3f}", "  OVERFIT" if r["overfit"] else "", r["cost/usd"])
+        spent = sum(r["cost/usd"] for r in rows)
+        never = tp.num_samples - sum(1 for r in rows if r["epochs"])
+        by_budget = sum(1 for r in rows if r["stopped_by"] == "budget")
+        stage.log("spent $%.6f on trials%s; %d of %d trials ran, %d stopped by the budget, %d never started%s",
+                  spent, f" of a ${tp.budget_usd:g} budget" if tp.budget_usd else "", tp.num_samples - never,
+                  tp.num_samples, by_budget, never,
+                  f" (budget spent: {monitor.exhausted_by})" if monitor.exhausted_by else "")
         stage.log("best: %s -> %s", best_row["trial"], params)
-        stage.finish({"tune/trials": len(rows), "tune/failed_trials": len(rows) - len(ok),
+        stage.finish({"tune/trials": len(rows), "tune/failed_trials": sum(r["status"] == "error" for r in rows),
                       "tune/trial_epochs": sum(r["epochs"] for r in rows),
-                      f"tune/best/{tp.metric}": best_row[f"best_{tp.metric}"],
-                      "tune/best/val/acc": best_row["val/acc"]},
-                     artifacts=[out / "trials.csv", out / "best_params.json"])
+                      "tune/asha_stopped_trials": sum(r["stopped_by"] == "asha" for r in rows),
+                      "tune/overfit_trials": sum(bool(r["overfit"]) for r in rows),
+                      "tune/budget_stopped_trials": by_budget, "tune/skipped_trials": never,
+                      "tune/spent_usd": spent, "tune/budget_exhausted": int(monitor.exhausted_by is not None),
+                      "tune/resumed": int(sweep.resumed),
+                      f"tune/best/{tp.metric}": best_row[key], "tune/best/val/acc": best_row["val/acc"]},
+                     artifacts=[out / "trials.csv", out / "best_params.json", *artifacts])
 
 
 if __name__ == "__main__":

@@ -167,24 +167,29 @@ def log_history(run_id: str, rows: Iterable[Mapping[str, float]], *, step_key: s
     return len(metrics)
 
 
-def log_trial_runs(grid, rows: list[dict], *, param_keys: Iterable[str]) -> list[str]:
+def log_trial_runs(rows: list[dict], histories: Mapping[str, list[dict]], *, param_keys: Iterable[str]) -> list[str]:
     """One MLflow child run per Tune trial (under the active run): its sampled params, every
-    reported epoch, its cost and status. Logged after the sweep from Tune's own records, so
-    trials need no access to the tracking store."""
+    reported epoch, its cost, why it stopped and whether it overfit; the run's status is FAILED
+    for a trial that errored. Logged after the sweep from Tune's own records, so trials need
+    no access to the tracking store (and a resumed sweep logs each trial once)."""
     import mlflow
 
     run_ids = []
-    for result, row in zip(grid, rows):
-        with mlflow.start_run(run_name=row["trial"], nested=True, tags={
-                "trainwise.stage": "tune.trial", "trainwise.trial_status": row["status"]}) as child:
-            mlflow.log_params({k: result.config[k] for k in param_keys})
-            if result.metrics_dataframe is not None:
-                # Tune adds bookkeeping columns (pid, timestamp, ...): keep what the loop reported.
-                log_history(child.info.run_id, [
-                    {k: v for k, v in r.items() if "/" in k or k in ("epoch", "epoch_s", "samples_per_s")}
-                    for r in result.metrics_dataframe.to_dict("records")])
-            mlflow.log_metrics({"cost/usd": row.get("cost/usd", 0.0), "trial/epochs": row["epochs"]})
-            run_ids.append(child.info.run_id)
+    for row in rows:
+        child = mlflow.start_run(run_name=row["trial"], nested=True, tags={
+            "trainwise.stage": "tune.trial", "trainwise.trial_status": row["status"],
+            "trainwise.stopped_by": row.get("stopped_by", ""), "trainwise.overfit": str(row.get("overfit", False))})
+        try:
+            mlflow.log_params({k: row[k] for k in param_keys if k in row})
+            history = histories.get(row["trial"], [])
+            log_history(child.info.run_id, [{k: v for k, v in h.items() if k != "time_total_s"} for h in history])
+            summary = {"cost/usd": row.get("cost/usd", 0.0), "trial/epochs": row["epochs"],
+                       "trial/time_s": row.get("time_s", 0.0)}
+            summary.update({f"trial/{k}": row[k] for k in row if k.startswith("best_") and row[k] == row[k]})
+            mlflow.log_metrics({k: float(v) for k, v in summary.items()})
+        finally:
+            mlflow.end_run(status="FAILED" if row["status"] == "error" else "FINISHED")
+        run_ids.append(child.info.run_id)
     return run_ids
 
 

@@ -1,9 +1,14 @@
 """Ray Tune sweep whose trials are Ray Train runs of the same driver as the `train` stage.
 
 Pattern (Ray Train v2): each Tune trial is a function that builds a ``TorchTrainer``
-through :func:`components.training.driver.fit` with a ``TuneReportCallback``; the trial
-itself holds almost no resources (the Train workers do), and ASHA stops weak trials early
-on the chosen validation metric.
+through :func:`components.training.driver.fit` with a Tune report callback; the trial itself
+holds almost no resources (the Train workers do). The search algorithm (random or Optuna TPE,
+both seeded) proposes configs, the scheduler (ASHA or FIFO) stops weak trials at rungs, and
+:mod:`components.tuning.budget` stops the sweep when its dollar or time budget is spent.
+
+An interrupted sweep resumes: the experiment lives at ``storage_path/name``; run_sweep with
+the same name restores it (``Tuner.restore``), finished trials are kept and unfinished ones
+resume from their last Ray Train checkpoint (each trial's Train run is named after the trial).
 """
 
 from __future__ import annotations
@@ -12,128 +17,203 @@ import os
 from dataclasses import dataclass, replace
 
 from components.training.driver import Scaling, fit
-from components.training.loop import LoopConfig
+from components.tuning.space import apply_trial_config, to_tune_space
 
 # A trial's own actor only waits on its Train workers; Ray rejects an empty bundle ({"cpu": 0}).
 TRIAL_DRIVER_CPU = 0.01
+# Reported with every epoch: the chosen metric at the trial's best epoch so far. The search
+# algorithm, ASHA and the final pick all use it, so a trial is judged by its best epoch (the
+# one `train` would keep), not by a noisy last one.
+OBJECTIVE = "objective"
+
+
+WORKER_START_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+
+
+def patient_worker_start(seconds: int = 600) -> None:
+    """Call before Ray starts (its processes inherit the environment then).
+
+    Ray Train gives a trial's worker group 60 s to start, then tears it down and tries again.
+    On a busy machine a fresh worker's first import of torch can take longer than that, and the
+    trial then retries forever without training an epoch (seen on a 2-core machine shared with
+    other jobs). An explicit value in the environment wins.
+    """
+    os.environ.setdefault(WORKER_START_ENV, str(seconds))
 
 
 @dataclass(frozen=True)
 class SweepOptions:
     num_samples: int = 8
     max_concurrent_trials: int = 2
+    search_alg: str = "random"        # random | optuna
+    optuna_startup_trials: int = 4
+    scheduler: str = "asha"           # asha | fifo
     max_epochs: int = 10
     grace_period: int = 2
     reduction_factor: float = 2.0
     metric: str = "val/loss"
     mode: str = "min"
     seed: int = 0
+    budget_usd: float | None = None
+    time_budget_s: float | None = None
+    usd_per_trial_hour: float = 0.0   # what one trial's resources cost per hour
+    resume: bool = True
 
 
-def to_tune_space(space: dict[str, dict]) -> dict:
-    """{"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1}} -> Ray Tune domains."""
-    from ray import tune
-
-    out = {}
-    for key, d in space.items():
-        kind = d["type"]
-        if kind == "loguniform":
-            out[key] = tune.loguniform(d["low"], d["high"])
-        elif kind == "uniform":
-            out[key] = tune.uniform(d["low"], d["high"])
-        elif kind == "randint":
-            out[key] = tune.randint(int(d["low"]), int(d["high"]))
-        elif kind == "choice":
-            out[key] = tune.choice(list(d["values"]))
-        else:
-            raise ValueError(f"search_space.{key}.type: unknown distribution {kind!r}")
-    return out
-
-
-def _trial(config: dict, *, scaling: Scaling, storage_path: str) -> None:
-    from ray import tune
+def _report_callback(metric: str, mode: str):
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    fit(LoopConfig(**config), scaling=scaling, storage_path=storage_path,
-        name=tune.get_context().get_trial_name(), callbacks=[TuneReportCallback()])
+    better = min if mode == "min" else max
+
+    class ObjectiveReport(TuneReportCallback):
+        """Adds OBJECTIVE (best-so-far of ``metric``) to what rank 0 reports to Tune."""
+
+        best = None
+
+        def after_report(self, run_context, metrics, checkpoint):
+            m = metrics[0]
+            value = m[metric] if metric != "val/loss" else m.get("val/best_loss", m[metric])  # survives resumes
+            self.best = value if self.best is None else better(self.best, value)
+            super().after_report(run_context, [{**m, OBJECTIVE: self.best}, *metrics[1:]], checkpoint)
+
+    return ObjectiveReport()
 
 
-def _progress_callback(metric: str):
-    """A driver-side Tune callback that prints one line per trial result: the terminal's
-    progress while Ray's own output stays off."""
-    import logging
-
+def _trial(config: dict, *, base, scaling: Scaling, storage_path: str, metric: str, mode: str) -> None:
     from ray import tune
 
-    log = logging.getLogger("trainwise")
-
-    class Progress(tune.Callback):
-        done = 0
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            log.info("trial_%s epoch %d  %s %.4f  val/acc %.4f", trial.trial_id, result.get("epoch", 0),
-                     metric, result.get(metric, float("nan")), result.get("val/acc", float("nan")))
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self.done += 1
-            log.info("trial_%s finished (%d trials done)", trial.trial_id, self.done)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self.done += 1
-            log.info("trial_%s failed (%d trials done): see %s", trial.trial_id, self.done, trial.local_path)
-
-    return Progress()
+    result = fit(apply_trial_config(base, config), scaling=scaling, storage_path=storage_path,
+                 name=tune.get_context().get_trial_name(), callbacks=[_report_callback(metric, mode)])
+    if result.error:
+        raise result.error
 
 
 def _trial_id(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def run_sweep(base: LoopConfig, *, space: dict[str, dict], options: SweepOptions, scaling: Scaling,
-              storage_path: str, name: str):
-    """Run the sweep; returns Tune's ``ResultGrid``."""
+def _search_alg(options: SweepOptions):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if options.search_alg == "optuna":
+        sampler = optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=options.optuna_startup_trials)
+    elif options.search_alg == "random":
+        # Random search through Optuna too: one seeded Searcher the budget can close (Tune's
+        # BasicVariantGenerator is not a Searcher and cannot be wrapped).
+        sampler = optuna.samplers.RandomSampler(seed=options.seed)
+    else:
+        raise ValueError(f"tune.search_alg: unknown {options.search_alg!r}; use random or optuna")
+    return OptunaSearch(sampler=sampler)
+
+
+def _scheduler(options: SweepOptions):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if options.scheduler == "asha":
+        return ASHAScheduler(time_attr="epoch", max_t=options.max_epochs, grace_period=options.grace_period,
+                             reduction_factor=options.reduction_factor)
+    if options.scheduler == "fifo":
+        return FIFOScheduler()
+    raise ValueError(f"tune.scheduler: unknown {options.scheduler!r}; use asha or fifo")
+
+
+@dataclass
+class SweepOutcome:
+    grid: object            # Tune's ResultGrid
+    monitor: object         # components.tuning.budget.SweepMonitor
+    resumed: bool           # restored an interrupted sweep instead of starting one
+    experiment_path: str
+
+
+def run_sweep(base, *, space: dict[str, dict], options: SweepOptions, scaling: Scaling,
+              storage_path: str, name: str) -> SweepOutcome:
+    """Run (or resume) the sweep named ``name`` under ``storage_path``.
+
+    ``base`` is the training config every trial starts from (a LoopConfig); each trial sets its
+    sampled values on it (:func:`apply_trial_config`) and runs ``options.max_epochs`` epochs
+    at most, without patience (the scheduler decides).
+    """
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from components.tuning.budget import BudgetedSearch, BudgetStopper, SweepMonitor
+    from components.tuning.cleanup import reap_after_sweep
 
     storage_path = os.path.abspath(storage_path) if "://" not in storage_path else storage_path
-    # Trials run to max_epochs unless ASHA stops them; early stopping by patience is train's job.
-    param_space = {**replace(base, epochs=options.max_epochs, patience=None).to_dict(),
-                   **to_tune_space(space)}
+    experiment_path = f"{storage_path}/{name}"
+    # Tune saves its experiment state on a timer ("auto": seconds to minutes). A crash loses
+    # what happened since; trials are tens of seconds each here, so save often (it is small).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    monitor = SweepMonitor(name, usd_per_hour=options.usd_per_trial_hour, budget_usd=options.budget_usd,
+                           time_budget_s=options.time_budget_s, metric=options.metric)
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, scaling=scaling, storage_path=f"{storage_path}/{name}-trials"),
+        tune.with_parameters(_trial, base=replace(base, epochs=options.max_epochs, patience=None),
+                             scaling=scaling, storage_path=f"{storage_path}/{name}-trials",
+                             metric=options.metric, mode=options.mode),
         {"cpu": TRIAL_DRIVER_CPU})
-    tuner = tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            num_samples=options.num_samples,
-            max_concurrent_trials=options.max_concurrent_trials,
-            search_alg=BasicVariantGenerator(random_state=options.seed),
-            trial_dirname_creator=_trial_id,
-            trial_name_creator=_trial_id,
-            scheduler=ASHAScheduler(time_attr="epoch", metric=options.metric, mode=options.mode,
-                                    max_t=options.max_epochs, grace_period=options.grace_period,
-                                    reduction_factor=options.reduction_factor),
-        ),
-        run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
-                                  callbacks=[_progress_callback(options.metric)]),
-    )
-    return tuner.fit()
+
+    resumed = options.resume and tune.Tuner.can_restore(experiment_path)
+    if resumed:
+        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=to_tune_space(space),
+            tune_config=tune.TuneConfig(
+                metric=OBJECTIVE, mode=options.mode,
+                num_samples=options.num_samples,
+                max_concurrent_trials=options.max_concurrent_trials,
+                search_alg=BudgetedSearch(_search_alg(options), key=name,
+                                          max_concurrent=options.max_concurrent_trials),
+                scheduler=_scheduler(options),
+                trial_dirname_creator=_trial_id,
+                trial_name_creator=_trial_id,
+            ),
+            run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
+                                      stop=BudgetStopper(name), callbacks=[monitor]),
+        )
+    grid = tuner.fit()
+    reap_after_sweep()
+    return SweepOutcome(grid=grid, monitor=monitor, resumed=resumed, experiment_path=experiment_path)
 
 
-def trial_rows(grid, *, metric: str, mode: str, space_keys: list[str]) -> list[dict]:
-    """One summary row per trial: sampled config, best metric and epoch, epochs run, outcome."""
-    rows = []
+def trial_histories(grid) -> dict[str, list[dict]]:
+    """Every trial's reported epochs (one row per epoch; the last report wins if an epoch was
+    reported twice around an interruption), keyed by trial name."""
+    out = {}
     for r in grid:
         df = r.metrics_dataframe
-        row = {"trial": os.path.basename(r.path), **{k: r.config[k] for k in space_keys},
-               "status": "error" if r.error else "ok", "epochs": 0}
-        if df is not None and len(df) and metric in df:
-            best = df.loc[df[metric].idxmin() if mode == "min" else df[metric].idxmax()]
-            last = df.iloc[-1]
-            row.update({"epochs": int(last["epoch"]), f"best_{metric}": float(best[metric]),
-                        "best_epoch": int(best["epoch"]), "val/acc": float(best["val/acc"]),
-                        "gap/acc": float(last["gap/acc"]), "time_s": float(last["time_total_s"])})
-        rows.append(row)
-    return rows
+        rows = {}
+        if df is not None and len(df) and "epoch" in df:
+            for rec in df.to_dict("records"):
+                rows[int(rec["epoch"])] = {k: v for k, v in rec.items()
+                                           if "/" in k or k in ("epoch", "epoch_s", "samples_per_s", OBJECTIVE,
+                                                                "time_total_s")}
+        out[os.path.basename(r.path)] = [rows[e] for e in sorted(rows)]
+    return out
+
+
+class SweepInterrupted(RuntimeError):
+    """The sweep ended with a trial neither finished, failed nor stopped by the budget."""
+
+
+def sweep_rows(sweep: SweepOutcome, *, space_keys: list[str], options: SweepOptions,
+               patience: int) -> tuple[list[dict], dict[str, list[dict]]]:
+    """The trials table (one row per trial, see analysis.trial_row) and every trial's history."""
+    from components.tuning.analysis import trial_row
+
+    monitor, histories, rows = sweep.monitor, trial_histories(sweep.grid), []
+    for r in sweep.grid:
+        trial = os.path.basename(r.path.rstrip("/"))
+        history = histories.get(trial, [])
+        trial_id = trial.removeprefix("trial_")
+        budget = trial_id in monitor.stopped_by_budget or (not history and monitor.exhausted_by is not None)
+        if not (r.error or budget or trial_id in monitor.done):
+            raise SweepInterrupted(f"the sweep was interrupted before {trial} finished; run it again to resume "
+                                   f"(state in {sweep.experiment_path})")
+        rows.append(trial_row(trial, {k: r.config.get(k) for k in space_keys}, history, metric=options.metric,
+                              mode=options.mode, patience=patience, usd_per_hour=options.usd_per_trial_hour,
+                              max_epochs=options.max_epochs, error=r.error is not None, budget=budget,
+                              scheduler=options.scheduler))
+    return rows, histories

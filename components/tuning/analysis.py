@@ -1,0 +1,100 @@
+"""What a sweep produced, as plain rows: per-trial summary, overfitting verdict, Pareto front.
+
+Pure functions of each trial's per-epoch history (no Ray), so they are tested directly.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def is_overfit(history: list[dict], *, patience: int) -> bool:
+    """val/loss stayed above its best for the last ``patience`` epochs while train/loss kept
+    falling: the model was fitting the training set at the validation set's expense."""
+    if len(history) <= patience:
+        return False
+    losses = [h["val/loss"] for h in history]
+    best = losses.index(min(losses))
+    epochs_after_best = len(history) - 1 - best
+    return epochs_after_best >= patience and history[-1]["train/loss"] < history[best]["train/loss"]
+
+
+def stopped_by(*, epochs: int, max_epochs: int, error: bool, budget: bool, scheduler: str) -> str:
+    if error:
+        return "error"
+    if budget:
+        return "budget" if epochs else "budget (never started)"
+    if epochs >= max_epochs:
+        return "max_epochs"
+    return "asha" if scheduler == "asha" else "interrupted"
+
+
+def trial_row(trial: str, config: dict, history: list[dict], *, metric: str, mode: str, patience: int,
+              usd_per_hour: float, **outcome) -> dict:
+    """One row of the trials table: config, best epoch's metric, epochs run, why it stopped,
+    final train/val gap, overfit verdict, wall time and cost."""
+    row = {"trial": trial, **config, "epochs": len(history),
+           "stopped_by": stopped_by(epochs=len(history), **outcome), "status": "error" if outcome["error"] else "ok"}
+    if not history:
+        return {**row, "time_s": 0.0, "cost/usd": 0.0, "overfit": False}
+    pick = min if mode == "min" else max
+    best = pick(history, key=lambda h: h[metric])
+    last = history[-1]
+    time_s = float(last.get("time_total_s", sum(h.get("epoch_s", 0.0) for h in history)))
+    return {**row, "best_epoch": int(best["epoch"]), f"best_{metric}": float(best[metric]),
+            "val/acc": float(best["val/acc"]), "gap/acc": float(last["gap/acc"]),
+            "gap/loss": float(last["val/loss"] - last["train/loss"]),
+            "overfit": is_overfit(history, patience=patience),
+            "time_s": time_s, "cost/usd": time_s / 3600 * usd_per_hour}
+
+
+def pareto_rows(rows: list[dict], *, metric: str, mode: str) -> list[dict]:
+    """Cost vs best metric per trial that reported, cheapest first; ``pareto`` marks the
+    trials no other trial beats on both (cheaper and at least as good, or as cheap and better)."""
+    key = f"best_{metric}"
+    pts = sorted((r for r in rows if key in r and not math.isnan(r[key])), key=lambda r: (r["cost/usd"], r[key]))
+    better = (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)
+    out, best_so_far = [], None
+    for r in pts:
+        front = best_so_far is None or better(r[key], best_so_far)
+        if front:
+            best_so_far = r[key]
+        out.append({"trial": r["trial"], "cost/usd": r["cost/usd"], key: r[key], "val/acc": r["val/acc"],
+                    "epochs": r["epochs"], "pareto": front})
+    return out
+
+
+def curve_rows(histories: dict[str, list[dict]]) -> list[dict]:
+    """Every trial's learning curve in one long table (trial, epoch, losses, accuracies, gap)."""
+    cols = ("train/loss", "val/loss", "train/acc", "val/acc", "gap/acc")
+    return [{"trial": t, "epoch": int(h["epoch"]), **{c: h[c] for c in cols if c in h}}
+            for t, hist in histories.items() for h in hist]
+
+
+def plot_pareto(points: list[dict], path, *, metric: str, title: str = "tune: cost vs metric") -> None:
+    """PNG of cost vs best metric, the Pareto front joined by a step line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = f"best_{metric}"
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.scatter([p["cost/usd"] for p in points], [p[key] for p in points], c="tab:gray", label="trial")
+    front = [p for p in points if p["pareto"]]
+    ax.step([p["cost/usd"] for p in front], [p[key] for p in front], where="post", c="tab:red",
+            marker="o", label="Pareto front")
+    for p in front:
+        ax.annotate(p["trial"].removeprefix("trial_"), (p["cost/usd"], p[key]), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("trial cost (USD)")
+    ax.set_ylabel(f"best {metric}")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    import os
+
+    os.replace(tmp, path)

@@ -1,0 +1,192 @@
+"""Driver-side pieces of a sweep: progress lines, the dollar / time budget, and why trials stopped.
+
+Three Tune hooks share one :class:`SweepMonitor`:
+
+- the monitor itself is a Tune ``Callback``: it prints progress, prices every trial from its
+  reported wall time (resources x ``cost.*`` rates) and keeps the sweep's elapsed time;
+- :class:`BudgetStopper` (``RunConfig(stop=...)``) ends each running trial at its next report
+  once the budget is spent, and ends trials that never started;
+- :class:`BudgetedSearch` wraps the search algorithm: once the budget is spent it says
+  FINISHED, so no new trial starts. It also enforces ``max_concurrent_trials`` itself, counting
+  the trials a resumed sweep brought back (Ray's ConcurrencyLimiter does not save its count).
+
+Tune pickles its callbacks, stopper and searcher into the experiment directory and unpickles
+them on ``Tuner.restore``; a monitor pickles as its key and unpickles as the live instance
+registered in this process, so the three always share one state. The monitor's own state
+(time spent, trials stopped by the budget) is saved with Tune's experiment state
+(``get_state`` / ``set_state``), so a resumed sweep keeps counting where it left off.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ray import tune
+from ray.tune.search import Searcher
+
+from components.tuning.cleanup import reap_orphaned_train_groups
+
+log = logging.getLogger("trainwise")
+
+_LIVE: dict[str, "SweepMonitor"] = {}
+UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
+REAP_EVERY_S = 10.0  # how often to look for placement groups of stopped trials (components.tuning.cleanup)
+
+
+def live_monitor(key: str) -> "SweepMonitor":
+    try:
+        return _LIVE[key]
+    except KeyError:
+        raise RuntimeError(f"no SweepMonitor {key!r} in this process: create it before restoring the sweep") from None
+
+
+class SweepMonitor(tune.Callback):
+    def __init__(self, key: str, *, usd_per_hour: float, budget_usd: float | None = None,
+                 time_budget_s: float | None = None, metric: str = "val/loss", clock=time.monotonic):
+        self.key, self.usd_per_hour, self.metric = key, usd_per_hour, metric
+        self.budget_usd, self.time_budget_s = budget_usd, time_budget_s
+        self._clock, self._t0, self._elapsed_before = clock, clock(), 0.0
+        self.trial_s: dict[str, float] = {}          # trial id -> wall seconds reported so far
+        self.stopped_by_budget: set[str] = set()
+        self.done: set[str] = set()                  # completed or failed (incl. earlier runs)
+        self.unfinished: set[str] = set()            # pending / running / paused, as of the last step
+        self.running: set[str] = set()
+        self.exhausted_by: str | None = None
+        self.started_here: list[str] = []            # trials that started (or resumed) in this process
+        self._last_reap = clock()
+        _LIVE[key] = self
+
+    def __reduce__(self):
+        return live_monitor, (self.key,)
+
+    # -- accounting -------------------------------------------------------------------------
+    @property
+    def elapsed_s(self) -> float:
+        return self._elapsed_before + self._clock() - self._t0
+
+    @property
+    def spent_usd(self) -> float:
+        return sum(self.trial_s.values()) / 3600 * self.usd_per_hour
+
+    def record(self, trial_id: str, result: dict) -> None:
+        t = result.get("time_total_s")
+        if t is not None:
+            self.trial_s[trial_id] = max(self.trial_s.get(trial_id, 0.0), float(t))
+
+    def exhausted(self) -> bool:
+        """True once the dollar or time budget is spent (and from then on)."""
+        if self.exhausted_by is None:
+            if self.budget_usd is not None and self.spent_usd >= self.budget_usd:
+                self.exhausted_by = "budget_usd"
+            elif self.time_budget_s is not None and self.elapsed_s >= self.time_budget_s:
+                self.exhausted_by = "time_budget_s"
+            if self.exhausted_by:
+                log.info("budget spent (%s): $%.6f, %.0fs; no new trials, running ones end at their next epoch",
+                         self.exhausted_by, self.spent_usd, self.elapsed_s)
+        return self.exhausted_by is not None
+
+    # -- Tune callback hooks ------------------------------------------------------------------
+    def on_step_begin(self, iteration, trials, **info):
+        for t in trials:
+            if t.last_result:
+                self.record(t.trial_id, t.last_result)
+        self.unfinished = {t.trial_id for t in trials if t.status in UNFINISHED}
+        self.running = {t.trial_id for t in trials if t.status == "RUNNING"}
+        self.exhausted()
+        if self._clock() - self._last_reap > REAP_EVERY_S and any(t.status in ("TERMINATED", "ERROR") for t in trials):
+            self._last_reap = self._clock()
+            reap_orphaned_train_groups()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started_here.append(trial.trial_id)
+        log.info("trial_%s started %s", trial.trial_id,
+                 {k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in trial.config.items()})
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.record(trial.trial_id, result)
+        log.info("trial_%s epoch %d  %s %.4f  val/acc %.4f  ($%.6f spent)", trial.trial_id, result.get("epoch", 0),
+                 self.metric, result.get(self.metric, float("nan")), result.get("val/acc", float("nan")),
+                 self.spent_usd)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done.add(trial.trial_id)
+        log.info("trial_%s finished (%d trials done)", trial.trial_id, len(self.done))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.done.add(trial.trial_id)
+        log.info("trial_%s failed (%d trials done): see %s", trial.trial_id, len(self.done), trial.local_path)
+
+    def get_state(self) -> dict:
+        return {"elapsed_s": self.elapsed_s, "trial_s": dict(self.trial_s), "done": sorted(self.done),
+                "stopped_by_budget": sorted(self.stopped_by_budget), "exhausted_by": self.exhausted_by}
+
+    def set_state(self, state: dict) -> None:
+        self._elapsed_before, self._t0 = state["elapsed_s"], self._clock()
+        self.trial_s.update(state["trial_s"])
+        self.done.update(state["done"])
+        self.stopped_by_budget.update(state["stopped_by_budget"])
+        self.exhausted_by = self.exhausted_by or state["exhausted_by"]
+
+
+class BudgetStopper(tune.Stopper):
+    def __init__(self, key: str):
+        self.key = key
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        m = live_monitor(self.key)
+        m.record(trial_id, result)
+        if m.exhausted():
+            m.stopped_by_budget.add(trial_id)
+            return True
+        return False
+
+    def stop_all(self) -> bool:
+        # Only once nothing runs: what is left are trials that never started. Running ones are
+        # ended by __call__ at their next report (Tune's stop_all would kill them mid-epoch).
+        m = live_monitor(self.key)
+        return m.exhausted() and not m.running
+
+
+class BudgetedSearch(Searcher):
+    """Wraps a Searcher: FINISHED once the budget is spent; at most ``max_concurrent`` live trials."""
+
+    def __init__(self, searcher: Searcher, *, key: str, max_concurrent: int):
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self.searcher, self.key, self.max_concurrent = searcher, key, max_concurrent
+        self._live: set[str] = set()
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        ok = self.searcher.set_search_properties(metric, mode, config, **spec)
+        self._metric, self._mode = self.searcher.metric, self.searcher.mode
+        return ok
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        self.max_concurrent = max_concurrent
+        return True  # handled here: Tune's ConcurrencyLimiter then passes through
+
+    def suggest(self, trial_id: str):
+        m = live_monitor(self.key)
+        if m.exhausted():
+            return Searcher.FINISHED
+        if len(self._live | m.unfinished) >= self.max_concurrent:
+            return None
+        config = self.searcher.suggest(trial_id)
+        if config not in (None, Searcher.FINISHED):
+            self._live.add(trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        self._live.discard(trial_id)
+        self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    # Tune saves a wrapper's get_state() and the wrapped searcher separately (save_to_dir). The
+    # live set is not kept: after a restore, the monitor's view of unfinished trials covers it.
+    def get_state(self) -> dict:
+        return {"max_concurrent": self.max_concurrent}
+
+    def set_state(self, state: dict) -> None:
+        self.max_concurrent = state["max_concurrent"]

@@ -1,0 +1,140 @@
+"""Search space, budget bookkeeping, trial analysis and MLflow child runs: no Ray cluster needed."""
+
+import pytest
+from ray.tune.search import Searcher
+from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Quantized
+
+from components.training.loop import LoopConfig
+from components.tuning.analysis import is_overfit, pareto_rows, stopped_by, trial_row
+from components.tuning.budget import BudgetedSearch, BudgetStopper, SweepMonitor
+from components.tuning.space import apply_trial_config, to_tune_space
+from pipelines.config import ConfigError, parse_params
+
+SPACE = {
+    "lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
+    "dropout": {"type": "uniform", "low": 0.0, "high": 0.5},
+    "batch_size": {"type": "quniform", "low": 32, "high": 128, "q": 32},
+    "weight_decay": {"type": "choice", "values": [0.0, 1e-4]},
+    "model": {"type": "choice", "values": ["mlp", "small_cnn"]},
+}
+
+
+def test_params_space_becomes_tune_domains_of_the_right_kind():
+    p = parse_params({"tune": {"search_space": {**SPACE, "batch_size": {"type": "randint", "low": 16, "high": 64}}}})
+    space = to_tune_space({k: d.model_dump(exclude_none=True) for k, d in p.tune.search_space.items()})
+    assert isinstance(space["lr"], Float) and isinstance(space["lr"].get_sampler(), LogUniform)
+    assert (space["lr"].lower, space["lr"].upper) == (1e-4, 1e-1)
+    assert isinstance(space["dropout"], Float) and space["dropout"].upper == 0.5
+    assert isinstance(space["batch_size"], Integer) and (space["batch_size"].lower, space["batch_size"].upper) == (16, 64)
+    assert isinstance(space["model"], Categorical) and space["model"].categories == ["mlp", "small_cnn"]
+    q = to_tune_space({"batch_size": SPACE["batch_size"]})["batch_size"]
+    assert isinstance(q.get_sampler(), Quantized) and q.get_sampler().q == 32
+
+
+@pytest.mark.parametrize("entry, key, words", [
+    ({"lr": {"type": "loguniform", "low": 0, "high": 1}}, "tune.search_space.lr.low", "low > 0"),
+    ({"lr": {"type": "gaussian", "low": 0, "high": 1}}, "tune.search_space.lr.type", "loguniform"),
+    ({"lr": {"type": "uniform", "low": 0.1}}, "tune.search_space.lr.high", "needs `high`"),
+    ({"lr": {"type": "uniform", "low": 0.1, "high": 0.01}}, "tune.search_space.lr.high", "low < high"),
+    ({"batch_size": {"type": "quniform", "low": 16, "high": 64}}, "tune.search_space.batch_size.q", "q > 0"),
+    ({"dropout": {"type": "choice", "values": []}}, "tune.search_space.dropout.values", "non-empty"),
+    ({"dropout": {"type": "uniform", "low": 0.1, "high": 1.5}}, "tune.search_space.dropout", "train.dropout"),
+    ({"model": {"type": "choice", "values": ["mlp", "resnet"]}}, "tune.search_space.model", "'resnet'"),
+    ({"momentum": {"type": "uniform", "low": 0, "high": 1}}, "tune.search_space.momentum", "not a tunable"),
+    ({"epochs": {"type": "randint", "low": 1, "high": 5}}, "tune.search_space.epochs", "not a tunable"),
+])
+def test_a_bad_distribution_is_a_config_error_naming_the_key(entry, key, words):
+    with pytest.raises(ConfigError) as err:
+        parse_params({"tune": {"search_space": entry}})
+    assert key in str(err.value) and words in str(err.value)
+
+
+def test_tunable_keys_follow_the_train_params_model():
+    # Any train.* field is accepted (not a fixed list): `model` and `batch_size` included.
+    p = parse_params({"tune": {"search_space": SPACE}})
+    assert set(p.tune.search_space) == set(SPACE)
+
+
+def test_trial_config_is_set_on_the_loop_config_with_field_types():
+    base = LoopConfig(data_dir="d", n_classes=10, input_shape=(1, 8, 8))
+    cfg = apply_trial_config(base, {"lr": 0.01, "batch_size": 64.0, "model": "mlp"})
+    assert cfg.lr == 0.01 and cfg.batch_size == 64 and isinstance(cfg.batch_size, int) and cfg.model == "mlp"
+    assert cfg.n_classes == 10 and base.batch_size == 64 and base.model == "small_cnn"
+    with pytest.raises(ValueError, match="momentum"):
+        apply_trial_config(base, {"momentum": 0.9})
+
+
+def _epochs(val_losses, train_losses):
+    return [{"epoch": i + 1, "val/loss": v, "train/loss": t, "val/acc": 1 - v, "gap/acc": v - t,
+             "time_total_s": 10.0 * (i + 1)} for i, (v, t) in enumerate(zip(val_losses, train_losses))]
+
+
+def test_overfit_means_val_loss_rose_for_patience_epochs_while_train_loss_fell():
+    assert is_overfit(_epochs([0.5, 0.4, 0.45, 0.5], [0.5, 0.3, 0.2, 0.1]), patience=2)
+    assert not is_overfit(_epochs([0.5, 0.4, 0.45, 0.38], [0.5, 0.3, 0.2, 0.1]), patience=2)  # recovered
+    assert not is_overfit(_epochs([0.5, 0.4, 0.45], [0.5, 0.3, 0.2]), patience=2)              # only 1 epoch up
+    assert not is_overfit(_epochs([0.5, 0.4, 0.45, 0.5], [0.5, 0.3, 0.35, 0.4]), patience=2)  # underfitting too
+
+
+def test_trial_row_and_pareto_front():
+    rows = [trial_row(f"trial_{i}", {"lr": lr}, _epochs(v, [0.3] * len(v)), metric="val/loss", mode="min",
+                      patience=2, usd_per_hour=3.6, max_epochs=3, error=False, budget=False, scheduler="asha")
+            for i, (lr, v) in enumerate([(0.1, [0.5]), (0.01, [0.5, 0.2, 0.3]), (0.001, [0.6, 0.5, 0.4])])]
+    assert [r["stopped_by"] for r in rows] == ["asha", "max_epochs", "max_epochs"]
+    assert rows[1]["best_val/loss"] == 0.2 and rows[1]["best_epoch"] == 2 and rows[1]["epochs"] == 3
+    assert rows[0]["cost/usd"] == pytest.approx(0.01) and rows[1]["cost/usd"] == pytest.approx(0.03)
+    front = {p["trial"]: p["pareto"] for p in pareto_rows(rows, metric="val/loss", mode="min")}
+    assert front == {"trial_0": True, "trial_1": True, "trial_2": False}  # trial_2 costs as much as 1, worse
+    assert stopped_by(epochs=0, max_epochs=3, error=False, budget=True, scheduler="asha") == "budget (never started)"
+
+
+def test_budget_monitor_stops_running_trials_at_their_next_report_and_new_ones_for_good():
+    clock = [0.0]
+    m = SweepMonitor("unit", usd_per_hour=3600.0, budget_usd=10.0, time_budget_s=100.0, clock=lambda: clock[0])
+    stopper = BudgetStopper("unit")
+    inner = _FixedSearcher()
+    search = BudgetedSearch(inner, key="unit", max_concurrent=2)
+    assert search.suggest("a") == {"lr": 0.1} and search.suggest("b") == {"lr": 0.1}
+    assert search.suggest("c") is None                      # 2 live: concurrency limit
+    assert stopper("a", {"time_total_s": 4.0}) is False     # $4 of $10
+    assert stopper("b", {"time_total_s": 7.0}) is True      # $11: b ends at this report
+    assert m.exhausted_by == "budget_usd" and m.stopped_by_budget == {"b"}
+    assert stopper("a", {"time_total_s": 5.0}) is True      # a ends at its next report
+    search.on_trial_complete("a")
+    assert search.suggest("c") is Searcher.FINISHED         # no new trial
+    m.running = set()
+    assert stopper.stop_all()                                # what is left never started
+    # state survives a restore (Tune saves it with the experiment)
+    m2 = SweepMonitor("unit2", usd_per_hour=1.0, time_budget_s=100.0, clock=lambda: clock[0])
+    clock[0] = 60.0
+    m2.set_state({**m.get_state(), "exhausted_by": None})
+    clock[0] = 100.0
+    assert m2.elapsed_s == pytest.approx(100.0) and m2.exhausted() and m2.exhausted_by == "time_budget_s"
+
+
+class _FixedSearcher(Searcher):
+    def suggest(self, trial_id):
+        return {"lr": 0.1}
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        pass
+
+
+def test_trial_child_runs_in_mlflow(tmp_path):
+    import mlflow
+
+    from components.tracking.mlflow_runs import log_trial_runs, setup_mlflow
+
+    setup_mlflow(tracking_uri=f"sqlite:///{tmp_path}/m.db", experiment="t", root=tmp_path)
+    rows = [trial_row("trial_a", {"lr": 0.1}, _epochs([0.5, 0.4], [0.4, 0.3]), metric="val/loss", mode="min",
+                      patience=2, usd_per_hour=1.0, max_epochs=2, error=False, budget=False, scheduler="asha"),
+            trial_row("trial_b", {"lr": 0.2}, [], metric="val/loss", mode="min", patience=2, usd_per_hour=1.0,
+                      max_epochs=2, error=True, budget=False, scheduler="asha")]
+    with mlflow.start_run(run_name="tune") as parent:
+        ids = log_trial_runs(rows, {"trial_a": _epochs([0.5, 0.4], [0.4, 0.3])}, param_keys=["lr"])
+    client = mlflow.MlflowClient()
+    a, b = (client.get_run(i) for i in ids)
+    assert a.data.tags["mlflow.parentRunId"] == parent.info.run_id and a.data.params == {"lr": "0.1"}
+    assert [m.step for m in client.get_metric_history(a.info.run_id, "val/loss")] == [1, 2]
+    assert a.data.metrics["cost/usd"] == pytest.approx(20 / 3600) and a.data.tags["trainwise.stopped_by"] == "max_epochs"
+    assert a.info.status == "FINISHED" and b.info.status == "FAILED" and b.data.tags["trainwise.stopped_by"] == "error"
