@@ -79,7 +79,7 @@ def decode(batch: dict[str, np.ndarray], *, kind: str, shape: tuple[int, ...],
             c, h, w = shape
             x = torch.from_numpy(raw.reshape(-1, h, w, c)).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
         else:
-            x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32).reshape(-1, *shape))
+            x = torch.from_numpy(np.array(raw, dtype=np.float32).reshape(-1, *shape))  # a writable copy
     return x, torch.from_numpy(np.asarray(batch["label"], dtype=np.int64))
 
 

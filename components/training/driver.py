@@ -105,7 +105,12 @@ def _datasets(loop: LoopConfig) -> tuple[dict | None, dict | None]:
     if "://" not in base:  # local files: read on the driver's node (other nodes may not see them)
         shards = [f"local://{os.path.abspath(p)}" for p in shards]
     ds = ray.data.read_parquet(shards, columns=["label", kind, "split"])
-    return {s: ds.filter(expr=col("split") == s).select_columns(["label", kind]) for s in ("train", "val")}, None
+    # Materialised here, before the workers take their CPUs: a streaming read scheduled
+    # after them waits for a CPU that a small cluster no longer has (observed: a 2-CPU Ray
+    # with 2 workers hung), and each epoch would re-read the Parquet. The object store
+    # spills to disk beyond its memory.
+    return {s: ds.filter(expr=col("split") == s).select_columns(["label", kind]).materialize()
+            for s in ("train", "val")}, None
 
 
 def fit(loop: LoopConfig, *, scaling: Scaling, storage_path: str, name: str,

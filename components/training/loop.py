@@ -187,13 +187,16 @@ class Trainer:
 
     @torch.no_grad()
     def eval_epoch(self, batches) -> torch.Tensor:
-        self.model.eval()
+        # The bare module, not the DDP wrapper: DDP's forward broadcasts buffers (a collective),
+        # which would hang when ranks score different numbers of batches.
+        model = self.core
+        model.eval()
         stats = torch.zeros(3, dtype=torch.float64, device=self.device)
         loss_fn = nn.CrossEntropyLoss(reduction="sum")  # val/loss without label smoothing
         for xb, yb in batches:
             xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
             with self._autocast():
-                logits = self.model(xb).float()
+                logits = model(xb).float()
             stats[0] += loss_fn(logits, yb).double()
             stats[1] += (logits.argmax(1) == yb).sum()
             stats[2] += len(yb)

@@ -14,6 +14,17 @@ CASES = [
     ("mlp", (6,), None),
     ("gru", (16,), VOCAB), ("transformer", (16,), VOCAB), ("mlp", (16,), VOCAB),
 ]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Six test runs share 2 cores here: torch's spinning intra-op threads slow tiny ops 30x.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 IDS = [f"{m}-{'x'.join(map(str, s))}{'-text' if v else ''}" for m, s, v in CASES]
 
 
