@@ -75,11 +75,13 @@ def decode(batch: dict[str, np.ndarray], *, kind: str, shape: tuple[int, ...],
     else:
         if raw.dtype == object:  # Ray Data may hand fixed-size lists as an array of arrays
             raw = np.stack(list(raw))
+        elif not raw.flags.writeable:  # a zero-copy view of Arrow memory: torch wants its own
+            raw = raw.copy()
         if kind == "image":
             c, h, w = shape
             x = torch.from_numpy(raw.reshape(-1, h, w, c)).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
         else:
-            x = torch.from_numpy(np.array(raw, dtype=np.float32).reshape(-1, *shape))  # a writable copy
+            x = torch.from_numpy(np.asarray(raw, dtype=np.float32).reshape(-1, *shape))
     return x, torch.from_numpy(np.asarray(batch["label"], dtype=np.int64))
 
 
