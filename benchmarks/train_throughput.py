@@ -164,16 +164,16 @@ def main() -> None:
             x, y, _ = load_split(str(split), "train")
             xv, yv, _ = load_split(str(split), "val")
             xt, yt, _ = load_split(str(split), "test")
-            acc = {"digits": [train_and_test(x, y, xv, yv, xt, yt, model="cnn", epochs=15 if q else 60,
+            acc = {"digits": [train_and_test(x, y, xv, yv, xt, yt, model="cnn", epochs=15 if q else 40,
                                              lr_schedule="cosine", augment=0.5, label_smoothing=0.1,
                                              dropout=0.1, batch_size=64)]}
             m = mnist1d_splits()
             acc["mnist1d"] = [
-                train_and_test(*m, model="cnn", epochs=10 if q else 40, lr_schedule="one_cycle", lr=3e-3,
+                train_and_test(*m, model="cnn", epochs=10 if q else 30, lr_schedule="one_cycle", lr=3e-3,
                                dropout=0.1, batch_size=64, weight_decay=1e-4),
-                train_and_test(*m, model="gru", epochs=5 if q else 20, lr_schedule="one_cycle", lr=3e-3,
+                train_and_test(*m, model="gru", epochs=5 if q else 10, lr_schedule="one_cycle", lr=3e-3,
                                dropout=0.1, batch_size=64, grad_clip=1.0),
-                train_and_test(*m, model="transformer", epochs=10 if q else 40, lr_schedule="one_cycle",
+                train_and_test(*m, model="transformer", epochs=10 if q else 20, lr_schedule="one_cycle",
                                lr=1e-3, dropout=0.1, batch_size=64, grad_clip=1.0),
             ]
             print("\naccuracy (best-val-loss epoch, test split)")
