@@ -280,19 +280,49 @@ class TuneParams(_Section):
 
 
 class TrainParams(_Section):
-    model: Literal["small_cnn", "mlp"] = Field("small_cnn", description="network from components.models")
+    model: Literal["small_cnn", "cnn", "mlp", "gru", "transformer"] = Field(
+        "small_cnn", description="network from components.models: images small_cnn / cnn (ResNet-style) / mlp; "
+                                 "sequences cnn / gru / transformer / mlp; text gru / transformer / mlp; features mlp")
     epochs: int = Field(15, gt=0, description="maximum epochs")
     batch_size: int = Field(64, gt=0, description="global batch size, split across workers")
-    lr: float = Field(3e-3, gt=0, description="AdamW learning rate (overridden by tune when enabled)")
-    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay (overridden by tune)")
+    lr: float = Field(3e-3, gt=0, description="(peak) learning rate (overridden by tune when enabled)")
+    weight_decay: float = Field(1e-4, ge=0, description="decoupled weight decay (overridden by tune)")
     dropout: float = Field(0.25, ge=0, lt=1, description="dropout before the classifier (overridden by tune)")
     patience: int = Field(5, gt=0, description="stop after this many epochs without a better val/loss")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw, or sgd with Nesterov momentum")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum")
+    lr_schedule: Literal["constant", "cosine", "one_cycle"] = Field(
+        "constant", description="per optimiser step over `epochs`: constant, cosine (to 0), one_cycle (warm-up, anneal)")
+    grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this; null: off")
+    grad_accum_steps: int = Field(1, gt=0, description="micro-batches per optimiser step (effective batch x this)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing of the training loss")
+    augment: float = Field(0.0, ge=0, le=1, description="augmentation strength 0..1 (images: shifts; sequences/"
+                                                       "features: noise; text: word dropout)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="bf16: autocast on CPU or GPU; fp16: GPU only, with a grad scaler")
+    loader: Literal["memory", "ray_data"] = Field(
+        "memory", description="memory: split read once, decoded once per worker; ray_data: Ray Data shards "
+                              "streamed per epoch (see benchmarks/train_throughput.py)")
+    max_tokens: int = Field(64, gt=0, description="text: tokens kept per example")
+    vocab_size: int = Field(20_000, ge=3, description="text: largest vocabulary, fitted on the train split")
     num_workers: int = Field(2, gt=0, description="Ray Train workers (DDP ranks)")
-    use_gpu: bool = Field(False, description="one GPU per worker; NCCL instead of gloo")
+    use_gpu: bool = Field(False, description="GPUs for the workers; NCCL instead of gloo")
     cpus_per_worker: int = Field(1, gt=0, description="CPUs reserved per worker; also torch threads")
+    gpus_per_worker: float = Field(1.0, gt=0, description="GPUs per worker when use_gpu (a fraction shares one)")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how Ray places the workers: PACK on few nodes, SPREAD across nodes")
     max_failures: int = Field(1, ge=0, description="worker failures survived by resuming from the last checkpoint")
     checkpoints_to_keep: int = Field(2, gt=0, description="best-k checkpoints kept, by val/loss")
-    seed: int = Field(0, description="torch / sampler seed")
+    collective_timeout_s: int = Field(120, gt=0, description="a DDP collective waiting longer fails (dead peer)")
+    resume: bool = Field(True, description="re-running with the same params and data continues the same run "
+                                           "from its latest checkpoint; false: always start afresh")
+    seed: int = Field(0, description="torch / sampler / augmentation seed")
+
+    @model_validator(mode="after")
+    def _precision(self) -> "TrainParams":
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ValueError("precision fp16 needs use_gpu: true; on CPU use bf16")
+        return self
 
 
 class EvaluateParams(_Section):

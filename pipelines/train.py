@@ -7,13 +7,17 @@ import numpy as np
 from components.data.contract import read_json, write_csv_atomic
 from components.runtime import init_ray, unschedulable
 from components.training.data import input_shape
-from components.training.driver import Scaling, best_checkpoint_state, fit, run_history
 from components.serving.pyfunc import log_classifier
-from components.training.export import save_model
+from components.training.driver import Scaling, best_checkpoint_state, fit, has_checkpoint, run_history, run_name
+from components.training.export import model_spec, save_model
 from components.training.loop import LoopConfig
 from pipelines.stage import Stage, StageError, run_stage
 
-CURVE_COLUMNS = ["epoch", "train/loss", "val/loss", "train/acc", "val/acc", "gap/acc", "epoch_s", "samples_per_s"]
+CURVE_COLUMNS = ["epoch", "train/loss", "val/loss", "train/acc", "val/acc", "gap/acc", "lr", "epoch_s",
+                 "samples_per_s"]
+# train.* keys passed to the loop as they are (tune's best replaces lr / weight_decay / dropout / batch_size)
+LOOP_KEYS = ("model", "epochs", "patience", "seed", "optimizer", "momentum", "lr_schedule", "grad_clip",
+             "grad_accum_steps", "label_smoothing", "augment", "precision", "loader", "max_tokens", "vocab_size")
 
 
 def main() -> None:
@@ -22,27 +26,36 @@ def main() -> None:
         data = stage.path(stage.paths.split)
         tuned = read_json(stage.path(stage.paths.tune) / "best_params.json")
         hp = tuned["params"]
-        classes = stage.record_input(data)["classes"]
+        manifest = stage.record_input(data)
+        classes = manifest["classes"]
         loop = LoopConfig(data_dir=str(data), n_classes=len(classes), input_shape=input_shape(data),
-                          model=tp.model, epochs=tp.epochs, patience=tp.patience, seed=tp.seed,
+                          use_gpu=tp.use_gpu, cpus_per_worker=tp.cpus_per_worker,
+                          **{k: getattr(tp, k) for k in LOOP_KEYS},
                           batch_size=hp["batch_size"], lr=hp["lr"], weight_decay=hp["weight_decay"],
                           dropout=hp["dropout"])
+        scaling = Scaling(tp.num_workers, tp.use_gpu, tp.cpus_per_worker, gpus_per_worker=tp.gpus_per_worker,
+                          placement_strategy=tp.placement_strategy)
         stage.tracker.log_params({f"hp.{k}": v for k, v in hp.items()} | {"hp.source": tuned["source"]})
-        stage.meter.reserve(cpus=tp.num_workers * tp.cpus_per_worker, gpus=tp.num_workers if tp.use_gpu else 0)
+        gpus = tp.num_workers * tp.gpus_per_worker if tp.use_gpu else 0
+        stage.meter.reserve(cpus=tp.num_workers * tp.cpus_per_worker, gpus=gpus)
         resources = init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose,
                              train_poll_s=rp.train_poll_s)
-        why = unschedulable(resources, cpus=tp.num_workers * tp.cpus_per_worker,
-                            gpus=tp.num_workers if tp.use_gpu else 0)
+        why = unschedulable(resources, cpus=tp.num_workers * tp.cpus_per_worker, gpus=gpus)
         if why:
             raise StageError(f"params.yaml: train.num_workers={tp.num_workers} x train.cpus_per_worker="
                              f"{tp.cpus_per_worker}{' with train.use_gpu' if tp.use_gpu else ''} {why}; "
                              "lower them or join a bigger cluster (RAY_ADDRESS)")
         stage.log("training %s on %d worker(s) (%s), up to %d epochs, hp from %s: %s", tp.model, tp.num_workers,
                   "GPU" if tp.use_gpu else "CPU", tp.epochs, tuned["source"], hp)
-        result = fit(loop, scaling=Scaling(tp.num_workers, tp.use_gpu, tp.cpus_per_worker),
-                     storage_path=str(stage.path(rp.storage_path)),
-                     name=f"train-{time.strftime('%Y%m%d-%H%M%S')}-{stage.run_id[:8]}",
+        # Same params + data -> same name: a re-run after the driver died continues that run.
+        storage = str(stage.path(rp.storage_path))
+        name = (run_name("train", loop, scaling, data_hash=manifest["content_hash"]) if tp.resume
+                else f"train-{time.strftime('%Y%m%d-%H%M%S')}-{stage.run_id[:8]}")
+        if tp.resume and has_checkpoint(storage, name):
+            stage.log("resuming run %s from its latest checkpoint (train.resume: false starts afresh)", name)
+        result = fit(loop, scaling=scaling, storage_path=storage, name=name,
                      max_failures=tp.max_failures, checkpoints_to_keep=tp.checkpoints_to_keep,
+                     collective_timeout_s=tp.collective_timeout_s,
                      on_epoch=lambda row: stage.log(
                          "epoch %2d  train/loss %.4f  val/loss %.4f  val/acc %.4f  gap/acc %+.4f  %.0f samples/s%s",
                          row["epoch"], row["train/loss"], row["val/loss"], row["val/acc"], row["gap/acc"],
@@ -55,8 +68,7 @@ def main() -> None:
 
         best = best_checkpoint_state(result)
         best_row = next(r for r in history if r["epoch"] == best["epoch"] + 1)
-        spec = {"model": tp.model, "input_shape": list(loop.input_shape), "classes": classes,
-                "dropout": hp["dropout"], "epoch": best_row["epoch"], "hp": hp}
+        spec = model_spec(best["config"], classes=classes, epoch=best_row["epoch"], hp=hp, ray_run=name)
         # A pyfunc that takes raw image bytes / base64 and preprocesses them like training did.
         info = stage.tracker.call("the model (log + register)", log_classifier, best["model"], spec,
                                   registered_model_name=stage.params.mlflow.registered_model)

@@ -3,18 +3,39 @@
 The ``train`` stage calls :func:`fit` directly; every Tune trial calls the same function
 with a ``TuneReportCallback`` (the Ray Train v2 Train-in-Tune pattern), so a trial trains
 exactly the way the final model does.
+
+Where the data is read. :func:`fit` runs on the driver and is the only place that opens the
+split's files: with the ``memory`` loader it reads the train and val rows once (pyarrow) and
+puts the raw table in Ray's object store; with ``ray_data`` it builds
+``ray.data.read_parquet`` datasets whose read tasks are pinned to the driver's node by Ray
+Data's ``local://`` scheme for local paths (URLs such as ``s3://`` are read where the tasks
+run). Either way workers on other nodes receive rows through the object store, so a split
+that only the driver's disk holds trains on a multi-node cluster. Checkpoints are another
+matter: ``storage_path`` must be storage every node can write (a URL or a shared mount) on a
+cluster; a local path is fine on one machine.
+
+Resuming. Ray Train v2 restores a run whose ``storage_path/name`` already holds a
+checkpoint snapshot: the loop then continues from the latest checkpoint. With
+:func:`run_name` (a hash of everything that determines the result), re-running a stage after
+its driver died continues the same run; a changed config gets a new name, hence a fresh run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 import torch
 
-from components.training.loop import CHECKPOINT_FILE, PROGRESS_QUEUE, LoopConfig, train_loop_per_worker
+from components.training.loop import (CHECKPOINT_FILE, DATA_REFS, PROGRESS_QUEUE, LoopConfig,
+                                      train_loop_per_worker)
+
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 @dataclass(frozen=True)
@@ -22,21 +43,96 @@ class Scaling:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: int = 1
+    gpus_per_worker: float = 1.0     # used only with use_gpu; a fraction shares a GPU between workers
+    placement_strategy: str = "PACK"  # Ray placement group strategy for the worker bundles
+
+    def __post_init__(self):
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ValueError(f"placement_strategy={self.placement_strategy!r}; choose from {PLACEMENT_STRATEGIES}")
+
+    def scaling_config(self):
+        import ray.train
+
+        resources = {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
+        return ray.train.ScalingConfig(num_workers=self.num_workers, use_gpu=self.use_gpu,
+                                       resources_per_worker=resources, placement_strategy=self.placement_strategy)
+
+
+def resolve(loop: LoopConfig) -> LoopConfig:
+    """Fill what the data determines: modality, input shape, train row count and, for text,
+    the tokenizer (fitted on the train split only). Deterministic: same data, same result."""
+    from components.data.contract import read_table
+    from components.training.data import input_shape, modality
+    from components.training.text import fit_tokenizer
+
+    kind = modality(loop.data_dir)
+    train = read_table(loop.data_dir, columns=["label", *(["text"] if kind == "text" else [])],
+                       filter_split="train")
+    if train.num_rows == 0:
+        raise ValueError(f"{loop.data_dir}: the train split is empty")
+    tokenizer = loop.tokenizer
+    if kind == "text" and tokenizer is None:
+        tokenizer = fit_tokenizer(train.column("text").to_pylist(), max_tokens=loop.max_tokens,
+                                  vocab_size=loop.vocab_size)
+    return replace(loop, modality=kind, input_shape=input_shape(loop.data_dir, max_tokens=loop.max_tokens),
+                   n_train=train.num_rows, tokenizer=tokenizer)
+
+
+def run_name(prefix: str, loop: LoopConfig, scaling: Scaling, *, data_hash: str) -> str:
+    """A name that is the same exactly when the run would compute the same thing: the loop
+    config (without the data's path, which differs between checkouts), the data's content
+    hash and the worker layout. Same name + same storage path = Ray resumes that run."""
+    key = {**loop.to_dict(), "data_dir": None, "data": data_hash,
+           "scaling": [scaling.num_workers, scaling.use_gpu, scaling.cpus_per_worker]}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{prefix}-{digest}"
+
+
+def _datasets(loop: LoopConfig) -> tuple[dict | None, dict | None]:
+    """(Ray Data datasets for ``TorchTrainer``, or object refs of the raw tables for the loop)."""
+    import ray
+
+    from components.data.contract import read_manifest, read_table
+
+    kind = loop.modality
+    if loop.loader == "memory":
+        return None, {s: ray.put(read_table(loop.data_dir, columns=["label", kind], filter_split=s))
+                      for s in ("train", "val")}
+    from ray.data.expressions import col
+
+    base = loop.data_dir
+    shards = [f"{base.rstrip('/')}/{s}" for s in read_manifest(base)["shards"]]
+    if "://" not in base:  # local files: read on the driver's node (other nodes may not see them)
+        shards = [f"local://{os.path.abspath(p)}" for p in shards]
+    ds = ray.data.read_parquet(shards, columns=["label", kind, "split"])
+    # Materialised here, before the workers take their CPUs: a streaming read scheduled
+    # after them waits for a CPU that a small cluster no longer has (observed: a 2-CPU Ray
+    # with 2 workers hung), and each epoch would re-read the Parquet. The object store
+    # spills to disk beyond its memory.
+    return {s: ds.filter(expr=col("split") == s).select_columns(["label", kind]).materialize()
+            for s in ("train", "val")}, None
 
 
 def fit(loop: LoopConfig, *, scaling: Scaling, storage_path: str, name: str,
         max_failures: int = 0, checkpoints_to_keep: int = 2, callbacks: list | None = None,
-        on_epoch: Callable[[dict], None] | None = None):
+        on_epoch: Callable[[dict], None] | None = None, collective_timeout_s: int = 120):
     """Train on ``scaling.num_workers`` DDP ranks; returns Ray Train's ``Result``.
 
     Checkpoints (every epoch, best ``checkpoints_to_keep`` by ``val/loss``) go under
-    ``storage_path/name``. ``on_epoch`` is called in this process with rank 0's metrics as
-    each epoch ends (Ray's own worker output stays off the terminal).
+    ``storage_path/name``; if that run already has checkpoints, training resumes from the
+    latest. ``on_epoch`` is called in this process with rank 0's metrics as each epoch ends
+    (Ray's own worker output stays off the terminal). ``collective_timeout_s`` bounds every
+    collective (and the process-group rendezvous): a dead peer fails the group in that
+    time instead of PyTorch's 30 minutes, and ``max_failures`` then restarts it.
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    config = {**loop.to_dict(), "use_gpu": scaling.use_gpu, "cpus_per_worker": scaling.cpus_per_worker}
+    loop = resolve(replace(loop, use_gpu=scaling.use_gpu, cpus_per_worker=scaling.cpus_per_worker))
+    datasets, refs = _datasets(loop)
+    config = loop.to_dict()
+    if refs is not None:
+        config[DATA_REFS] = refs
     queue = None
     if on_epoch is not None:
         from ray.util.queue import Queue
@@ -46,11 +142,10 @@ def fit(loop: LoopConfig, *, scaling: Scaling, storage_path: str, name: str,
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
-        ),
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo", timeout_s=collective_timeout_s),
+        scaling_config=scaling.scaling_config(),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]) if datasets else None,
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=os.path.abspath(storage_path) if "://" not in storage_path else storage_path,
@@ -75,6 +170,11 @@ def fit(loop: LoopConfig, *, scaling: Scaling, storage_path: str, name: str,
         queue.shutdown()
 
 
+def has_checkpoint(storage_path: str, name: str) -> bool:
+    """Whether ``fit`` with this storage path and name would resume (local storage only)."""
+    return "://" not in storage_path and (Path(storage_path) / name / "checkpoint_manager_snapshot.json").exists()
+
+
 def _relay(queue, on_epoch: Callable[[dict], None], stop: threading.Event) -> None:
     from ray.util.queue import Empty
 
@@ -94,7 +194,7 @@ def _load(checkpoint, result) -> dict:
 
 
 def best_checkpoint_state(result) -> dict:
-    """The checkpoint dict (model weights, epoch, ...) of the epoch with the lowest val/loss."""
+    """The checkpoint dict (model weights, epoch, config, ...) of the epoch with the lowest val/loss."""
     return _load(result.get_best_checkpoint(metric="val/loss", mode="min"), result)
 
 

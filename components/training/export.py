@@ -1,4 +1,9 @@
-"""The trained model on disk: ``model.pt`` (state dict) + ``model.json`` (how to rebuild it)."""
+"""The trained model on disk: ``model.pt`` (state dict) + ``model.json`` (how to rebuild it).
+
+``model.json`` holds ``model``, ``input_shape``, ``classes``, ``dropout``, ``modality`` and,
+for text, the ``tokenizer`` fitted on the train split (vocabulary + ``max_tokens``): what
+:func:`components.training.data.decode` needs to turn raw rows into the model's input.
+"""
 
 from __future__ import annotations
 
@@ -52,8 +57,18 @@ def load_model(model_dir: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
 
 
 def load_model_from_state(state_dict: dict, spec: dict) -> tuple[torch.nn.Module, dict]:
+    tokenizer = spec.get("tokenizer")
     model = build_model(spec["model"], input_shape=tuple(spec["input_shape"]), n_classes=len(spec["classes"]),
-                        dropout=spec.get("dropout", 0.0))
+                        dropout=spec.get("dropout", 0.0), vocab_size=len(tokenizer["vocab"]) if tokenizer else None)
     model.load_state_dict(state_dict)
     model.eval()
     return model, spec
+
+
+def model_spec(config: dict, *, classes: list[str], **extra) -> dict:
+    """``model.json`` from a checkpoint's resolved loop config (see the module docstring)."""
+    spec = {"model": config["model"], "input_shape": list(config["input_shape"]), "classes": list(classes),
+            "dropout": config["dropout"], "modality": config["modality"]}
+    if config.get("tokenizer"):
+        spec["tokenizer"] = config["tokenizer"]
+    return {**spec, **extra}

@@ -3,65 +3,223 @@
 It is a plain function of a config dict, so the same loop serves the ``train`` stage and
 every Tune trial. All ranks compute; only rank 0 writes checkpoints. Every epoch reports
 ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc`` and ``gap/acc`` (train - val
-accuracy, the overfitting signal), computed over the whole split (summed across ranks).
+accuracy, the overfitting signal), computed over the whole split (summed across ranks),
+plus ``lr``, ``epoch_s`` and ``samples_per_s``.
+
+Data reaches the worker one of two ways (``LoopConfig.loader``): ``memory`` (the driver
+reads the split once and puts the raw Arrow table in Ray's object store; each worker
+decodes it once and shuffles per epoch with a seeded ``DistributedSampler``) or
+``ray_data`` (a Ray Data ``Dataset`` per split, the train one sharded across workers and
+iterated with ``iter_torch_batches``). Either way decoding and augmentation run here, on the
+worker, and no worker opens the driver's files.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 CHECKPOINT_FILE = "checkpoint.pt"
 PROGRESS_QUEUE = "progress_queue"  # optional config key: a ray.util.queue.Queue that rank 0 feeds
+DATA_REFS = "data_refs"            # config key of the memory loader: {"train": ObjectRef, "val": ObjectRef}
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "one_cycle")
+PRECISIONS = ("fp32", "bf16", "fp16")
+LOADERS = ("memory", "ray_data")
 
 
 @dataclass
 class LoopConfig:
-    data_dir: str              # split dataset (absolute path, or storage every node sees)
+    data_dir: str              # split dataset (absolute path, or a URL pyarrow reads)
     n_classes: int
-    input_shape: tuple         # (channels, height, width)
+    input_shape: tuple         # one example's shape; fit() re-derives it from the data
     model: str = "small_cnn"
     epochs: int = 15
     batch_size: int = 64       # global; each rank takes batch_size // world_size
-    lr: float = 3e-3
+    lr: float = 3e-3           # peak learning rate
     weight_decay: float = 1e-4
     dropout: float = 0.25
     patience: int | None = 5   # None: no early stopping (Tune's scheduler decides)
     seed: int = 0
     cpus_per_worker: int = 1
     use_gpu: bool = False
+    optimizer: str = "adamw"   # adamw | sgd (Nesterov, `momentum`)
+    momentum: float = 0.9
+    lr_schedule: str = "constant"  # constant | cosine (to 0 at `epochs`) | one_cycle
+    grad_clip: float | None = None  # max global grad norm; None: no clipping
+    grad_accum_steps: int = 1  # micro-batches per optimiser step (effective batch x this)
+    label_smoothing: float = 0.0
+    augment: float = 0.0       # augmentation strength 0..1 (see components.training.data.augment)
+    precision: str = "fp32"    # fp32 | bf16 (autocast; CPU or GPU) | fp16 (GPU only, with a grad scaler)
+    loader: str = "memory"     # memory | ray_data (see the module docstring)
+    max_tokens: int = 64       # text: tokens kept per example
+    vocab_size: int = 20_000   # text: largest vocabulary (incl. padding and unknown)
+    modality: str | None = None    # filled by fit() from the manifest
+    tokenizer: dict | None = None  # text: fitted on the train split by fit()
+    n_train: int | None = None     # filled by fit(): train rows (sizes the LR schedule)
+
+    def __post_init__(self):
+        for name, allowed in (("optimizer", OPTIMIZERS), ("lr_schedule", SCHEDULES), ("precision", PRECISIONS),
+                              ("loader", LOADERS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"LoopConfig.{name}={getattr(self, name)!r}; choose from {allowed}")
+        if self.grad_accum_steps < 1:
+            raise ValueError(f"LoopConfig.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ValueError("precision fp16 needs a GPU (use_gpu); on CPU use bf16")
+        self.input_shape = tuple(self.input_shape)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoopConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
-def _epoch_pass(model, loader, device, *, optimizer=None) -> torch.Tensor:
-    """One pass; returns [loss_sum, correct, count] on ``device`` (summed over this rank)."""
-    training = optimizer is not None
-    model.train(training)
-    stats = torch.zeros(3, dtype=torch.float64, device=device)
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    with torch.set_grad_enabled(training):
-        for xb, yb in loader:
-            xb, yb = xb.to(device), yb.to(device)
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
-            if training:
-                optimizer.zero_grad(set_to_none=True)
-                (loss / len(yb)).backward()
-                optimizer.step()
+
+def amp_dtype(precision: str) -> torch.dtype | None:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def make_optimizer(params, cfg: LoopConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer, cfg: LoopConfig, *, steps_per_epoch: int):
+    """Stepped once per optimiser step; ``total_steps`` covers ``cfg.epochs`` epochs."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if cfg.lr_schedule == "one_cycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
+                                                   cycle_momentum=cfg.optimizer == "sgd")
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def optimizer_steps_per_epoch(cfg: LoopConfig, world: int) -> int:
+    """Optimiser steps one rank takes per epoch (both loaders give each rank ~n/world rows)."""
+    per_rank = max(1, cfg.batch_size // world)
+    batches = math.ceil(math.ceil((cfg.n_train or 1) / world) / per_rank)
+    return max(1, math.ceil(batches / cfg.grad_accum_steps))
+
+
+class Trainer:
+    """One rank's model, optimiser, schedule and precision: the steps of an epoch.
+
+    Free of Ray so that unit tests drive it directly; ``train_loop_per_worker`` wraps it.
+    """
+
+    def __init__(self, model: nn.Module, cfg: LoopConfig, *, device: torch.device, steps_per_epoch: int):
+        self.model, self.cfg, self.device = model, cfg, device
+        self.core = model.module if hasattr(model, "module") else model
+        self.optimizer = make_optimizer(model.parameters(), cfg)
+        self.scheduler = make_scheduler(self.optimizer, cfg, steps_per_epoch=steps_per_epoch)
+        self.total_steps = max(1, cfg.epochs * steps_per_epoch)
+        self.dtype = amp_dtype(cfg.precision)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # augmentation
+
+    def _autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _step(self) -> None:
+        if self.cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler.last_epoch < self.total_steps:  # one_cycle refuses to step past its end
+            self.scheduler.step()
+
+    def train_epoch(self, batches, *, augment_fn=None) -> torch.Tensor:
+        """One pass over ``batches`` of (x, y) with optimiser steps; returns [loss_sum, correct, count]."""
+        self.model.train()
+        stats = torch.zeros(3, dtype=torch.float64, device=self.device)
+        accum = self.cfg.grad_accum_steps
+        ddp_sync = getattr(self.model, "no_sync", None)
+        pending = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        for xb, yb in batches:
+            if augment_fn is not None:
+                xb = augment_fn(xb, self.generator)
+            xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+            pending += 1
+            # DDP all-reduces gradients on every backward unless told not to: skip it on the
+            # micro-batches that only accumulate.
+            sync = pending == accum or ddp_sync is None
+            with (contextlib.nullcontext() if sync else ddp_sync()):
+                with self._autocast():
+                    logits = self.model(xb)
+                    loss = self.loss_fn(logits.float(), yb)
+                self.scaler.scale(loss / accum).backward()
+            if pending == accum:
+                self._step()
+                pending = 0
             # Accumulate on the device: no host sync per batch (matters on GPU).
-            stats[0] += loss.detach().double()
+            stats[0] += loss.detach().double() * len(yb)
             stats[1] += (logits.argmax(1) == yb).sum()
             stats[2] += len(yb)
-    return stats
+        if pending:  # a last, partial accumulation (DDP synced nothing for it: sync now)
+            if ddp_sync is not None:
+                for p in self.model.parameters():
+                    if p.grad is not None and dist.is_initialized():
+                        dist.all_reduce(p.grad)
+                        p.grad.div_(dist.get_world_size())
+            self._step()
+        return stats
+
+    @torch.no_grad()
+    def eval_epoch(self, batches) -> torch.Tensor:
+        # The bare module, not the DDP wrapper: DDP's forward broadcasts buffers (a collective),
+        # which would hang when ranks score different numbers of batches.
+        model = self.core
+        model.eval()
+        stats = torch.zeros(3, dtype=torch.float64, device=self.device)
+        loss_fn = nn.CrossEntropyLoss(reduction="sum")  # val/loss without label smoothing
+        for xb, yb in batches:
+            xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+            with self._autocast():
+                logits = model(xb).float()
+            stats[0] += loss_fn(logits, yb).double()
+            stats[1] += (logits.argmax(1) == yb).sum()
+            stats[2] += len(yb)
+        return stats
+
+    def state(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "augment": self.generator.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng}
+
+    def load_state(self, state: dict) -> None:
+        self.core.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        self.generator.set_state(rng["augment"].cpu())
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
 
 
 def _all_sum(t: torch.Tensor) -> torch.Tensor:
@@ -70,53 +228,112 @@ def _all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+class _MemoryBatches:
+    """The memory loader: this rank's decoded split, reshuffled each epoch (seeded)."""
+
+    def __init__(self, x, y, *, batch_size: int, rank: int, world: int, seed: int, shuffle: bool):
+        from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+        data = TensorDataset(x, y)
+        if shuffle:
+            self.sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+            self.loader = DataLoader(data, batch_size=batch_size, sampler=self.sampler)
+        else:  # validation: a disjoint slice per rank, sums all-reduced: exact, no padding
+            self.sampler = None
+            self.loader = DataLoader(TensorDataset(x[rank::world], y[rank::world]), batch_size=batch_size)
+
+    def epoch(self, epoch: int):
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        return self.loader
+
+
+class _RayDataBatches:
+    """The ray_data loader: ``iter_torch_batches`` of a Ray Data shard, decoded on the worker."""
+
+    def __init__(self, name: str, decode_fn, *, batch_size: int, rank: int, world: int, seed: int, train: bool):
+        import ray.train
+
+        self.it = ray.train.get_dataset_shard(name)
+        self.decode_fn, self.batch_size, self.seed, self.train = decode_fn, batch_size, seed, train
+        self.rank, self.world = rank, world
+
+    def epoch(self, epoch: int):
+        kw = {"local_shuffle_buffer_size": 4 * self.batch_size, "local_shuffle_seed": self.seed + epoch} \
+            if self.train else {}
+        batches = self.it.iter_torch_batches(batch_size=self.batch_size, collate_fn=self.decode_fn, device="cpu",
+                                             **kw)
+        if self.train:
+            return batches
+        # validation is not split by Ray (DataConfig): every rank sees it all and scores every
+        # world-th batch, so each row is counted exactly once
+        return (b for i, b in enumerate(batches) if i % self.world == self.rank)
+
+
+def _checkpoint_state(checkpoint, device) -> dict:
+    with checkpoint.as_directory() as d:
+        return torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=device, weights_only=True)
+
+
 def train_loop_per_worker(config: dict) -> None:
+    import ray
     import ray.train
     import ray.train.torch
 
     from components.models import build_model
-    from components.training.data import load_split
+    from components.training.data import augment, decode, to_numpy
 
     config = dict(config)
     progress = config.pop(PROGRESS_QUEUE, None)
-    cfg = LoopConfig(**config)
+    refs = config.pop(DATA_REFS, None)
+    cfg = LoopConfig.from_dict(config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.cpus_per_worker)
     torch.manual_seed(cfg.seed)
     device = ray.train.torch.get_device()
-
-    x_train, y_train, _ = load_split(cfg.data_dir, "train")
-    x_val, y_val, _ = load_split(cfg.data_dir, "val")
+    kind, shape = cfg.modality, tuple(cfg.input_shape)
     per_rank = max(1, cfg.batch_size // world)
-    sampler = DistributedSampler(TensorDataset(x_train, y_train), num_replicas=world, rank=rank,
-                                 shuffle=True, seed=cfg.seed, drop_last=False)
-    train_loader = DataLoader(TensorDataset(x_train, y_train), batch_size=per_rank, sampler=sampler)
-    # Validation: each rank scores a disjoint slice, sums are all-reduced: exact, no padding.
-    val_loader = DataLoader(TensorDataset(x_val[rank::world], y_val[rank::world]), batch_size=1024)
 
-    model = build_model(cfg.model, input_shape=tuple(cfg.input_shape), n_classes=cfg.n_classes,
-                        dropout=cfg.dropout)
+    def decode_fn(batch):
+        return decode(batch, kind=kind, shape=shape, tokenizer=cfg.tokenizer)
+
+    if cfg.loader == "memory":
+        (x_train, y_train), (x_val, y_val) = (decode_fn(to_numpy(ray.get(refs[s]), kind)) for s in ("train", "val"))
+        train_batches = _MemoryBatches(x_train, y_train, batch_size=per_rank, rank=rank, world=world,
+                                       seed=cfg.seed, shuffle=True)
+        val_batches = _MemoryBatches(x_val, y_val, batch_size=1024, rank=rank, world=world, seed=cfg.seed,
+                                     shuffle=False)
+    else:
+        train_batches = _RayDataBatches("train", decode_fn, batch_size=per_rank, rank=rank, world=world,
+                                        seed=cfg.seed, train=True)
+        val_batches = _RayDataBatches("val", decode_fn, batch_size=1024, rank=rank, world=world, seed=cfg.seed,
+                                      train=False)
+
+    model = build_model(cfg.model, input_shape=shape, n_classes=cfg.n_classes, dropout=cfg.dropout,
+                        vocab_size=len(cfg.tokenizer["vocab"]) if cfg.tokenizer else None)
     model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    core = model.module if hasattr(model, "module") else model
+    trainer = Trainer(model, cfg, device=device, steps_per_epoch=optimizer_steps_per_epoch(cfg, world))
+    augment_fn = (lambda x, g: augment(x, kind=kind, strength=cfg.augment, generator=g)) if cfg.augment else None
 
     start_epoch, best_val, bad_epochs, history, restarts = 0, float("inf"), 0, [], 0
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint:  # a restarted worker group resumes where the last checkpoint left off
-        with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=device, weights_only=True)
-        core.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"].cpu())
+    if checkpoint:  # a restarted worker group, or a re-run of the same run, resumes here
+        state = _checkpoint_state(checkpoint, device)
+        if LoopConfig.from_dict(state["config"]) != cfg:
+            raise RuntimeError("the checkpoint in this run's storage was written with another config; "
+                               "use a new run name (or delete the run directory) to start afresh")
+        trainer.load_state(state)
         start_epoch, best_val, bad_epochs = state["epoch"] + 1, state["best_val"], state["bad_epochs"]
         history, restarts = state["history"], state["restarts"] + 1
+        if state.get("stopped"):
+            start_epoch = cfg.epochs  # finished (early stopping) before: nothing left to do
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
-        tr = _all_sum(_epoch_pass(model, train_loader, device, optimizer=optimizer)).tolist()
-        va = _all_sum(_epoch_pass(model, val_loader, device)).tolist()
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        tr = _all_sum(trainer.train_epoch(train_batches.epoch(epoch), augment_fn=augment_fn)).tolist()
+        va = _all_sum(trainer.eval_epoch(val_batches.epoch(epoch))).tolist()
         seconds = time.perf_counter() - t0
         val_loss = va[0] / va[2]
         improved = val_loss < best_val
@@ -126,19 +343,17 @@ def train_loop_per_worker(config: dict) -> None:
             "train/loss": tr[0] / tr[2], "train/acc": tr[1] / tr[2],
             "val/loss": val_loss, "val/acc": va[1] / va[2],
             "gap/acc": tr[1] / tr[2] - va[1] / va[2],
-            "val/best_loss": best_val,
+            "val/best_loss": best_val, "lr": lr,
             "epoch_s": seconds, "samples_per_s": tr[2] / seconds,
-            "restarts": restarts,  # times this run resumed from a checkpoint after a failure
+            "restarts": restarts,  # times this run resumed from a checkpoint (worker or driver failure)
         }
         history.append(metrics)
         stop = cfg.patience is not None and bad_epochs >= cfg.patience
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:
-                torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
-                            "rng": torch.get_rng_state(), "epoch": epoch, "best_val": best_val,
-                            "bad_epochs": bad_epochs, "history": history, "restarts": restarts,
-                            "config": config},
+                torch.save({**trainer.state(), "epoch": epoch, "best_val": best_val, "bad_epochs": bad_epochs,
+                            "history": history, "restarts": restarts, "stopped": stop, "config": cfg.to_dict()},
                            os.path.join(d, CHECKPOINT_FILE))
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt)

@@ -2,6 +2,9 @@
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -9,9 +12,11 @@ import psutil
 import pytest
 import torch
 
-from components.training.data import input_shape
-from components.training.driver import Scaling, best_checkpoint_state, fit, run_history
-from components.training.export import load_model_from_state
+from components.data.contract import read_manifest
+from components.data.demo import write_synthetic_split
+from components.training.data import input_shape, load_split
+from components.training.driver import Scaling, best_checkpoint_state, fit, run_history, run_name
+from components.training.export import load_model_from_state, model_spec
 from components.training.loop import LoopConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -86,3 +91,66 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_session, digits_sp
     assert history[0]["restarts"] == 0 and history[-1]["restarts"] == 1  # resumed once, from a checkpoint
     first_after = next(r["epoch"] for r in history if r["restarts"] == 1)
     assert 2 <= first_after < epochs  # the restart began after the checkpointed epoch, not at epoch 1
+
+
+def test_text_through_ray_data_in_bf16_trains_and_exports_its_tokenizer(ray_session, tmp_path):
+    split = write_synthetic_split(tmp_path / "data", "text")
+    loop = LoopConfig(data_dir=str(split), n_classes=3, input_shape=(), model="gru", epochs=3, batch_size=32,
+                      lr=3e-3, dropout=0.1, patience=None, loader="ray_data", precision="bf16",
+                      lr_schedule="one_cycle", grad_clip=1.0, label_smoothing=0.05, augment=0.2, max_tokens=12)
+    result = fit(loop, scaling=Scaling(num_workers=2), storage_path=str(tmp_path / "ray"), name="text",
+                 checkpoints_to_keep=1)
+    assert result.error is None
+    history = run_history(result)
+    assert [r["epoch"] for r in history] == [1, 2, 3] and history[-1]["val/acc"] > 0.9
+    best = best_checkpoint_state(result)
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "config"} <= set(best)
+    spec = model_spec(best["config"], classes=["a", "b", "c"])
+    assert spec["modality"] == "text" and spec["tokenizer"]["max_tokens"] == 12
+    model, _ = load_model_from_state(best["model"], spec)
+    x, y, _ = load_split(str(split), "test", tokenizer=spec["tokenizer"])
+    with torch.no_grad():
+        assert (model(x).argmax(1) == y).float().mean() > 0.9
+
+
+DRIVER = textwrap.dedent("""
+    import sys
+    from components.runtime import init_ray
+    from components.training.driver import Scaling, fit
+    from components.training.loop import LoopConfig
+    init_ray(address=sys.argv[1], train_poll_s=0.25)
+    fit(LoopConfig(**{config}), scaling=Scaling(num_workers=2), storage_path=sys.argv[2], name=sys.argv[3])
+""")
+
+
+def test_rerun_after_the_driver_died_resumes_the_same_run(ray_session, digits_split, tmp_path):
+    """The driver (a second Ray job on this cluster) is SIGKILLed after its first checkpoint;
+    fit() again with the same deterministic name continues from that checkpoint."""
+    loop = _loop(digits_split, epochs=10, loader="ray_data")
+    name = run_name("train", loop, Scaling(num_workers=2), data_hash=read_manifest(digits_split)["content_hash"])
+    assert name == run_name("train", _loop(digits_split, epochs=10, loader="ray_data"), Scaling(num_workers=2),
+                            data_hash=read_manifest(digits_split)["content_hash"])
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER.replace("{config}", repr(loop.to_dict())))
+    snapshot = tmp_path / "ray" / name / "checkpoint_manager_snapshot.json"
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = subprocess.Popen([sys.executable, str(script), ray_session.get_runtime_context().gcs_address,
+                                   str(tmp_path / "ray"), name], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while not snapshot.exists():
+                assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no checkpoint within 300 s"
+                time.sleep(0.1)
+            driver.kill()  # the driver dies; Ray ends its job's controller and workers
+            assert driver.wait(timeout=60) == -signal.SIGKILL
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+    result = fit(loop, scaling=Scaling(num_workers=2), storage_path=str(tmp_path / "ray"), name=name,
+                 checkpoints_to_keep=1)
+    assert result.error is None
+    history = run_history(result)
+    assert [r["epoch"] for r in history] == list(range(1, 11))  # nothing repeated, nothing lost
+    first_resumed = next(r["epoch"] for r in history if r["restarts"] >= 1)
+    assert 2 <= first_resumed < 10  # began after the dead driver's checkpointed epoch, not at epoch 1

@@ -1,0 +1,186 @@
+"""The per-rank training step without Ray: precision, schedules, accumulation, checkpoint state."""
+
+import io
+
+import pytest
+import torch
+
+from components.data.demo import write_synthetic_split
+from components.models import build_model
+from components.training.data import augment, input_shape, load_split
+from components.training.driver import Scaling, resolve, run_name
+from components.training.loop import LoopConfig, Trainer
+from components.training.text import encode, fit_tokenizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: torch's spinning threads slow tiny ops badly
+    yield
+    torch.set_num_threads(before)
+
+
+def _cfg(**kw):
+    kw = {"epochs": 4, "lr": 1e-2, "dropout": 0.0, **kw}
+    return LoopConfig(data_dir="unused", n_classes=3, input_shape=(6,), model="mlp", n_train=64, **kw)
+
+
+def _data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    x = torch.randn(n, 6, generator=g) + torch.nn.functional.one_hot(y, 6).float() * 3
+    return x, y
+
+
+def _trainer(cfg, steps_per_epoch=4):
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, input_shape=cfg.input_shape, n_classes=3, dropout=cfg.dropout)
+    return Trainer(model, cfg, device=torch.device("cpu"), steps_per_epoch=steps_per_epoch)
+
+
+def _batches(x, y, bs=16):
+    return [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
+
+
+def test_bf16_autocast_on_cpu_trains_and_runs_in_bf16():
+    x, y = _data()
+    tr = _trainer(_cfg(precision="bf16"))
+    seen = []
+    hook = tr.model.net[1].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    first = tr.train_epoch(_batches(x, y))
+    for _ in range(3):
+        last = tr.train_epoch(_batches(x, y))
+    hook.remove()
+    assert seen[0] == torch.bfloat16  # the linear layers really ran in bf16
+    assert last[0] / last[2] < first[0] / first[2]
+    assert next(tr.model.parameters()).dtype == torch.float32  # weights stay fp32
+    assert tr.eval_epoch(_batches(x, y))[1] / len(y) > 0.9
+
+
+def test_fp16_without_a_gpu_is_refused_with_a_hint():
+    with pytest.raises(ValueError, match="fp16 needs a GPU.*bf16"):
+        _cfg(precision="fp16")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_fp16_on_gpu_uses_the_grad_scaler():
+    cfg = _cfg(precision="fp16", use_gpu=True)
+    torch.manual_seed(0)
+    model = build_model("mlp", input_shape=(6,), n_classes=3).cuda()
+    tr = Trainer(model, cfg, device=torch.device("cuda"), steps_per_epoch=4)
+    x, y = _data()
+    tr.train_epoch(_batches(x, y))
+    assert tr.scaler.is_enabled() and tr.scaler.get_scale() > 0
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    x, y = _data(32)
+    big = _trainer(_cfg(optimizer="sgd", momentum=0.0))
+    big.train_epoch([(x, y)])
+    acc = _trainer(_cfg(optimizer="sgd", momentum=0.0, grad_accum_steps=2))
+    acc.train_epoch(_batches(x, y, bs=16))  # two micro-batches, one optimiser step
+    for a, b in zip(big.model.parameters(), acc.model.parameters()):
+        torch.testing.assert_close(a, b)
+    assert acc.scheduler.last_epoch == 1  # one step taken
+
+
+def test_gradient_clipping_bounds_the_update():
+    x, y = _data(16)
+    x = x * 1000  # huge gradients
+    clipped = _trainer(_cfg(optimizer="sgd", momentum=0.0, weight_decay=0.0, grad_clip=0.01))
+    before = [p.detach().clone() for p in clipped.model.parameters()]
+    clipped.train_epoch([(x, y)])
+    moved = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(clipped.model.parameters(), before)))
+    assert moved.item() == pytest.approx(1e-2 * 0.01, rel=1e-3)  # lr x max norm
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "one_cycle"])
+def test_schedules_follow_their_shape_and_never_overrun(schedule):
+    tr = _trainer(_cfg(lr_schedule=schedule), steps_per_epoch=4)
+    x, y = _data(64)
+    lrs = []
+    for _ in range(5):  # one epoch more than planned: the schedule must not raise
+        lrs.append(tr.optimizer.param_groups[0]["lr"])
+        tr.train_epoch(_batches(x, y))
+    if schedule == "cosine":
+        assert lrs[0] == pytest.approx(1e-2) and lrs[1] > lrs[2] > lrs[3] and lrs[4] == pytest.approx(0, abs=1e-9)
+    else:
+        assert lrs[0] < 1e-2 / 10 and max(lrs) > 0.5e-2 and lrs[4] < lrs[3] < max(lrs)
+
+
+def test_label_smoothing_is_applied_to_the_training_loss():
+    x, y = _data(16)
+    plain, smooth = _trainer(_cfg(epochs=30)), _trainer(_cfg(epochs=30, label_smoothing=0.3))
+    for _ in range(30):
+        p, s = plain.train_epoch([(x, y)]), smooth.train_epoch([(x, y)])
+    # smoothed targets keep the training loss off 0 (its floor here is ~0.6); plain CE goes to ~0
+    assert p[0] / p[2] < 0.1 and s[0] / s[2] > 0.4
+
+
+def test_checkpoint_state_round_trips_under_weights_only():
+    x, y = _data()
+    cfg = _cfg(lr_schedule="one_cycle", augment=0.5)
+    a = _trainer(cfg)
+    a.train_epoch(_batches(x, y))
+    buf = io.BytesIO()
+    torch.save({**a.state(), "config": cfg.to_dict(), "epoch": 0}, buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    assert set(state) >= {"model", "optimizer", "scheduler", "scaler", "rng", "config", "epoch"}
+    assert LoopConfig.from_dict(state["config"]) == cfg
+    b = _trainer(cfg)
+    b.load_state(state)
+    # resumed and original continue identically: same weights, schedule, RNG (dropout, augmentation)
+    a.train_epoch(_batches(x, y))
+    b.train_epoch(_batches(x, y))
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        torch.testing.assert_close(p, q)
+    assert a.optimizer.param_groups[0]["lr"] == b.optimizer.param_groups[0]["lr"]
+
+
+def test_augmentation_is_seeded_and_keeps_shapes():
+    x = torch.rand(8, 1, 8, 8)
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    a, b = augment(x, kind="image", strength=0.5, generator=g1), augment(x, kind="image", strength=0.5, generator=g2)
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+    assert torch.equal(augment(x, kind="image", strength=0.0, generator=g1), x)
+    ids = torch.randint(2, 50, (4, 16))
+    dropped = augment(ids, kind="text", strength=1.0, generator=g1)
+    assert ((dropped == 1) | (dropped == ids)).all() and (dropped == 1).any()
+
+
+def test_tokenizer_is_fitted_on_the_train_split_only(tmp_path):
+    split = write_synthetic_split(tmp_path, "text")
+    loop = resolve(LoopConfig(data_dir=str(split), n_classes=3, input_shape=(), model="gru", max_tokens=8))
+    assert loop.modality == "text" and loop.input_shape == (8,)
+    train_words = set()
+    from components.training.data import read_split
+    from components.training.text import words
+    for t in read_split(str(split), "train").column("text").to_pylist():
+        train_words.update(words(t))
+    assert set(loop.tokenizer["vocab"][2:]) == train_words
+    x, y, ids = load_split(str(split), "test", tokenizer=loop.tokenizer)
+    assert x.dtype == torch.int64 and x.shape[1] == 8 and len(ids) == len(y)
+    assert encode(["zzz unseen"], loop.tokenizer).tolist()[0][:2] == [1, 1]  # unknown words -> <unk>
+    # deterministic: the same data gives the same vocabulary
+    assert fit_tokenizer(["b a", "a c"], max_tokens=4, vocab_size=10)["vocab"] == ["<pad>", "<unk>", "a", "b", "c"]
+
+
+@pytest.mark.parametrize("modality,shape", [("sequence", (1, 40)), ("features", (6,))])
+def test_every_modality_decodes_to_the_model_input_shape(tmp_path, modality, shape):
+    split = write_synthetic_split(tmp_path, modality)
+    assert input_shape(str(split)) == shape
+    x, y, _ = load_split(str(split), "train")
+    assert x.dtype == torch.float32 and tuple(x.shape[1:]) == shape and len(x) == len(y)
+
+
+def test_run_name_is_deterministic_and_changes_with_the_config():
+    loop = _cfg()
+    a = run_name("train", loop, Scaling(2), data_hash="h")
+    assert a == run_name("train", _cfg(), Scaling(2), data_hash="h")
+    assert a != run_name("train", _cfg(epochs=5), Scaling(2), data_hash="h")
+    assert a != run_name("train", loop, Scaling(1), data_hash="h")
+    assert a != run_name("train", loop, Scaling(2), data_hash="other")
+    moved = LoopConfig(**{**loop.to_dict(), "data_dir": "/elsewhere"})
+    assert a == run_name("train", moved, Scaling(2), data_hash="h")  # a checkout elsewhere resumes too
