@@ -25,7 +25,7 @@ def main() -> None:
         manifest = read_manifest(split_dir)
         modality = manifest.get("payload", "image")
         stage.record_input(split_dir)
-        x, y, ids = load_split(split_dir, "test")
+        x, y, ids = load_split(split_dir, "test", tokenizer=spec.get("tokenizer"))  # text: the train-split vocabulary
         y = y.numpy()
         names = spec["classes"]
         proba = predict_proba(model, x, batch_size=p.batch_size)
@@ -72,7 +72,7 @@ def main() -> None:
             figures.save_png(figures.examples_figure(rows, titles, modality=modality), out / "confident_wrong.png")
         attributions, fig = explain_sample(model, x, y, proba, modality=modality, classes=names, ids=ids,
                                            n=p.attribution_samples, seed=p.seed, method=p.attribution_method,
-                                           steps=p.attribution_steps, vocab=spec.get("vocab"))
+                                           steps=p.attribution_steps, vocab=(spec.get("tokenizer") or {}).get("vocab"))
         feature_names = manifest.get("feature_names") or []
         for r in attributions:  # tabular: name the strongest inputs
             for t in r.get("top_features", []):

@@ -58,6 +58,11 @@ class Stage:
     def path(self, rel: str) -> Path:
         return self.root / rel
 
+    def storage(self) -> str:
+        """``ray.storage_path`` as Ray wants it: a URL (s3://, gs://) as given, a path made absolute."""
+        sp = self.params.ray.storage_path
+        return sp if "://" in sp else str(self.path(sp))
+
     # -- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> "Stage":
         import mlflow

@@ -48,7 +48,7 @@ def main() -> None:
         stage.log("training %s on %d worker(s) (%s), up to %d epochs, hp from %s: %s", tp.model, tp.num_workers,
                   "GPU" if tp.use_gpu else "CPU", tp.epochs, tuned["source"], hp)
         # Same params + data -> same name: a re-run after the driver died continues that run.
-        storage = str(stage.path(rp.storage_path))
+        storage = stage.storage()
         name = (run_name("train", loop, scaling, data_hash=manifest["content_hash"]) if tp.resume
                 else f"train-{time.strftime('%Y%m%d-%H%M%S')}-{stage.run_id[:8]}")
         if tp.resume and has_checkpoint(storage, name):

@@ -106,7 +106,7 @@ def main() -> None:
                   f"${tp.budget_usd:g}" if tp.budget_usd else "no $ limit",
                   f"{tp.time_budget_s:g}s" if tp.time_budget_s else "no time limit")
         sweep = run_sweep(base, space=space, options=options, scaling=scaling,
-                          storage_path=str(stage.path(rp.storage_path)), name=name)
+                          storage_path=stage.storage(), name=name)
         monitor = sweep.monitor
         if sweep.resumed:
             stage.log("resumed sweep %s (%d trials were already done)", name,

@@ -43,7 +43,7 @@ def test_dvc_repro_runs_train_on_the_cluster(cluster, tmp_path, monkeypatch):
     shared = tmp_path / "shared"
     env = copy_project(root, params={
         "tune": {"enabled": False},
-        "train": {"epochs": 2, "num_workers": 2, "cpus_per_worker": 1},
+        "train": {"epochs": 2, "num_workers": 2, "cpus_per_worker": 1, "placement_strategy": "SPREAD"},
         "ray": {"submit": ["train"], "jobs_address": cluster.jobs_address, "shared_storage": str(shared)},
     })
     env.update({k: v for k, v in cluster.env.items() if k.startswith("RAY_AUTH")})

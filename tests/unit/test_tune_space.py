@@ -40,7 +40,7 @@ def test_params_space_becomes_tune_domains_of_the_right_kind():
     ({"dropout": {"type": "choice", "values": []}}, "tune.search_space.dropout.values", "non-empty"),
     ({"dropout": {"type": "uniform", "low": 0.1, "high": 1.5}}, "tune.search_space.dropout", "train.dropout"),
     ({"model": {"type": "choice", "values": ["mlp", "resnet"]}}, "tune.search_space.model", "'resnet'"),
-    ({"momentum": {"type": "uniform", "low": 0, "high": 1}}, "tune.search_space.momentum", "not a tunable"),
+    ({"warp_speed": {"type": "uniform", "low": 0, "high": 1}}, "tune.search_space.warp_speed", "not a tunable"),
     ({"epochs": {"type": "randint", "low": 1, "high": 5}}, "tune.search_space.epochs", "not a tunable"),
 ])
 def test_a_bad_distribution_is_a_config_error_naming_the_key(entry, key, words):
@@ -60,8 +60,8 @@ def test_trial_config_is_set_on_the_loop_config_with_field_types():
     cfg = apply_trial_config(base, {"lr": 0.01, "batch_size": 64.0, "model": "mlp"})
     assert cfg.lr == 0.01 and cfg.batch_size == 64 and isinstance(cfg.batch_size, int) and cfg.model == "mlp"
     assert cfg.n_classes == 10 and base.batch_size == 64 and base.model == "small_cnn"
-    with pytest.raises(ValueError, match="momentum"):
-        apply_trial_config(base, {"momentum": 0.9})
+    with pytest.raises(ValueError, match="warp_speed"):
+        apply_trial_config(base, {"warp_speed": 0.9})
 
 
 def _epochs(val_losses, train_losses):
