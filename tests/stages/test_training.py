@@ -91,6 +91,11 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_session, digits_sp
     assert history[0]["restarts"] == 0 and history[-1]["restarts"] == 1  # resumed once, from a checkpoint
     first_after = next(r["epoch"] for r in history if r["restarts"] == 1)
     assert 2 <= first_after < epochs  # the restart began after the checkpointed epoch, not at epoch 1
+    # ... and it ends where an uninterrupted run of the same config ends (RNG state is checkpointed too)
+    reference = run_history(fit(_loop(digits_split, epochs=epochs), scaling=Scaling(num_workers=2),
+                                storage_path=str(tmp_path), name="uninterrupted", checkpoints_to_keep=1))
+    assert abs(history[-1]["val/acc"] - reference[-1]["val/acc"]) <= 0.02
+    assert abs(history[-1]["val/loss"] - reference[-1]["val/loss"]) <= 0.05
 
 
 def test_text_through_ray_data_in_bf16_trains_and_exports_its_tokenizer(ray_session, tmp_path):
