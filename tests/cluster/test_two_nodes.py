@@ -8,6 +8,8 @@ stages that ran locally.
 """
 
 import json
+import subprocess
+import sys
 
 import mlflow
 import pytest
@@ -24,21 +26,25 @@ def cluster(tmp_path_factory):
         yield c
 
 
-def _train_worker_nodes(cluster) -> set[str]:
-    from ray.util.state import list_actors
+def _state(cluster, code: str):
+    """Ask the cluster's state API from a fresh process: Ray reads RAY_AUTH_MODE once, at import."""
+    script = ("import json; from ray.util.state import list_actors, list_nodes; "
+              f"a = {cluster.jobs_address!r}; print(json.dumps({code}))")
+    out = subprocess.run([sys.executable, "-c", script], env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
-    actors = list_actors(address=cluster.jobs_address, filters=[("class_name", "=", "RayTrainWorker")],
-                         detail=True, limit=100, raise_on_missing_output=False)
-    return {a.node_id for a in actors}
+
+def _train_worker_nodes(cluster) -> set[str]:
+    return _state(cluster, "[x.node_id for x in list_actors(address=a, filters=[('class_name', '=', "
+                           "'RayTrainWorker')], detail=True, limit=100, raise_on_missing_output=False)]")
 
 
 def _alive_nodes(cluster) -> set[str]:
-    from ray.util.state import list_nodes
-
-    return {n.node_id for n in list_nodes(address=cluster.jobs_address) if n.state == "ALIVE"}
+    return _state(cluster, "[n.node_id for n in list_nodes(address=a) if n.state == 'ALIVE']")
 
 
-def test_dvc_repro_runs_train_on_the_cluster(cluster, tmp_path, monkeypatch):
+def test_dvc_repro_runs_train_on_the_cluster(cluster, tmp_path):
     root = tmp_path / "project"
     shared = tmp_path / "shared"
     env = copy_project(root, params={
@@ -60,9 +66,6 @@ def test_dvc_repro_runs_train_on_the_cluster(cluster, tmp_path, monkeypatch):
     # Checkpoints went to the shared storage, not into the job's throw-away working dir.
     assert any((shared / "ray").rglob("checkpoint_*"))
 
-    for k, v in cluster.env.items():
-        if k.startswith("RAY_AUTH"):
-            monkeypatch.setenv(k, v)
     assert len(_alive_nodes(cluster)) == 2
     assert _train_worker_nodes(cluster) == _alive_nodes(cluster)  # a worker on each node
 
