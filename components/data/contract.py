@@ -99,14 +99,21 @@ class DatasetWriter:
         self.class_counts: Counter[int] = Counter()
         self.rows = 0
 
-    def write(self, table: pa.Table) -> None:
+    def _accept(self, table: pa.Table) -> pa.Table | None:
+        """Cast a batch to the dataset's schema (the first batch's) and count it; None if empty."""
         if table.num_rows == 0:
-            return
+            return None
         if self._schema is None:
             self._schema = table.schema
         table = table.cast(self._schema)
         self.class_counts.update(table.column("label").to_pylist())
         self.rows += table.num_rows
+        return table
+
+    def write(self, table: pa.Table) -> None:
+        table = self._accept(table)
+        if table is None:
+            return
         self._pending.append(table)
         self._pending_rows += table.num_rows
         while self._pending_rows >= self.shard_rows:

@@ -62,13 +62,9 @@ class StreamingDatasetWriter(DatasetWriter):
         self._in_shard = (0, 0)  # rows, bytes
 
     def write(self, table: pa.Table) -> None:
-        if table.num_rows == 0:
+        table = self._accept(table)
+        if table is None:
             return
-        if self._schema is None:
-            self._schema = table.schema
-        table = table.cast(self._schema)
-        self.class_counts.update(table.column("label").to_pylist())
-        self.rows += table.num_rows
         while table.num_rows:
             if self._writer is None:
                 path = self._tmp / f"part-{len(self._shards):05d}.parquet"
