@@ -200,8 +200,8 @@ class Tracker:
                 self._go_offline(err)
         else:
             try:
-                mlflow.end_run(status=status)
-            except Exception:
+                mlflow.end_run(status=status)  # offline: only pops the local run; the server may not answer
+            except Exception:  # the end status is spooled just below and replayed with the rest
                 pass
         self._spool({"op": "end_run", "status": status, "end_time": int(time.time() * 1000)})
 
