@@ -99,6 +99,24 @@ def unschedulable(resources: dict, *, cpus: float, gpus: float = 0.0) -> str | N
     return None
 
 
+# Set once the process that started this stage is gone: from then on nothing is published.
+ORPHANED = threading.Event()
+
+
+class Orphaned(KeyboardInterrupt):
+    """Raised instead of publishing an output after the stage was orphaned (like Ctrl-C)."""
+
+
+def refuse_if_orphaned(what: str | os.PathLike) -> None:
+    """Called by every writer right before it renames an output into place.
+
+    A SIGINT alone does not stop every engine at once (Ray Train turns it into a graceful
+    abort that may still return a result), so the publish step itself checks.
+    """
+    if ORPHANED.is_set():
+        raise Orphaned(f"not writing {what}: the process that started this stage is gone")
+
+
 def watch_parent(*, interval_s: float = 1.0, grace_s: float = 30.0, log=None) -> threading.Thread | None:
     """Stop this process when the process that started it dies (e.g. `dvc repro` was killed).
 
@@ -115,6 +133,7 @@ def watch_parent(*, interval_s: float = 1.0, grace_s: float = 30.0, log=None) ->
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(interval_s)
+        ORPHANED.set()
         if log:
             log(f"the process that started this stage (pid {parent}) is gone; stopping")
         os.kill(os.getpid(), signal.SIGINT)

@@ -5,7 +5,7 @@ import time
 import numpy as np
 
 from components.data.contract import read_json, write_csv_atomic
-from components.runtime import init_ray, unschedulable
+from components.runtime import init_ray, refuse_if_orphaned, unschedulable
 from components.training.data import input_shape
 from components.serving.pyfunc import log_classifier
 from components.training.driver import Scaling, best_checkpoint_state, fit, has_checkpoint, run_history, run_name
@@ -62,6 +62,7 @@ def main() -> None:
                          row["samples_per_s"], f"  (restart {row['restarts']})" if row["restarts"] else ""))
         if result.error:
             raise result.error
+        refuse_if_orphaned(stage.paths.model)  # Ray Train turns the orphan's SIGINT into a graceful abort
         history = run_history(result)
         stage.tracker.log_history(history)
         write_csv_atomic(stage.path(stage.paths.plots) / "train_curve.csv", history, CURVE_COLUMNS)

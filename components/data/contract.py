@@ -24,6 +24,8 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from components.runtime import refuse_if_orphaned
+
 MANIFEST = "manifest.json"
 SET_ASIDE = "set_aside.jsonl"
 PAYLOAD_COLUMNS = ("image", "text", "sequence", "features")
@@ -204,6 +206,11 @@ def replace_dir(src: Path, dst: Path) -> None:
     tree as ``.name.old-PID``, which :func:`recover_dir` (run by the next writer) puts back.
     """
     dst = Path(dst)
+    try:
+        refuse_if_orphaned(dst)
+    except BaseException:
+        shutil.rmtree(src, ignore_errors=True)
+        raise
     recover_dir(dst)
     old = None
     if dst.exists():
@@ -272,6 +279,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
+    try:
+        refuse_if_orphaned(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

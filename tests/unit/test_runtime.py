@@ -23,8 +23,9 @@ def test_a_worker_bundle_bigger_than_the_cluster_is_reported_not_waited_for():
     assert unschedulable({"CPU": 8.0}, cpus=2, gpus=2) == "needs 2 GPUs but the Ray cluster has 0"
 
 
-def test_orphaned_process_stops_itself(tmp_path):
-    """`dvc repro` SIGKILLed: the stage it started must not keep running (and billing)."""
+def _orphan(child: str, out) -> None:
+    """Run ``child`` under a middle process (standing in for `dvc repro`) that is SIGKILLed;
+    return once the child has exited (fail if it keeps running)."""
     import signal
     import subprocess
     import sys
@@ -32,17 +33,10 @@ def test_orphaned_process_stops_itself(tmp_path):
 
     import psutil
 
-    out = tmp_path / "child.log"
-    child = (
-        "import sys, time\n"
-        "from components.runtime import watch_parent\n"
-        "watch_parent(interval_s=0.1, grace_s=5, log=lambda m: print(m, flush=True))\n"
-        "try:\n    time.sleep(120)\n"
-        "except KeyboardInterrupt:\n    print('interrupted: cleaned up', flush=True)\n    sys.exit(130)\n"
-    )
-    middle = (  # stands in for `dvc repro`: starts the stage, then dies without a word
+    middle = (  # starts the stage, then dies without a word
         "import subprocess, sys, time\n"
-        f"p = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=open({str(out)!r}, 'w'))\n"
+        f"p = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=open({str(out)!r}, 'w'), "
+        "stderr=subprocess.STDOUT)\n"
         "print(p.pid, flush=True)\n"
         "time.sleep(120)\n"
     )
@@ -56,12 +50,51 @@ def test_orphaned_process_stops_itself(tmp_path):
     while time.monotonic() < deadline:
         try:
             if psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE:
-                break
+                return
         except psutil.NoSuchProcess:
-            break
+            return
         time.sleep(0.2)
-    else:
-        psutil.Process(child_pid).kill()
-        raise AssertionError("orphaned child kept running")
+    psutil.Process(child_pid).kill()
+    raise AssertionError("orphaned child kept running")
+
+
+def test_orphaned_process_stops_itself(tmp_path):
+    """`dvc repro` SIGKILLed: the stage it started must not keep running (and billing)."""
+    out = tmp_path / "child.log"
+    _orphan(
+        "import sys, time\n"
+        "from components.runtime import watch_parent\n"
+        "watch_parent(interval_s=0.1, grace_s=5, log=lambda m: print(m, flush=True))\n"
+        "try:\n    time.sleep(120)\n"
+        "except KeyboardInterrupt:\n    print('interrupted: cleaned up', flush=True)\n    sys.exit(130)\n",
+        out)
     text = out.read_text()
     assert "is gone; stopping" in text and "interrupted: cleaned up" in text
+
+
+def test_an_orphan_that_swallows_the_interrupt_still_publishes_nothing(tmp_path):
+    """Ray Train turns SIGINT into a graceful abort that can still return a result; the
+    stage then reaches its writers, which must refuse: no metrics file, no model dir, no temp."""
+    out, outputs = tmp_path / "child.log", tmp_path / "outputs"
+    (outputs / "model").mkdir(parents=True)
+    (outputs / "model" / "old.txt").write_text("previous model")
+    _orphan(
+        "import sys, tempfile, time\n"
+        "from pathlib import Path\n"
+        "from components.data.contract import replace_dir, write_json_atomic\n"
+        "from components.runtime import Orphaned, watch_parent\n"
+        "watch_parent(interval_s=0.1, grace_s=5, log=lambda m: print(m, flush=True))\n"
+        "try:\n    time.sleep(120)\n"
+        "except KeyboardInterrupt:\n    print('aborted gracefully', flush=True)\n"
+        f"out = Path({str(outputs)!r})\n"
+        "for name, write in [('metrics', lambda: write_json_atomic(out / 'train.json', {'acc': 1.0})),\n"
+        "                    ('model', lambda: replace_dir(Path(tempfile.mkdtemp(prefix='.model.tmp-', dir=out)), out / 'model'))]:\n"
+        "    try:\n        write()\n        print(name, 'written', flush=True)\n"
+        "    except Orphaned as err:\n        print(name, 'refused:', err, flush=True)\n",
+        out)
+    text = out.read_text()
+    assert "aborted gracefully" in text
+    assert "metrics refused: not writing" in text and "model refused: not writing" in text, text
+    assert not (outputs / "train.json").exists()
+    assert (outputs / "model" / "old.txt").read_text() == "previous model"  # the old output is untouched
+    assert not [p.name for p in outputs.iterdir() if p.name.startswith(".")]  # no temp file left behind
