@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from components.data.contract import DataContractError, read_manifest, write_json_atomic
-from components.runtime import Orphaned, refuse_if_orphaned, watch_parent
+from components.runtime import Orphaned, watch_parent
 from components.tracking.cost import CostMeter, Rates, nvml_probe
 from components.tracking.mlflow_runs import (dvc_locked_hashes, environment_tags, flatten, git_commit,
                                              pipeline_run_id, resolve_tracking_uri, setup_mlflow)
