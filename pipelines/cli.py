@@ -101,25 +101,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         predictor, used = open_predictor(model_uri=args.model, run_id=args.run, model_dir=args.model_dir,
                                          registered_model=params.mlflow.registered_model, alias=pp.alias,
                                          batch_size=args.batch_size or pp.batch_size)
-    except ModelNotFound as err:
+    except (ModelNotFound, ValueError) as err:  # nothing registered; a model.json this version cannot serve
         print(f"trainwise: error: {err}", file=sys.stderr)
         return 2
-    try:
-        rows = predict_items(predictor, iter_items(args.paths))
-        if args.out:
-            rows = list(rows)
-            write_csv_atomic(Path(args.out), rows, TABLE_COLUMNS)
-        else:
-            writer = csv.DictWriter(sys.stdout, fieldnames=TABLE_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            written = []
-            for row in rows:  # streamed: rows appear as their batch is done
-                writer.writerow(row)
-                written.append(row)
-            rows = written
-    except NotImplementedError as err:
-        print(f"trainwise: error: {err}", file=sys.stderr)
-        return 2
+    rows = predict_items(predictor, iter_items(args.paths, spec=predictor.spec))
+    if args.out:
+        rows = list(rows)
+        write_csv_atomic(Path(args.out), rows, TABLE_COLUMNS)
+    else:
+        writer = csv.DictWriter(sys.stdout, fieldnames=TABLE_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        written = []
+        for row in rows:  # streamed: rows appear as their batch is done
+            writer.writerow(row)
+            written.append(row)
+        rows = written
     failed = [r for r in rows if r["error"] is not None]
     print(f"trainwise predict: {len(rows) - len(failed)} of {len(rows)} input(s) predicted with {used}"
           + (f"; {len(failed)} could not be (see the `error` column)" if failed else "")

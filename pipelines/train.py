@@ -69,7 +69,9 @@ def main() -> None:
 
         best = best_checkpoint_state(result)
         best_row = next(r for r in history if r["epoch"] == best["epoch"] + 1)
-        spec = model_spec(best["config"], classes=classes, epoch=best_row["epoch"], hp=hp, ray_run=name)
+        # Tabular models are served by column name: keep the names in the order the network takes them.
+        names = {"feature_names": manifest["feature_names"]} if manifest.get("feature_names") else {}
+        spec = model_spec(best["config"], classes=classes, epoch=best_row["epoch"], hp=hp, ray_run=name, **names)
         # A pyfunc that takes raw image bytes / base64 and preprocesses them like training did.
         info = stage.tracker.call("the model (log + register)", log_classifier, best["model"], spec,
                                   registered_model_name=stage.params.mlflow.registered_model)

@@ -15,11 +15,12 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from components.serving.preprocess import PreprocessError, batch_tensor, payload_of, preprocess_image
+from components.serving.preprocess import PreprocessError, batch_tensor, payload_of, preprocess
 from components.training.export import load_model, load_model_from_state
 
 # Columns of every prediction row (the CLI adds id and source in front).
 PREDICTION_COLUMNS = ["predicted_class", "class_index", "probability", "error"]
+PAYLOADS = ("image", "text", "sequence", "features")
 
 
 class Predictor:
@@ -30,6 +31,11 @@ class Predictor:
         self.spec = spec
         self.classes = list(spec["classes"])
         self.payload = payload_of(spec)
+        if self.payload not in PAYLOADS:
+            raise ValueError(f"model.json: unknown payload {self.payload!r} ({' | '.join(PAYLOADS)})")
+        if self.payload == "text" and not spec.get("tokenizer"):
+            raise ValueError("model.json of this text model has no `tokenizer` (the vocabulary fitted on the "
+                             "train split); re-run the train stage, which saves it")
         self.batch_size = batch_size
 
     @classmethod
@@ -46,13 +52,7 @@ class Predictor:
         return cls(model, spec, **kwargs)
 
     def _prepare(self, value):
-        if self.payload == "image":
-            return preprocess_image(value, spec=self.spec)
-        if self.payload == "text":
-            raise NotImplementedError(
-                "text models: serving needs the tokenizer saved with the model (issue 5), which this "
-                "version of trainwise does not have yet; only image models can be served")
-        raise NotImplementedError(f"serving a {self.payload!r} model is not supported yet (image models only)")
+        return preprocess(value, spec=self.spec, payload=self.payload)
 
     def predict(self, values: Iterable) -> list[dict]:
         """One row (PREDICTION_COLUMNS) per raw input, in order."""
@@ -78,7 +78,7 @@ class Predictor:
                 rows[i] = {"predicted_class": None, "class_index": None, "probability": None, "error": str(err)}
         if good:
             with torch.inference_mode():
-                proba = torch.softmax(self.model(batch_tensor(inputs)), dim=1).numpy()
+                proba = torch.softmax(self.model(batch_tensor(inputs, self.payload)), dim=1).numpy()
             top = proba.argmax(1)
             for i, k, p in zip(good, top, proba[np.arange(len(top)), top]):
                 rows[i] = {"predicted_class": self.classes[int(k)], "class_index": int(k),

@@ -5,8 +5,9 @@ artifacts, the state dict (``model.pt``, loaded with ``weights_only=True``) and 
 (``model.json``), so that ``mlflow models serve`` and ``mlflow.pyfunc.load_model`` accept what a
 user has: a DataFrame with an ``image`` column of encoded image bytes (or their base64, which
 is what a JSON request carries; the scoring server decodes base64 itself for the ``binary``
-column of the signature) and answer with ``predicted_class``, ``class_index``, ``probability``
-and ``error`` per row.
+column of the signature), a ``text`` column of raw strings (tokenized by the vocabulary saved
+with the model), a ``sequence`` column of number lists, or one column per feature for tabular
+models; and answer with ``predicted_class``, ``class_index``, ``probability`` and ``error`` per row.
 
 It is logged as "models from code" (``model_code.py``, which MLflow runs at load time), so loading
 it unpickles nothing; that code imports this module, so the environment that serves it needs
@@ -22,7 +23,7 @@ import mlflow
 import pandas as pd
 
 from components.serving.predictor import PREDICTION_COLUMNS, Predictor
-from components.serving.preprocess import image_shape, payload_of
+from components.serving.preprocess import feature_names, image_shape, payload_of
 from components.training.export import SPEC, WEIGHTS, save_model
 
 ARTIFACT_WEIGHTS, ARTIFACT_SPEC = "weights", "spec"
@@ -33,13 +34,9 @@ class TrainwiseClassifier(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor.from_files(context.artifacts[ARTIFACT_WEIGHTS], context.artifacts[ARTIFACT_SPEC])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        column = self.predictor.payload
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
-        if column not in model_input.columns:
-            raise ValueError(f"this model takes a DataFrame with a `{column}` column; "
-                             f"got columns {list(model_input.columns)}")
-        rows = self.predictor.predict(model_input[column].tolist())
+        rows = self.predictor.predict(input_values(model_input, self.predictor.spec))
         # With an error row in the batch, keep None as None (JSON null) instead of letting pandas
         # turn class_index into floats and missing values into NaN, which is not valid JSON.
         errors = any(r["error"] is not None for r in rows)
@@ -47,23 +44,56 @@ class TrainwiseClassifier(mlflow.pyfunc.PythonModel):
                             dtype=object if errors else None)
 
 
+def input_columns(spec: dict) -> list[str]:
+    """The DataFrame columns the served model takes: ``image`` (encoded bytes or base64), ``text``,
+    ``sequence`` (a list of numbers per row), or one column per feature for tabular models."""
+    payload = payload_of(spec)
+    return feature_names(spec) if payload == "features" else [payload]
+
+
+def input_values(frame: pd.DataFrame, spec: dict) -> list:
+    """One raw input per row of ``frame`` (see :func:`input_columns`); a tabular model also takes
+    a single ``features`` column of lists."""
+    payload, columns = payload_of(spec), input_columns(spec)
+    if all(c in frame.columns for c in columns):
+        if payload == "features":
+            return frame[columns].to_dict("records")
+        return frame[columns[0]].tolist()
+    if payload == "features" and "features" in frame.columns:
+        return frame["features"].tolist()
+    missing = [c for c in columns if c not in frame.columns]
+    raise ValueError(f"this model takes a DataFrame with the column(s) {columns}; missing {missing[:5]}, "
+                     f"got columns {list(frame.columns)}")
+
+
 def signature_for(spec: dict):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import Array
 
     payload = payload_of(spec)
-    inputs = Schema([ColSpec("binary" if payload == "image" else "string", payload)])
+    if payload == "features":
+        cols = [ColSpec("double", name) for name in input_columns(spec)]
+    elif payload == "sequence":
+        cols = [ColSpec(Array("double"), "sequence")]
+    else:
+        cols = [ColSpec("binary" if payload == "image" else "string", payload)]
     outputs = Schema([ColSpec("string", "predicted_class"), ColSpec("long", "class_index"),
                       ColSpec("double", "probability"), ColSpec("string", "error", required=False)])
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    return ModelSignature(inputs=Schema(cols), outputs=outputs)
 
 
-def example_input(spec: dict) -> pd.DataFrame | None:
-    """One blank image of the model's size, encoded as PNG (None for payloads not served yet)."""
-    if payload_of(spec) != "image":
-        return None
+def example_input(spec: dict) -> pd.DataFrame:
+    """One input of the model's kind (a blank image encoded as PNG, a short text, zeros)."""
     import numpy as np
 
+    payload = payload_of(spec)
+    if payload == "text":
+        return pd.DataFrame({"text": ["an example text"]})
+    if payload == "sequence":
+        return pd.DataFrame({"sequence": [[0.0] * int(np.prod(spec["input_shape"]))]})
+    if payload == "features":
+        return pd.DataFrame({name: [0.0] for name in input_columns(spec)})
     from components.data.sources import encode_png
 
     h, w, c = image_shape(spec)

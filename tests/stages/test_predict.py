@@ -122,3 +122,49 @@ def test_predict_uses_the_registered_model_by_default_or_a_given_run(inputs, tin
         assert rc == 0 and f"runs:/{run.info.run_id}/model" in err and len(rows) == 5
     finally:
         mlflow.set_tracking_uri(old)
+
+
+def test_predict_text_files_and_a_csv_of_feature_columns(tmp_path, capsys, monkeypatch):
+    """Text models read .txt files (and a CSV's `text` column); tabular models read a CSV whose
+    columns are the features the model was trained on, in any order; bad rows get an error each."""
+    from components.data.demo import write_synthetic_split
+    from components.training.data import read_split
+    from tests.serving_helpers import train_tiny_model
+
+    models, truth = {}, {}
+    for kind in ("text", "features"):
+        split = write_synthetic_split(tmp_path / kind, kind, n_per_class=60)
+        models[kind], spec = train_tiny_model(split, tmp_path / kind / "model", epochs=25)
+        table = read_split(str(split), "test")
+        labels = [spec["classes"][k] for k in table.column("label").to_pylist()[:6]]
+        truth[kind] = (table.column(kind).to_pylist()[:6], labels, spec.get("feature_names"))
+
+    texts, labels, _ = truth["text"]
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i, t in enumerate(texts):
+        (folder / f"doc{i}.txt").write_text(t)
+    (folder / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    rc, rows, err = _run([folder, "--model-dir", models["text"]], capsys, monkeypatch)
+    assert rc == 0 and len(rows) == 7
+    predicted = {r["source"]: r for r in rows}
+    hits = sum(predicted[str(folder / f"doc{i}.txt")]["predicted_class"] == label for i, label in enumerate(labels))
+    assert hits >= 5, rows
+    assert "not UTF-8" in predicted[str(folder / "latin1.txt")]["error"]
+    assert "6 of 7 input(s) predicted" in err
+
+    vectors, labels, names = truth["features"]
+    listing = tmp_path / "rows.csv"
+    with listing.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["row_id", *reversed(names)])  # extra column, features in another order
+        for i, v in enumerate(vectors):
+            w.writerow([i, *reversed(v)])
+        w.writerow([99, "", *([1.0] * (len(names) - 1))])  # an empty cell
+        w.writerow([100, "abc", *([1.0] * (len(names) - 1))])  # not a number
+    rc, rows, err = _run([listing, "--model-dir", models["features"]], capsys, monkeypatch)
+    assert rc == 0 and len(rows) == 8
+    assert sum(r["predicted_class"] == label for r, label in zip(rows, labels)) >= 5, rows
+    assert rows[0]["source"] == f"{listing}:2"
+    assert "NaN or infinite" in rows[6]["error"] and "not a list of numbers" in rows[7]["error"]
+    assert "6 of 8 input(s) predicted" in err

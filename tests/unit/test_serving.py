@@ -23,7 +23,7 @@ from components.serving.predictor import Predictor
 from components.serving.preprocess import preprocess_image
 from components.serving.registry import ModelNotFound, load_predictor, resolve_registered
 from components.training.data import images_to_tensor, load_split
-from tests.serving_helpers import digit_pngs, train_tiny_digits_model
+from tests.serving_helpers import digit_pngs, train_tiny_digits_model, train_tiny_model
 
 NAME = "tiny-digits"
 
@@ -87,13 +87,132 @@ def test_predictor_predicts_digits_and_gives_an_error_row_per_bad_input(digits_s
     assert all(rows[i]["predicted_class"] is None for i in (1, 2, 4, 5))
 
 
-def test_text_models_are_refused_with_a_clear_message(tiny):
-    model_dir, spec = tiny
-    base = Predictor.from_dir(model_dir)
-    text = Predictor(base.model, {**spec, "vocabulary": ["the", "a"]})
-    assert text.payload == "text"
-    with pytest.raises(NotImplementedError, match="tokenizer"):
-        text.predict(["some words"])
+_TRAINED: dict[str, tuple] = {}
+
+
+def _tiny_other(kind: str, tmp_path_factory) -> tuple:
+    """A small model of a non-image modality trained on its synthetic split: (split dir, model dir,
+    spec); trained once per test session."""
+    from components.data.demo import write_synthetic_split
+
+    if kind not in _TRAINED:
+        root = tmp_path_factory.mktemp(kind)
+        split = write_synthetic_split(root, kind, n_per_class=60)
+        _TRAINED[kind] = (split, *train_tiny_model(split, root / "model", epochs=25))
+    return _TRAINED[kind]
+
+
+@pytest.fixture(scope="module", params=["text", "features", "sequence"])
+def other(request, tmp_path_factory):
+    return _tiny_other(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def tabular(tmp_path_factory):
+    return _tiny_other("features", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    return _tiny_other("text", tmp_path_factory)
+
+
+def _raw_test_rows(split) -> tuple[list, list[str]]:
+    """The test split as a user would send it: texts as strings, vectors as plain lists."""
+    from components.data.contract import read_manifest
+    from components.training.data import modality, read_split
+
+    kind, classes = modality(str(split)), read_manifest(split)["classes"]
+    table = read_split(str(split), "test")
+    raw = table.column(kind).to_pylist()
+    return raw, [classes[k] for k in table.column("label").to_pylist()]
+
+
+def test_text_sequence_and_tabular_models_are_served_with_training_preprocessing(other):
+    split, model_dir, spec = other
+    predictor = Predictor.from_dir(model_dir, batch_size=7)
+    assert predictor.payload == spec["modality"]
+    raw, truth = _raw_test_rows(split)
+    x, _, _ = load_split(str(split), "test", tokenizer=spec.get("tokenizer"))
+    served = torch.from_numpy(np.stack([predictor._prepare(v) for v in raw]))
+    assert torch.equal(served, x)  # same tensors as training/evaluate built (same tokenizer, same shape)
+    rows = predictor.predict(raw)
+    with torch.inference_mode():
+        expected = predictor.model(x).argmax(1).tolist()
+    assert [r["class_index"] for r in rows] == expected
+    acc = np.mean([r["predicted_class"] == t for r, t in zip(rows, truth)])
+    assert acc >= 0.8, acc
+
+
+def test_bad_inputs_of_other_modalities_get_an_error_row_each(other):
+    split, model_dir, spec = other
+    predictor = Predictor.from_dir(model_dir)
+    good = _raw_test_rows(split)[0][0]
+    if spec["modality"] == "text":
+        cases = {b"\xff\xfe\x00": "not UTF-8", None: "no text", "   ": "empty text", 42: "must be a string"}
+        rows = predictor.predict([good, good.encode(), *cases])
+        assert rows[0]["class_index"] == rows[1]["class_index"]  # a .txt file's bytes = the string
+    else:
+        n = int(np.prod(spec["input_shape"]))
+        as_text = " ".join(map(str, good))
+        cases = {json.dumps(good[:-1]): f"{n - 1} value(s) given; this model takes {n}",
+                 json.dumps([float("nan")] * n).replace("NaN", "NaN"): "NaN or infinite",
+                 "1, 2, three": "not a list of numbers", None: "no values"}
+        rows = predictor.predict([good, as_text, *cases])
+        assert rows[0]["class_index"] == rows[1]["class_index"]  # a list and "a b c" text agree
+        assert rows[1]["probability"] == pytest.approx(rows[0]["probability"])
+    for row, (value, message) in zip(rows[2:], cases.items()):
+        assert row["predicted_class"] is None and message in row["error"], (value, row)
+    assert rows[0]["error"] is None and rows[1]["error"] is None
+
+
+def test_a_tabular_model_takes_named_columns_in_any_order(tabular):
+    split, model_dir, spec = tabular
+    predictor = Predictor.from_dir(model_dir)
+    good = _raw_test_rows(split)[0][0]
+    names = spec["feature_names"]
+    as_dict = dict(reversed(list(zip(names, good))))
+    rows = predictor.predict([good, as_dict, {k: v for k, v in as_dict.items() if k != names[0]}])
+    assert rows[0]["class_index"] == rows[1]["class_index"]
+    assert rows[1]["probability"] == pytest.approx(rows[0]["probability"])
+    assert f"missing feature(s) ['{names[0]}']" in rows[2]["error"]
+
+
+def test_a_text_model_without_its_tokenizer_is_refused_at_load(text_model):
+    _, model_dir, spec = text_model
+    model = Predictor.from_dir(model_dir).model
+    with pytest.raises(ValueError, match="no `tokenizer`.*re-run the train stage"):
+        Predictor(model, {k: v for k, v in spec.items() if k != "tokenizer"})
+
+
+def test_logged_pyfunc_of_other_modalities_takes_raw_columns(other, tmp_path):
+    import mlflow
+
+    from components.serving.pyfunc import input_columns, log_classifier
+    from components.training.export import WEIGHTS
+
+    split, model_dir, spec = other
+    raw, _ = _raw_test_rows(split)
+    old = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with mlflow.start_run(experiment_id=mlflow.set_experiment("serving-other").experiment_id):
+            info = log_classifier(torch.load(model_dir / WEIGHTS, weights_only=True), spec)
+        model = mlflow.pyfunc.load_model(info.model_uri)
+        columns = [c.name for c in model.metadata.get_input_schema().inputs]
+        assert columns == input_columns(spec)
+        if spec["modality"] == "features":
+            assert columns == spec["feature_names"]
+            frame = pd.DataFrame([dict(zip(columns, map(float, v))) for v in raw[:5]])
+        else:
+            frame = pd.DataFrame({columns[0]: raw[:5]})
+        out = model.predict(frame)
+        expected = Predictor.from_dir(model_dir).predict(raw[:5])
+        assert out["class_index"].tolist() == [r["class_index"] for r in expected]
+        with pytest.raises(Exception, match="missing inputs"):  # MLflow's schema check names them
+            model.predict(pd.DataFrame({"pixels": [1.0]}))
+    finally:
+        mlflow.set_tracking_uri(old)
 
 
 def test_logged_pyfunc_takes_raw_bytes_or_base64(registry, digits_split):
