@@ -116,6 +116,14 @@ def test_text_through_ray_data_in_bf16_trains_and_exports_its_tokenizer(ray_sess
     x, y, _ = load_split(str(split), "test", tokenizer=spec["tokenizer"])
     with torch.no_grad():
         assert (model(x).argmax(1) == y).float().mean() > 0.9
+    # served from raw strings through the exported tokenizer: the same answers as on the test tensors
+    from components.serving.predictor import Predictor
+    from components.training.data import read_split
+
+    texts = read_split(str(split), "test").column("text").to_pylist()
+    rows = Predictor(model, spec).predict(texts)
+    with torch.no_grad():
+        assert [r["class_index"] for r in rows] == model(x).argmax(1).tolist()
 
 
 DRIVER = textwrap.dedent("""
