@@ -117,6 +117,43 @@ def refuse_if_orphaned(what: str | os.PathLike) -> None:
         raise Orphaned(f"not writing {what}: the process that started this stage is gone")
 
 
+# Shells that may stand between `dvc repro` and the stage: DVC runs a stage's cmd through
+# $SHELL (else /bin/sh), and dash, for one, keeps its own process instead of exec'ing the command.
+SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "ash", "busybox"}
+
+
+def _watched_ancestors() -> list[tuple[int, int]]:
+    """(pid, its parent's pid) pairs whose link must hold while the stage's starter is alive:
+    this process -> its parent, and, when the parent is a shell, the shell -> its parent."""
+    parent = os.getppid()
+    links = [(os.getpid(), parent)]
+    try:
+        import psutil
+
+        shell = psutil.Process(parent)
+        if shell.name() in SHELLS and shell.ppid() > 1:
+            links.append((parent, shell.ppid()))
+    except Exception:  # psutil missing or the parent already gone: watch the direct link only
+        pass
+    return links
+
+
+def _links_hold(links: list[tuple[int, int]]) -> bool:
+    for pid, ppid in links:
+        if pid == os.getpid():
+            if os.getppid() != ppid:
+                return False
+            continue
+        try:
+            import psutil
+
+            if psutil.Process(pid).ppid() != ppid:  # the shell was re-parented: its starter died
+                return False
+        except Exception:  # the shell itself is gone
+            return False
+    return True
+
+
 def watch_parent(*, interval_s: float = 1.0, grace_s: float = 30.0, log=None) -> threading.Thread | None:
     """Stop this process when the process that started it dies (e.g. `dvc repro` was killed).
 
@@ -124,18 +161,21 @@ def watch_parent(*, interval_s: float = 1.0, grace_s: float = 30.0, log=None) ->
     any more, and race the next `dvc repro` for the same outputs. On orphaning the main thread
     gets a KeyboardInterrupt (the stage ends its MLflow run as FAILED, Ray shuts down, nothing
     is renamed into place); if it has not exited ``grace_s`` later, the process exits hard.
+    When the parent is a shell (DVC runs commands through one), the shell's parent is watched
+    too: a shell that did not exec the command outlives a killed `dvc repro`.
     Returns the watcher thread, or None when there is nothing to watch (started by init).
     """
-    parent = os.getppid()
-    if parent <= 1:
+    if os.getppid() <= 1:
         return None
+    links = _watched_ancestors()
+    gone = links[-1][1]
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while _links_hold(links):
             time.sleep(interval_s)
         ORPHANED.set()
         if log:
-            log(f"the process that started this stage (pid {parent}) is gone; stopping")
+            log(f"the process that started this stage (pid {gone}) is gone; stopping")
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(grace_s)
         os._exit(130)
