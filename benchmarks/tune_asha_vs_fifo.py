@@ -1,7 +1,8 @@
 """Does ASHA save trial-epochs without losing the best model, and what does Tune itself cost?
 
 Same sweep twice in one process (digits, small_cnn, 1 worker per trial, one trial at a time,
-the same seeded random configs): ASHA (grace 1 epoch, reduction factor 2) and FIFO (every
+the same seeded random configs): ASHA (grace 2 epochs, reduction factor 2: the params.yaml
+defaults; --grace / --reduction-factor to change) and FIFO (every
 trial runs max_epochs). Reports total trial-epochs and CPU-seconds in epochs, the best
 validation accuracy of each, and Tune's overhead: the sweep's wall time against
 (a) the trials' own wall times (Tune's scheduling and bookkeeping) and (b) the time the
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from components.data.demo import write_digits_split
 from components.runtime import init_ray
-from components.training.data import input_shape
+from components.training.data import input_shape, read_split
 from components.training.driver import Scaling
 from components.training.loop import LoopConfig
 from components.tuning.sweep import SweepOptions, patient_worker_start, run_sweep, trial_histories
@@ -35,10 +36,12 @@ SPACE = {"lr": {"type": "loguniform", "low": 1e-4, "high": 3e-2},
 CONCURRENT = 1
 
 
-def one_sweep(split: Path, storage: Path, *, scheduler: str, trials: int, epochs: int, seed: int) -> dict:
+def one_sweep(split: Path, storage: Path, *, scheduler: str, trials: int, epochs: int, seed: int,
+              grace: int = 2, reduction_factor: float = 2.0) -> dict:
     base = LoopConfig(data_dir=str(split), n_classes=10, input_shape=input_shape(split), seed=seed)
     options = SweepOptions(num_samples=trials, max_concurrent_trials=CONCURRENT, scheduler=scheduler,
-                           max_epochs=epochs, grace_period=1, reduction_factor=2, seed=seed, resume=False)
+                           max_epochs=epochs, grace_period=grace, reduction_factor=reduction_factor, seed=seed,
+                           resume=False)
     t0 = time.perf_counter()
     sweep = run_sweep(base, space=SPACE, options=options, scaling=Scaling(num_workers=1), storage_path=str(storage),
                       name=f"bench-{scheduler}")
@@ -62,6 +65,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grace", type=int, default=2, help="ASHA grace period (params.yaml tune default: 2)")
+    ap.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA reduction factor (default: 2)")
     ap.add_argument("--quick", action="store_true", help="4 trials x 4 epochs")
     args = ap.parse_args()
     if args.quick:
@@ -72,10 +77,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         split = write_digits_split(Path(tmp) / "data")
         runs = [one_sweep(split, Path(tmp) / "ray", scheduler=s, trials=args.trials, epochs=args.epochs,
-                          seed=args.seed) for s in ("asha", "fifo")]
+                          seed=args.seed, grace=args.grace, reduction_factor=args.reduction_factor)
+                for s in ("asha", "fifo")]
+        n_val = read_split(str(split), "val").num_rows
     asha, fifo = runs
     print(f"digits, small_cnn, {args.trials} trials x <= {args.epochs} epochs, {CONCURRENT} at a time, seed "
-          f"{args.seed}, same random configs; 2-core machine shared with other jobs (timings inflated)")
+          f"{args.seed}, same random configs; ASHA grace {args.grace}, reduction factor {args.reduction_factor:g}; "
+          f"{n_val} val examples (1 example = {100 / n_val:.2f} points)")
     print(f"{'scheduler':<10}{'trial-epochs':>13}{'cpu-s epochs':>13}{'best val/acc':>13}{'sweep s':>9}"
           f"{'sum trial s':>12}{'ovh/trial':>10}{'ovh/epochs':>11}")
     for r in runs:
@@ -90,7 +98,9 @@ def main() -> None:
           f"{asha['sweep_wall_s'] / fifo['sweep_wall_s']:.2f}x")
     out = REPO / "benchmarks" / "results" / "tune_asha_vs_fifo.json"
     out.write_text(json.dumps({"benchmark": "tune_asha_vs_fifo", "trials": args.trials, "epochs": args.epochs,
-                               "seed": args.seed, "concurrent": CONCURRENT, "asha": asha, "fifo": fifo,
+                               "seed": args.seed, "concurrent": CONCURRENT, "grace_period": args.grace,
+                               "reduction_factor": args.reduction_factor, "val_examples": n_val,
+                               "asha": asha, "fifo": fifo,
                                "trial_epochs_ratio": round(ratio, 3), "best_val_acc_gap_points": round(gap, 2)},
                               indent=2) + "\n")
     print(f"-> {out.relative_to(REPO)}")
