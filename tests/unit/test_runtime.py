@@ -42,8 +42,23 @@ def _orphan(child: str, out) -> None:
     )
     parent = subprocess.Popen([sys.executable, "-c", middle], stdout=subprocess.PIPE, text=True)
     child_pid = int(parent.stdout.readline())
-    time.sleep(1.0)
-    assert psutil.pid_exists(child_pid)
+    # Kill the middle process only once the child's watcher runs (it prints 'watching' then):
+    # killed sooner, the child would see init as its parent and watch nothing.
+    deadline = time.monotonic() + 60
+    while "watching" not in (out.read_text() if out.exists() else ""):
+        try:
+            exited = psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            exited = True
+        if exited or time.monotonic() > deadline:
+            for pid in (child_pid, parent.pid):
+                try:
+                    psutil.Process(pid).kill()
+                except psutil.NoSuchProcess:
+                    pass
+            parent.wait()
+            raise AssertionError(f"the child never started watching its parent: {out.read_text()!r}")
+        time.sleep(0.05)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 15
@@ -64,7 +79,8 @@ def test_orphaned_process_stops_itself(tmp_path):
     _orphan(
         "import sys, time\n"
         "from components.runtime import watch_parent\n"
-        "watch_parent(interval_s=0.1, grace_s=5, log=lambda m: print(m, flush=True))\n"
+        "assert watch_parent(interval_s=0.1, grace_s=5, log=lambda m: print(m, flush=True))\n"
+        "print('watching', flush=True)\n"
         "try:\n    time.sleep(120)\n"
         "except KeyboardInterrupt:\n    print('interrupted: cleaned up', flush=True)\n    sys.exit(130)\n",
         out)
@@ -83,7 +99,8 @@ def test_an_orphan_that_swallows_the_interrupt_still_publishes_nothing(tmp_path)
         "from pathlib import Path\n"
         "from components.data.contract import replace_dir, write_json_atomic\n"
         "from components.runtime import Orphaned, watch_parent\n"
-        "watch_parent(interval_s=0.1, grace_s=5, log=lambda m: print(m, flush=True))\n"
+        "assert watch_parent(interval_s=0.1, grace_s=5, log=lambda m: print(m, flush=True))\n"
+        "print('watching', flush=True)\n"
         "try:\n    time.sleep(120)\n"
         "except KeyboardInterrupt:\n    print('aborted gracefully', flush=True)\n"
         f"out = Path({str(outputs)!r})\n"
