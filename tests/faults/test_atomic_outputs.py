@@ -37,9 +37,12 @@ def test_killed_writer_leaves_previous_output(tmp_path):
     before = read_manifest(out)
     assert before["rows"] == 300
 
-    victim = _write(out, 5000, delay=0.05)
+    # 0.5 s per shard: after the 5th shard it has ~20 s of writing left, so however slowly this
+    # process gets to the kill on a busy machine, the writer is still mid-way.
+    victim = _write(out, 5000, delay=0.5)
     for _ in range(5):  # let it write a few shards of the new version
         assert victim.stdout.readline().startswith("shard")
+    assert victim.poll() is None, "the writer finished before it could be killed"
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert read_manifest(out) == before and read_table(out).num_rows == 300
