@@ -90,12 +90,17 @@ def test_no_gpu_means_no_gpu_use_or_energy_metrics():
 def test_process_tree_cpu_counts_a_child_that_has_already_exited():
     tree = ProcessTreeCpu()
     before = tree()
-    child = subprocess.Popen([sys.executable, "-c", "import time\nt=time.process_time()\n"
-                              "while time.process_time() - t < 1.5: pass"])
-    deadline = time.monotonic() + 30
-    while child.poll() is None and time.monotonic() < deadline:
-        tree()               # what the meter's sampling thread does
-        time.sleep(0.2)
-    child.wait()
-    # The child's 1.5 CPU-seconds (less what ran between its last sample and its exit) stay counted.
-    assert tree() - before >= 1.0
+    # The child burns 1.5 CPU-seconds, says so, then waits on stdin: its CPU time is read while
+    # it is certainly alive, then it exits, and what it used must stay counted.
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time\nt=time.process_time()\n"
+                              "while time.process_time() - t < 1.5: pass\n"
+                              "print('burnt', flush=True)\nsys.stdin.read()\n"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "burnt\n"
+        while_alive = tree() - before  # what the meter's sampling thread sees
+    finally:
+        child.stdin.close()
+        child.wait(timeout=60)
+    assert while_alive >= 1.0
+    assert tree() - before >= 1.0  # the exited child's CPU time is still counted
