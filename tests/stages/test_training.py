@@ -1,6 +1,6 @@
 """The training driver on real Ray Train: 2 DDP workers (gloo, CPU) on the digits split."""
 
-import os
+import json
 import signal
 import subprocess
 import sys
@@ -67,8 +67,27 @@ def test_same_seed_gives_identical_metrics_on_cpu(two_runs):
 
 
 def _train_workers():
-    return [p for p in psutil.process_iter(["cmdline"])
-            if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+    """Ray Train worker processes of this test's own Ray (descendants of this process: the
+    raylet started by ray.init, and the workers it forks), not any other on the machine."""
+    workers = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(p.cmdline()):
+                workers.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return workers
+
+
+def _latest_checkpoint(snapshot) -> str | None:
+    """The latest registered checkpoint in Ray Train's checkpoint manager snapshot, or None
+    (not there yet, written partly, or no checkpoint in it yet)."""
+    try:
+        state = json.loads(snapshot.read_text())
+    except (OSError, ValueError):
+        return None
+    latest = state.get("latest_checkpoint_result") if isinstance(state, dict) else None
+    return (latest or {}).get("checkpoint_dir_name")
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_session, digits_split, tmp_path):
@@ -79,11 +98,14 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_session, digits_sp
         name="faulty", max_failures=1, checkpoints_to_keep=1)))
     thread.start()
     deadline = time.monotonic() + 240
-    # The snapshot is written once a checkpoint is registered (not merely being uploaded).
-    while not (tmp_path / "faulty" / "checkpoint_manager_snapshot.json").exists() or len(_train_workers()) < 2:
+    snapshot = tmp_path / "faulty" / "checkpoint_manager_snapshot.json"
+    # A checkpoint registered (the snapshot names it), and both workers up to kill one of.
+    while _latest_checkpoint(snapshot) is None or len(workers := _train_workers()) < 2:
+        assert thread.is_alive(), f"training ended before a worker could be killed: {done}"
         assert time.monotonic() < deadline, "no checkpoint within 240 s"
         time.sleep(0.1)
-    os.kill(_train_workers()[0].pid, signal.SIGKILL)  # what a preempted node does to a worker
+    assert thread.is_alive(), f"training ended before a worker could be killed: {done}"
+    workers[0].send_signal(signal.SIGKILL)  # what a preempted node does to a worker
     thread.join(timeout=400)
     assert not thread.is_alive()
     history = run_history(done["result"])
@@ -151,7 +173,7 @@ def test_rerun_after_the_driver_died_resumes_the_same_run(ray_session, digits_sp
                                    str(tmp_path / "ray"), name], stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 300
-            while not snapshot.exists():
+            while _latest_checkpoint(snapshot) is None:
                 assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
                 assert time.monotonic() < deadline, "no checkpoint within 300 s"
                 time.sleep(0.1)
