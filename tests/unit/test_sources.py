@@ -446,7 +446,10 @@ def test_reingest_reads_only_new_and_changed_files(tmp_path, monkeypatch):
     assert len(reads) == 40 and first["rows"] == 40
     for i in range(40, 50):                                   # 10 new files
         write(root, f"{'ab'[i % 2]}/{i:03d}.png", image_bytes("PNG", seed=i))
-    write(root, "a/000.png", image_bytes("PNG", seed=1000))   # one changed (size or mtime differ)
+    old_size = (root / "a/000.png").stat().st_size
+    # one changed, to another size in bytes too: the cache must not hinge on mtime granularity
+    write(root, "a/000.png", image_bytes("PNG", size=(24, 24), seed=1000))
+    assert (root / "a/000.png").stat().st_size != old_size
     (root / "b/001.png").unlink()                             # one deleted
     write(root, "b/bad.png", b"not an image")                 # one bad
     again, reads = ingest_counting_reads("again", cache_dir=cache)
