@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,36 +13,76 @@ from components.data.demo import write_digits_split
 REPO = Path(__file__).resolve().parents[1]
 
 
+def experiment_in(tmp: Path, name: str) -> str:
+    """The id of experiment ``name`` in the current MLflow store, created with its artifacts
+    under ``tmp`` if new. (mlflow.set_experiment on a fresh SQLite store would put them under
+    ./mlruns of the cwd: the repo's, when tests run there.)"""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return mlflow.create_experiment(name, artifact_location=(Path(tmp) / "artifacts").resolve().as_uri())
+
+
 @pytest.fixture(scope="session")
 def digits_split(tmp_path_factory) -> Path:
     """The digits demo set taken through ingest -> clean -> split components (no DVC, no MLflow)."""
     return write_digits_split(tmp_path_factory.mktemp("digits"))
 
 
+# Whether the Ray running in this process was started by `ray_session` (and is ended by it).
+_ray_from_fixture = False
+
+
 @pytest.fixture(scope="module")
 def ray_session():
     """One in-process Ray per test module that needs it (each start costs ~10 s here)."""
+    global _ray_from_fixture
     import ray
 
     from components.runtime import init_ray
 
+    if ray.is_initialized() and not _ray_from_fixture:
+        ray.shutdown()  # left by something else, with other settings: init_ray would silently join it
     os.environ.pop("RAY_ADDRESS", None)
     init_ray(num_cpus=2, train_poll_s=0.25)
+    _ray_from_fixture = True
     yield ray
+    _ray_from_fixture = False
     ray.shutdown()
 
 
-def _restore_tracking_uri_env():
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+@pytest.fixture(autouse=True, scope="module")
+def _no_stray_ray():
+    """Shut down a Ray that a test started in this process without `ray_session` (a stage run
+    in-process calls init_ray and leaves Ray up), so it does not outlive its module. Torn down
+    after `ray_session` (autouse fixtures are set up first); a Ray that fixture owns is kept."""
     yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized() and not _ray_from_fixture:
+        ray.shutdown()
 
 
-# `mlflow.set_tracking_uri` also sets MLFLOW_TRACKING_URI in the environment, which every later
-# stage would then prefer over params.yaml: put the environment back after each test, and after
-# each module (module fixtures that set a store and "restore" the old one leak it at teardown).
-_no_tracking_uri_leaks = pytest.fixture(autouse=True)(_restore_tracking_uri_env)
-_no_tracking_uri_leaks_per_module = pytest.fixture(autouse=True, scope="module")(_restore_tracking_uri_env)
+# Environment variables that code under test sets for the rest of the process:
+# `mlflow.set_tracking_uri` sets MLFLOW_TRACKING_URI, which every later stage would then prefer
+# over params.yaml; the tracker sets MLFLOW_HTTP_REQUEST_* defaults for its server; run_sweep
+# sets TUNE_GLOBAL_CHECKPOINT_S.
+_RESTORED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT", "TUNE_GLOBAL_CHECKPOINT_S")
+
+
+def _restore_env():
+    before = {k: os.environ.get(k) for k in _RESTORED_ENV}
+    yield
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+# Put the environment back after each test, and after each module (module fixtures that set a
+# store and "restore" the old one leak it at teardown).
+_no_env_leaks = pytest.fixture(autouse=True)(_restore_env)
+_no_env_leaks_per_module = pytest.fixture(autouse=True, scope="module")(_restore_env)
