@@ -10,7 +10,7 @@ import pytest
 from components.data.contract import content_id
 from pipelines import cli
 from pipelines.config import load_params
-from tests.conftest import REPO
+from tests.conftest import REPO, experiment_in
 from tests.serving_helpers import digit_pngs, train_tiny_digits_model
 
 
@@ -111,7 +111,7 @@ def test_predict_uses_the_registered_model_by_default_or_a_given_run(inputs, tin
     old = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
-        with mlflow.start_run(experiment_id=mlflow.set_experiment("predict-test").experiment_id) as run:
+        with mlflow.start_run(experiment_id=experiment_in(tmp_path, "predict-test")) as run:
             log_classifier(torch.load(tiny_model / "model.pt", weights_only=True),
                            json.loads((tiny_model / "model.json").read_text()), registered_model_name=name)
         folder, _, truth = inputs

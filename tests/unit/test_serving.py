@@ -23,6 +23,7 @@ from components.serving.predictor import Predictor
 from components.serving.preprocess import preprocess_image
 from components.serving.registry import ModelNotFound, load_predictor, resolve_registered
 from components.training.data import images_to_tensor, load_split
+from tests.conftest import experiment_in
 from tests.serving_helpers import digit_pngs, train_tiny_digits_model, train_tiny_model
 
 NAME = "tiny-digits"
@@ -43,14 +44,15 @@ def registry(tiny, tmp_path_factory):
     from components.training.export import SPEC, WEIGHTS
 
     model_dir, spec = tiny
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    store = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{store / 'mlflow.db'}"
     old = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     state = torch.load(model_dir / WEIGHTS, weights_only=True)
     assert json.loads((model_dir / SPEC).read_text()) == spec
     try:
         # An experiment of this store: another test may have left a different one active.
-        with mlflow.start_run(experiment_id=mlflow.set_experiment("serving-test").experiment_id):
+        with mlflow.start_run(experiment_id=experiment_in(store, "serving-test")):
             info = log_classifier(state, spec, registered_model_name=NAME)
         assert info.registered_model_version == 1
         assert int(mlflow.register_model(info.model_uri, NAME).version) == 2  # a second version, no re-logging
@@ -196,7 +198,7 @@ def test_logged_pyfunc_of_other_modalities_takes_raw_columns(other, tmp_path):
     old = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
-        with mlflow.start_run(experiment_id=mlflow.set_experiment("serving-other").experiment_id):
+        with mlflow.start_run(experiment_id=experiment_in(tmp_path, "serving-other")):
             info = log_classifier(torch.load(model_dir / WEIGHTS, weights_only=True), spec)
         model = mlflow.pyfunc.load_model(info.model_uri)
         columns = [c.name for c in model.metadata.get_input_schema().inputs]
