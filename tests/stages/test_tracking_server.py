@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -49,10 +50,19 @@ class MlflowServer:
         while time.monotonic() < deadline:
             try:
                 urllib.request.urlopen(f"{self.uri}/health", timeout=2).close()
-                return self
             except OSError:
                 assert self.proc.poll() is None, (self.store / "server.log").read_text()[-2000:]
                 time.sleep(0.5)
+                continue
+            # /health answers before the tracking store is set up (the first store request
+            # creates the SQLite schema, seconds on a busy machine): warm it with one real
+            # request, with a long timeout, so a stage's short-timeout client is not the first.
+            try:
+                urllib.request.urlopen(f"{self.uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default",
+                                       timeout=max(deadline - time.monotonic(), 10)).close()
+            except urllib.error.HTTPError:
+                pass  # the store answered (an error status is still an answer)
+            return self
         self.kill()
         raise TimeoutError(f"mlflow server did not answer in {timeout_s}s")
 
