@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,26 +35,6 @@ def patient_ray():
     yield
     if had is None:
         os.environ.pop(WORKER_START_ENV, None)
-
-
-def test_a_spent_budget_ends_the_running_trial_and_starts_no_new_one(patient_ray, ray_session, digits_split,
-                                                                     tmp_path):
-    from components.training.data import input_shape
-    from components.training.driver import Scaling
-    from components.training.loop import LoopConfig
-    from components.tuning.sweep import SweepOptions, run_sweep, trial_histories
-
-    base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
-    # $1 per trial-hour and a $1e-6 budget: spent by the first report of the first trial.
-    options = SweepOptions(num_samples=3, max_concurrent_trials=1, max_epochs=3, grace_period=1,
-                           budget_usd=1e-6, usd_per_trial_hour=1.0)
-    sweep = run_sweep(base, space={"lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}, options=options,
-                      scaling=Scaling(num_workers=1), storage_path=str(tmp_path), name="budget")
-    epochs = sorted(len(h) for h in trial_histories(sweep.grid).values())
-    assert sweep.monitor.exhausted_by == "budget_usd"
-    assert epochs[-1] == 1 and sum(epochs) == 1           # one trial ran, ended at its first report
-    assert len(sweep.monitor.started_here) == 1             # the other two never started
-    assert len(sweep.monitor.stopped_by_budget) == 1
 
 
 def _scratch_project(tmp_path: Path) -> tuple[Path, dict]:
@@ -90,32 +71,75 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     psutil.wait_procs(procs, timeout=30)
 
 
+def _terminated_trials(storage: Path) -> set[str] | None:
+    """Trial ids Tune's saved experiment state (what a resume reads) lists as TERMINATED.
+
+    Tune (re)writes ``<storage>/tune-*/experiment_state-*.json`` every TUNE_GLOBAL_CHECKPOINT_S:
+    {"trial_data": [[trial_json, runtime_json], ...], ...}, each trial_json a JSON string with
+    "trial_id" and "status". None while no complete file is there (it may be mid-copy).
+    """
+    done = set()
+    # Like Tune's resume: per experiment directory, the file with the greatest name.
+    files = [max(d.glob("experiment_state-*.json")) for d in storage.glob("tune-*")
+             if any(d.glob("experiment_state-*.json"))]
+    if not files:
+        return None
+    for f in files:
+        try:
+            trial_data = json.loads(f.read_text())["trial_data"]
+        except (OSError, ValueError, KeyError):
+            return None
+        for trial_json, _runtime in trial_data:
+            trial = json.loads(trial_json)
+            if trial["status"] == "TERMINATED":
+                done.add(trial["trial_id"])
+    return done
+
+
+# Before test_a_spent_budget...: that test starts Ray in this process (ray_session, module
+# scope, alive until the module ends); on a 2-core machine it would compete with the Ray
+# the stage starts in its own process here.
 def test_killed_tune_stage_resumes_without_rerunning_finished_trials(tmp_path):
     import mlflow
 
     root, env = _scratch_project(tmp_path)
     cmd = [sys.executable, "-m", "pipelines.tune"]
     first = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines, finished = [], []
+    lines, finished, saved = [], [], None
     try:
         for line in first.stdout:
             lines.append(line)
             if " finished (" in line:
                 finished.append(line.split()[1])  # "[tune] trial_<id> finished (1 trials done)"
             if len(finished) == 2:
-                # ASHA (whose rung records live in memory) has judged the second trial: kill now.
-                time.sleep(5)  # Tune saves its state every 2 s (TUNE_GLOBAL_CHECKPOINT_S)
                 break
+        if len(finished) == 2:
+            # ASHA (whose rung records live in memory) has judged the second trial. Keep reading
+            # the stage's output (a full pipe would block it) until Tune's saved state, which
+            # the resume reads, has both trials as done; then kill.
+            drain = threading.Thread(target=lambda: lines.extend(first.stdout), daemon=True)
+            drain.start()
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and first.poll() is None:
+                saved = _terminated_trials(root / ".trainwise/ray")
+                if saved is not None and len(saved) >= 2:
+                    break
+                time.sleep(0.2)
     finally:
         _kill_tree(first)
     assert len(finished) == 2, "".join(lines[-30:])
+    assert saved is not None and len(saved) >= 2, f"Tune's saved state never had 2 trials done: {saved}\n" + \
+        "".join(lines[-30:])
+    saved = _terminated_trials(root / ".trainwise/ray")  # as the kill left it: what the resume finds
+    assert saved is not None and len(saved) >= 2, saved
+    assert {t.removeprefix("trial_") for t in finished} <= saved
 
     second = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
     out = second.stdout + second.stderr
     assert second.returncode == 0, out[-4000:]
     assert "resumed sweep" in out
     assert not [t for t in finished if f"{t} started" in out]  # kept, not re-run
-    assert "2 trials were already done" in out
+    assert f"{len(saved)} trials were already done" in out
     rows = list(csv.DictReader((root / "models/tune/trials.csv").open()))
     assert len(rows) == 3 and {r["trial"] for r in rows} >= set(finished)
     assert any(r["stopped_by"] == "asha" and int(r["epochs"]) < 2 for r in rows), rows  # ASHA stopped one early
@@ -135,3 +159,23 @@ def test_killed_tune_stage_resumes_without_rerunning_finished_trials(tmp_path):
     assert all(c.data.tags["mlflow.parentRunId"] == runs[0].info.run_id for c in children)
     assert {c.data.tags["trainwise.stopped_by"] for c in children} <= {"asha", "max_epochs"}
     assert all(client.get_metric_history(c.info.run_id, "val/loss") for c in children)
+
+
+def test_a_spent_budget_ends_the_running_trial_and_starts_no_new_one(patient_ray, ray_session, digits_split,
+                                                                     tmp_path):
+    from components.training.data import input_shape
+    from components.training.driver import Scaling
+    from components.training.loop import LoopConfig
+    from components.tuning.sweep import SweepOptions, run_sweep, trial_histories
+
+    base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
+    # $1 per trial-hour and a $1e-6 budget: spent by the first report of the first trial.
+    options = SweepOptions(num_samples=3, max_concurrent_trials=1, max_epochs=3, grace_period=1,
+                           budget_usd=1e-6, usd_per_trial_hour=1.0)
+    sweep = run_sweep(base, space={"lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}, options=options,
+                      scaling=Scaling(num_workers=1), storage_path=str(tmp_path), name="budget")
+    epochs = sorted(len(h) for h in trial_histories(sweep.grid).values())
+    assert sweep.monitor.exhausted_by == "budget_usd"
+    assert epochs[-1] == 1 and sum(epochs) == 1           # one trial ran, ended at its first report
+    assert len(sweep.monitor.started_here) == 1             # the other two never started
+    assert len(sweep.monitor.stopped_by_budget) == 1
