@@ -5,10 +5,8 @@ finishes; with 10x the data its peak RSS grows by a small fraction of the data, 
 import resource
 import subprocess
 import sys
-import time
 
 import numpy as np
-import psutil
 import pytest
 from PIL import Image
 
@@ -35,23 +33,32 @@ def _noise_folder(root, per_class):
     return total
 
 
+# Runs the stage as `python -m pipelines.<stage>` would, and at exit writes the peak RSS the
+# kernel recorded for it (VmHWM, exact) or for a child it waited for (ru_maxrss), in bytes.
+PEAK_WRAPPER = """
+import atexit, resource, runpy, sys
+out, stage = sys.argv[1], sys.argv[2]
+def peak():
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    kib = max(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    with open(out, "w") as f:
+        f.write(str(kib * 1024))
+atexit.register(peak)
+sys.argv = [f"pipelines/{stage}.py"]
+runpy.run_module(f"pipelines.{stage}", run_name="__main__", alter_sys=True)
+"""
+
+
 def _run_capped(stage, root, env) -> tuple[subprocess.CompletedProcess, int]:
-    """Run the stage under the cap; returns it and the peak RSS of its process tree (sampled)."""
+    """Run the stage under the cap; returns it and its peak RSS (the kernel's high-water mark)."""
     def cap():
         resource.setrlimit(resource.RLIMIT_AS, (CAP_BYTES, CAP_BYTES))
 
-    proc = subprocess.Popen([sys.executable, "-m", f"pipelines.{stage}"], cwd=root, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=cap)
-    peak, ps = 0, psutil.Process(proc.pid)
-    while proc.poll() is None:
-        try:
-            rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.02)
-    out = proc.stdout.read()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, ""), peak
+    peak_file = root.parent / f"{root.name}-peak-{stage}"
+    proc = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, str(peak_file), stage], cwd=root, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=cap, check=False)
+    peak = int(peak_file.read_text()) if peak_file.exists() else 0
+    return proc, peak
 
 
 def _ingest_and_clean(tmp_path, name, per_class):
@@ -68,6 +75,7 @@ def _ingest_and_clean(tmp_path, name, per_class):
     for stage in ("ingest", "clean"):
         proc, peaks[stage] = _run_capped(stage, root, env)
         assert proc.returncode == 0, proc.stdout[-3000:]
+        assert peaks[stage] > 0, f"{stage} exited without writing its peak RSS"
         assert read_manifest(root / f"data/{stage}")["rows"] == CLASSES * per_class
     return dataset, peaks
 
