@@ -80,7 +80,11 @@ def local_cluster(tmp: Path, *, head_cpus: int = 1, worker_cpus: int = 1):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), RAY_USAGE_STATS_ENABLED="0",
                # jobs run `python ...`: this interpreter, as on a cluster whose image has the project
-               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+               # Ray Train gives a worker group 60 s to start, then tears it down and retries; on a
+               # busy 2-core machine starting two nodes' workers can take longer. Every process of
+               # the cluster (raylets, the job's driver, Train controllers) inherits this.
+               RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="600")
     port, dash = free_port(), free_port()
     markers = [str(head_dir), str(worker_dir)]
     try:
