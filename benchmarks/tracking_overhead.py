@@ -54,7 +54,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--keep", action="store_true", help="keep the scratch copy")
     args = ap.parse_args()
-    root, env = scratch_project({"train": {"epochs": args.epochs}})
+    # patience = epochs: every run trains exactly --epochs epochs (early stopping would cap the length)
+    root, env = scratch_project({"train": {"epochs": args.epochs, "patience": args.epochs}})
     write_digits_split(root / "data")  # data/{ingest,clean,split}, as the pipeline writes them
     train = yaml.safe_load((root / "params.yaml").read_text())["train"]
     write_json_atomic(root / "models" / "tune" / "best_params.json", {

@@ -8,7 +8,8 @@ from components.data.contract import read_json, write_csv_atomic
 from components.runtime import init_ray, refuse_if_orphaned, unschedulable
 from components.training.data import input_shape
 from components.serving.pyfunc import log_classifier
-from components.training.driver import Scaling, best_checkpoint_state, fit, has_checkpoint, run_history, run_name
+from components.training.driver import (Scaling, best_checkpoint_state, fit, has_checkpoint, mark_finished,
+                                        run_finished, run_history, run_name)
 from components.training.export import model_spec, save_model
 from components.training.loop import LoopConfig
 from pipelines.stage import Stage, StageError, run_stage
@@ -51,7 +52,11 @@ def main() -> None:
         storage = stage.storage()
         name = (run_name("train", loop, scaling, data_hash=manifest["content_hash"]) if tp.resume
                 else f"train-{time.strftime('%Y%m%d-%H%M%S')}-{stage.run_id[:8]}")
-        if tp.resume and has_checkpoint(storage, name):
+        if tp.resume and run_finished(storage, name):  # e.g. `dvc repro -f train`: the user wants it trained again
+            stage.log("run %s already finished with these params and data; training afresh in a new run "
+                      "(train.resume continues only unfinished runs)", name)
+            name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{stage.run_id[:8]}"
+        elif tp.resume and has_checkpoint(storage, name):
             stage.log("resuming run %s from its latest checkpoint (train.resume: false starts afresh)", name)
         result = fit(loop, scaling=scaling, storage_path=storage, name=name,
                      max_failures=tp.max_failures, checkpoints_to_keep=tp.checkpoints_to_keep,
@@ -78,6 +83,7 @@ def main() -> None:
         spec.update(mlflow_run_id=stage.run_id, registered_version=info and {
             "name": stage.params.mlflow.registered_model, "version": str(info.registered_model_version)})
         out = save_model(stage.path(stage.paths.model), best["model"], spec)
+        mark_finished(storage, name, {"mlflow_run_id": stage.run_id, "best_epoch": best_row["epoch"]})
         stage.finish({
             **{k: best_row[k] for k in ("train/loss", "train/acc", "val/loss", "val/acc", "gap/acc")},
             "train/best_epoch": best_row["epoch"], "train/epochs_run": len(history),

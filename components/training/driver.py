@@ -175,6 +175,30 @@ def has_checkpoint(storage_path: str, name: str) -> bool:
     return "://" not in storage_path and (Path(storage_path) / name / "checkpoint_manager_snapshot.json").exists()
 
 
+FINISHED = "trainwise_finished.json"  # written beside Ray's files once the train stage published the model
+
+
+def _run_file(storage_path: str, name: str):
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(storage_path)
+    return fs, f"{root.rstrip('/')}/{name}/{FINISHED}"
+
+
+def run_finished(storage_path: str, name: str) -> bool:
+    """Whether a run of this name already ran to the end and its model was published: resuming it
+    would train nothing, so a forced re-run (``dvc repro -f``) must start a new one."""
+    fs, path = _run_file(storage_path, name)
+    return fs.exists(path)
+
+
+def mark_finished(storage_path: str, name: str, info: dict) -> None:
+    fs, path = _run_file(storage_path, name)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "w") as fh:
+        json.dump(info, fh)
+
+
 def _relay(queue, on_epoch: Callable[[dict], None], stop: threading.Event) -> None:
     from ray.util.queue import Empty
 

@@ -149,6 +149,17 @@ def test_second_repro_changes_nothing(project):
     assert "Running stage" not in out
 
 
+def test_forced_rerun_of_train_trains_again_instead_of_resuming_the_finished_run(project):
+    root, env, _, _ = project
+    before = json.loads((root / "models/model/model.json").read_text())
+    out = _sh(["dvc", "repro", "-f", "-s", "train"], root, env)
+    assert "already finished with these params and data; training afresh" in out
+    assert "epoch  1 " in out  # it trained from the first epoch, not resumed past the last
+    after = json.loads((root / "models/model/model.json").read_text())
+    assert after["ray_run"].startswith(before["ray_run"] + "-") and after["mlflow_run_id"] != before["mlflow_run_id"]
+    assert _metrics(root, "train")["train/epochs_run"] == 3
+
+
 def test_exp_run_with_a_changed_param_shows_in_metrics_diff(project):
     root, env, git, _ = project
     _sh([*git, "add", "-A"], root, env)

@@ -184,3 +184,18 @@ def test_run_name_is_deterministic_and_changes_with_the_config():
     assert a != run_name("train", loop, Scaling(2), data_hash="other")
     moved = LoopConfig(**{**loop.to_dict(), "data_dir": "/elsewhere"})
     assert a == run_name("train", moved, Scaling(2), data_hash="h")  # a checkout elsewhere resumes too
+
+
+def test_a_finished_run_is_marked_in_local_and_url_storage(tmp_path):
+    """The train stage marks a run finished once its model is published; a forced re-run with the
+    same name then starts a new run instead of 'resuming' one that has nothing left to train."""
+    import json
+
+    from components.training.driver import FINISHED, mark_finished, run_finished
+
+    for storage in (str(tmp_path / "local"), f"file://{tmp_path}/url"):
+        assert not run_finished(storage, "train-abc")
+        mark_finished(storage, "train-abc", {"best_epoch": 3})
+        assert run_finished(storage, "train-abc") and not run_finished(storage, "train-other")
+    assert json.loads((tmp_path / "local" / "train-abc" / FINISHED).read_text()) == {"best_epoch": 3}
+    assert (tmp_path / "url" / "train-abc" / FINISHED).exists()
