@@ -314,8 +314,9 @@ class TrainParams(_Section):
     max_failures: int = Field(1, ge=0, description="worker failures survived by resuming from the last checkpoint")
     checkpoints_to_keep: int = Field(2, gt=0, description="best-k checkpoints kept, by val/loss")
     collective_timeout_s: int = Field(120, gt=0, description="a DDP collective waiting longer fails (dead peer)")
-    resume: bool = Field(True, description="re-running with the same params and data continues the same run "
-                                           "from its latest checkpoint; false: always start afresh")
+    resume: bool = Field(True, description="re-running with the same params and data continues an unfinished "
+                                           "run from its latest checkpoint (a finished one is trained again); "
+                                           "false: always start afresh")
     seed: int = Field(0, description="torch / sampler / augmentation seed")
 
     @model_validator(mode="after")
