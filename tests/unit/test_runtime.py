@@ -23,9 +23,12 @@ def test_a_worker_bundle_bigger_than_the_cluster_is_reported_not_waited_for():
     assert unschedulable({"CPU": 8.0}, cpus=2, gpus=2) == "needs 2 GPUs but the Ray cluster has 0"
 
 
-def _orphan(child: str, out) -> None:
+def _orphan(child: str, out, *, shell: str | None = None) -> None:
     """Run ``child`` under a middle process (standing in for `dvc repro`) that is SIGKILLed;
-    return once the child has exited (fail if it keeps running)."""
+    return once the child has exited (fail if it keeps running). With ``shell``, the middle
+    process starts the child the way DVC does, through ``shell -c`` (a command line the shell
+    cannot exec away), so the child's parent is a shell that outlives the middle process."""
+    import shlex
     import signal
     import subprocess
     import sys
@@ -33,13 +36,13 @@ def _orphan(child: str, out) -> None:
 
     import psutil
 
-    middle = (  # starts the stage, then dies without a word
-        "import subprocess, sys, time\n"
-        f"p = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=open({str(out)!r}, 'w'), "
-        "stderr=subprocess.STDOUT)\n"
-        "print(p.pid, flush=True)\n"
-        "time.sleep(120)\n"
-    )
+    if shell is None:
+        start = (f"p = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=open({str(out)!r}, 'w'), "
+                 "stderr=subprocess.STDOUT)\n")
+    else:
+        cmd = f"{shlex.join([sys.executable, '-c', child])} > {shlex.quote(str(out))} 2>&1; echo done"
+        start = f"p = subprocess.Popen([{shell!r}, '-c', {cmd!r}])\n"
+    middle = "import subprocess, sys, time\n" + start + "print(p.pid, flush=True)\ntime.sleep(120)\n"
     parent = subprocess.Popen([sys.executable, "-c", middle], stdout=subprocess.PIPE, text=True)
     child_pid = int(parent.stdout.readline())
     # Kill the middle process only once the child's watcher runs (it prints 'watching' then):
@@ -59,6 +62,10 @@ def _orphan(child: str, out) -> None:
             parent.wait()
             raise AssertionError(f"the child never started watching its parent: {out.read_text()!r}")
         time.sleep(0.05)
+    if shell is not None:  # the stage is the shell's child, not the middle process's
+        stage = [c for c in psutil.Process(child_pid).children() if "python" in c.name()]
+        assert len(stage) == 1, stage
+        child_pid = stage[0].pid
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 15
@@ -104,8 +111,9 @@ def test_an_orphan_that_swallows_the_interrupt_still_publishes_nothing(tmp_path)
         "try:\n    time.sleep(120)\n"
         "except KeyboardInterrupt:\n    print('aborted gracefully', flush=True)\n"
         f"out = Path({str(outputs)!r})\n"
+        "new_model = lambda: Path(tempfile.mkdtemp(prefix='.model.tmp-', dir=out))\n"
         "for name, write in [('metrics', lambda: write_json_atomic(out / 'train.json', {'acc': 1.0})),\n"
-        "                    ('model', lambda: replace_dir(Path(tempfile.mkdtemp(prefix='.model.tmp-', dir=out)), out / 'model'))]:\n"
+        "                    ('model', lambda: replace_dir(new_model(), out / 'model'))]:\n"
         "    try:\n        write()\n        print(name, 'written', flush=True)\n"
         "    except Orphaned as err:\n        print(name, 'refused:', err, flush=True)\n",
         out)
@@ -115,3 +123,22 @@ def test_an_orphan_that_swallows_the_interrupt_still_publishes_nothing(tmp_path)
     assert not (outputs / "train.json").exists()
     assert (outputs / "model" / "old.txt").read_text() == "previous model"  # the old output is untouched
     assert not [p.name for p in outputs.iterdir() if p.name.startswith(".")]  # no temp file left behind
+
+
+def test_a_stage_behind_a_shell_stops_when_dvc_dies(tmp_path):
+    """DVC runs a stage through $SHELL (else /bin/sh); dash does not exec the command, so the
+    stage's own parent (the shell) lives on after `dvc repro` dies. The stage must still stop."""
+    import shutil
+
+    shell = shutil.which("dash") or shutil.which("sh")
+    out = tmp_path / "child.log"
+    _orphan(
+        "import sys, time\n"
+        "from components.runtime import watch_parent\n"
+        "assert watch_parent(interval_s=0.1, grace_s=5, log=lambda m: print(m, flush=True))\n"
+        "print('watching', flush=True)\n"
+        "try:\n    time.sleep(120)\n"
+        "except KeyboardInterrupt:\n    print('interrupted: cleaned up', flush=True)\n    sys.exit(130)\n",
+        out, shell=shell)
+    text = out.read_text()
+    assert "is gone; stopping" in text and "interrupted: cleaned up" in text, text
