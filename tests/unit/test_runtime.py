@@ -1,5 +1,7 @@
 import io
 
+import pytest
+
 from components.runtime import _DropRayletNoise
 
 NOISE = ("\x1b[33m(raylet)\x1b[0m WARNING: 8 PYTHON worker processes have been started on node: abc with "
@@ -80,19 +82,28 @@ def _orphan(child: str, out, *, shell: str | None = None) -> None:
     raise AssertionError("orphaned child kept running")
 
 
-def test_orphaned_process_stops_itself(tmp_path):
-    """`dvc repro` SIGKILLed: the stage it started must not keep running (and billing)."""
+# A stand-in stage: watches its parent, says so, and cleans up when interrupted.
+STOPPING_CHILD = (
+    "import sys, time\n"
+    "from components.runtime import watch_parent\n"
+    "assert watch_parent(interval_s=0.1, grace_s=5, log=lambda m: print(m, flush=True))\n"
+    "print('watching', flush=True)\n"
+    "try:\n    time.sleep(120)\n"
+    "except KeyboardInterrupt:\n    print('interrupted: cleaned up', flush=True)\n    sys.exit(130)\n"
+)
+
+
+@pytest.mark.parametrize("via_shell", [False, True], ids=["direct", "behind-a-shell"])
+def test_orphaned_process_stops_itself(tmp_path, via_shell):
+    """`dvc repro` SIGKILLed: the stage it started must not keep running (and billing). DVC runs a
+    stage through $SHELL (else /bin/sh); dash does not exec the command, so behind a shell the
+    stage's own parent lives on after `dvc repro` dies, and the stage must still stop."""
+    import shutil
+
     out = tmp_path / "child.log"
-    _orphan(
-        "import sys, time\n"
-        "from components.runtime import watch_parent\n"
-        "assert watch_parent(interval_s=0.1, grace_s=5, log=lambda m: print(m, flush=True))\n"
-        "print('watching', flush=True)\n"
-        "try:\n    time.sleep(120)\n"
-        "except KeyboardInterrupt:\n    print('interrupted: cleaned up', flush=True)\n    sys.exit(130)\n",
-        out)
+    _orphan(STOPPING_CHILD, out, shell=(shutil.which("dash") or shutil.which("sh")) if via_shell else None)
     text = out.read_text()
-    assert "is gone; stopping" in text and "interrupted: cleaned up" in text
+    assert "is gone; stopping" in text and "interrupted: cleaned up" in text, text
 
 
 def test_an_orphan_that_swallows_the_interrupt_still_publishes_nothing(tmp_path):
@@ -123,22 +134,3 @@ def test_an_orphan_that_swallows_the_interrupt_still_publishes_nothing(tmp_path)
     assert not (outputs / "train.json").exists()
     assert (outputs / "model" / "old.txt").read_text() == "previous model"  # the old output is untouched
     assert not [p.name for p in outputs.iterdir() if p.name.startswith(".")]  # no temp file left behind
-
-
-def test_a_stage_behind_a_shell_stops_when_dvc_dies(tmp_path):
-    """DVC runs a stage through $SHELL (else /bin/sh); dash does not exec the command, so the
-    stage's own parent (the shell) lives on after `dvc repro` dies. The stage must still stop."""
-    import shutil
-
-    shell = shutil.which("dash") or shutil.which("sh")
-    out = tmp_path / "child.log"
-    _orphan(
-        "import sys, time\n"
-        "from components.runtime import watch_parent\n"
-        "assert watch_parent(interval_s=0.1, grace_s=5, log=lambda m: print(m, flush=True))\n"
-        "print('watching', flush=True)\n"
-        "try:\n    time.sleep(120)\n"
-        "except KeyboardInterrupt:\n    print('interrupted: cleaned up', flush=True)\n    sys.exit(130)\n",
-        out, shell=shell)
-    text = out.read_text()
-    assert "is gone; stopping" in text and "interrupted: cleaned up" in text, text
