@@ -22,6 +22,24 @@ def test_credential_looking_keys_and_url_passwords_are_masked():
                     "env.TRAINWISE_API_TOKEN": MASK}
 
 
+def test_ordinary_params_that_mention_tokens_or_keys_are_logged_as_they_are():
+    # Issue 14.6: "token" inside `max_tokens` hid a training knob behind ***.
+    params = {"train.max_tokens": 64, "train.vocab_size": 20000, "tokenizer.pad_token": "<pad>",
+              "train.checkpoints_to_keep": 2, "sort_key": "id", "env.RAY_AUTH_MODE": "token"}
+    assert mask_secrets(params) == params
+    secrets = {"mlflow.password": "pw", "storage.secret_access_key": "k", "auth_token": "t", "RAY_AUTH_TOKEN": "t",
+               "client.clientSecret": "c", "credentials": "c", "token": "t", "azure.sas": "sv=1"}
+    assert mask_secrets(secrets) == {k: MASK for k in secrets}
+
+
+def test_secret_looking_values_are_masked_under_any_key():
+    github, aws = "ghp_" + "a1B2" * 9, "AKIA" + "ABCDEFGHIJKLMNOP"
+    out = mask_secrets({"note": f"pushed with {github}", "ray.storage_path": "s3://b/p?X-Amz-Signature=abc&x=1",
+                        "header": "Bearer abcdefghijkl", "id": aws, "hf": "hf_" + "x" * 34, "lr": "0.001"})
+    assert out == {"note": f"pushed with {MASK}", "ray.storage_path": f"s3://b/p?X-Amz-Signature={MASK}&x=1",
+                   "header": MASK, "id": MASK, "hf": MASK, "lr": "0.001"}
+
+
 def test_dvc_hash_comes_from_dvc_lock_only_while_it_matches_the_data(tmp_path):
     data = tmp_path / "data" / "split"
     data.mkdir(parents=True)
@@ -55,6 +73,15 @@ def test_no_secret_from_the_environment_reaches_the_run(tmp_path, monkeypatch):
     assert run.data.params["ingest.source"] == "digits"  # the stage's own section, flattened
     assert run.data.params["cost.cpu_hour_usd"] == "0.048"  # and the rates its dollars come from
     assert {"cost/usd", "cost/wall_s", "cost/cpu_hours", "cost/cpu_hours_used"} <= set(run.data.metrics)
+
+
+def test_a_train_run_logs_max_tokens_and_masks_a_password(tmp_path):
+    with Stage("train", root=_project(tmp_path)) as stage:
+        stage.tracker.log_params({"mlflow.password": "hunter2"})
+        stage.finish({})
+    params = mlflow.MlflowClient().get_run(stage.run_id).data.params
+    assert params["train.max_tokens"] == "64" and params["train.vocab_size"] == "20000"
+    assert params["mlflow.password"] == MASK
 
 
 def test_tracking_off_writes_dvc_metrics_and_touches_no_store(tmp_path):
