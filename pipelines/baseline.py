@@ -1,9 +1,38 @@
-"""DVC stage `baseline`: classical models on the same split, to tell whether a network is needed."""
+"""DVC stage `baseline`: classical models on the same split, to tell whether a network is needed.
 
-from components.data.contract import write_csv_atomic
+The stage reads the split and turns each modality into the arrays the models take
+(components/models/classical.py does no I/O)."""
+
+from pathlib import Path
+
+import numpy as np
+
+from components.data.contract import (BASELINE_PREDICTIONS, PAYLOAD_COLUMNS, DataContractError, read_manifest,
+                                      read_table, write_csv_atomic)
 from components.evaluation.summary import best_baseline
-from components.models.classical import PREDICTIONS, fit_baselines, fit_cost_usd, load_split_features
+from components.models.classical import fit_baselines, fit_cost_usd, image_features
 from pipelines.stage import Stage, run_stage
+
+
+def load_split_features(data_dir: str | Path, split: str, *, max_pixels: int = 1024):
+    """(x, y, ids) of one split for the baselines: x is a float32 matrix, or a list of strings for text."""
+    manifest = read_manifest(data_dir)
+    modality = manifest.get("payload")
+    if modality not in PAYLOAD_COLUMNS:
+        raise DataContractError(f"{data_dir}/manifest.json: payload {modality!r} is not one of {PAYLOAD_COLUMNS}")
+    table = read_table(data_dir, columns=["id", "label", modality], filter_split=split)
+    if table.num_rows == 0:
+        raise DataContractError(f"{data_dir}: the {split!r} split is empty; check split fractions in params.yaml")
+    col = table.column(modality).combine_chunks()
+    if modality == "text":
+        x = [s or "" for s in col.to_pylist()]
+    else:
+        flat = col.flatten().to_numpy(zero_copy_only=False)
+        if modality == "image":
+            x = image_features(flat.reshape(-1, *manifest["image_shape"]), max_pixels=max_pixels)
+        else:  # sequence / features: one fixed-width row per example, used raw
+            x = flat.reshape(table.num_rows, -1).astype(np.float32)
+    return x, table.column("label").to_numpy().astype(np.int64), table.column("id").to_pylist()
 
 
 def main() -> None:
@@ -26,7 +55,7 @@ def main() -> None:
             stage.log("%-20s val/acc=%.4f test/acc=%.4f test/f1_macro=%.4f (%.2fs)", m, r["val/acc"],
                       r["test/acc"], r["test/f1_macro"], r["fit_s"])
         _, y_test, ids = evals["test"]
-        out = stage.path(stage.paths.baseline) / PREDICTIONS
+        out = stage.path(stage.paths.baseline) / BASELINE_PREDICTIONS
         write_csv_atomic(out, [{"id": i, "label": int(y), **{m: int(preds[m]["test"][k]) for m in p.models}}
                                for k, (i, y) in enumerate(zip(ids, y_test))], ["id", "label", *p.models])
         stage.tracker.set_tags({"baseline.best": best})

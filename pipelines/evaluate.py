@@ -3,13 +3,13 @@ confidently wrong examples, attributions, and the verdict against the best basel
 
 import torch
 
-from components.data.contract import read_json, read_manifest, write_csv_atomic, write_json_atomic
+from components.data.contract import (BASELINE_PREDICTIONS, read_json, read_manifest, read_test_predictions,
+                                      write_csv_atomic, write_json_atomic)
 from components.evaluation import figures
 from components.evaluation.attributions import explain_sample
 from components.evaluation.metrics import (calibration, classification_metrics, confidently_wrong,
-                                           paired_comparison, predict_proba, verdict)
+                                           paired_comparison, paired_f1_interval, predict_proba, verdict)
 from components.evaluation.summary import EVALUATION_FILE, best_baseline
-from components.models.classical import PREDICTIONS, read_test_predictions
 from components.tracking.registry import apply_gate, gate_decision
 from components.training.data import load_split
 from components.training.export import load_model
@@ -38,7 +38,7 @@ def main() -> None:
         mdir = stage.path(paths.metrics)
         base, train, tune = (read_json(mdir / f"{s}.json") for s in ("baseline", "train", "tune"))
         best_name, best_acc = best_baseline(base)
-        base_pred = read_test_predictions(stage.path(paths.baseline) / PREDICTIONS, best_name, ids)
+        base_pred = read_test_predictions(stage.path(paths.baseline) / BASELINE_PREDICTIONS, best_name, ids)
         cmp = paired_comparison(pred == y, base_pred == y, resamples=p.bootstrap_resamples,
                                 confidence=p.confidence, seed=p.seed)
         net_cost, base_cost = train["cost/usd"] + tune["cost/usd"], base["cost/usd"]
@@ -86,9 +86,17 @@ def main() -> None:
             "calibration": {"ece": ece, "bins": bins}, "confidently_wrong": wrong,
             "attributions": {"method": p.attribution_method, "rows": attributions}})
 
-        rp = stage.params.register  # registry gate: the alias moves only if the network beats the baselines
+        # Registry gate: the alias moves only if the network beats the best baseline, judged (by
+        # default) on the lower end of the same interval the verdict reports.
+        rp = stage.params.register
+        if rp.metric == "test/acc":  # the verdict's interval, from points to accuracy units
+            interval = (cmp["ci_low"] / 100, cmp["ci_high"] / 100)
+        else:
+            interval = paired_f1_interval(y, pred, base_pred, n_classes=len(names), resamples=p.bootstrap_resamples,
+                                          confidence=p.confidence, seed=p.seed)
         gate = gate_decision(metrics[rp.metric], base[f"baseline/best/{rp.metric}"], metric=rp.metric,
-                             min_gain=rp.min_gain, baseline_name=best_name)
+                             min_gain=rp.min_gain, interval=interval, confidence=p.confidence,
+                             require_significant=rp.require_significant, baseline_name=best_name)
         metrics.update(gate.metrics())
         stage.log("registry: %s", gate.reason)
         stage.tracker.set_tags({"verdict": sentence, "baseline.best": best_name, "register.reason": gate.reason,

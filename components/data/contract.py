@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -293,6 +294,28 @@ def write_csv_atomic(path: str | os.PathLike, rows: list[dict], columns: list[st
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(path, buf.getvalue())
+
+
+# In paths.baseline: id, label, one predicted-class column per baseline; evaluate pairs them with the
+# network's predictions on the same test rows.
+BASELINE_PREDICTIONS = "test_predictions.csv"
+
+
+def read_test_predictions(path: str | os.PathLike, model: str, ids: list[str]) -> np.ndarray:
+    """``model``'s predicted class for each of ``ids`` (the network's test rows, in that order), from
+    the baseline stage's predictions file; a missing or stale file says which stage to re-run."""
+    try:
+        with open(path) as f:
+            rows = {r["id"]: int(r[model]) for r in csv.DictReader(f)}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing; run the baseline stage first (dvc repro baseline)") from None
+    except KeyError:
+        raise DataContractError(f"{path} has no column {model!r}; re-run the baseline stage") from None
+    missing = [i for i in ids if i not in rows]
+    if missing or len(rows) != len(ids):
+        raise DataContractError(f"{path} does not hold the same test rows as the split ({len(rows)} vs {len(ids)}, "
+                                f"{len(missing)} missing); re-run the baseline stage on this split")
+    return np.array([rows[i] for i in ids])
 
 
 def batched(items: Iterable, n: int) -> Iterator[list]:

@@ -1,16 +1,15 @@
 """Classical baselines trained on the same split as the network (scikit-learn).
 
-Inputs by modality (the cleaned contract, DESIGN.md): images are flattened pixels scaled to
-[0, 1], block-averaged down to at most ``max_pixels`` values so a 224x224 RGB image does not
-become a 150k-wide table; text goes through TF-IDF fitted on the train split only (it is the
-first step of each model's pipeline); sequences and tabular features are used raw.
+Models take arrays and do no I/O: the baseline stage reads the split and turns it into inputs
+(``pipelines/baseline.py``). Inputs by modality: images are pixels scaled to [0, 1], block-averaged
+down to at most ``max_pixels`` values (``image_features``) so a 224x224 RGB image does not become a
+150k-wide table; text goes through TF-IDF fitted on the train split only (it is the first step of each
+model's pipeline); sequences and tabular features are used raw.
 """
 
 from __future__ import annotations
 
-import csv
 import time
-from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -23,11 +22,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
-from components.data.contract import DataContractError, read_manifest, read_table
-
 BASELINES = ("majority", "logistic_regression", "decision_tree", "gradient_boosting")
-MODALITIES = ("image", "text", "sequence", "features")
-PREDICTIONS = "test_predictions.csv"  # in paths.baseline: id, label, one predicted-class column per baseline
 
 
 def downsample_images(images: np.ndarray, *, max_pixels: int) -> np.ndarray:
@@ -47,31 +42,10 @@ def downsample_images(images: np.ndarray, *, max_pixels: int) -> np.ndarray:
     return blocks.mean(axis=(2, 4))
 
 
-def table_features(table, manifest: dict, *, max_pixels: int = 1024):
-    """The baseline input of a split table: a float32 matrix, or a list of strings for text."""
-    modality = manifest.get("payload")
-    if modality not in MODALITIES:
-        raise DataContractError(f"manifest payload {modality!r} is not one of {MODALITIES}")
-    col = table.column(modality).combine_chunks()
-    if modality == "text":
-        return [s or "" for s in col.to_pylist()]
-    flat = col.flatten().to_numpy(zero_copy_only=False)
-    if modality == "image":
-        h, w, c = manifest["image_shape"]
-        x = downsample_images(flat.reshape(-1, h, w, c).astype(np.float32) / 255.0, max_pixels=max_pixels)
-        return x.reshape(len(x), -1)
-    width = len(flat) // max(1, len(table))
-    return flat.reshape(len(table), width).astype(np.float32)
-
-
-def load_split_features(data_dir: str | Path, split: str, *, max_pixels: int = 1024):
-    """(x, y, ids) of one split for the baselines."""
-    manifest = read_manifest(data_dir)
-    table = read_table(data_dir, columns=["id", "label", manifest["payload"]], filter_split=split)
-    if table.num_rows == 0:
-        raise DataContractError(f"{data_dir}: the {split!r} split is empty; check split fractions in params.yaml")
-    x = table_features(table, manifest, max_pixels=max_pixels)
-    return x, table.column("label").to_numpy().astype(np.int64), table.column("id").to_pylist()
+def image_features(images: np.ndarray, *, max_pixels: int) -> np.ndarray:
+    """(N, H, W, C) uint8 pixels -> (N, <= max_pixels) float32 rows in [0, 1], block-averaged."""
+    x = downsample_images(np.asarray(images, dtype=np.float32) / 255.0, max_pixels=max_pixels)
+    return x.reshape(len(x), -1)
 
 
 def _dense(x):
@@ -135,21 +109,3 @@ def fit_cost_usd(fit_s: float, *, cpus: float, cpu_hour_usd: float) -> float:
     """What a model's fit time costs at the CPUs the stage reserves (same rates as ``cost/usd``)."""
     return fit_s / 3600 * cpus * cpu_hour_usd
 
-
-
-
-def read_test_predictions(path: str | Path, model: str, ids: list[str]) -> np.ndarray:
-    """``model``'s predicted class for each of ``ids`` (the network's test rows, in that order), from
-    the baseline stage's predictions file; a missing or stale file says which stage to re-run."""
-    try:
-        with open(path) as f:
-            rows = {r["id"]: int(r[model]) for r in csv.DictReader(f)}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing; run the baseline stage first (dvc repro baseline)") from None
-    except KeyError:
-        raise DataContractError(f"{path} has no column {model!r}; re-run the baseline stage") from None
-    missing = [i for i in ids if i not in rows]
-    if missing or len(rows) != len(ids):
-        raise DataContractError(f"{path} does not hold the same test rows as the split ({len(rows)} vs {len(ids)}, "
-                                f"{len(missing)} missing); re-run the baseline stage on this split")
-    return np.array([rows[i] for i in ids])

@@ -197,8 +197,7 @@ def test_report_renders_in_headless_chromium(project, tmp_path):
 
 
 def test_stale_or_missing_baseline_predictions_name_the_stage_to_rerun(project):
-    from components.data.contract import DataContractError
-    from components.models.classical import read_test_predictions
+    from components.data.contract import DataContractError, read_test_predictions
 
     path = project / "models/baseline/test_predictions.csv"
     ids = [r["id"] for r in csv.DictReader(open(path))]

@@ -1,11 +1,12 @@
-"""Classical baselines: every modality's inputs, the four models, predictions for the paired verdict."""
+"""Classical baselines: every modality's inputs (read by the baseline stage), the four models, predictions
+for the paired verdict."""
 
 import numpy as np
 import pytest
 
 from components.data.demo import write_synthetic_split
-from components.models.classical import (BASELINES, downsample_images, fit_baselines, load_split_features,
-                                         make_baseline)
+from components.models.classical import BASELINES, downsample_images, fit_baselines, image_features, make_baseline
+from pipelines.baseline import load_split_features
 
 
 def test_downsample_averages_blocks_until_under_the_budget():
@@ -14,6 +15,17 @@ def test_downsample_averages_blocks_until_under_the_budget():
     assert out.shape == (2, 2, 2, 1)
     assert out[0, 0, 0, 0] == pytest.approx(np.mean([0, 1, 4, 5]))
     assert downsample_images(img, max_pixels=16) is img  # within budget: untouched
+
+
+def test_models_take_arrays_and_do_no_io():
+    """The model module reads no files: the stage reads the split and hands it arrays."""
+    import components.models.classical as classical
+    source = open(classical.__file__).read()
+    for reader in ("read_manifest", "read_table", "open(", "pyarrow", "csv"):
+        assert reader not in source, reader
+    pixels = np.full((3, 8, 8, 1), 255, dtype=np.uint8)
+    x = image_features(pixels, max_pixels=16)
+    assert x.shape == (3, 16) and x.dtype == np.float32 and (x == 1.0).all()
 
 
 def test_digits_features_are_flattened_scaled_pixels(digits_split):
