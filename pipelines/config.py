@@ -35,6 +35,8 @@ class Paths(_Section):
     split: str = Field("data/split", description="split output (adds the `split` column)")
     embed: str = Field("data/embed", description="embed output: embeddings.parquet (when train.backbone is set) "
                                                  "+ manifest.json")
+    audit: str = Field("data/audit", description="audit output: the split rows with `label_issue` / `given_label`, "
+                                                 "train rows dropped or relabelled by the policy; what training reads")
     tune: str = Field("models/tune", description="best hyperparameters and the trials table")
     model: str = Field("models/model", description="the trained model (weights + model.json)")
     metrics: str = Field("metrics", description="one <stage>.json of DVC metrics per stage")
@@ -84,18 +86,33 @@ class IngestParams(_Section):
 
 
 class LabelIssueParams(_Section):
-    enabled: bool = Field(True, description="search for likely label errors (confident learning; starts Ray)")
+    enabled: bool = Field(True, description="search for likely label errors (confident learning, in the audit "
+                                           "stage after split)")
     policy: Literal["drop", "flag", "relabel"] = Field(
-        "drop", description="drop: set aside; flag: kept, `label_issue` column true; "
-                            "relabel: label := out-of-fold prediction, `given_label` keeps the old one")
-    max_fraction: float = Field(0.3, ge=0, le=1, description="cap on the fraction of rows the policy touches "
-                                                             "(the least self-confident first)")
+        "drop", description="train rows only (val/test suspects are only flagged): drop: set aside; flag: "
+                            "kept, `label_issue` column true; relabel: label := out-of-fold prediction, "
+                            "`given_label` keeps the given one")
+    max_fraction: float = Field(0.3, ge=0, le=1, description="cap on the fraction of train rows the policy "
+                                                             "touches (the least self-confident first)")
     model: Literal["svc", "logistic_regression", "knn"] = Field(
         "svc", description="fast model trained k-fold for out-of-fold probabilities")
-    folds: int = Field(5, ge=2, description="k of the k-fold; each fold is one Ray task")
-    workers: int = Field(2, gt=0, description="folds trained at once (Ray tasks of 1 CPU)")
-    top_suspects: int = Field(50, gt=0, description="rows in the suspects table (data/clean/label_issues.csv)")
+    folds: int = Field(5, ge=2, description="k of the k-fold over the train rows")
+    workers: int = Field(2, gt=0, description="folds trained at once when they run as Ray tasks (1 CPU each)")
+    top_suspects: int = Field(50, gt=0, description="rows in the suspects table (data/audit/label_issues.csv)")
     seed: int = Field(0, description="seed of the folds and the model")
+    min_lift: float = Field(
+        0.5, ge=0, le=1, description="the auditor may act only if the lower 95% bound of its out-of-fold accuracy "
+                                     "closes this share of the gap from the majority-class rate to 1 (0: off)")
+    min_precision: float = Field(
+        0.8, ge=0, le=1, description="... and if, by its own probabilities, at least this share of its train "
+                                     "suspects are wrongly labelled (fewer: the suspects are more than its own "
+                                     "error rate explains; 0: off). Otherwise the audit only flags")
+    ray_min_rows: int = Field(
+        50_000, ge=0, description="from this many rows on, the folds run as Ray tasks; below, one after another "
+                                  "in the stage's process (no Ray start-up)")
+    max_features: int = Field(
+        256, ge=2, description="values per row the auditor sees (images area-averaged, embeddings PCA, wide rows "
+                               "projected): its memory is at most rows x this x 4 bytes")
 
 
 class NoiseParams(_Section):
@@ -423,7 +440,10 @@ class RegisterParams(_Section):
     alias: str = Field("champion", min_length=1, description="registry alias given to a version that passes the gate")
     metric: Literal["test/acc", "test/f1_macro"] = Field(
         "test/acc", description="compared with the best baseline's same metric on the test split")
-    min_gain: float = Field(0.0, ge=-1, le=1, description="the network must beat the best baseline by this much")
+    min_gain: float = Field(0.0, ge=-1, le=1, description="the network must beat the best baseline by more than this")
+    require_significant: bool = Field(
+        True, description="true: the lower end of the verdict's interval of (network - best baseline) must exceed "
+                          "min_gain; false: the point estimate must (promotes gains the test set cannot confirm)")
 
 
 class PredictParams(_Section):

@@ -91,6 +91,29 @@ def paired_comparison(net_correct: np.ndarray, base_correct: np.ndarray, *, resa
             "mcnemar_p": float(p), "significant": float(low > 0 or high < 0)}
 
 
+def paired_f1_interval(y_true: np.ndarray, net_pred: np.ndarray, base_pred: np.ndarray, *, n_classes: int,
+                       resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Paired-bootstrap interval of (network - baseline) macro F1 on the same test rows, in F1 units.
+
+    The registry gate's interval when ``register.metric`` is test/f1_macro (for test/acc it uses
+    :func:`paired_comparison`'s, the verdict's own). Same resampling: each resample scores both
+    models on the same rows.
+    """
+    y, a, b = (np.asarray(v) for v in (y_true, net_pred, base_pred))
+    if not (y.shape == a.shape == b.shape) or y.ndim != 1 or len(y) == 0:
+        raise ValueError(f"need equal-length, non-empty label and prediction arrays, got {y.shape}, {a.shape}, {b.shape}")
+    labels = list(range(n_classes))
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(resamples)
+    for i in range(resamples):
+        idx = rng.integers(0, len(y), size=len(y))
+        diffs[i] = (f1_score(y[idx], a[idx], average="macro", labels=labels, zero_division=0)
+                    - f1_score(y[idx], b[idx], average="macro", labels=labels, zero_division=0))
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(diffs, [tail, 1 - tail])
+    return float(low), float(high)
+
+
 def _times(ratio: float) -> str:
     if not np.isfinite(ratio):
         return "an unmeasured multiple of"

@@ -135,7 +135,9 @@ def test_mlflow_lineage_cost_and_registry_gate(project):
     version = client.search_model_versions("name = 'trainwise-digits'")[0]
     assert version.tags["register.promoted"] == ("true" if ev["register/promoted"] else "false")
     assert by_stage["evaluate"].data.tags["register.reason"] == version.tags["register.reason"]
-    assert (ev["register/gain"] >= ev["register/min_gain"]) == bool(ev["register/promoted"])
+    # By default the lower end of the verdict's interval decides (issue 14.4), not the point gain.
+    assert ev["register/gain_ci_low"] == pytest.approx(ev["verdict/ci_low"] / 100)
+    assert (ev["register/gain_ci_low"] > ev["register/min_gain"]) == bool(ev["register/promoted"])
     if ev["register/promoted"]:
         assert client.get_model_version_by_alias("trainwise-digits", "champion").version == version.version
     else:

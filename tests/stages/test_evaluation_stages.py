@@ -18,7 +18,7 @@ from components.data.demo import write_digits_split
 from components.models import build_model
 from components.training.data import load_split
 from components.training.export import save_model
-from tests.browser import find_chromium, render_in_chromium
+from tests.browser import render_in_chromium, require_chromium
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow  # ~20-30 s: sklearn + MLflow store creation + three stages
@@ -106,6 +106,9 @@ def test_evaluate_writes_metrics_calibration_verdict_and_attributions(project):
     assert "points (95% CI)" in v["sentence"]
     # paired on the same rows: the diff is exactly network acc - that baseline's test acc
     assert v["diff"] == pytest.approx(100 * (ev["test/acc"] - base[f"baseline/{v['baseline']}/test/acc"]))
+    # The registry gate believes the verdict: same interval, promoted only if its lower end clears min_gain.
+    assert ev["register/gain_ci_low"] == pytest.approx(v["ci_low"] / 100)
+    assert ev["register/promoted"] == float(v["ci_low"] / 100 > ev["register/min_gain"])
     rows = details["attributions"]["rows"]
     assert len(rows) == 16 and any(not r["correct"] for r in rows) and any(r["correct"] for r in rows)
     wrong = details["confidently_wrong"]
@@ -164,7 +167,7 @@ def test_label_suspects_appear_with_thumbnails_when_clean_writes_them(project, m
         page = (project / "reports/report.html").read_text()
     finally:
         suspects.unlink()
-    assert "<h3>Label suspects</h3><table>" in page and ids[0] in page
+    assert "<h3>Label suspects</h3><div class='tablebox'><table>" in page and ids[0] in page
     assert "alt='label suspects'" in page
 
 
@@ -179,11 +182,12 @@ def test_terminal_summary_prints_the_verdict(project, monkeypatch, capsys):
     assert f"verdict            {sentence}" in out
 
 
-@pytest.mark.skipif(find_chromium() is None, reason="no chromium binary (apt-get install chromium; .ci/run does)")
 def test_report_renders_in_headless_chromium(project, tmp_path):
+    require_chromium()  # skips without chromium, fails under CI=true
     page = tmp_path / "report.html"
     shutil.copy(project / "reports/report.html", page)
-    result = render_in_chromium(page, screenshot=tmp_path / "shot.png")
+    result = render_in_chromium(page, screenshot=tmp_path / "shot.png", width=1280)
+    assert result["scroll_width"] <= result["viewport_width"] == 1280, result["too_wide"]  # nothing overflows sideways
     assert result["errors"] == [], result["errors"]
     assert {"Data", "Baselines vs network", "Attributions", "MLflow runs"} <= set(result["headings"])
     assert result["images"] >= 5 and result["broken_images"] == []
