@@ -1,7 +1,19 @@
-"""The per-worker training loop that Ray Train runs on every DDP rank.
+"""The training loop that Ray Train runs on every DDP rank, and a one-worker Tune trial runs itself.
 
 It is a plain function of a config dict, so the same loop serves the ``train`` stage and
-every Tune trial. All ranks compute; only rank 0 writes checkpoints. Every epoch reports
+every Tune trial. Two entry points share one body (:func:`run_loop`): :func:`train_loop_per_worker`
+on a Ray Train worker (a rank of a ``TorchTrainer``), and :class:`TuneSession` for a trial of
+one worker, which runs the loop directly in its Tune trial actor (no controller, placement
+group or worker group to start: Ray's own guide for single-process trials). What differs is only
+where rank/world, the checkpoint to resume and ``report`` come from. All ranks compute; only
+rank 0 writes checkpoints.
+
+Batch norm across ranks. ``batch_size`` is global: a 2-worker run takes 32 rows per rank where a
+1-worker trial takes 64. With per-rank batch norm the two would normalise over different
+batches; with more than one rank every BatchNorm layer is synchronised across ranks
+(:func:`sync_batchnorm`), so statistics are over the global batch and a 1-worker trial trains
+like the multi-worker final model (tests/unit/test_training_loop.py checks the parameters and
+running statistics match). Every epoch reports
 ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc`` and ``gap/acc`` (train - val
 accuracy, the overfitting signal), computed over the whole split (summed across ranks),
 plus ``lr``, ``epoch_s`` and ``samples_per_s``.
@@ -61,6 +73,9 @@ class LoopConfig:
     augment: float = 0.0       # augmentation strength 0..1 (see components.training.data.augment)
     precision: str = "fp32"    # fp32 | bf16 (autocast; CPU or GPU) | fp16 (GPU only, with a grad scaler)
     loader: str = "memory"     # memory | ray_data (see the module docstring)
+    backbone: str | None = None    # pretrained backbone (components.models); None: the network alone
+    pretrained: bool | str = True  # backbone weights: packaged / hub (True), random (False), or a file
+    backbone_mode: str = "frozen"  # frozen | finetune
     max_tokens: int = 64       # text: tokens kept per example
     vocab_size: int = 20_000   # text: largest vocabulary (incl. padding and unknown)
     modality: str | None = None    # filled by fit() from the manifest
@@ -251,10 +266,8 @@ class _MemoryBatches:
 class _RayDataBatches:
     """The ray_data loader: ``iter_torch_batches`` of a Ray Data shard, decoded on the worker."""
 
-    def __init__(self, name: str, decode_fn, *, batch_size: int, rank: int, world: int, seed: int, train: bool):
-        import ray.train
-
-        self.it = ray.train.get_dataset_shard(name)
+    def __init__(self, it, decode_fn, *, batch_size: int, rank: int, world: int, seed: int, train: bool):
+        self.it = it
         self.decode_fn, self.batch_size, self.seed, self.train = decode_fn, batch_size, seed, train
         self.rank, self.world = rank, world
 
@@ -270,15 +283,146 @@ class _RayDataBatches:
         return (b for i, b in enumerate(batches) if i % self.world == self.rank)
 
 
+class _SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics are over the batch of all ranks, for CPU (gloo).
+
+    torch's ``nn.SyncBatchNorm`` refuses CPU tensors. This sums (sum, sum of squares, count)
+    over the ranks with the differentiable ``all_reduce`` of ``torch.distributed.nn``, whose
+    backward all-reduces the gradients too, so forward and backward are those of one batch
+    norm over the global batch. Same parameters and buffers as ``BatchNorm*d``: checkpoints and
+    exported weights load into the plain model.
+    """
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        import warnings
+
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1, *([1] * (x.dim() - 2))]
+        xf = x.float()
+        count = torch.tensor([xf.numel() / xf.shape[1]], dtype=xf.dtype, device=xf.device)
+        with warnings.catch_warnings():  # deprecated in favour of functional collectives, which have no
+            warnings.simplefilter("ignore", FutureWarning)  # autograd for all_reduce (needed here)
+            stats = all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
+        c = xf.shape[1]
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / max(float(n) - 1, 1.0), alpha=m)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def sync_batchnorm(model: nn.Module, *, world: int, device: torch.device | None = None) -> nn.Module:
+    """With more than one rank, every BatchNorm layer normalises over the global batch (see the
+    module docstring): torch's ``SyncBatchNorm`` on GPU, :class:`_SyncBatchNorm` on CPU."""
+    if world <= 1:
+        return model
+    if device is not None and device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if isinstance(model, nn.modules.batchnorm._BatchNorm) and not isinstance(model, _SyncBatchNorm):
+        sync = _SyncBatchNorm(model.num_features, model.eps, model.momentum, model.affine, model.track_running_stats)
+        sync.load_state_dict(model.state_dict())
+        sync.train(model.training)
+        return sync
+    for name, child in model.named_children():
+        model.add_module(name, sync_batchnorm(child, world=world, device=device))
+    return model
+
+
+class _TrainSession:
+    """A rank of a Ray Train ``TorchTrainer``."""
+
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(sync_batchnorm(model, world=self.world, device=self.device))
+
+    def dataset(self, name: str):
+        import ray.train
+
+        return ray.train.get_dataset_shard(name)
+
+    def checkpoint(self):
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict, checkpoint_dir: str | None, history: list[dict]) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
+                         if checkpoint_dir else None)
+
+
+class TuneSession:
+    """A one-worker Tune trial running the loop in its own trial actor (a function trainable).
+
+    ``datasets``: the ray_data loader's Ray Data datasets by split (the memory loader's object
+    refs travel in the config). ``decorate(metrics, history)`` may add keys to what is reported
+    to Tune (the sweep adds its objective, computed from the whole history so it survives a
+    resume)."""
+
+    rank, world = 0, 1
+
+    def __init__(self, *, use_gpu: bool = False, datasets: dict | None = None, decorate=None):
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.datasets, self.decorate = datasets or {}, decorate
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)  # what prepare_model does for one worker (no DDP wrapper)
+
+    def dataset(self, name: str):
+        return self.datasets[name].iterator()
+
+    def checkpoint(self):
+        from ray import tune
+
+        return tune.get_checkpoint()
+
+    def report(self, metrics: dict, checkpoint_dir: str | None, history: list[dict]) -> None:
+        from ray import tune
+
+        if self.decorate is not None:
+            metrics = self.decorate(dict(metrics), history)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+
 def _checkpoint_state(checkpoint, device) -> dict:
     with checkpoint.as_directory() as d:
         return torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=device, weights_only=True)
 
 
 def train_loop_per_worker(config: dict) -> None:
+    """The Ray Train entry point: one DDP rank of a ``TorchTrainer``."""
+    run_loop(config, _TrainSession())
+
+
+def run_loop(config: dict, session) -> None:
+    """The loop body, for a Ray Train rank or a Tune trial actor (``session``, see above)."""
     import ray
-    import ray.train
-    import ray.train.torch
 
     from components.models import build_model
     from components.training.data import augment, decode, to_numpy
@@ -287,11 +431,10 @@ def train_loop_per_worker(config: dict) -> None:
     progress = config.pop(PROGRESS_QUEUE, None)
     refs = config.pop(DATA_REFS, None)
     cfg = LoopConfig.from_dict(config)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = session.rank, session.world
     torch.set_num_threads(cfg.cpus_per_worker)
     torch.manual_seed(cfg.seed)
-    device = ray.train.torch.get_device()
+    device = session.device
     kind, shape = cfg.modality, tuple(cfg.input_shape)
     per_rank = max(1, cfg.batch_size // world)
 
@@ -305,19 +448,19 @@ def train_loop_per_worker(config: dict) -> None:
         val_batches = _MemoryBatches(x_val, y_val, batch_size=1024, rank=rank, world=world, seed=cfg.seed,
                                      shuffle=False)
     else:
-        train_batches = _RayDataBatches("train", decode_fn, batch_size=per_rank, rank=rank, world=world,
-                                        seed=cfg.seed, train=True)
-        val_batches = _RayDataBatches("val", decode_fn, batch_size=1024, rank=rank, world=world, seed=cfg.seed,
-                                      train=False)
+        train_batches = _RayDataBatches(session.dataset("train"), decode_fn, batch_size=per_rank, rank=rank,
+                                        world=world, seed=cfg.seed, train=True)
+        val_batches = _RayDataBatches(session.dataset("val"), decode_fn, batch_size=1024, rank=rank, world=world,
+                                      seed=cfg.seed, train=False)
 
     model = build_model(cfg.model, input_shape=shape, n_classes=cfg.n_classes, dropout=cfg.dropout,
                         vocab_size=len(cfg.tokenizer["vocab"]) if cfg.tokenizer else None)
-    model = ray.train.torch.prepare_model(model)
+    model = session.prepare_model(model)
     trainer = Trainer(model, cfg, device=device, steps_per_epoch=optimizer_steps_per_epoch(cfg, world))
     augment_fn = (lambda x, g: augment(x, kind=kind, strength=cfg.augment, generator=g)) if cfg.augment else None
 
     start_epoch, best_val, bad_epochs, history, restarts = 0, float("inf"), 0, [], 0
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.checkpoint()
     if checkpoint:  # a restarted worker group, or a re-run of the same run, resumes here
         state = _checkpoint_state(checkpoint, device)
         if LoopConfig.from_dict(state["config"]) != cfg:
@@ -350,13 +493,11 @@ def train_loop_per_worker(config: dict) -> None:
         history.append(metrics)
         stop = cfg.patience is not None and bad_epochs >= cfg.patience
         with tempfile.TemporaryDirectory() as d:
-            ckpt = None
             if rank == 0:
                 torch.save({**trainer.state(), "epoch": epoch, "best_val": best_val, "bad_epochs": bad_epochs,
                             "history": history, "restarts": restarts, "stopped": stop, "config": cfg.to_dict()},
                            os.path.join(d, CHECKPOINT_FILE))
-                ckpt = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=ckpt)
+            session.report(metrics, d if rank == 0 else None, history)
         if progress is not None and rank == 0:
             progress.put_nowait(metrics)
         if stop:

@@ -199,3 +199,82 @@ def test_a_finished_run_is_marked_in_local_and_url_storage(tmp_path):
         assert run_finished(storage, "train-abc") and not run_finished(storage, "train-other")
     assert json.loads((tmp_path / "local" / "train-abc" / FINISHED).read_text()) == {"best_epoch": 3}
     assert (tmp_path / "url" / "train-abc" / FINISHED).exists()
+
+
+# -- batch norm across ranks: a 1-worker trial trains like the 2-worker final model ------------
+
+def _bn_run(rank: int, world: int, sync: bool, port: int, out: dict) -> None:
+    """Two epochs of small_cnn (has BatchNorm) on a fixed dataset, the loop's own sampler and
+    Trainer, DDP over gloo when world > 1. Writes rank 0's weights and BN buffers to ``out``."""
+    import os
+
+    import torch.distributed as dist
+
+    from components.training.loop import _MemoryBatches, sync_batchnorm
+
+    torch.set_num_threads(1)
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(128, 1, 8, 8, generator=g), torch.arange(128) % 3
+    # SGD: the conv biases in front of a BN get a zero gradient up to rounding noise, which Adam
+    # would normalise into full-size random steps on both sides of the comparison.
+    cfg = LoopConfig(data_dir="unused", n_classes=3, input_shape=(1, 8, 8), model="small_cnn", batch_size=32,
+                     lr=5e-2, dropout=0.0, epochs=2, n_train=128, optimizer="sgd")
+    torch.manual_seed(0)
+    model = build_model("small_cnn", input_shape=(1, 8, 8), n_classes=3, dropout=0.0)
+    if sync:
+        model = sync_batchnorm(model, world=world, device=torch.device("cpu"))
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    per_rank = cfg.batch_size // world
+    tr = Trainer(model, cfg, device=torch.device("cpu"), steps_per_epoch=128 // cfg.batch_size)
+    batches = _MemoryBatches(x, y, batch_size=per_rank, rank=rank, world=world, seed=0, shuffle=True)
+    for epoch in range(2):
+        tr.train_epoch(batches.epoch(epoch))
+    if rank == 0:
+        out.update({k: v.detach().clone() for k, v in tr.core.state_dict().items()})
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def _ddp_child(rank, world, sync, port, queue):
+    out = {}
+    _bn_run(rank, world, sync, port, out)
+    if rank == 0:
+        queue.put({k: v.numpy() for k, v in out.items()})
+
+
+def _two_ranks(sync: bool) -> dict:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_child, args=(r, 2, sync, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    state = queue.get(timeout=240)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return {k: torch.from_numpy(v) for k, v in state.items()}
+
+
+def test_two_ranks_with_synced_batch_norm_train_like_one_worker_with_the_global_batch():
+    one = {}
+    _bn_run(0, 1, True, 0, one)         # a 1-worker trial: batch 32 through one BN
+    synced = _two_ranks(sync=True)     # the final model's layout: 2 ranks x 16, BN over all 32
+    per_rank = _two_ranks(sync=False)  # what it was before: BN statistics of each rank's 16 rows
+
+    def gap(a, b):
+        return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+
+    assert any("running_mean" in k for k in one)
+    assert gap(one, synced) < 1e-4, gap(one, synced)  # same weights and running statistics
+    assert gap(one, per_rank) > 1e-3, gap(one, per_rank)  # and the check has teeth
