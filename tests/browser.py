@@ -30,8 +30,22 @@ window.addEventListener('load', function () {
     headings: Array.prototype.map.call(document.querySelectorAll('h2'), function (h) { return h.textContent; }),
     title: document.title,
     images: imgs.length,
+    image_alts: imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).map(function (i) { return i.alt; }),
     broken_images: imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).map(function (i) { return i.alt; }),
-    toc_links: document.querySelectorAll('#toc a').length
+    toc_links: document.querySelectorAll('#toc a').length,
+    // Horizontal overflow: the page is wider than the window when scrollWidth > clientWidth.
+    scroll_width: document.documentElement.scrollWidth,
+    viewport_width: document.documentElement.clientWidth,
+    too_wide: Array.prototype.slice.call(document.body.querySelectorAll('*')).filter(function (e) {
+      return e.getBoundingClientRect().right > document.documentElement.clientWidth + 1; }).slice(0, 5)
+      .map(function (e) { return e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right) + 'px'; }),
+    // Boxes whose content is larger than the box and that scroll it themselves (overflow auto/scroll).
+    scroll_boxes: Array.prototype.slice.call(document.body.querySelectorAll('*')).filter(function (e) {
+      var st = getComputedStyle(e);
+      return (/auto|scroll/.test(st.overflowX) && e.scrollWidth > e.clientWidth) ||
+             (/auto|scroll/.test(st.overflowY) && e.scrollHeight > e.clientHeight); })
+      .map(function (e) { return {tag: e.tagName, cls: e.className, wider: e.scrollWidth > e.clientWidth,
+                                  taller: e.scrollHeight > e.clientHeight}; })
   };
   var pre = document.createElement('pre'); pre.id = '__probe'; pre.textContent = JSON.stringify(out);
   document.body.appendChild(pre);
@@ -39,6 +53,24 @@ window.addEventListener('load', function () {
 </script>"""
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def require_chromium() -> str:
+    """The chromium binary; without one the test skips, except under ``CI=true`` where it fails,
+    so a CI that lost its browser cannot pass by skipping the only checks of what the user sees."""
+    import pytest
+
+    binary = find_chromium()
+    if binary is None:
+        why = "no chromium binary (apt-get install chromium; .ci/run installs it)"
+        if in_ci():
+            pytest.fail(f"CI=true but {why}")
+        pytest.skip(why)
+    return binary
 
 
 def find_chromium() -> str | None:
@@ -60,8 +92,10 @@ def _chromium(binary: str, *args: str, timeout: int = 120) -> subprocess.Complet
 
 
 def render_in_chromium(page: str | os.PathLike, *, screenshot: str | os.PathLike | None = None,
-                       width: int = 1200, height: int = 4000) -> dict:
-    """``{"errors", "headings", "title", "images", "broken_images", "toc_links"}`` as the browser saw them."""
+                       width: int = 1280, height: int = 4000) -> dict:
+    """``{"errors", "headings", "title", "images", "image_alts" (of images that rendered), "broken_images",
+    "toc_links", "scroll_width",
+    "viewport_width", "too_wide", "scroll_boxes"}`` as the browser saw them in a ``width`` px wide window."""
     binary = find_chromium()
     if binary is None:
         raise RuntimeError("no chromium binary found (apt-get install chromium)")
@@ -71,7 +105,8 @@ def render_in_chromium(page: str | os.PathLike, *, screenshot: str | os.PathLike
     # After <head>, before the page's own scripts: errors they raise are caught.
     probed.write_text(re.sub(r"<head>", "<head>" + PROBE, text, count=1) if "<head>" in text else PROBE + text)
     try:
-        proc = _chromium(binary, "--virtual-time-budget=10000", "--dump-dom", probed.as_uri())
+        proc = _chromium(binary, "--virtual-time-budget=10000", f"--window-size={width},{height}",
+                         "--hide-scrollbars", "--dump-dom", probed.as_uri())
     finally:
         probed.unlink(missing_ok=True)
     m = re.search(r'<pre id="__probe">(.*?)</pre>', proc.stdout, re.S)

@@ -61,14 +61,18 @@ def table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
 
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c, ''))}</td>" for c in columns) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    # In its own box: a wide table (tuning trials, long config values) scrolls sideways there and a
+    # long one scrolls down there, instead of stretching the page past the window.
+    return f"<div class='tablebox'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1080px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}.verdict{font-size:1.2em;background:#eef6ee;padding:.6em;border-left:4px solid #4a4}
 .missing{color:#999;font-style:italic}img{max-width:100%}nav{font-size:.9em;margin:.5em 0 1.5em}
-nav a{margin-right:.8em}h3{font-size:1em;margin:1em 0 .3em}"""
+nav a{margin-right:.8em}h3{font-size:1em;margin:1em 0 .3em}
+.tablebox{max-width:100%;max-height:36em;overflow:auto;margin:.5em 0}.tablebox table{margin:0}
+.tablebox th{position:sticky;top:0}p,li{overflow-wrap:anywhere}pre{overflow:auto}"""
 
 # Builds the contents line from the h2 headings: the page works without it (no external script).
 TOC_JS = """document.addEventListener('DOMContentLoaded',function(){var nav=document.getElementById('toc');
@@ -142,10 +146,32 @@ def _split_section(split: dict | None, split_metrics: dict) -> str | None:
         return None
     rows = [{"split": s, **c} for s, c in split.get("split_class_counts", {}).items()]
     body = table(rows) if rows else missing("no per-split class counts in the split manifest")
-    leak = {k: v for k, v in {**split, **split_metrics}.items() if "leak" in k.lower()}
+    leak = _leakage_rows(split, split_metrics)
     body += "<h3>Leakage check</h3>"
-    body += table([leak]) if leak else missing("not available: the split stage reports no leakage check")
+    body += table(leak) if leak else missing("not available: the split stage reports no leakage check")
     return body
+
+
+def _leakage_rows(split: dict, split_metrics: dict) -> list[dict]:
+    """The leakage check as (check, value) rows: the split stage's metrics (``split/leakage/...``, the
+    names DVC and MLflow show), else its manifest's ``leakage`` record flattened; example lists are
+    counted, never printed as raw Python values."""
+    rows = [{"check": k, "value": v} for k, v in split_metrics.items()
+            if "leak" in k.lower() and isinstance(v, (int, float, str))]
+    if rows:
+        return rows
+
+    def flat(d: dict, prefix: str):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            elif isinstance(v, (list, tuple)):
+                yield {"check": f"{prefix}{k}", "value": f"{len(v)} listed in the split manifest"}
+            else:
+                yield {"check": f"{prefix}{k}", "value": v}
+
+    return [r for k, v in split.items() if "leak" in k.lower()
+            for r in (flat(v, f"{k}.") if isinstance(v, dict) else [{"check": k, "value": v}])]
 
 
 def _curve_section(curve: list[dict] | None, train: dict) -> str | None:
@@ -162,19 +188,22 @@ def _trials_section(trials: list[dict] | None) -> str | None:
     if not trials:
         return None
     body = table(trials)
+    # trials.csv names its score column after tune.metric: best_val/loss (the default) or best_val/acc.
+    metric = next((k for k in trials[0] if k.startswith("best_") and k != "best_epoch"), "best_val/loss")
     pts = []
     for t in trials:
         try:
-            pts.append((float(t["cost/usd"]), float(t["best_val/acc"])))
-        except (KeyError, TypeError, ValueError):
+            pts.append((float(t["cost/usd"]), float(t[metric])))
+        except (KeyError, TypeError, ValueError):  # a trial that failed or never reported an epoch
             continue
     if len(pts) >= 2:
         from components.evaluation.figures import pareto_figure
 
+        maximize = "loss" not in metric
         body += _img("tune pareto", pareto_figure([c for c, _ in pts], [m for _, m in pts],
-                                                  metric_name="best val/acc", maximize=True))
+                                                  metric_name=metric.replace("_", " ", 1), maximize=maximize))
     else:
-        body += missing("Pareto plot: needs at least two trials with cost/usd and best_val/acc")
+        body += missing(f"Pareto plot: needs at least two trials with cost/usd and {metric}")
     return body
 
 

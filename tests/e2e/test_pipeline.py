@@ -57,6 +57,7 @@ def test_every_stage_ran_and_wrote_its_metrics(project):
     assert (root / "models/model/model.pt").exists()
     report = (root / "reports/report.html").read_text()
     assert "Verdict:" in report and report.count("data:image/png;base64,") >= 2
+    assert "alt='tune pareto'" in report  # the sweep ran trials: their cost/score plot is drawn (issue 14.6)
     assert "== trainwise summary ==" in out and "test accuracy" in out
     sentence = json.loads((root / "models/evaluate/evaluation.json").read_text())["verdict"]["sentence"]
     assert f"Verdict: {sentence}" in report and f"verdict            {sentence}" in out  # issue 8 acceptance

@@ -65,6 +65,50 @@ def test_full_report_embeds_plots_the_verdict_and_its_interval():
     assert "gap/acc = +0.0500" in page
 
 
+# Rows as the tune stage writes trials.csv with the default tune.metric (val/loss): the score
+# column is best_val/loss; a trial that errored has no score. Issue 14.6: the Pareto plot looked
+# for best_val/acc and said it needed two trials although the demo ran eight.
+TRIALS = [{"trial": f"t{i}", "lr": "0.001", "status": "ok", "best_epoch": "3", "best_val/loss": f"{0.5 - i / 20}",
+           "val/acc": f"{0.8 + i / 50}", "cost/usd": f"{0.0001 * (i + 1)}"} for i in range(4)] + [
+    {"trial": "t4", "lr": "0.01", "status": "error", "best_epoch": "", "best_val/loss": "", "val/acc": "",
+     "cost/usd": "0.0"}]
+LEAKY_SPLIT = {**MANIFEST, "leakage": {"exact_pairs": 1, "near_pairs": 0, "groups_crossing_splits": 0,
+                                       "examples": {"exact": [["id1", "id2"]], "near": []}}}
+
+
+def _page_with_trials(**kw):
+    return build_report(title="t", verdict=None, stages={}, manifests={"split": LEAKY_SPLIT}, curve=None,
+                        confusion=None, per_class=None, trials=TRIALS, network="mlp", pipeline=TOTALS,
+                        mlflow_hint="m", **kw)
+
+
+def test_pareto_plot_uses_the_tune_metric_column_and_leakage_is_a_table():
+    page = _page_with_trials()
+    assert "alt='tune pareto'" in page and "needs at least two trials" not in page
+    leak = page.split("<h3>Leakage check</h3>", 1)[1].split("<h2>", 1)[0]
+    assert "{" not in leak and "[" not in leak  # no raw Python dict or list
+    assert "<td>leakage.exact_pairs</td><td>1</td>" in leak and "1 listed in the split manifest" in leak
+    # The split stage's namespaced metrics win when they exist (the names DVC and MLflow show).
+    page = build_report(title="t", verdict=None, stages={"split": {"split/leakage/exact_pairs": 0}},
+                        manifests={"split": LEAKY_SPLIT}, curve=None, confusion=None, per_class=None, trials=None,
+                        network="mlp", pipeline=TOTALS, mlflow_hint="m")
+    assert "<td>split/leakage/exact_pairs</td><td>0</td>" in page and "leakage.exact_pairs" not in page
+    one = build_report(title="t", verdict=None, stages={}, manifests={}, curve=None, confusion=None, per_class=None,
+                       trials=TRIALS[:1], network="mlp", pipeline=TOTALS, mlflow_hint="m")
+    assert "Pareto plot: needs at least two trials with cost/usd and best_val/loss" in one
+
+
+def test_the_pareto_image_renders_in_chromium_when_trials_exist(tmp_path):
+    from tests.browser import render_in_chromium, require_chromium
+
+    require_chromium()
+    page = tmp_path / "trials.html"
+    page.write_text(_page_with_trials())
+    result = render_in_chromium(page)
+    assert result["errors"] == [] and result["broken_images"] == []
+    assert "tune pareto" in result["image_alts"]
+
+
 def test_confusion_matrix_counts_pairs():
     cm = confusion_matrix_from_pairs([{"actual": "a", "predicted": "b"}, {"actual": "b", "predicted": "b"}], ["a", "b"])
     assert cm.tolist() == [[0, 1], [0, 1]]
@@ -77,12 +121,9 @@ def test_pareto_front_keeps_only_undominated_trials():
 
 
 def test_a_report_with_missing_sections_renders_in_chromium(tmp_path):
-    import pytest
+    from tests.browser import render_in_chromium, require_chromium
 
-    from tests.browser import find_chromium, render_in_chromium
-
-    if find_chromium() is None:
-        pytest.skip("no chromium binary (apt-get install chromium; .ci/run installs it)")
+    require_chromium()
     page = tmp_path / "r.html"
     page.write_text(build_report(title="t", verdict=None, stages={}, manifests={}, curve=None, confusion=None,
                                  per_class=None, trials=None, network="mlp", pipeline=TOTALS, mlflow_hint="m"))
@@ -92,14 +133,47 @@ def test_a_report_with_missing_sections_renders_in_chromium(tmp_path):
 
 
 def test_the_browser_check_catches_script_errors_and_broken_images(tmp_path):
-    import pytest
+    from tests.browser import render_in_chromium, require_chromium
 
-    from tests.browser import find_chromium, render_in_chromium
-
-    if find_chromium() is None:
-        pytest.skip("no chromium binary (apt-get install chromium; .ci/run installs it)")
+    require_chromium()
     page = tmp_path / "bad.html"
     page.write_text("<!doctype html><html><head><script>undefinedFn();</script></head><body><h2>x</h2>"
                     "<img alt='broken' src='data:image/png;base64,AAAA'></body></html>")
     result = render_in_chromium(page)
     assert any("undefinedFn" in e for e in result["errors"]) and result["broken_images"] == ["broken"]
+
+
+def test_wide_and_long_tables_scroll_in_their_own_box_at_1280px(tmp_path):
+    """Many tuning trials with long config values: the page itself never scrolls sideways in a
+    1280 px window; the tables scroll inside their own box instead."""
+    from tests.browser import render_in_chromium, require_chromium
+
+    require_chromium()
+    trials = [{"trial": f"train_fn_{i:05d}_{i}_batch_size=64,dropout=0.1234,lr=0.000123456,weight_decay=0.0001",
+               **{f"config/{k}_with_a_long_name": f"value-{k}-{i}-" + "x" * 12 for k in range(14)},
+               "cost/usd": 0.001 * (i + 1), "best_val/acc": 0.5 + i / 100} for i in range(40)]
+    page = tmp_path / "wide.html"
+    page.write_text(build_report(title="t", verdict="a verdict", stages={}, manifests={}, curve=None,
+                                 confusion=None, per_class=None, trials=trials, network="mlp", pipeline=TOTALS,
+                                 mlflow_hint="m"))
+    result = render_in_chromium(page, width=1280)
+    assert result["errors"] == []
+    assert result["viewport_width"] == 1280
+    assert result["scroll_width"] <= result["viewport_width"], result["too_wide"]
+    boxes = result["scroll_boxes"]
+    assert any(b["wider"] for b in boxes) and any(b["taller"] for b in boxes), boxes
+
+
+def test_without_chromium_the_browser_checks_skip_locally_and_fail_under_ci(monkeypatch):
+    import pytest
+
+    from tests.browser import require_chromium
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("CHROMIUM", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        require_chromium()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true but no chromium"):
+        require_chromium()
