@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks._results import write_results
+
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 10
 
@@ -150,15 +152,14 @@ def main() -> None:
           f"{first / inc['wall_s']:.2f}x; the run that filled the cache took {full['wall_s']:.2f}s")
     out = REPO / "benchmarks" / "results" / "ingest_scale.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(), "repeat": args.repeat,
+    write_results(out, {"machine": platform.platform(), "cpus": os.cpu_count(), "repeat": args.repeat,
                                "load_average_1m": round(os.getloadavg()[0], 1), "rows": rows,
                                "peak_rss_ratio": round(rss_ratio, 3), "worst_throughput_vs_baseline": worst,
                                "incremental": {"files": n, "new_files": 10, "reused": inc["reused"],
                                                "no_cache_wall_s": first, "filling_cache_wall_s": round(full["wall_s"], 2),
                                                "reingest_wall_s": round(inc["wall_s"], 2),
                                                "first_peak_rss_mb": round(full["peak_rss_mb"], 1),
-                                               "reingest_peak_rss_mb": round(inc["peak_rss_mb"], 1)}},
-                              indent=2) + "\n")
+                                               "reingest_peak_rss_mb": round(inc["peak_rss_mb"], 1)}})
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks._results import write_results
 from components.data.contract import DatasetWriter, SetAside, iter_batches, read_table
 from components.data.sources import digits_source
 from components.data.splitting import assign_splits
@@ -130,10 +131,9 @@ def main() -> None:
     for name, (ok, detail) in targets.items():
         print(f"  {'PASS' if ok else 'MISS'}  {name}: {detail}")
     out = REPO / "benchmarks" / "results" / "label_noise.json"
-    out.write_text(json.dumps({"benchmark": "label_noise", "seeds": args.seeds, "model": "SmallCNN, plain torch loop",
+    write_results(out, {"benchmark": "label_noise", "seeds": args.seeds, "model": "SmallCNN, plain torch loop",
                                "oof_model": "svc, 5 folds", "rows": rows, "oof_wall_s": timing,
-                               "targets": {k: {"pass": ok, "detail": d} for k, (ok, d) in targets.items()}},
-                              indent=2) + "\n")
+                               "targets": {k: {"pass": ok, "detail": d} for k, (ok, d) in targets.items()}})
     print(f"-> {out.relative_to(REPO)}")
 
 

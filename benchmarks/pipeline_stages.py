@@ -21,6 +21,7 @@ import time
 import psutil
 
 from benchmarks._project import REPO, scratch_project
+from benchmarks._results import write_results
 
 STAGES = ["ingest", "clean", "split", "baseline", "tune", "train", "evaluate", "report"]
 QUICK = {"tune": {"num_samples": 3, "max_epochs": 2, "grace_period": 1}, "train": {"epochs": 3}}
@@ -72,7 +73,7 @@ def main() -> None:
           f"{result['tune_wall_per_trial_epoch_s']}s of stage wall per trial-epoch")
     out = REPO / "benchmarks" / "results" / ("pipeline_stages_quick.json" if args.quick else "pipeline_stages.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(out, result)
     print(f"-> {out.relative_to(REPO)}")
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks._results import write_results
 from components.data.demo import write_digits_split
 from components.runtime import init_ray
 from components.training.data import input_shape
@@ -59,8 +60,8 @@ def main() -> None:
           f"{(base['fit_wall_s'] - ours['fit_wall_s']) / args.epochs:.2f}s per epoch); same val/acc: "
           f"{base['val/acc'] == ours['val/acc']}")
     out = REPO / "benchmarks" / "results" / "report_poll.json"
-    out.write_text(json.dumps({"benchmark": "report_poll", "epochs": args.epochs, "ray_default": base,
-                               "trainwise": ours, "speedup": round(ratio, 2)}, indent=2) + "\n")
+    write_results(out, {"benchmark": "report_poll", "epochs": args.epochs, "ray_default": base,
+                               "trainwise": ours, "speedup": round(ratio, 2)})
     print(f"-> {out.relative_to(REPO)}")
 
 

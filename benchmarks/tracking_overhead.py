@@ -25,6 +25,7 @@ import psutil
 import yaml
 
 from benchmarks._project import REPO, scratch_project
+from benchmarks._results import write_results
 from components.data.contract import write_json_atomic
 from components.data.demo import write_digits_split
 
@@ -99,7 +100,7 @@ def main() -> None:
     result["same_val_acc"] = len(same) == 1
     print(f"same val/acc in every run: {len(same) == 1}; target: overhead <= 2% of wall time")
     out = REPO / "benchmarks" / "results" / "tracking_overhead.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(out, result)
     print(f"-> {out.relative_to(REPO)}")
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)

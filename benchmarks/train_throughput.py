@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks._results import write_results
 from components.data.demo import write_digits_split
 from components.models import build_model
 from components.runtime import init_ray
@@ -186,7 +187,7 @@ def main() -> None:
     path = REPO / "benchmarks" / "results" / "train_throughput.json"
     if path.exists():  # keep the part not re-run this time
         out = {**json.loads(path.read_text()), **out}
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    write_results(path, out)
     print(f"-> {path.relative_to(REPO)}")
 
 

@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks._results import write_results
 from components.data.demo import write_digits_split
 from components.runtime import init_ray
 from components.training.data import input_shape, read_split
@@ -97,12 +98,11 @@ def main() -> None:
     print(f"ASHA epochs per trial: {asha['epochs_per_trial']}; sweep wall ASHA / FIFO: "
           f"{asha['sweep_wall_s'] / fifo['sweep_wall_s']:.2f}x")
     out = REPO / "benchmarks" / "results" / "tune_asha_vs_fifo.json"
-    out.write_text(json.dumps({"benchmark": "tune_asha_vs_fifo", "trials": args.trials, "epochs": args.epochs,
+    write_results(out, {"benchmark": "tune_asha_vs_fifo", "trials": args.trials, "epochs": args.epochs,
                                "seed": args.seed, "concurrent": CONCURRENT, "grace_period": args.grace,
                                "reduction_factor": args.reduction_factor, "val_examples": n_val,
                                "asha": asha, "fifo": fifo,
-                               "trial_epochs_ratio": round(ratio, 3), "best_val_acc_gap_points": round(gap, 2)},
-                              indent=2) + "\n")
+                               "trial_epochs_ratio": round(ratio, 3), "best_val_acc_gap_points": round(gap, 2)})
     print(f"-> {out.relative_to(REPO)}")
 
 
