@@ -3,7 +3,7 @@
 Rows travel as they are stored (uint8 pixels, float32 lists, strings) and are decoded on the
 training worker, batch by batch, by :func:`decode`: the same function serves the in-memory
 loader, Ray Data's ``iter_torch_batches`` and inference. Shapes per modality (manifest keys
-from DESIGN.md): image -> float32 (C, H, W) in [0, 1] from ``image_shape`` [h, w, c];
+from docs/architecture.md): image -> float32 (C, H, W) in [0, 1] from ``image_shape`` [h, w, c];
 sequence -> float32 (1, L) from ``sequence_length``; features -> float32 (F,) from
 ``feature_names``; text -> int64 token ids (T,) from a tokenizer fitted on the train split
 (:mod:`components.training.text`).

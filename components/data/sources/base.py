@@ -20,7 +20,7 @@ class SourceError(DataContractError):
     """The source cannot be ingested as configured; the message names the path or params key."""
 
 
-# Raw payload types before clean (DESIGN.md): encoded image bytes as given, text as a string,
+# Raw payload types before clean (docs/architecture.md): encoded image bytes as given, text as a string,
 # sequences and features as variable-length float32 lists (clean checks the lengths).
 PAYLOAD_TYPES = {
     "image": pa.binary(),
