@@ -38,7 +38,7 @@ def load_split_features(data_dir: str | Path, split: str, *, max_pixels: int = 1
 def main() -> None:
     with Stage("baseline") as stage:
         p = stage.params.baseline
-        data = stage.path(stage.paths.split)
+        data = stage.path(stage.paths.audit)  # the split after the label audit
         manifest = stage.record_input(data)
         x_train, y_train, _ = load_split_features(data, "train", max_pixels=p.max_pixels)
         evals = {s: load_split_features(data, s, max_pixels=p.max_pixels) for s in ("val", "test")}

@@ -98,7 +98,8 @@ class LabelIssueParams(_Section):
         "svc", description="fast model trained k-fold for out-of-fold probabilities")
     folds: int = Field(5, ge=2, description="k of the k-fold over the train rows")
     workers: int = Field(2, gt=0, description="folds trained at once when they run as Ray tasks (1 CPU each)")
-    top_suspects: int = Field(50, gt=0, description="rows in the suspects table (data/audit/label_issues.csv)")
+    top_suspects: int = Field(50, gt=0, description="train suspects in data/audit/label_issues.csv (val/test "
+                                                    "suspects are all listed: nothing acts on them)")
     seed: int = Field(0, description="seed of the folds and the model")
     min_lift: float = Field(
         0.5, ge=0, le=1, description="the auditor may act only if the lower 95% bound of its out-of-fold accuracy "
@@ -412,6 +413,14 @@ class RayParams(_Section):
         None, description="storage every cluster node reads (shared path or fsspec URL, e.g. s3://bucket/x): "
                           "submitted stages' inputs and outputs travel through it")
     job_timeout_s: float = Field(24 * 3600, gt=0, description="a submitted stage's job is stopped after this")
+    schedule_timeout_s: float = Field(
+        300, gt=0, description="a stage whose Ray workers or trials wait this long for resources the cluster does "
+                               "not give stops with an error naming the shape and the nodes (docs/cluster.md)")
+    forward_secrets: list[str] = Field(
+        default_factory=list,
+        description="environment variables (credentials) a submitted job gets from the submitter's environment; "
+                    "readable by anyone with access to the cluster's Jobs API, hence a warning each time. "
+                    "Default: none; the cluster's nodes hold their own credentials (docs/cluster.md)")
 
     @field_validator("submit")
     @classmethod

@@ -1,10 +1,11 @@
 """DVC stage `evaluate`: test metrics, per-class report, confusion matrix, calibration, the most
 confidently wrong examples, attributions, and the verdict against the best baseline."""
 
+import numpy as np
 import torch
 
-from components.data.contract import (BASELINE_PREDICTIONS, read_json, read_manifest, read_test_predictions,
-                                      write_csv_atomic, write_json_atomic)
+from components.data.contract import (BASELINE_PREDICTIONS, read_json, read_manifest, read_table,
+                                      read_test_predictions, write_csv_atomic, write_json_atomic)
 from components.evaluation import figures
 from components.evaluation.attributions import explain_sample
 from components.evaluation.metrics import (calibration, classification_metrics, confidently_wrong,
@@ -21,7 +22,7 @@ def main() -> None:
         paths, p = stage.paths, stage.params.evaluate
         torch.set_num_threads(1)
         model, spec = load_model(stage.path(paths.model))
-        split_dir = stage.path(paths.split)
+        split_dir = stage.path(paths.audit)  # the split after the label audit (test rows as given)
         manifest = read_manifest(split_dir)
         modality = manifest.get("payload", "image")
         stage.record_input(split_dir)
@@ -33,6 +34,15 @@ def main() -> None:
         metrics, per_class, cm = classification_metrics(y, proba, classes=names)
         ece, bins = calibration(y, proba, bins=p.calibration_bins)
         metrics["test/ece"] = ece
+        # test/acc above is on the labels as given (the headline: the verdict and the gate use it);
+        # the audit only flags test rows, so this second number leaves its suspects out.
+        if "label_issue" in manifest["schema"]:
+            t = read_table(split_dir, columns=["id", "label_issue"], filter_split="test")
+            flagged = dict(zip(t.column("id").to_pylist(), t.column("label_issue").to_pylist()))
+            unflagged = np.array([not flagged[i] for i in ids], dtype=bool)
+            metrics["test/flagged_rows"] = int((~unflagged).sum())
+            if unflagged.any():
+                metrics["test/acc_unflagged"] = float((pred[unflagged] == y[unflagged]).mean())
 
         # The verdict: the network vs the baseline chosen on val, on the very same test rows.
         mdir = stage.path(paths.metrics)
@@ -51,6 +61,9 @@ def main() -> None:
         metrics["evaluate/gain_vs_best_baseline"] = metrics["test/acc"] - best_acc
         stage.log("test/acc %.4f  test/f1_macro %.4f  test/ece %.4f  (best baseline %s: %.4f)",
                   metrics["test/acc"], metrics["test/f1_macro"], ece, best_name, best_acc)
+        if "test/acc_unflagged" in metrics:
+            stage.log("test/acc_unflagged %.4f on the %d test rows the label audit did not flag (%d flagged)",
+                      metrics["test/acc_unflagged"], len(ids) - metrics["test/flagged_rows"], metrics["test/flagged_rows"])
         stage.log("verdict: %s", sentence)
 
         # Plots (DVC) and figures for the report.

@@ -44,7 +44,7 @@ def main() -> None:
                              model=params.mlflow.registered_model)
         images = {k: stage.path(getattr(p, d)) / f for k, (d, f) in IMAGES.items()}
         images = {k: f.read_bytes() for k, f in images.items() if f.exists()}
-        suspects, suspects_file = read_label_suspects(stage.path(p.clean), k=params.report.label_suspects)
+        suspects, suspects_file = read_label_suspects(stage.path(p.audit), k=params.report.label_suspects)
         if suspects:
             thumbs = image_thumbnails([s["id"] for s in suspects], clean_dir=stage.path(p.clean),
                                       ingest_dir=stage.path(p.ingest))
@@ -59,13 +59,13 @@ def main() -> None:
             tracking_uri=mlflow.get_tracking_uri()))
         page = build_report(
             title=params.report.title, verdict=verdict, stages=stages, pipeline=pipeline, mlflow_hint=hint,
-            manifests={name: _manifest(stage.path(getattr(p, name))) for name in ("ingest", "clean", "split")},
+            manifests={name: _manifest(stage.path(getattr(p, name))) for name in ("ingest", "clean", "split", "audit")},
             curve=[{k: float(v) for k, v in r.items()} for r in curve] if curve else None,
             confusion=_csv(stage.path(p.plots) / "confusion.csv"),
             per_class=_csv(stage.path(p.plots) / "per_class.csv"),
             trials=_csv(stage.path(p.tune) / "trials.csv"),
             network=params.train.model, evaluation=evaluation, images=images,
-            label_suspects=suspects, suspects_file=f"{p.clean}/{suspects_file}",
+            label_suspects=suspects, suspects_file=f"{p.audit}/{suspects_file}",
             mlflow_runs=runs)
         out = stage.path(p.reports) / "report.html"
         write_text_atomic(out, page)

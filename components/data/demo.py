@@ -1,5 +1,7 @@
-"""The demo dataset taken through the real ingest -> clean -> split components, without DVC or
-MLflow: for tests and benchmarks that need a realistic split in seconds."""
+"""The demo dataset taken through the real ingest -> clean -> split -> audit components, without DVC
+or MLflow: for tests and benchmarks that need a realistic split in seconds. The audit here has
+label-issue search off (no model, no Ray): every row is kept with ``label_issue`` false, which is
+what the stages after it read (``data/audit``)."""
 
 from __future__ import annotations
 
@@ -8,14 +10,27 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from components.data.contract import DatasetWriter, SetAside, content_id, iter_batches
+from components.data.contract import DatasetWriter, SetAside, content_id, iter_batches, read_manifest
 from components.data.sources import digits_source
 from components.data.splitting import assign_splits, split_keys
-from components.quality.cleaning import CleanOptions, clean_images
+from components.quality.audit import NoiseOptions, audit_dataset
+from components.quality.cleaning import CleanOptions, clean_dataset
+
+
+def write_audit(split_dir: str | Path, out_dir: str | Path) -> Path:
+    """``out_dir`` = the split dataset as the audit stage writes it with label-issue search off."""
+    m = read_manifest(split_dir)
+    carried = {k: m[k] for k in ("image_shape", "sequence_length", "feature_names", "source") if k in m}
+    with DatasetWriter(out_dir, classes=m["classes"], metadata=carried) as w:
+        st = audit_dataset(iter_batches(split_dir), lambda: iter_batches(split_dir), w, modality=m["payload"],
+                           classes=m["classes"], image_shape=m.get("image_shape"), options=None,
+                           noise=NoiseOptions(rate=0.0, seed=0), embeddings=None, use_ray=False)
+        w.close(rows_in=st["rows_in"], set_aside=st["set_aside"], extra=st["extra"])
+    return Path(out_dir)
 
 
 def write_digits_split(root: str | Path, *, fractions: dict[str, float] | None = None, seed: int = 0) -> Path:
-    """Write ``root/{ingest,clean,split}``; returns the split dataset directory."""
+    """Write ``root/{ingest,clean,split,audit}``; returns the split dataset directory."""
     root = Path(root)
     fractions = fractions or {"train": 0.7, "val": 0.15, "test": 0.15}
     src = digits_source()
@@ -24,18 +39,21 @@ def write_digits_split(root: str | Path, *, fractions: dict[str, float] | None =
             w.write(b)
         raw = w.close(rows_in=w.rows, set_aside=SetAside())
     with DatasetWriter(root / "clean", classes=raw["classes"]) as w:
-        stats = clean_images(iter_batches(root / "ingest"), w, n_classes=len(raw["classes"]), options=CleanOptions())
+        stats = clean_dataset(iter_batches(root / "ingest"), w, n_classes=len(raw["classes"]), modality="image",
+                              options=CleanOptions())
         w.close(rows_in=stats["rows_in"], set_aside=stats["set_aside"], extra=stats["extra"])
-    with DatasetWriter(root / "split", classes=raw["classes"], metadata={"image_shape": stats["image_shape"]}) as w:
+    with DatasetWriter(root / "split", classes=raw["classes"],
+                       metadata={"image_shape": stats["extra"]["image_shape"]}) as w:
         for batch in iter_batches(root / "clean"):
             splits = assign_splits(split_keys(batch), fractions=fractions, seed=seed)
             w.write(pa.Table.from_batches([batch]).append_column("split", pa.array(splits)))
         w.close(rows_in=w.rows, set_aside=SetAside())
+    write_audit(root / "split", root / "audit")
     return root / "split"
 
 
 def _synthetic_rows(modality: str, *, n_per_class: int, n_classes: int, rng) -> tuple[list, list[int], dict]:
-    """Small learnable rows of one non-image modality in its *cleaned* form (see DESIGN.md)."""
+    """Small learnable rows of one non-image modality in its *cleaned* form (see docs/architecture.md)."""
     labels = [k for k in range(n_classes) for _ in range(n_per_class)]
     if modality == "text":
         words = [["alpha", "apple", "amber"], ["beta", "banana", "blue"], ["gamma", "grape", "green"],
@@ -59,8 +77,9 @@ def _synthetic_rows(modality: str, *, n_per_class: int, n_classes: int, rng) -> 
 
 def write_synthetic_split(root: str | Path, modality: str, *, n_per_class: int = 60, n_classes: int = 3,
                           fractions: dict[str, float] | None = None, seed: int = 0) -> Path:
-    """A split dataset (``root/split``) of text / sequence / features rows, as clean and split would
-    write them: the fixture for tests of modalities that have no demo source of their own.
+    """A split dataset (``root/split``, and ``root/audit`` as the audit stage writes it) of text /
+    sequence / features rows, as clean and split would write them: the fixture for tests of
+    modalities that have no demo source of their own.
 
     Cleaned payload columns: ``text`` string; ``sequence`` fixed_size_list<float32>[L] with
     manifest ``sequence_length``; ``features`` fixed_size_list<float32>[F] with manifest
@@ -82,4 +101,5 @@ def write_synthetic_split(root: str | Path, modality: str, *, n_per_class: int =
     with DatasetWriter(Path(root) / "split", classes=classes, metadata=extra) as w:
         w.write(table)
         w.close(rows_in=w.rows, set_aside=SetAside())
+    write_audit(Path(root) / "split", Path(root) / "audit")
     return Path(root) / "split"

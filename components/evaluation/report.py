@@ -132,8 +132,12 @@ def _data_section(manifests: dict[str, dict | None], suspects: list[dict] | None
     body += (f"<p>clean: {sum(reasons.values()) - dup} quarantined, {dup} duplicates set aside"
              f" (per reason above).</p>" if clean else "")
     body += "<h3>Label suspects</h3>"
+    audit = (manifests.get("audit") or {}).get("label_issues") or {}
+    if audit.get("decision") or audit.get("skipped"):  # did the audit change training data, and why
+        verb = "changed train rows" if audit.get("acted") else "changed no row"
+        body += f"<p>label audit {verb}: {html.escape(audit.get('decision') or audit['skipped'])}</p>"
     if suspects is None:
-        body += missing(f"not available: the clean stage wrote no {suspects_file}")
+        body += missing(f"not available: the audit stage wrote no {suspects_file}")
     elif not suspects:
         body += "<p>no likely label errors found.</p>"
     else:

@@ -1,4 +1,4 @@
-"""What the report reads besides metrics: the clean stage's label suspects (with thumbnails) and
+"""What the report reads besides metrics: the audit stage's label suspects (with thumbnails) and
 the MLflow runs of this pipeline run. Everything here returns None when its source does not
 exist, so the report can say "not available" instead of breaking."""
 
@@ -13,17 +13,17 @@ import numpy as np
 
 from components.data.contract import DataContractError, read_manifest, read_table
 
-# Written by the clean stage beside its manifest (`label_issues.csv`, ranked: least self-confident
+# Written by the audit stage beside its manifest (`label_issues.csv`, ranked: least self-confident
 # first): one row per likely label error with at least `id`; the report shows every other column it
 # finds (given / predicted label, confidence...). The other names are accepted for hand-made files.
 LABEL_SUSPECTS = ("label_issues.csv", "label_suspects.jsonl", "label_suspects.csv")
 
 
-def read_label_suspects(clean_dir: str | Path, *, k: int) -> tuple[list[dict] | None, str]:
+def read_label_suspects(audit_dir: str | Path, *, k: int) -> tuple[list[dict] | None, str]:
     """(the ``k`` most confident suspects, or None when no suspects file exists; the file name looked for)."""
-    clean_dir = Path(clean_dir)
+    audit_dir = Path(audit_dir)
     for name in LABEL_SUSPECTS:
-        p = clean_dir / name
+        p = audit_dir / name
         if not p.exists():
             continue
         if name.endswith(".jsonl"):

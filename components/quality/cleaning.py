@@ -2,12 +2,13 @@
 row set aside.
 
 Two streaming passes keep memory bounded by one batch plus one small record per row (for
-images it holds the 1 KiB near-duplicate embedding; the label-issue step is the exception: its
-model needs every kept row's features at once):
+images the 1 KiB near-duplicate embedding waits in a temporary file, and 36 numbers of it stay):
 pass 1 decodes and validates each row into a temporary Parquet file and remembers its id,
-label, content hash and near-duplicate signature; duplicates, groups, injected noise and
-label issues are then decided over those records; pass 2 streams the temporary file and
-writes the rows that are kept, with their decisions applied.
+label, content hash and near-duplicate signature; duplicates and groups are then decided over
+those records; pass 2 streams the temporary file and writes the rows that are kept.
+
+Label errors are not judged here: the audit stage (components/quality/audit.py) does that after
+split, where it knows which rows are train rows (the only ones it may change).
 
 Cleaned payloads (the data contract after clean):
 - ``image``: fixed_size_list<uint8>[h*w*c], decoded, resized to ``image_size``, converted to
@@ -18,8 +19,7 @@ Cleaned payloads (the data contract after clean):
   are set aside; manifest ``sequence_length`` / ``feature_names``.
 
 Columns added: ``group`` (near-duplicate group, named by its smallest id; split keeps a group
-together); with noise injection ``true_label`` (read only by scoring code); with the ``flag``
-or ``relabel`` policy ``label_issue`` (bool); with ``relabel`` ``given_label``.
+together).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import re
 import tempfile
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -39,18 +39,15 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from components.data.contract import DatasetWriter, SetAside, content_hash
-from components.quality.duplicates import (DUPLICATE, LABEL_CONFLICT, connected_groups, duplicate_pairs, find_exact_duplicates,
-                                           group_summary, image_embedding, text_key)
-from components.quality.label_issues import (LabelIssueOptions, TooFewRows, decide, detection_scores, oof_probabilities,
-                                             suspects_table)
-from components.quality.noise import inject_symmetric_noise
+from components.quality.duplicates import (DUPLICATE, LABEL_CONFLICT, NearDuplicateIndex, connected_groups, duplicate_pairs,
+                                           find_exact_duplicates, group_summary, image_embedding, key64,
+                                           near_pairs_table, text_key)
 
 # Reasons a row is set aside; the manifest counts rows per reason.
 CORRUPT = "corrupt_payload"
 NON_FINITE = "non_finite_values"
 WRONG_LENGTH = "wrong_length"
 BAD_LABEL = "label_out_of_range"
-LABEL_ISSUE = "label_issue"
 
 MODALITIES = ("image", "text", "sequence", "features")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -66,11 +63,6 @@ class CleanOptions:
     drop_duplicates: bool = True
     payload_length: int | None = None          # sequences / features; None: the most common length
     near_duplicate_distance: float = 0.05      # images; 0 turns near-duplicate search off
-    label_issues: LabelIssueOptions | None = None  # None: no label-error search (no Ray needed)
-    noise_rate: float = 0.0                    # symmetric noise injected into the train portion
-    noise_seed: int = 0
-    split_fractions: dict = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
-    split_seed: int = 0
 
 
 def decode_image(data: bytes, *, size: tuple[int, int], channels: int) -> np.ndarray:
@@ -145,40 +137,13 @@ def _column(values: list, modality: str, options: CleanOptions) -> pa.Array:
     return pa.array([v.tolist() for v in values], pa.list_(pa.float32()))
 
 
-def oof_features(column: pa.Array, modality: str, *, shape: list[int] | None = None):
-    """Features of the fast label-issue model, from a cleaned payload column.
-
-    Images: pixels scaled to [0, 1] (at most 32x32 per channel; larger images are shrunk).
-    Text: TF-IDF of hashed word uni- and bigrams (sparse). Sequences: standardised values plus
-    standardised FFT magnitudes (phase-free). Features: standardised values.
-    """
-    if modality == "text":
-        from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
-
-        counts = HashingVectorizer(n_features=2**16, alternate_sign=False, ngram_range=(1, 2),
-                                   norm=None).transform(column.to_pylist())
-        return TfidfTransformer().fit_transform(counts)
-    flat = column.flatten().to_numpy(zero_copy_only=False)
-    if modality == "image":
-        h, w, c = shape
-        x = flat.reshape(-1, h, w, c)
-        if h > 32 or w > 32:
-            x = np.stack([np.asarray(Image.fromarray(a[..., 0] if c == 1 else a).resize(
-                (min(w, 32), min(h, 32)), Image.Resampling.BILINEAR)) for a in x])
-        return x.reshape(len(x), -1).astype(np.float32) / 255.0
-    x = flat.reshape(len(column), -1).astype(np.float32)
-    if modality == "sequence":
-        x = np.concatenate([x, np.abs(np.fft.rfft(x, axis=1)).astype(np.float32)], axis=1)
-    return ((x - x.mean(0)) / np.where(x.std(0) > 1e-8, x.std(0), 1.0)).astype(np.float32)
-
-
 @dataclass
 class _Record:
     id: str
     source: str
     label: int
     digest: str
-    near: object = None      # image embedding (np.ndarray) or text key (str)
+    near: object = None      # text: 64-bit key of the normalised text (images: in the NearDuplicateIndex)
     length: int = 0
 
 
@@ -188,8 +153,7 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
     """Clean raw rows of one modality into ``writer``.
 
     Returns ``rows_in``, ``set_aside`` (a :class:`SetAside`), ``extra`` (manifest keys),
-    ``metrics`` (``clean/...`` numbers), ``suspects`` (the top label-issue suspects) and
-    ``conflicts`` (near-duplicate groups whose labels disagree).
+    ``metrics`` (``clean/...`` numbers) and ``conflicts`` (near-duplicate groups whose labels disagree).
     """
     if modality not in MODALITIES:
         raise ValueError(f"unknown payload {modality!r}: choose from {MODALITIES}")
@@ -200,6 +164,9 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
     stage_schema = pa.schema([("id", pa.string()), ("label", pa.int64()),
                               (modality, _staging_type(modality, options)), ("source", pa.string())])
 
+    near_distance = options.near_duplicate_distance if modality == "image" else 0.0
+    # image embeddings: 36 numbers a row in memory, the full 1 KiB on disk (bounded memory)
+    near_index = NearDuplicateIndex(radius=near_distance) if near_distance > 0 else None
     with tempfile.TemporaryDirectory(prefix="trainwise-clean-") as tmp:
         staged = Path(tmp) / "decoded.parquet"
         # -- pass 1: decode and validate ------------------------------------------------------
@@ -220,10 +187,11 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
                         continue
                     rec = _Record(row_id, source, int(label), content_hash(raw))
                     if modality == "image":
-                        h, w = options.image_size
-                        rec.near = image_embedding(value.reshape(h, w, options.channels))
+                        if near_index is not None:  # row k of the index is records[k]
+                            h, w = options.image_size
+                            near_index.add(image_embedding(value.reshape(h, w, options.channels)))
                     elif modality == "text":
-                        rec.near = text_key(value)
+                        rec.near = key64(text_key(value).encode())
                     else:
                         rec.length = len(value)
                     records.append(rec)
@@ -260,12 +228,12 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
         labels = np.array([r.label for r in kept], dtype=np.int64)
         index = {row_id: k for k, row_id in enumerate(ids)}
 
-        near_distance = options.near_duplicate_distance if modality == "image" else 0.0
-        pairs = duplicate_pairs(
-            hashes=[r.digest for r in kept],
-            near_vectors=np.stack([r.near for r in kept]) if modality == "image" and kept else None,
-            near_keys=[r.near for r in kept] if modality == "text" else None,
-            near_distance=near_distance)
+        near, near_dist = np.empty((0, 2), np.int64), np.empty(0, np.float32)
+        if near_index is not None:  # found once here; split's leakage check reads them (near_pairs.parquet)
+            with near_index:
+                near, near_dist = near_index.pairs(keep=np.array([r.id not in removed for r in records], bool))
+        pairs = duplicate_pairs(hashes=[r.digest for r in kept], near=near,
+                                near_keys=[r.near for r in kept] if modality == "text" else None)
         groups = connected_groups(ids, pairs)
         dup_summary = group_summary(groups, labels.tolist(), ids)
         extra["near_duplicates"] = {"method": {"image": "embedding_distance", "text": "normalised_text"}.get(
@@ -279,60 +247,6 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
                    "clean/near_duplicate_rows": dup_summary["rows"],
                    "clean/near_duplicate_conflicts": len(dup_summary["conflicts"])}
 
-        true_labels = labels
-        if options.noise_rate > 0:
-            from components.data.splitting import assign_splits
-
-            planned = np.array(assign_splits(groups, fractions=options.split_fractions, seed=options.split_seed))
-            labels = inject_symmetric_noise(ids, true_labels, eligible=planned == "train", rate=options.noise_rate,
-                                            n_classes=n_classes, seed=options.noise_seed)
-            flipped = labels != true_labels
-            extra["noise"] = {"rate": options.noise_rate, "seed": options.noise_seed, "flipped": int(flipped.sum())}
-            metrics["clean/noise/flipped"] = int(flipped.sum())
-
-        decisions, suspects = None, []
-        li = options.label_issues
-        proba = None
-        if li is not None:
-            table = pq.read_table(staged, columns=["id", modality])
-            order = np.array([index.get(i, -1) for i in table.column("id").to_pylist()], dtype=np.int64)
-            col = table.column(modality).combine_chunks().filter(pa.array(order >= 0))
-            x = oof_features(col, modality, shape=extra.get("image_shape")) if len(kept) else None
-            rows_order = order[order >= 0]
-            x_sorted = x[np.argsort(rows_order)] if len(kept) else None  # feature row k belongs to kept[k]
-            try:
-                proba, oof_s = oof_probabilities(x_sorted, labels, n_classes=n_classes, model=li.model,
-                                                 folds=li.folds, workers=li.workers, seed=li.seed)
-            except TooFewRows as err:
-                extra["label_issues"] = {"skipped": str(err)}
-        if proba is not None:
-            decisions = decide(labels, proba, policy=li.policy, max_fraction=li.max_fraction)
-            suspects = suspects_table(decisions, ids=ids, sources=[r.source for r in kept], labels=labels,
-                                      classes=classes, top=li.top_suspects)
-            extra["label_issues"] = {"policy": li.policy, "model": li.model, "folds": li.folds,
-                                     "max_fraction": li.max_fraction, **decisions.counts()}
-            metrics.update({f"clean/label_issues/{k}": v for k, v in decisions.counts().items()})
-            metrics["clean/label_issues/oof_s"] = round(oof_s, 3)
-            metrics["clean/label_issues/oof_acc"] = float((proba.argmax(1) == labels).mean())
-            if options.noise_rate > 0:
-                found = np.zeros(len(kept), bool)
-                found[decisions.acted] = True
-                metrics.update({f"clean/label_issues/{k}": v
-                                for k, v in detection_scores(found, labels != true_labels).items()})
-
-        # -- apply -----------------------------------------------------------------------------
-        final_labels = labels.copy()
-        issue = np.zeros(len(kept), bool)
-        if decisions is not None:
-            issue[decisions.acted] = True
-            if li.policy == "relabel":
-                final_labels[decisions.acted] = decisions.predicted[decisions.acted]
-            elif li.policy == "drop":
-                for k in decisions.acted:
-                    removed[ids[k]] = (LABEL_ISSUE, {
-                        "given_label": int(labels[k]), "predicted_label": int(decisions.predicted[k]),
-                        "confidence": round(float(decisions.confidence[k]), 4)})
-
         # -- pass 2: write what is kept ---------------------------------------------------------
         if records:
             for batch in pq.ParquetFile(staged).iter_batches(batch_size=4096):
@@ -343,26 +257,18 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
                 rows = rows[rows >= 0]
                 if not len(rows):
                     continue
-                table = table.set_column(table.schema.get_field_index("label"), "label",
-                                         pa.array(final_labels[rows], pa.int64()))
                 if modality in ("sequence", "features"):
                     vals = table.column(modality).combine_chunks().flatten()
                     table = table.set_column(table.schema.get_field_index(modality), modality,
                                              pa.FixedSizeListArray.from_arrays(vals, length))
                 table = table.append_column("group", pa.array([groups[k] for k in rows], pa.string()))
-                if options.noise_rate > 0:
-                    table = table.append_column("true_label", pa.array(true_labels[rows], pa.int64()))
-                if decisions is not None and li.policy in ("flag", "relabel"):
-                    table = table.append_column("label_issue", pa.array(issue[rows], pa.bool_()))
-                if decisions is not None and li.policy == "relabel":
-                    table = table.append_column("given_label", pa.array(labels[rows], pa.int64()))
                 writer.write(table)
         source_of = {r.id: r.source for r in records}
         for row_id, (reason, detail) in sorted(removed.items()):
             aside.add(row_id, source_of[row_id], reason, **detail)
 
     return {"rows_in": rows_in, "set_aside": aside, "extra": extra, "metrics": metrics,
-            "suspects": suspects, "conflicts": dup_summary["conflicts"],
+            "conflicts": dup_summary["conflicts"], "near_pairs": near_pairs_table(ids, near, near_dist),
             # first version's key, still read by components.data.demo
             "image_shape": extra.get("image_shape")}
 

@@ -1,22 +1,30 @@
-"""Likely label errors by confident learning, and what to do about them.
+"""Likely label errors by confident learning, the auditor's own judgement, and the policy.
 
-1. Out-of-fold predicted probabilities: k-fold training of a fast classical model, one Ray task
-   per fold, at most ``workers`` folds at once. Every row is predicted by a model that never
-   saw its (possibly wrong) label.
+1. Out-of-fold predicted probabilities from a fast classical model (the *auditor*), trained
+   k-fold on the **train rows only**: every train row is predicted by a model that never saw its
+   (possibly wrong) label; val and test rows are predicted by every fold model (averaged) and
+   never inform any model, so no val/test label can reach training through the audit.
+   Below ``ray_min_rows`` rows the folds run one after another in this process (a few seconds;
+   starting Ray costs 10-25 s on a laptop); from there on each fold is a Ray task (1 CPU), at
+   most ``workers`` at once, and the features go to the object store once.
 2. cleanlab's ``find_label_issues`` on those probabilities (``prune_by_noise_rate``: estimate
    the noise matrix, then remove that many off-diagonal rows, least self-confident first).
-3. A policy: ``drop`` (set aside), ``flag`` (kept, ``label_issue`` column true) or ``relabel``
-   (to the out-of-fold prediction; the given label kept in ``given_label``), touching at most
-   ``max_fraction`` of the rows, the least self-confident first.
+3. The auditor is judged before it may act (:func:`judge_auditor`): is it clearly better than
+   predicting the majority class, and does its own uncertainty leave the suspects plausible?
+4. The policy, on **train rows only**: ``drop`` (set aside), ``relabel`` (to the out-of-fold
+   prediction; the given label stays in ``given_label``) or ``flag`` (nothing changes), touching
+   at most ``max_fraction`` of the train rows, the least self-confident first. Suspects in val and
+   test are only ever flagged: test/acc is measured against the labels the user gave.
 
 Model choice, measured on digits with 10-30% symmetric noise in the train portion (5 folds,
 label-issue F1 against the known flips): SVC (RBF, probabilities by Platt scaling) 0.92 /
 0.96 / 0.96, k-NN(10) 0.92 / 0.94 / 0.93, logistic regression 0.88 / 0.93 / 0.94, each fold
-under 2 s. ``svc`` is the default.
+under 2 s. ``svc`` is the default (params.yaml).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -24,17 +32,25 @@ import numpy as np
 
 MODELS = ("svc", "logistic_regression", "knn")
 POLICIES = ("drop", "flag", "relabel")
+ACTION = {"drop": "dropped", "flag": "flagged", "relabel": "relabeled"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LabelIssueOptions:
-    policy: str = "drop"
-    max_fraction: float = 0.3
-    model: str = "svc"
-    folds: int = 5
-    workers: int = 2
-    top_suspects: int = 50
-    seed: int = 0
+    """What the audit does; every value comes from ``clean.label_issues`` in params.yaml (the one
+    place for defaults, see pipelines/config.py: LabelIssueParams)."""
+
+    policy: str
+    max_fraction: float
+    model: str
+    folds: int
+    workers: int
+    top_suspects: int
+    seed: int
+    min_lift: float
+    min_precision: float
+    ray_min_rows: int
+    max_features: int
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -47,6 +63,11 @@ class LabelIssueOptions:
             raise ValueError(f"label-issue max_fraction must be in [0, 1], got {self.max_fraction}")
         if self.workers < 1:
             raise ValueError(f"label-issue workers must be >= 1, got {self.workers}")
+        if not 0 <= self.min_lift <= 1 or not 0 <= self.min_precision <= 1:
+            raise ValueError(f"label-issue min_lift / min_precision must be in [0, 1], got "
+                             f"{self.min_lift} / {self.min_precision}")
+        if self.max_features < 2:
+            raise ValueError(f"label-issue max_features must be >= 2, got {self.max_features}")
 
 
 def make_model(name: str, *, seed: int):
@@ -67,11 +88,11 @@ def make_model(name: str, *, seed: int):
     raise ValueError(f"unknown model {name!r}: choose from {MODELS}")
 
 
-def fit_predict_fold(x, y, train_idx, test_idx, *, model: str, n_classes: int, seed: int) -> np.ndarray:
-    """Fit on one fold's training rows; class probabilities (all ``n_classes``) of its held-out rows."""
-    clf = make_model(model, seed=seed).fit(x[train_idx], y[train_idx])
-    proba = clf.predict_proba(x[test_idx])
-    out = np.zeros((len(test_idx), n_classes), dtype=np.float64)
+def fit_predict_fold(x, y, fit_idx, predict_idx, *, model: str, n_classes: int, seed: int) -> np.ndarray:
+    """Fit on ``fit_idx``; class probabilities (all ``n_classes`` columns) of the ``predict_idx`` rows."""
+    clf = make_model(model, seed=seed).fit(x[fit_idx], y[fit_idx])
+    proba = clf.predict_proba(x[predict_idx])
+    out = np.zeros((len(predict_idx), n_classes), dtype=np.float64)
     out[:, clf.classes_] = proba  # a class missing from this fold's training rows gets 0
     return out
 
@@ -87,35 +108,53 @@ def fold_indices(y: np.ndarray, *, folds: int, seed: int) -> list[tuple[np.ndarr
     present = counts[counts > 0]
     k = min(folds, int(present.min())) if len(present) else 0
     if k < 2 or len(present) < 2:
-        raise TooFewRows(f"label-issue search skipped: needs 2+ classes with 2+ rows each, "
+        raise TooFewRows(f"label-issue search skipped: needs 2+ classes with 2+ train rows each, "
                          f"got class counts {counts.tolist()}")
     return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
 
 
-def oof_probabilities(x, y: np.ndarray, *, n_classes: int, model: str = "svc", folds: int = 5,
-                      workers: int = 2, seed: int = 0) -> tuple[np.ndarray, float]:
-    """Out-of-fold predicted probabilities (N, n_classes) and the wall seconds they took.
+def oof_probabilities(x, y: np.ndarray, *, n_classes: int, model: str, folds: int, workers: int, seed: int,
+                      use_ray: bool, fit_rows: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Held-out predicted probabilities (N, n_classes) of every row, and the wall seconds they took.
 
-    Each fold is a Ray task (1 CPU); at most ``workers`` run at once. Ray must already be
-    initialised (``components.runtime.init_ray``); ``x`` goes to the object store once.
+    Folds are cut over ``fit_rows`` (a bool mask; all rows when None): each of those rows is
+    predicted by the one fold model that did not see it; every other row by the mean of the
+    fold models (none of which saw it). ``use_ray``: each fold a Ray task (Ray must already be
+    initialised, ``components.runtime.init_ray``), at most ``workers`` at once; otherwise the
+    folds run one after another here, without importing Ray. Both give the same numbers.
     """
+    y = np.asarray(y, dtype=np.int64)
+    fit_rows = np.ones(len(y), bool) if fit_rows is None else np.asarray(fit_rows, bool)
+    t0 = time.perf_counter()
+    pool, others = np.flatnonzero(fit_rows), np.flatnonzero(~fit_rows)
+    jobs = [(pool[tr], np.concatenate([pool[te], others]))
+            for tr, te in fold_indices(y[pool], folds=folds, seed=seed)]
+    proba = np.zeros((len(y), n_classes), dtype=np.float64)
+
+    def collect(result: np.ndarray, predicted: np.ndarray) -> None:
+        n_held = len(predicted) - len(others)
+        proba[predicted[:n_held]] = result[:n_held]
+        proba[others] += result[n_held:] / len(jobs)
+
+    kw = dict(model=model, n_classes=n_classes, seed=seed)
+    if not use_ray:
+        for fit_idx, predict_idx in jobs:
+            collect(fit_predict_fold(x, y, fit_idx, predict_idx, **kw), predict_idx)
+        return proba, time.perf_counter() - t0
+
     import ray
 
-    y = np.asarray(y, dtype=np.int64)
-    t0 = time.perf_counter()
-    splits = fold_indices(y, folds=folds, seed=seed)
     task = ray.remote(num_cpus=1)(fit_predict_fold)
     x_ref, y_ref = ray.put(x), ray.put(y)
-    proba = np.zeros((len(y), n_classes), dtype=np.float64)
     pending: dict = {}
-    queue = list(enumerate(splits))
+    queue = list(jobs)
     while queue or pending:
         while queue and len(pending) < workers:
-            k, (tr, te) = queue.pop(0)
-            pending[task.remote(x_ref, y_ref, tr, te, model=model, n_classes=n_classes, seed=seed)] = te
+            fit_idx, predict_idx = queue.pop(0)
+            pending[task.remote(x_ref, y_ref, fit_idx, predict_idx, **kw)] = predict_idx
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
-            proba[pending.pop(ref)] = ray.get(ref)
+            collect(ray.get(ref), pending.pop(ref))
     return proba, time.perf_counter() - t0
 
 
@@ -137,48 +176,138 @@ def rank_label_issues(labels: np.ndarray, proba: np.ndarray) -> np.ndarray:
                                         return_indices_ranked_by="self_confidence"), dtype=np.int64)
 
 
+def wilson_lower(successes: int, n: int, *, z: float = 1.96) -> float:
+    """Lower end of the Wilson score interval (95% by default) of a binomial proportion."""
+    if n == 0:
+        return 0.0
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - spread) / (1 + z * z / n))
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """Whether the auditor may act, and why (one sentence for the terminal, manifest and report)."""
+
+    trusted: bool
+    reason: str
+    oof_acc: float            # out-of-fold accuracy against the given train labels
+    majority_rate: float      # accuracy of always predicting the most common train class
+    lift: float               # (lower 95% bound of oof_acc - majority) / (1 - majority)
+    expected_precision: float  # 1 - mean probability the auditor gives the suspects' given labels
+
+    def metrics(self) -> dict[str, float]:
+        return {"oof_acc": round(self.oof_acc, 4), "majority_rate": round(self.majority_rate, 4),
+                "lift": round(self.lift, 4), "expected_precision": round(self.expected_precision, 4),
+                "trusted": int(self.trusted)}
+
+
+def judge_auditor(labels: np.ndarray, proba: np.ndarray, suspects: np.ndarray, *, min_lift: float,
+                  min_precision: float) -> Judgement:
+    """Judge the auditor on the rows it was cross-validated on, before it may change any of them.
+
+    - *Better than chance*: the lower 95% (Wilson) bound of its out-of-fold accuracy must close at
+      least ``min_lift`` of the gap between the majority-class rate and 1. A 60%-accurate auditor
+      on two balanced classes has lift <= 0.2; digits' SVC with 20% of labels flipped has ~0.75.
+    - *Suspects it can explain*: the auditor's own probabilities say how likely each suspect's given
+      label is right after all; their mean is the share of suspects its own errors explain, so
+      ``1 - mean`` is the precision it can expect when acting. Below ``min_precision`` the
+      suspects are more than its error rate lets it tell apart from its own mistakes.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    correct = int((proba.argmax(1) == labels).sum())
+    acc = correct / n if n else 0.0
+    majority = float(np.bincount(labels).max() / n) if n else 1.0
+    lift = (wilson_lower(correct, n) - majority) / (1 - majority) if majority < 1 else 0.0
+    given_prob = proba[suspects, labels[suspects]] if len(suspects) else np.zeros(0)
+    precision = float(1 - given_prob.mean()) if len(suspects) else 1.0
+    if lift < min_lift:
+        reason = (f"auditor not clearly better than chance: out-of-fold accuracy {acc:.3f} vs majority-class "
+                  f"rate {majority:.3f} (lift {lift:.2f} < min_lift {min_lift:g}); suspects only flagged")
+        return Judgement(False, reason, acc, majority, lift, precision)
+    if precision < min_precision:
+        reason = (f"suspects implausibly many for this auditor: its own probabilities expect "
+                  f"{1 - precision:.0%} of the {len(suspects)} suspects to carry the right label (expected "
+                  f"precision {precision:.2f} < min_precision {min_precision:g}); suspects only flagged")
+        return Judgement(False, reason, acc, majority, lift, precision)
+    reason = (f"auditor trusted: out-of-fold accuracy {acc:.3f} vs majority {majority:.3f} (lift {lift:.2f}), "
+              f"expected precision of its {len(suspects)} suspects {precision:.2f}")
+    return Judgement(True, reason, acc, majority, lift, precision)
+
+
 @dataclass
 class LabelDecisions:
     """What the policy does to each row (indices into the rows given to :func:`decide`)."""
 
     policy: str
-    found: np.ndarray          # every likely issue, ranked
-    acted: np.ndarray          # the ranked prefix the cap allows
-    predicted: np.ndarray      # out-of-fold argmax per row
-    confidence: np.ndarray     # out-of-fold probability of that prediction per row
-    given_prob: np.ndarray     # out-of-fold probability of the given label per row
+    found: np.ndarray          # every likely issue (train, val and test), ranked
+    acted: np.ndarray          # train suspects changed (dropped / relabelled): the ranked prefix the cap allows
+    over_cap: int              # train suspects the cap kept the policy from changing
+    predicted: np.ndarray      # held-out argmax per row
+    confidence: np.ndarray     # held-out probability of that prediction per row
+    given_prob: np.ndarray     # held-out probability of the given label per row
+    judgement: Judgement | None
 
     @property
-    def capped(self) -> int:
-        return len(self.found) - len(self.acted)
+    def applied(self) -> bool:
+        """True when the policy changed train rows (drop / relabel, by a trusted auditor)."""
+        return self.policy != "flag" and self.judgement is not None and self.judgement.trusted
 
     def counts(self) -> dict[str, int]:
-        action = {"drop": "dropped", "flag": "flagged", "relabel": "relabeled"}[self.policy]
-        # `touched` is the same number under one name for every policy (for metric diffs)
-        return {"found": len(self.found), action: len(self.acted), "touched": len(self.acted),
-                "over_cap": self.capped}
+        n = {"found": len(self.found), "flagged": len(self.found), "acted": int(self.applied),
+             "touched": len(self.acted), "over_cap": self.over_cap}
+        if self.policy != "flag":
+            n[ACTION[self.policy]] = len(self.acted)
+        return n
 
 
-def decide(labels: np.ndarray, proba: np.ndarray, *, policy: str, max_fraction: float) -> LabelDecisions:
+def decide(labels: np.ndarray, proba: np.ndarray, *, train: np.ndarray, policy: str, max_fraction: float,
+           min_lift: float, min_precision: float) -> LabelDecisions:
+    """Find suspects among all rows; judge the auditor on the train rows; act on train rows only."""
+    labels = np.asarray(labels, dtype=np.int64)
+    train = np.asarray(train, bool)
     found = rank_label_issues(labels, proba)
-    cap = int(np.floor(max_fraction * len(labels)))
+    found_train = found[train[found]]
+    tr_idx = np.flatnonzero(train)
+    pos = np.full(len(labels), -1)
+    pos[tr_idx] = np.arange(len(tr_idx))
+    judgement = judge_auditor(labels[tr_idx], proba[tr_idx], pos[found_train], min_lift=min_lift,
+                              min_precision=min_precision)
+    cap = int(np.floor(max_fraction * len(tr_idx)))
+    may_act = policy != "flag" and judgement.trusted
+    acted = found_train[:cap] if may_act else np.empty(0, dtype=np.int64)
     predicted = proba.argmax(1)
     rows = np.arange(len(labels))
-    return LabelDecisions(policy=policy, found=found, acted=found[:cap], predicted=predicted,
-                          confidence=proba[rows, predicted], given_prob=proba[rows, labels])
+    return LabelDecisions(policy=policy, found=found, acted=acted,
+                          over_cap=max(0, len(found_train) - cap) if may_act else 0, predicted=predicted,
+                          confidence=proba[rows, predicted], given_prob=proba[rows, labels], judgement=judgement)
 
 
-def suspects_table(decisions: LabelDecisions, *, ids, sources, labels, classes: list[str], top: int) -> list[dict]:
-    """The top suspects, least self-confident first: given vs predicted label and confidence."""
+def suspects_table(decisions: LabelDecisions, *, ids, sources, labels, splits, classes: list[str],
+                   top: int) -> list[dict]:
+    """The ``top`` suspects plus every val/test suspect (nothing acts on those: a person has to look),
+    least self-confident first: split, given vs predicted label, confidence, what happened to the row."""
     acted = set(decisions.acted.tolist())
-    action = {"drop": "dropped", "flag": "flagged", "relabel": "relabeled"}[decisions.policy]
     rows = []
-    for rank, k in enumerate(decisions.found[:top], 1):
+    for rank, k in enumerate(decisions.found, 1):
+        if rank > top and splits[k] == "train":
+            continue
         g, p = int(labels[k]), int(decisions.predicted[k])
-        rows.append({"rank": rank, "id": ids[k], "source": sources[k], "given_label": classes[g],
+        if k in acted:
+            action = ACTION[decisions.policy]
+        elif splits[k] != "train":
+            action = f"flagged ({splits[k]} rows are never changed)"
+        elif decisions.policy == "flag":
+            action = "flagged"
+        elif not decisions.applied:
+            action = "flagged (auditor not trusted)"
+        else:
+            action = "flagged (over cap)"
+        rows.append({"rank": rank, "id": ids[k], "split": splits[k], "source": sources[k], "given_label": classes[g],
                      "predicted_label": classes[p], "confidence": round(float(decisions.confidence[k]), 4),
-                     "given_label_prob": round(float(decisions.given_prob[k]), 4),
-                     "action": action if k in acted else "none (over cap)"})
+                     "given_label_prob": round(float(decisions.given_prob[k]), 4), "action": action})
     return rows
 
 

@@ -126,7 +126,7 @@ def test_report_holds_every_section_and_says_what_is_missing(project):
     for h in ("Data", "Split and leakage check", "Learning curves and overfitting gap", "Tuning trials",
               "Baselines vs network", "Test metrics and calibration", "Attributions", "Cost per stage", "MLflow runs"):
         assert f"<h2>{h}</h2>" in page, h
-    assert "not available: the clean stage wrote no data/clean/label_issues.csv" in page
+    assert "not available: the audit stage wrote no data/audit/label_issues.csv" in page
     assert "<h2>Tuning trials</h2><p class='missing'>" in page  # no trials.csv in this project
     assert "not available: the split stage reports no leakage check" in page
     assert page.count("data:image/png;base64,") >= 5  # curves, confusion, reliability, wrong, attributions

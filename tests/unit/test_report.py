@@ -16,7 +16,7 @@ def test_report_without_later_stages_says_what_is_missing():
                     "Baselines vs network", "Test metrics and calibration", "Per class", "Attributions"):
         assert f"<h2>{heading}</h2><p class='missing'>not available yet" in page, heading
     assert "duplicate: 1" in page and "Verdict" not in page
-    assert "not available: the clean stage wrote no label_suspects.jsonl" in page
+    assert "not available: the audit stage wrote no label_suspects.jsonl" in page
     assert "no MLflow runs found" in page
 
 

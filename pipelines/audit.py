@@ -1,0 +1,55 @@
+"""DVC stage `audit`: likely label errors, found out of fold on the train rows and acted on there only
+(data/split + data/embed -> data/audit, plus data/audit/label_issues.csv)."""
+
+from components.data.contract import DatasetWriter, iter_batches, write_csv_atomic
+from components.embedding.store import read_embeddings
+from components.quality.audit import NoiseOptions, audit_dataset
+from components.quality.label_issues import LabelIssueOptions
+from pipelines.stage import Stage, run_stage
+
+SUSPECT_COLUMNS = ["rank", "id", "split", "source", "given_label", "predicted_label", "confidence",
+                   "given_label_prob", "action"]
+# What the split stage wrote that the audit output carries unchanged (the writer recomputes the rest).
+WRITER_KEYS = ("rows", "rows_in", "classes", "class_counts", "set_aside", "payload", "schema", "shards",
+               "content_hash", "split_class_counts")
+
+
+def main() -> None:
+    with Stage("audit") as stage:
+        p, li = stage.params.clean, stage.params.clean.label_issues
+        src, out = stage.path(stage.paths.split), stage.path(stage.paths.audit)
+        split = stage.record_input(src)
+        options = LabelIssueOptions(**li.model_dump(exclude={"enabled"})) if li.enabled else None
+        use_ray = options is not None and split["rows"] >= li.ray_min_rows
+        if use_ray:
+            from components.runtime import init_ray
+
+            rp = stage.params.ray
+            init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose)
+        embeddings = read_embeddings(stage.path(stage.paths.embed)) if options is not None else None
+        with DatasetWriter(out, classes=split["classes"],
+                           metadata={k: v for k, v in split.items() if k not in WRITER_KEYS}) as writer:
+            stats = audit_dataset(iter_batches(src), lambda: iter_batches(src), writer,
+                                  modality=split.get("payload", "image"), classes=split["classes"],
+                                  image_shape=split.get("image_shape"), options=options,
+                                  noise=NoiseOptions(rate=p.noise.rate, seed=p.noise.seed), embeddings=embeddings,
+                                  use_ray=use_ray, log=stage.log)
+            manifest = writer.close(rows_in=stats["rows_in"], set_aside=stats["set_aside"], extra=stats["extra"])
+        write_csv_atomic(out / "label_issues.csv", stats["suspects"], SUSPECT_COLUMNS)
+        m = stats["metrics"]
+        if options is not None and "audit/label_issues/found" in m:
+            stage.log("label issues (%s on %s, %d folds %s, %.1fs): %d suspects (train %d, val %d, test %d; "
+                      "val/test only flagged); top %d in %s", li.model, manifest["label_issues"]["features"],
+                      li.folds, "as Ray tasks" if use_ray else f"in-process, < ray_min_rows {li.ray_min_rows}",
+                      m["audit/label_issues/oof_s"], m["audit/label_issues/found"],
+                      m["audit/label_issues/found_train"], m["audit/label_issues/found_val"],
+                      m["audit/label_issues/found_test"], len(stats["suspects"]), out / "label_issues.csv")
+        # The one line that says whether the audit changed any training data, and why (also in
+        # the manifest, the MLflow run and the report).
+        stage.log("label audit: %s", stats["decision"])
+        stage.tracker.set_tags({"audit.decision": stats["decision"][:5000]})
+        stage.finish(m, artifacts=[out / "manifest.json", out / "set_aside.jsonl", out / "label_issues.csv"])
+
+
+if __name__ == "__main__":
+    run_stage(main)
