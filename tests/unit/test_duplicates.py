@@ -6,11 +6,11 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from components.data.contract import DatasetWriter, content_id, read_table
+from components.data.contract import DatasetWriter, SetAside, content_id, read_table
 from components.data.sources import RAW_IMAGE_SCHEMA, encode_png
 from components.quality.cleaning import CleanOptions, clean_dataset
-from components.quality.duplicates import (connected_groups, cross_split_leaks, image_embedding, near_pairs,
-                                           signatures, text_key)
+from components.quality.duplicates import (NearDuplicateIndex, connected_groups, cross_split_leaks, image_embedding,
+                                           near_pairs, reduce_embedding, signatures, text_key)
 
 
 def _smooth(rng, size=32):
@@ -102,3 +102,105 @@ def test_leakage_check_counts_pairs_across_splits():
     leaky = cross_split_leaks(["train", "test", "val", "val", "train"], hashes=hashes, near_vectors=vecs,
                               near_distance=0.05)
     assert leaky["exact_pairs"] == 1 and leaky["near_pairs"] == 1
+
+
+# -- the sub-quadratic search (NearDuplicateIndex) and the pairs clean hands to split ----------------
+
+def _planted(n, n_copies, seed=0):
+    """n unit embeddings of smooth images with ``n_copies`` near copies (+-3 pixel noise) among them."""
+    rng = np.random.default_rng(seed)
+    imgs = [_smooth(rng, 16)[..., None] for _ in range(n - n_copies)]
+    src = rng.choice(len(imgs), n_copies, replace=False)
+    imgs += [np.clip(imgs[k].astype(int) + rng.integers(-3, 4, imgs[k].shape), 0, 255).astype(np.uint8) for k in src]
+    return np.stack([image_embedding(i) for i in imgs])
+
+
+def _brute_force(vectors, radius):
+    """The search before the index: every pair's distance (the reference answer)."""
+    d = np.linalg.norm(vectors[:, None] - vectors[None], axis=2)
+    i, j = np.nonzero(np.triu(d <= radius, k=1))
+    return {(int(a), int(b)) for a, b in zip(i, j)}
+
+
+def test_index_finds_exactly_the_brute_force_pairs_in_bounded_blocks():
+    vecs = _planted(600, 40)
+    for radius in (0.05, 1.0):  # 1.0 also reaches distinct images: ~300 candidates the full check rejects
+        expected = _brute_force(vecs, radius)
+        # tiny blocks: the answer must not depend on how the queries and checks are cut up
+        with NearDuplicateIndex(radius=radius, query_rows=97, check_pairs=13) as index:
+            for start in range(0, len(vecs), 250):       # added in batches, as clean reads them
+                index.add(vecs[start:start + 250])
+            pairs, dist = index.pairs()
+        assert {tuple(p) for p in pairs.tolist()} == expected
+        assert np.allclose(dist, np.linalg.norm(vecs[pairs[:, 0]] - vecs[pairs[:, 1]], axis=1), atol=1e-5)
+    assert len(_brute_force(vecs, 0.05)) >= 40 and len(_brute_force(vecs, 1.0)) > 5 * len(_brute_force(vecs, 0.05))
+    assert {tuple(p) for p in near_pairs(vecs, radius=0.05).tolist()} == _brute_force(vecs, 0.05)
+
+
+def test_index_leaves_out_rows_set_aside_and_renumbers_the_kept():
+    vecs = _planted(200, 20)
+    keep = np.ones(len(vecs), bool)
+    keep[::3] = False
+    with NearDuplicateIndex(radius=0.05) as index:
+        index.add(vecs)
+        pairs, _ = index.pairs(keep=keep)
+    assert {tuple(p) for p in pairs.tolist()} == _brute_force(vecs[keep], 0.05)
+
+
+def test_projection_never_lengthens_a_distance():
+    # why the 36-number search misses nothing: an orthonormal projection is a contraction
+    vecs = _planted(300, 0, seed=3)
+    a, b = vecs[:150], vecs[150:]
+    assert np.all(np.linalg.norm(reduce_embedding(a) - reduce_embedding(b), axis=1)
+                  <= np.linalg.norm(a - b, axis=1) + 1e-6)
+
+
+def test_split_reads_the_near_pairs_clean_found_and_reports_pairs_across_splits(tmp_path):
+    """Split does not search again: it counts clean's near pairs whose rows landed apart. With clean's
+    group column, none do; with the groups lost (rows split by id) the planted copies leak."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from components.quality.duplicates import NEAR_PAIRS_FILE, write_near_pairs
+    from tests.conftest import REPO
+
+    rng = np.random.default_rng(7)
+    base = [_smooth(rng) for _ in range(60)]
+    rows = [(encode_png(b), k % 3, f"orig/{k}.png") for k, b in enumerate(base)]
+    rows += [(_jpeg(base[k]), k % 3, f"copy/{k}.jpg") for k in range(30)]  # 30 near copies
+    st, m, kept = _clean(tmp_path, rows, CleanOptions(image_size=(32, 32)))
+    assert len(st["near_pairs"]) >= 30
+    write_near_pairs(tmp_path / "clean", st["near_pairs"])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {"paths": {"clean": "clean", "split": "split"}, "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"}}))
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env["PYTHONPATH"] = str(REPO)
+
+    def split():
+        proc = subprocess.run([sys.executable, "-m", "pipelines.split"], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((tmp_path / "split" / "manifest.json").read_text())["leakage"]
+
+    assert split()["near_pairs"] == 0
+    # the same rows without their group column: split falls back to the id and the copies leak
+    pairs = (tmp_path / "clean" / NEAR_PAIRS_FILE).read_bytes()
+    man = json.loads((tmp_path / "clean" / "manifest.json").read_text())
+    with DatasetWriter(tmp_path / "clean", classes=man["classes"]) as w:
+        w.write(kept.drop_columns(["group"]))
+        w.close(rows_in=man["rows"], set_aside=SetAside(),
+                extra={k: man[k] for k in ("image_shape", "near_duplicates")})
+    (tmp_path / "clean" / NEAR_PAIRS_FILE).write_bytes(pairs)
+    leaks = split()
+    assert leaks["near_pairs"] > 0 and leaks["exact_pairs"] == 0
+    a, b = leaks["examples"]["near"][0]
+    assert {a, b} <= set(kept.column("id").to_pylist())  # examples name rows by id
+    # without clean's pairs file the check cannot be honest: a clear error names the file and the fix
+    (tmp_path / "clean" / NEAR_PAIRS_FILE).unlink()
+    proc = subprocess.run([sys.executable, "-m", "pipelines.split"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0 and "near_pairs.parquet" in proc.stderr and "dvc repro clean" in proc.stderr
