@@ -23,7 +23,7 @@ RESULTS = REPO / "benchmarks" / "results"
 def _git(*args: str) -> str:
     try:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30,
-                              check=True).stdout.strip()
+                              check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -31,7 +31,7 @@ def _git(*args: str) -> str:
 def provenance() -> dict:
     """What produced a result: commit (None outside a git checkout), dirty (+ which paths), date (UTC),
     command, machine."""
-    commit = _git("rev-parse", "HEAD") or None
+    commit = _git("rev-parse", "HEAD").strip() or None
     # Changes to results files themselves do not make the measured code dirty.
     changed = [line[3:] for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()
                if "benchmarks/results/" not in line]
