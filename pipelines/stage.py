@@ -15,10 +15,11 @@ import uuid
 from pathlib import Path
 
 from components.data.contract import DataContractError, read_manifest, write_json_atomic
-from components.runtime import Orphaned, watch_parent
+from components.runtime import Orphaned, stopped_because, watch_parent
 from components.tracking.cost import CostMeter, Rates, nvml_probe
 from components.tracking.mlflow_runs import (dvc_locked_hashes, environment_tags, flatten, git_commit,
                                              pipeline_run_id, resolve_tracking_uri, setup_mlflow)
+from components.tracking.pipeline_runs import find_or_create_pipeline_run, params_hash, update_pipeline_run
 from components.tracking.tracker import (Tracker, TrackingUnavailable, check_reachable, replay_spool,
                                          set_fail_fast_http_env)
 from pipelines.config import ConfigError, Params, load_params
@@ -48,6 +49,8 @@ class Stage:
         self.meter = CostMeter(rates=Rates(c.cpu_hour_usd, c.gpu_hour_usd, c.gpu_hour_usd_by_type, c.node_hour_usd),
                                cpus=1.0, nodes=1.0, gpu=nvml_probe())
         self.run_id: str | None = None
+        self.parent_run_id: str | None = None   # the pipeline run's MLflow run (see components/tracking/pipeline_runs.py)
+        self.experiment_id: str | None = None
         self.tracking_uri: str | None = None
         self.tracker = Tracker(run_id=None, tracking_uri=None, spool_dir=self.root / SPOOL_DIR, enabled=False)
         self._t0 = time.perf_counter()
@@ -85,14 +88,22 @@ class Stage:
             check_reachable(self.tracking_uri)
         except TrackingUnavailable as err:
             raise StageError(str(err)) from None
-        setup_mlflow(tracking_uri=mp.tracking_uri, experiment=mp.experiment, root=self.root)
+        self.experiment_id = setup_mlflow(tracking_uri=mp.tracking_uri, experiment=mp.experiment, root=self.root)
         for run_id, n in replay_spool(spool, tracking_uri=self.tracking_uri):
             self.log("MLflow is reachable again: replayed %d spooled operation(s) of run %s", n, run_id)
         section = getattr(self.params, self.name, None)
-        run = mlflow.start_run(run_name=self.name, tags={
+        pipeline_run, commit = pipeline_run_id(), git_commit(self.root)
+        # One parent run per pipeline run (`dvc repro`), found or created by the first stage of it;
+        # this stage's run is nested under it (one expandable row per repro in MLflow's runs table).
+        parent_tags = {"git.commit": commit, "params.hash": params_hash(self.params.model_dump(mode="json"))}
+        if os.environ.get("DVC_EXP_NAME"):
+            parent_tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+        self.parent_run_id = find_or_create_pipeline_run(self.experiment_id, pipeline_run=pipeline_run,
+                                                         tags=parent_tags)
+        run = mlflow.start_run(run_name=self.name, parent_run_id=self.parent_run_id, tags={
             "trainwise.stage": self.name,
-            "trainwise.pipeline_run": pipeline_run_id(),
-            "git.commit": git_commit(self.root),
+            "trainwise.pipeline_run": pipeline_run,
+            "git.commit": commit,
         })
         self.run_id = run.info.run_id
         self.tracker = Tracker(run_id=self.run_id, tracking_uri=self.tracking_uri, spool_dir=spool)
@@ -106,6 +117,12 @@ class Stage:
     def __exit__(self, exc_type, exc, tb) -> bool:
         self.meter.stop()
         self.tracker.end("FINISHED" if exc_type is None else "FAILED")
+        if self.tracker.active and self.parent_run_id:
+            try:  # the parent's total cost and status, from its stage runs so far
+                update_pipeline_run(self.parent_run_id, experiment_id=self.experiment_id)
+            except Exception as err:  # a summary the next stage recomputes: never fail the stage over it
+                logging.getLogger("trainwise").warning("could not update the pipeline's MLflow run %s: %s",
+                                                       self.parent_run_id, str(err).splitlines()[0][:200])
         if self.tracker.enabled and not self.tracker.online:
             try:  # back already? then the spool goes now rather than at the next stage
                 check_reachable(self.tracking_uri, timeout_s=2)
@@ -183,8 +200,22 @@ def run_stage(main) -> None:
             return
         main()
     except USER_ERRORS + (StageError,) as err:
-        print(f"trainwise: error: {err}", file=sys.stderr)
+        print(f"trainwise: error: {stopped_because() or err}", file=sys.stderr)
         sys.exit(2)
     except Orphaned as err:  # `dvc repro` is gone: stop without publishing, like Ctrl-C would
+        if stopped_because():
+            _exit_stopped()
         print(f"trainwise: stopped: {err}", file=sys.stderr)
         sys.exit(130)
+    except BaseException:
+        if not stopped_because():
+            raise
+        _exit_stopped()  # whatever the interrupt turned into, the watchdog's reason is the error
+    if stopped_because():
+        _exit_stopped()
+
+
+def _exit_stopped() -> None:
+    """A watchdog (e.g. ray.schedule_timeout_s) stopped the stage: its reason is the error."""
+    print(f"trainwise: error: {stopped_because()}", file=sys.stderr)
+    sys.exit(2)

@@ -14,6 +14,12 @@ from typing import Iterable, Mapping
 import psutil
 
 PIPELINE_RUN_ENV = "TRAINWISE_PIPELINE_RUN"
+# MLflow 3's UI opens an experiment by its kind: without this tag it guesses, and it guessed the
+# GenAI view (traces, token usage) for trainwise. The value is the one the UI's own kind selector
+# writes for "custom model development" (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT),
+# which opens on the runs table.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def default_tracking_uri(root: Path) -> str:
@@ -52,6 +58,9 @@ def setup_mlflow(*, tracking_uri: str | None, experiment: str, root: Path) -> st
             exp_id = client.get_experiment_by_name(experiment).experiment_id
     else:
         exp_id = exp.experiment_id
+    exp = client.get_experiment(exp_id)
+    if EXPERIMENT_KIND_TAG not in exp.tags:  # a kind the user picked in the UI is theirs to keep
+        client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
@@ -244,18 +253,24 @@ def log_trial_runs(rows: list[dict], histories: Mapping[str, list[dict]], *, par
 
 
 def pipeline_run_id() -> str:
-    """One id shared by the stages of one ``dvc repro``.
+    """One id shared by the stages of one ``dvc repro``: the key of its MLflow parent run.
 
-    ``trainwise run`` sets it in the environment; under a bare ``dvc repro`` the stages derive
-    it from the ``dvc`` process they descend from (pid + start time), so they still agree.
+    A new id, hence a new parent run, starts with every process that drives the pipeline:
+    - ``TRAINWISE_PIPELINE_RUN`` when set (``trainwise run`` sets a fresh one per call; a Ray Job
+      submitted by a stage inherits it; a user may set one to group hand-run stages);
+    - else the nearest ``dvc`` process the stage descends from (its pid + start time, and
+      ``DVC_EXP_NAME`` under ``dvc exp run``): every stage of one ``dvc repro`` agrees, a later
+      repro, even of a single stage (``dvc repro -s X``), is a different process and gets a new id;
+    - else (``trainwise stage X``, ``python -m pipelines.X``) a fresh id for this process alone.
+    So a stage never attaches to the parent of an older repro.
     """
     if os.environ.get(PIPELINE_RUN_ENV):
-        return os.environ[PIPELINE_RUN_ENV]
+        return re.sub(r"[^\w.:-]", "_", os.environ[PIPELINE_RUN_ENV])[:200]  # used inside an MLflow filter
     try:
         for proc in psutil.Process().parents():
             cmd = " ".join(proc.cmdline()[:3])
             if "dvc" in os.path.basename(proc.name()) or " dvc " in f" {cmd} " or "/dvc " in f"{cmd} ":
-                seed = f"{proc.pid}:{proc.create_time()}"
+                seed = f"{proc.pid}:{proc.create_time()}:{os.environ.get('DVC_EXP_NAME', '')}"
                 return "dvc-" + hashlib.blake2b(seed.encode(), digest_size=6).hexdigest()
     except (psutil.Error, OSError):
         pass

@@ -108,8 +108,15 @@ def test_mlflow_lineage_cost_and_registry_gate(project):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("trainwise")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    by_stage = {r.data.tags["trainwise.stage"]: r for r in runs if r.data.tags["trainwise.stage"] != "tune.trial"}
+    by_stage = {r.data.tags["trainwise.stage"]: r for r in runs
+                if r.data.tags["trainwise.stage"] not in ("tune.trial", "pipeline")}
     trials = [r for r in runs if r.data.tags["trainwise.stage"] == "tune.trial"]
+    # One parent run for the repro (issue 17): every stage nested under it, the total cost on it.
+    (parent,) = [r for r in runs if r.data.tags["trainwise.stage"] == "pipeline"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in by_stage.values()} == {parent.info.run_id}
+    assert parent.data.metrics["pipeline/cost/usd"] == pytest.approx(sum(r.data.metrics["cost/usd"]
+                                                                         for r in by_stage.values()))
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     # Cost on every run, trials included; the dollars in MLflow are those in the DVC metrics.
     for r in [*by_stage.values(), *trials]:
         assert {"cost/usd", "cost/wall_s", "cost/cpu_hours"} <= set(r.data.metrics), r.data.tags["trainwise.stage"]

@@ -143,3 +143,76 @@ def test_a_stage_refuses_to_start_without_the_server_and_says_so_in_process(proj
     with pytest.raises(StageError, match="unreachable"):
         Stage("split", root=project).__enter__()
     assert time.monotonic() - t0 < 30  # MLflow's own retries would take minutes (7, exponential back-off)
+
+
+# A stand-in stage for `dvc repro`: the real Stage (MLflow run, cost meter, metrics file); `tune`
+# also logs two trial runs the way the tune stage does.
+_TINY_STAGE = '''
+import sys
+from components.tracking.mlflow_runs import log_trial_runs
+from pipelines.stage import Stage
+
+name = sys.argv[1]
+with Stage(name) as stage:
+    if name == "tune":
+        rows = [{"trial": f"t{i}", "status": "ok", "epochs": 1, "lr": 0.1 * (i + 1), "cost/usd": 0.001}
+                for i in range(2)]
+        log_trial_runs(rows, {}, param_keys=["lr"])
+    stage.finish({f"{name}/done": 1})
+'''
+
+
+def test_each_dvc_repro_is_one_parent_run_with_its_stages_and_trials_nested(tmp_path):
+    """Real `dvc repro` (twice, then a single stage) against a real MLflow server."""
+    server = MlflowServer(tmp_path / "server", _free_port()).start()
+    try:
+        root = tmp_path / "proj"
+        root.mkdir()
+        (root / "stage.py").write_text(_TINY_STAGE)
+        (root / "params.yaml").write_text(yaml.safe_dump({"mlflow": {"tracking_uri": server.uri,
+                                                                     "experiment": "repro"}}))
+        (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+            "ingest": {"cmd": "python stage.py ingest", "deps": ["stage.py"],
+                       "outs": [{"metrics/ingest.json": {"cache": False}}]},
+            "tune": {"cmd": "python stage.py tune", "deps": ["metrics/ingest.json"],
+                     "outs": [{"metrics/tune.json": {"cache": False}}]}}}))
+        env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "TRAINWISE_PIPELINE_RUN")}
+        env.update(PYTHONPATH=str(REPO), PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
+
+        def dvc(*args):
+            proc = subprocess.run(["dvc", *args], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+        dvc("init", "--no-scm", "-q")
+        dvc("repro")
+        dvc("repro", "--force")
+        dvc("repro", "--force", "--single-item", "tune")   # a single-stage repro: a parent of its own
+
+        client = mlflow.MlflowClient(tracking_uri=server.uri)
+        exp = client.get_experiment_by_name("repro")
+        assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
+        runs = client.search_runs([exp.experiment_id], max_results=1000)
+        by_id = {r.info.run_id: r for r in runs}
+        parents = sorted((r for r in runs if r.data.tags["trainwise.stage"] == "pipeline"),
+                         key=lambda r: r.info.start_time)
+        assert len(parents) == 3 and len({p.data.tags["trainwise.pipeline_run"] for p in parents}) == 3
+        children = {p.info.run_id: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id]
+                    for p in parents}
+        assert [sorted(r.data.tags["trainwise.stage"] for r in children[p.info.run_id]) for p in parents] == \
+            [["ingest", "tune"], ["ingest", "tune"], ["tune"]]
+        for p in parents:
+            stages = children[p.info.run_id]
+            assert p.info.status == "FINISHED" and "mlflow.parentRunId" not in p.data.tags  # top level
+            assert {"git.commit", "params.hash"} <= set(p.data.tags)
+            assert all(s.data.tags["trainwise.pipeline_run"] == p.data.tags["trainwise.pipeline_run"] for s in stages)
+            assert p.data.metrics["pipeline/cost/usd"] == pytest.approx(
+                sum(s.data.metrics["cost/usd"] for s in stages)) and p.data.metrics["pipeline/cost/usd"] > 0
+        assert len({p.data.tags["params.hash"] for p in parents}) == 1  # same params
+        trials = [r for r in runs if r.data.tags["trainwise.stage"] == "tune.trial"]
+        assert len(trials) == 6
+        for t in trials:  # each trial under a tune run, which is under a pipeline run
+            tune_run = by_id[t.data.tags["mlflow.parentRunId"]]
+            assert tune_run.data.tags["trainwise.stage"] == "tune"
+            assert by_id[tune_run.data.tags["mlflow.parentRunId"]].data.tags["trainwise.stage"] == "pipeline"
+    finally:
+        server.kill()

@@ -31,3 +31,52 @@ def test_pipeline_run_id_comes_from_the_environment_when_set(monkeypatch):
     assert pipeline_run_id() == "run-abc"
     monkeypatch.delenv(PIPELINE_RUN_ENV)
     assert pipeline_run_id().startswith("adhoc-")  # pytest does not descend from `dvc`
+
+
+def _project(tmp_path):
+    import yaml
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}",
+                                                                     "experiment": "nest"}}))
+    return tmp_path
+
+
+def test_stages_of_one_pipeline_run_nest_under_one_parent_with_the_total_cost(tmp_path, monkeypatch):
+    import pytest
+
+    from components.tracking.mlflow_runs import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+    from pipelines.stage import Stage
+
+    root = _project(tmp_path)
+    monkeypatch.setenv(PIPELINE_RUN_ENV, "run-1")
+    with Stage("ingest", root=root) as a:
+        a.finish({})
+    with Stage("split", root=root) as b:
+        b.finish({})
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("nest")
+    assert exp.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+    assert a.parent_run_id == b.parent_run_id
+    parent = client.get_run(a.parent_run_id)
+    assert parent.data.tags["trainwise.stage"] == "pipeline" and parent.data.tags["trainwise.pipeline_run"] == "run-1"
+    assert {"git.commit", "params.hash"} <= set(parent.data.tags) and parent.info.status == "FINISHED"
+    stages = [client.get_run(s.run_id) for s in (a, b)]
+    assert all(r.data.tags["mlflow.parentRunId"] == a.parent_run_id for r in stages)
+    assert parent.data.metrics["pipeline/cost/usd"] == pytest.approx(sum(r.data.metrics["cost/usd"] for r in stages))
+    assert parent.data.metrics["pipeline/stages"] == 2
+
+    # A failing stage of the same pipeline run marks the parent FAILED; a new id starts a new parent.
+    with pytest.raises(RuntimeError):
+        with Stage("train", root=root) as c:
+            raise RuntimeError("boom")
+    assert c.parent_run_id == a.parent_run_id and client.get_run(a.parent_run_id).info.status == "FAILED"
+    monkeypatch.delenv(PIPELINE_RUN_ENV)  # a stage run by hand (`trainwise stage X`): its own parent
+    with Stage("ingest", root=root) as d:
+        d.finish({})
+    with Stage("ingest", root=root) as e:
+        e.finish({})
+    assert len({a.parent_run_id, d.parent_run_id, e.parent_run_id}) == 3  # never an older run's parent
+    client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, "genai_development")
+    with Stage("ingest", root=root) as f:  # a kind chosen in the UI is kept
+        f.finish({})
+    assert client.get_experiment(exp.experiment_id).tags[EXPERIMENT_KIND_TAG] == "genai_development"
