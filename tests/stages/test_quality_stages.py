@@ -1,5 +1,6 @@
-"""The clean and split stages as DVC runs them: their reports are DVC metrics, and dvc.yaml
-declares each stage's own params."""
+"""The clean, split and audit stages as DVC runs them: their reports are DVC metrics, dvc.yaml
+declares each stage's own params, the audit acts on train rows only, and it starts Ray only for
+data of at least clean.label_issues.ray_min_rows rows."""
 
 import csv
 import json
@@ -11,47 +12,84 @@ import pytest
 import yaml
 
 from components.data.contract import read_manifest, read_table
+from pipelines.config import CleanParams
 from tests.conftest import REPO
+
+DOWNSTREAM = ("baseline", "tune", "train", "evaluate")
 
 
 def test_dvc_yaml_declares_quality_params_and_metrics():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert "clean" in stages["clean"]["params"] and "split" in stages["split"]["params"]
-    for name in ("clean", "split"):
+    # clean reads exactly its own keys: a label-audit or split knob does not re-run it
+    read_by_clean = {f"clean.{k}" for k in CleanParams.model_fields if k not in ("label_issues", "noise")}
+    assert set(stages["clean"]["params"]) - {"cost"} == read_by_clean
+    assert {"clean.label_issues", "clean.noise"} <= set(stages["audit"]["params"])
+    assert "split" in stages["split"]["params"]
+    for name in ("clean", "split", "audit"):
         metrics = [next(iter(m)) if isinstance(m, dict) else m for m in stages[name]["metrics"]]
         assert metrics == [f"${{paths.metrics}}/{name}.json"]
     assert "components/quality/duplicates.py" in stages["split"]["deps"]  # the leakage check
+    assert {"${paths.split}", "${paths.embed}"} <= set(stages["audit"]["deps"])
+    assert stages["audit"]["outs"] == ["${paths.audit}"]
+    for name in DOWNSTREAM:  # training and its judges read the audited split, never the raw one
+        assert "${paths.audit}" in stages[name]["deps"] and "${paths.split}" not in stages[name]["deps"], name
+    assert "${paths.audit}" in stages["report"]["deps"]  # label_issues.csv and the audit's decision
+
+
+def _run(stage, cwd, env, *, probe=False):
+    """Run a stage as DVC would; with ``probe``, in a wrapper that reports whether Ray was imported
+    or started in the stage's process."""
+    cmd = [sys.executable, "-m", f"pipelines.{stage}"]
+    if probe:
+        cmd = [sys.executable, "-c", f"import sys, pipelines.{stage} as s; s.main(); ray = sys.modules.get('ray'); "
+                                     "print('RAY_STARTED', bool(ray and ray.is_initialized()), 'ray' in sys.modules)"]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
-def test_ingest_clean_split_with_injected_noise(tmp_path):
+def test_ingest_clean_split_audit_with_injected_noise(tmp_path):
     params = {"clean": {"noise": {"rate": 0.2, "seed": 1}, "label_issues": {"policy": "flag"}},
               "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "ray": {"num_cpus": 2}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env["PYTHONPATH"] = str(REPO)
-    for stage in ("ingest", "clean", "split"):
-        proc = subprocess.run([sys.executable, "-m", f"pipelines.{stage}"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    for stage in ("ingest", "clean", "split", "embed"):
+        _run(stage, tmp_path, env)
+    # 1,797 rows < ray_min_rows (50,000): the folds run in the stage's process, Ray is never imported
+    out = _run("audit", tmp_path, env, probe=True)
+    assert "RAY_STARTED False False" in out and "in-process" in out
 
     clean = json.loads((tmp_path / "metrics/clean.json").read_text())
     assert clean["clean/rows_in"] == clean["clean/rows"] + clean["clean/set_aside"]
-    assert clean["clean/noise/flipped"] > 200
-    assert clean["clean/label_issues/f1"] >= 0.85
-    assert clean["clean/label_issues/flagged"] == clean["clean/label_issues/found"]
-    with open(tmp_path / "data/clean/label_issues.csv") as f:
+    assert not any("label_issues" in k or "noise" in k for k in clean)  # clean no longer judges labels
+    audit = json.loads((tmp_path / "metrics/audit.json").read_text())
+    assert audit["audit/noise/flipped"] > 200 and audit["audit/label_issues/ray"] == 0
+    assert audit["audit/label_issues/f1"] >= 0.85
+    assert audit["audit/label_issues/acted"] == 0 and audit["audit/rows"] == clean["clean/rows"]  # flag: all kept
+    with open(tmp_path / "data/audit/label_issues.csv") as f:
         suspects = list(csv.DictReader(f))
-    assert len(suspects) == 50 and {"given_label", "predicted_label", "confidence"} <= set(suspects[0])
+    assert len(suspects) >= 50 and {"split", "given_label", "predicted_label", "confidence"} <= set(suspects[0])
+    assert "label audit: policy flag" in out  # the one terminal line that says what the audit did
 
     split = json.loads((tmp_path / "metrics/split.json").read_text())
     assert split["split/leakage/ok"] == 1 and split["split/leakage/near_pairs"] == 0
     assert sum(split[f"split/{s}_rows"] for s in ("train", "val", "test")) == clean["clean/rows"]
-    man = read_manifest(tmp_path / "data/split")
-    assert man["image_shape"] == [8, 8, 1] and man["leakage"]["groups_crossing_splits"] == 0
+    man = read_manifest(tmp_path / "data/audit")
+    assert man["image_shape"] == [8, 8, 1] and man["label_issues"]["decision"].startswith("policy flag")
     # the marker and true-label columns travel with the data; training reads only what it names
-    t = read_table(tmp_path / "data/split")
-    assert {"id", "label", "image", "split", "group", "true_label", "label_issue"} <= set(t.schema.names)
+    t = read_table(tmp_path / "data/audit")
+    assert {"id", "label", "image", "split", "group", "true_label", "label_issue", "given_label"} <= set(t.schema.names)
     from components.training.data import load_split
-    x, y, _ = load_split(str(tmp_path / "data/split"), "train")
+    x, y, _ = load_split(str(tmp_path / "data/audit"), "train")
     assert x.shape[1:] == (1, 8, 8) and len(y) == split["split/train_rows"]
+
+    # From ray_min_rows rows on, the folds are Ray tasks: same folds, same seed, the same suspects.
+    params["clean"]["label_issues"]["ray_min_rows"] = 1000
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = _run("audit", tmp_path, env, probe=True)
+    assert "RAY_STARTED True True" in out and "as Ray tasks" in out
+    with_ray = json.loads((tmp_path / "metrics/audit.json").read_text())
+    assert with_ray["audit/label_issues/ray"] == 1
+    assert with_ray["audit/label_issues/found"] == audit["audit/label_issues/found"]
