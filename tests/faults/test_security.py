@@ -99,9 +99,9 @@ def test_every_torch_load_is_weights_only():
 
 
 def test_servers_we_start_bind_localhost():
-    """Every server command in code, scripts, tests and README binds 127.0.0.1 (infra/ documents
+    """Every server command in code, scripts, tests, README and docs/ binds 127.0.0.1 (infra/ documents
     cluster set-ups, where binding other interfaces is the point, behind explicit settings)."""
-    files = [*_source_files(), *(REPO / "tests").rglob("*.py"), REPO / "README.md"]
+    files = [*_source_files(), *(REPO / "tests").rglob("*.py"), REPO / "README.md", *(REPO / "docs").glob("*.md")]
     offenders = []
     for path in files:
         text = path.read_text()

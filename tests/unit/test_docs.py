@@ -1,0 +1,107 @@
+"""The docs tell the current truth: every benchmark figure README.md and docs/ quote comes from a
+results file that says which commit produced it; docs/benchmarks.md is those files rendered; the
+README stays short, its commands are the ones CI runs, and nothing points outside the repository."""
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from benchmarks import render_docs
+from benchmarks.render_docs import MARKER, check_marker, load_results, lookup, refresh_markers, render
+
+REPO = Path(__file__).resolve().parents[2]
+README = REPO / "README.md"
+# A figure a reader would take for a measurement: a ratio (0.41x), a percentage, a duration.
+FIGURE = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?:x|%| ?(?:s|min|minutes|seconds|samples/s))(?![\w/])")
+PROV = {"commit": "0123456789abcdef", "date": "2026-11-30T07:00:00Z", "command": "python -m benchmarks.x",
+        "machine": {"cpus": 2}}
+
+
+def test_docs_benchmarks_md_is_the_results_files_rendered():
+    """Re-render from benchmarks/results/ and compare: a results file changed since the last render
+    (or a hand edit) fails here with the command that fixes it."""
+    assert (REPO / "docs/benchmarks.md").read_text() == render(load_results()), \
+        "docs/benchmarks.md is stale: run python -m benchmarks.render_docs"
+
+
+@pytest.mark.parametrize("path", render_docs.quoting_files(REPO), ids=lambda p: p.name)
+def test_every_quoted_figure_matches_its_results_file(path):
+    results = load_results()
+    problems = [p for p in (check_marker(m, results) for m in MARKER.finditer(path.read_text())) if p]
+    assert not problems, "\n".join(problems) + "\n(run python -m benchmarks.render_docs)"
+
+
+def test_readme_quotes_no_figure_without_a_results_file():
+    text = README.read_text()
+    backed = [m.span("num") for m in MARKER.finditer(text)]
+    assert backed, "README quotes no headline figure from benchmarks/results/"
+    loose = [m.group(0) for m in FIGURE.finditer(text)
+             if not any(a <= m.start() < b for a, b in backed)]
+    assert not loose, f"figures in README.md that no results file backs (quote them with a marker): {loose}"
+
+
+def test_the_marker_check_catches_a_stale_or_unbacked_figure():
+    results = {"t": {"ratio": 0.406, "nested": {"val/acc": 0.98805, "rows": [{"x": 1.5}]}, "provenance": PROV},
+               "old": {"ratio": 0.5}}
+    ok = "<!-- result: t.json:ratio -->0.41x and <!-- result: t.json:nested.val/acc pct -->98.8%"
+    assert [check_marker(m, results) for m in MARKER.finditer(ok)] == [None, None]
+    assert lookup(results["t"], "nested.rows.0.x") == 1.5
+    stale = "<!-- result: t.json:ratio -->0.33x"
+    assert "the file says 0.41" in check_marker(next(MARKER.finditer(stale)), results)
+    assert refresh_markers(stale, results) == "<!-- result: t.json:ratio -->0.41x"
+    missing = "<!-- result: t.json:nope -->1"
+    assert "no number at 'nope'" in check_marker(next(MARKER.finditer(missing)), results)
+    unproven = "<!-- result: old.json:ratio -->0.5"
+    assert "records no commit/date" in check_marker(next(MARKER.finditer(unproven)), results)
+
+
+def test_a_new_results_file_renders_with_its_provenance_and_an_old_one_is_set_apart():
+    results = {"brand_new": {"speedup": 1.234567, "runs": [{"a": 1, "b": 2.5}, {"a": 2, "c": "x"}],
+                             "groups": {"on": {"wall_s": 3.0}, "off": {"wall_s": 2.0}}, "provenance": PROV},
+               "legacy": {"ratio": 0.5}}
+    doc = render(results)
+    assert "## brand_new" in doc and "commit `0123456789`" in doc and "2026-11-30T07:00:00Z" in doc
+    assert "| `speedup` | 1.235 |" in doc and "| 1 | 2.5 |  |" in doc and "| on | 3 |" in doc
+    assert doc.index("## Older results") < doc.index("### legacy") and "no commit or date recorded" in doc
+
+
+def test_readme_is_short_and_its_two_commands_are_the_real_ones():
+    text = README.read_text()
+    assert len(text.encode()) <= 15_000, f"README.md is {len(text.encode())} bytes (limit 15,000): move detail to docs/"
+    ci = (REPO / ".ci/run").read_text()
+    test_cmd = [line.strip() for line in ci.splitlines() if line.strip().startswith("bash scripts/")][-1]
+    assert test_cmd == "bash scripts/test.sh"
+    assert re.search(rf"^{re.escape(test_cmd)}(\s|$)", text, re.M), "README's test command is not what .ci/run runs"
+    assert re.search(r"^bash scripts/demo\.sh(\s|$)", text, re.M)
+    for script in ("scripts/demo.sh", "scripts/test.sh", "scripts/setup.sh"):
+        assert (REPO / script).exists()
+    assert "export CI=true" in ci  # the browser tests fail instead of skipping without Chromium
+
+
+def test_links_in_readme_and_docs_resolve():
+    for doc in [README, *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if re.match(r"[a-z]+://|mailto:", target):
+                continue
+            assert (doc.parent / target).exists(), f"{doc.relative_to(REPO)} links to missing {target}"
+
+
+def test_no_tracked_file_refers_outside_the_repository():
+    """A clone has no ../shared: docs, docstrings and comments must point inside the repo."""
+    needles = ["../" + "shared", "/work/" + "shared"]
+    if not (REPO / ("DESIGN" + ".md")).exists():  # the design document is docs/architecture.md
+        needles.append("DESIGN" + ".md")
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+    offenders = []
+    for name in filter(None, files):
+        path = REPO / name.decode()
+        if not path.is_file() or path.stat().st_size > 2_000_000:
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        offenders += [f"{name.decode()}: {n}" for n in needles if n in text]
+    assert not offenders, offenders
