@@ -58,10 +58,14 @@ NOTES = {
     "tune_asha_vs_fifo": [
         "ASHA ran {{trial_epochs_ratio}}x of FIFO's trial-epochs; its best val/acc was {{best_val_acc_gap_points}} "
         "points behind FIFO's best ({{val_examples}} validation examples).",
+        "On digits each trial pays far more to start its Ray Train worker group than it spends in epochs "
+        "(`overhead_vs_epochs`), so sweeps pay off when epochs are long, not on this 8x8-pixel demo.",
     ],
     "report_poll": [
         "Fit wall time {{ray_default.fit_wall_s}} s with Ray's default polling vs {{trainwise.fit_wall_s}} s with "
         "`train_poll_s` {{trainwise.poll_s}}: {{speedup}}x.",
+        "Ray Train v2 collects reports by polling the workers ({{ray_default.poll_s}} s by default) and a worker holds "
+        "one report at a time, so every epoch shorter than the poll interval waited for it.",
     ],
     "tracking_overhead": [
         "Tracking added {{process_wall_s.overhead|pct}} to the process wall time and {{stage_wall_s.overhead|pct}} to "
@@ -69,7 +73,8 @@ NOTES = {
     ],
     "pipeline_stages": [
         "The demo `dvc repro` took {{dvc_repro_wall_s}} s (test/acc {{test/acc}}); DVC itself plus each stage's "
-        "interpreter start took {{dvc_overhead_s}} s of it.",
+        "interpreter start took {{dvc_overhead_s}} s of it. On a dataset this small, start-up (Ray, the worker "
+        "group, MLflow) dominates the train stage: {{train_wall_over_epochs}}x its time in epochs.",
     ],
     "ingest_scale": [
         "Peak RSS at the largest size was {{peak_rss_ratio}}x that at the smallest; the slowest ingest ran at "

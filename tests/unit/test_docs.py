@@ -89,7 +89,7 @@ def test_links_in_readme_and_docs_resolve():
 
 
 def test_no_tracked_file_refers_outside_the_repository():
-    """A clone has no ../shared: docs, docstrings and comments must point inside the repo."""
+    """A clone holds only the repository: docs, docstrings and comments must point inside it."""
     needles = ["../" + "shared", "/work/" + "shared"]
     if not (REPO / ("DESIGN" + ".md")).exists():  # the design document is docs/architecture.md
         needles.append("DESIGN" + ".md")
