@@ -105,3 +105,25 @@ def test_no_tracked_file_refers_outside_the_repository():
             continue
         offenders += [f"{name.decode()}: {n}" for n in needles if n in text]
     assert not offenders, offenders
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/data-sources.md"])
+def test_params_examples_in_the_docs_are_valid_params(doc):
+    """Every ```yaml block is a params.yaml fragment a user may paste: merged into params.yaml, the
+    typed schema accepts it (a renamed or mistyped key in the docs fails here)."""
+    import yaml
+
+    from pipelines.config import parse_params
+
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    blocks = re.findall(r"```yaml\n(.*?)```", (REPO / doc).read_text(), re.S)
+    assert blocks, f"{doc} has no params examples"
+    for block in blocks:
+        parse_params(_merge(base, yaml.safe_load(block)), source=f"{doc} example:\n{block}")
