@@ -96,6 +96,8 @@ def test_baselines_cover_four_models_with_accuracy_f1_time_and_cost(project):
 def test_evaluate_writes_metrics_calibration_verdict_and_attributions(project):
     ev = _json(project, "metrics/evaluate.json")
     assert ev["test/acc"] > 0.85 and 0 <= ev["test/ece"] <= 1
+    # no test row flagged by the audit here: the second number is the headline
+    assert ev["test/flagged_rows"] == 0 and ev["test/acc_unflagged"] == ev["test/acc"]
     assert ev["verdict/ci_low"] <= ev["verdict/diff"] <= ev["verdict/ci_high"]
     base = _json(project, "metrics/baseline.json")
     assert ev["verdict/cost_ratio"] == pytest.approx((0.0006 + 0.003) / base["cost/usd"])
@@ -152,9 +154,9 @@ def test_report_is_logged_to_mlflow(project):
     assert "report.html" in [a.path for a in client.list_artifacts(_mlflow_run_id(project, "report"))]
 
 
-def test_label_suspects_appear_with_thumbnails_when_clean_writes_them(project, monkeypatch):
+def test_label_suspects_appear_with_thumbnails_when_the_audit_writes_them(project, monkeypatch):
     ids = [r["id"] for r in list(csv.DictReader(open(project / "models/baseline/test_predictions.csv")))[:3]]
-    suspects = project / "data/clean/label_suspects.jsonl"
+    suspects = project / "data/audit/label_suspects.jsonl"
     suspects.write_text("".join(json.dumps({"id": i, "given": "1", "predicted": "7", "confidence": 0.9 - k / 10})
                                 + "\n" for k, i in enumerate(ids)))
     monkeypatch.chdir(project)
