@@ -52,13 +52,16 @@ POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 
 def init_ray(*, address: str | None = None, num_cpus: int | None = None, verbose: bool = False,
-             train_poll_s: float | None = None) -> dict:
+             train_poll_s: float | None = None, schedule_timeout_s: float | None = None) -> dict:
     """``ray.init`` in-process, or join the cluster named by ``RAY_ADDRESS`` / ``address``.
 
     Returns the cluster's resources. With ``verbose`` false, worker logs stay out of the
     terminal (they remain in Ray's session logs under /tmp/ray). ``train_poll_s`` sets how
     often Ray Train's controller polls its workers, for every actor of this job (an explicit
     RAY_TRAIN_HEALTH_CHECK_INTERVAL_S in the environment wins); None keeps Ray's default.
+    ``schedule_timeout_s`` (``ray.schedule_timeout_s``) bounds how long any placement group
+    of this process's Ray job may wait for resources: then the stage stops with an error naming
+    the shape and the cluster's nodes (components.cluster.placement.watch_placement).
     """
     import ray
 
@@ -81,7 +84,38 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, verbose
             ray.init(address=address, **kwargs)
         else:
             ray.init(num_cpus=num_cpus, **kwargs)
+    if schedule_timeout_s and not _placement_watched.is_set():
+        from components.cluster.placement import watch_placement
+
+        _placement_watched.set()
+        watch_placement(schedule_timeout_s, stop=stop_stage)
     return ray.cluster_resources()
+
+
+_placement_watched = threading.Event()  # one watcher per process, however often init_ray is called
+_stop_reason: list[str] = []  # set once by stop_stage
+
+
+def stopped_because() -> str | None:
+    """Why a watchdog stopped this stage (run_stage prints it as the error), or None."""
+    return _stop_reason[0] if _stop_reason else None
+
+
+def stop_stage(reason: str, *, grace_s: float = 30.0) -> None:
+    """Stop this stage from a watchdog thread, as an error the user can act on.
+
+    The main thread gets SIGINT (Ray Train and Tune stop their workers on it, the MLflow run ends
+    FAILED, nothing is published: refuse_if_orphaned checks the reason too) and run_stage prints
+    ``trainwise: error: <reason>`` and exits 2. If the process is still alive ``grace_s`` later
+    (an engine that swallowed the interrupt), it prints the error and exits hard.
+    """
+    if _stop_reason:
+        return
+    _stop_reason.append(reason)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(grace_s)
+    print(f"trainwise: error: {reason}", file=sys.stderr, flush=True)
+    os._exit(2)
 
 
 def unschedulable(resources: dict, *, cpus: float, gpus: float = 0.0) -> str | None:
@@ -115,6 +149,8 @@ def refuse_if_orphaned(what: str | os.PathLike) -> None:
     """
     if ORPHANED.is_set():
         raise Orphaned(f"not writing {what}: the process that started this stage is gone")
+    if stopped_because():
+        raise Orphaned(f"not writing {what}: {stopped_because()}")
 
 
 # Shells that may stand between `dvc repro` and the stage: DVC runs a stage's cmd through

@@ -21,16 +21,21 @@ import yaml
 
 from components.cluster import storage
 from components.cluster.jobs import REMOTE_ENV, JobError, run_stage_job, stage_io
-from components.runtime import ray_verbose
+from components.runtime import ORPHANED, Orphaned, ray_verbose, watch_parent
 from components.tracking.mlflow_runs import PIPELINE_RUN_ENV, default_tracking_uri, git_commit, pipeline_run_id
 from pipelines.config import ConfigError, Params
 
 GIT_COMMIT_ENV = "TRAINWISE_GIT_COMMIT"
-# Environment that travels to the job when set here (credentials stay out of params and logs).
-PASS_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-            "AWS_ENDPOINT_URL", "GOOGLE_APPLICATION_CREDENTIALS", "TRAINWISE_RAY_VERBOSE",
+# Settings that travel to the job when set here. Nothing secret: a job's runtime_env is readable
+# by anyone with access to the cluster's Jobs API or dashboard, and kept in its job history.
+PASS_ENV = ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "TRAINWISE_RAY_VERBOSE",
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
+# Credentials the job side reads from its own environment (the nodes' env, a Kubernetes secret,
+# an instance role): never sent, unless ray.forward_secrets names them (with a warning).
+SECRET_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+              "MLFLOW_TRACKING_CLIENT_CERT_PATH", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+              "AWS_SESSION_TOKEN", "AWS_PROFILE", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_KEY",
+              "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_SAS_TOKEN", "HF_TOKEN", "RAY_AUTH_TOKEN")
 
 
 def submitted_here(name: str) -> bool:
@@ -60,6 +65,41 @@ def _tracking_uri(params: Params, root: Path) -> str:
     return uri
 
 
+def _without_credentials(uri: str) -> tuple[str, bool]:
+    """``uri`` without a user:password part (http://user:pw@host -> http://host); True if it had one."""
+    parts = urlparse(uri)
+    if not (parts.username or parts.password):
+        return uri, False
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return parts._replace(netloc=netloc).geturl(), True
+
+
+def job_env(params: Params, environ: dict[str, str], *, tracking_uri: str, name: str,
+            warn=lambda msg: print(msg, file=sys.stderr)) -> dict[str, str]:
+    """The environment variables a submitted job gets: non-secret settings only.
+
+    Credentials are for the cluster to hold (docs/cluster.md); one that ray.forward_secrets
+    names is sent anyway, with a warning each time. Credentials inside the tracking URI are cut off.
+    """
+    uri, had_credentials = _without_credentials(tracking_uri)
+    if had_credentials:
+        warn(f"[{name}] warning: the MLflow tracking URI holds a user name/password; the job gets {uri} without "
+             "them. Give the cluster's nodes MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (docs/cluster.md)")
+    env = {"MLFLOW_TRACKING_URI": uri, **{k: environ[k] for k in PASS_ENV if environ.get(k)}}
+    for key in params.ray.forward_secrets:
+        if not environ.get(key):
+            warn(f"[{name}] warning: ray.forward_secrets names {key}, which is not set here; not sent")
+            continue
+        warn(f"[{name}] warning: sending {key} to the Ray job (ray.forward_secrets): anyone with access to the "
+             "cluster's Jobs API or dashboard can read it there. Prefer giving the cluster's nodes their own "
+             "credentials (docs/cluster.md)")
+        env[key] = environ[key]
+    return env
+
+
 def submit(name: str, *, root: str | os.PathLike = ".", write=None) -> dict:
     """Run stage ``name`` on the Ray cluster of params ``ray.jobs_address``; outputs land here."""
     from pipelines.config import load_params
@@ -79,8 +119,11 @@ def submit(name: str, *, root: str | os.PathLike = ".", write=None) -> dict:
     if uri.startswith(("sqlite:", "file:")) and host not in ("127.0.0.1", "localhost", "::1"):
         print(f"[{name}] warning: MLflow store {uri} is a local file; nodes of a remote cluster cannot write it. "
               "Use a tracking server (mlflow.tracking_uri / MLFLOW_TRACKING_URI).", file=sys.stderr)
-    env = {"MLFLOW_TRACKING_URI": uri, PIPELINE_RUN_ENV: pipeline_run_id(), GIT_COMMIT_ENV: git_commit(root),
-           **{k: os.environ[k] for k in PASS_ENV if os.environ.get(k)}}
+    env = {**job_env(params, dict(os.environ), tracking_uri=uri, name=name),
+           PIPELINE_RUN_ENV: pipeline_run_id(), GIT_COMMIT_ENV: git_commit(root)}
+    # `dvc repro` killed while the job runs: this process notices (as a stage would), gets SIGINT,
+    # and run_stage_job stops the job through the Jobs API before exiting (issue 16: no orphans).
+    watch_parent(log=lambda msg: print(f"[{name}] {msg}; stopping its Ray job", file=sys.stderr, flush=True))
     try:
         return run_stage_job(stage_io(root, name), root=root, address=address, shared=shared,
                              storage_path=storage_path, env_vars=env, timeout_s=params.ray.job_timeout_s,
@@ -90,6 +133,10 @@ def submit(name: str, *, root: str | os.PathLike = ".", write=None) -> dict:
         from pipelines.stage import StageError
 
         raise StageError(str(err)) from err
+    except KeyboardInterrupt:
+        if ORPHANED.is_set():
+            raise Orphaned(f"the process that started stage {name} is gone; its Ray job was stopped") from None
+        raise
 
 
 def _job_params(storage_path: str) -> None:
@@ -113,7 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     for rel in args.inputs:
         storage.get(storage.join(args.base, "in", rel), Path(rel))
     _job_params(args.storage_path)
-    rc = subprocess.call([sys.executable, "-m", f"pipelines.{args.stage}"], env={**os.environ, REMOTE_ENV: "1"})
+    stage = subprocess.Popen([sys.executable, "-m", f"pipelines.{args.stage}"], env={**os.environ, REMOTE_ENV: "1"})
+    while True:
+        try:
+            rc = stage.wait()
+            break
+        except KeyboardInterrupt:
+            # The job was stopped (components.cluster.jobs.STOP_ENV: SIGINT to every process of the
+            # job): the stage got it too and is ending its MLflow run and Ray work; wait for that
+            # rather than kill it (subprocess.call would, 0.25 s later).
+            continue
     if rc != 0:
         print(f"trainwise: stage {args.stage} failed on the cluster (exit {rc})", file=sys.stderr)
         return rc

@@ -26,8 +26,14 @@ CODE_PATHS = ("pipelines", "components", "params.yaml", "dvc.yaml", "pyproject.t
 # Never uploaded as working_dir (data, outputs, local state); gitignore-style patterns.
 WORKING_DIR_EXCLUDES = ["/.git", "/.dvc/cache", "/.dvc/tmp", "/.venv", "/data", "/models", "/metrics", "/plots",
                         "/reports", "/.trainwise", "/mlflow.db", "/mlartifacts", "/mlruns", "/dvc_plots",
-                        "/benchmarks/results", "/tests", "__pycache__", "*.egg-info", ".pytest_cache"]
+                        "/benchmarks/results", "/tests", "__pycache__", "*.egg-info", ".pytest_cache",
+                        # credentials kept beside a project never travel in the job's package
+                        ".env", ".env.*", "*.pem", "*.key", ".netrc", "/.dvc/config.local"]
 REMOTE_ENV = "TRAINWISE_REMOTE_JOB"  # set inside a submitted job: the stage runs there, never re-submits
+# How Ray stops the job (read by the job's supervisor, which runs with the job's env_vars): SIGINT,
+# which a stage handles like Ctrl-C (MLflow run FAILED, Ray Train / Tune stopped, nothing
+# uploaded), instead of SIGTERM, which ends Python on the spot; SIGKILL after 15 s if it has not.
+STOP_ENV = {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": "15"}
 
 
 class JobError(RuntimeError):
@@ -83,16 +89,33 @@ def _client(address: str):
             "(http://HEAD:8265); with token auth also export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN") from err
 
 
-def _stream_logs(client, job_id: str, write: Callable[[str], None], timeout_s: float) -> None:
+ERROR_PREFIX = "trainwise: error: "
+
+
+def _stream_logs(client, job_id: str, write: Callable[[str], None], timeout_s: float) -> str | None:
+    """Relay the job's logs until it ends; returns the last ``trainwise: error:`` line seen."""
+    last_error: list[str] = []
+
     async def tail() -> None:
         async for chunk in client.tail_job_logs(job_id):
             write(chunk)
+            last_error.extend(line.split(ERROR_PREFIX, 1)[1].strip() for line in chunk.splitlines()
+                              if ERROR_PREFIX in line)
 
     try:
         asyncio.run(asyncio.wait_for(tail(), timeout=timeout_s))
     except asyncio.TimeoutError:
         client.stop_job(job_id)
         raise JobError(f"Ray job {job_id} ran past {timeout_s:.0f}s (ray.job_timeout_s) and was stopped") from None
+    return last_error[-1] if last_error else None
+
+
+def stop_quietly(client, job_id: str) -> bool:
+    """Stop a job this process submitted (its submitter is going away); True if a stop was sent."""
+    try:
+        return bool(client.stop_job(job_id))
+    except Exception:  # noqa: BLE001 - already ended, or the API is unreachable: nothing more to do here
+        return False
 
 
 def run_stage_job(io: StageIO, *, root: str | Path, address: str, shared: str, storage_path: str,
@@ -113,7 +136,7 @@ def run_stage_job(io: StageIO, *, root: str | Path, address: str, shared: str, s
         logging.getLogger("ray").setLevel(logging.WARNING)
     client = _client(address)
     runtime_env = {"working_dir": str(root), "excludes": WORKING_DIR_EXCLUDES,
-                   "env_vars": {**env_vars, REMOTE_ENV: "1"}}
+                   "env_vars": {**env_vars, **STOP_ENV, REMOTE_ENV: "1"}}
     t0 = time.perf_counter()
     try:
         job_id = client.submit_job(entrypoint=job_entrypoint(io, base=base, storage_path=storage_path),
@@ -122,14 +145,23 @@ def run_stage_job(io: StageIO, *, root: str | Path, address: str, shared: str, s
     except Exception as err:
         raise JobError(f"Ray refused the job for stage {io.name!r}: {err}") from err
     write(f"[{io.name}] submitted Ray job {job_id} to {address}; streaming its logs\n")
-    _stream_logs(client, job_id, write, timeout_s)
-    status = client.get_job_status(job_id)
-    while not status.is_terminal():  # the log stream can end a moment before the status flips
-        time.sleep(0.5)
+    try:
+        stage_error = _stream_logs(client, job_id, write, timeout_s)
         status = client.get_job_status(job_id)
+        while not status.is_terminal():  # the log stream can end a moment before the status flips
+            time.sleep(0.5)
+            status = client.get_job_status(job_id)
+    except BaseException:
+        # Ctrl-C, or the submitter's watchdog found `dvc repro` gone (SIGINT): a job nobody waits
+        # for would train (and bill) on until ray.job_timeout_s. Stop it, then go on failing.
+        if stop_quietly(client, job_id):
+            write(f"[{io.name}] stopped Ray job {job_id}\n")
+        raise
     if status != JobStatus.SUCCEEDED:
         info = client.get_job_info(job_id)
-        raise JobError(f"Ray job {job_id} for stage {io.name!r} ended {status.value}: {info.message or ''}; "
+        # the stage's own `trainwise: error:` (e.g. a shape the cluster cannot hold) says what to fix
+        said = f"the stage said: {stage_error}. " if stage_error else ""
+        raise JobError(f"Ray job {job_id} for stage {io.name!r} ended {status.value}: {said}{info.message or ''}; "
                        f"full logs: `ray job logs {job_id} --address {address}`. Nothing was copied back.")
     for rel in io.outputs:
         storage.get(storage.join(base, "out", rel), root / rel)

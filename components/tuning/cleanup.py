@@ -8,6 +8,12 @@ whenever more than one in-process Ray runs on the machine (parallel test session
 shared workstation). Each stopped trial then keeps its CPUs until the sweep ends, and after a
 few the next trial's worker group never starts. The driver knows its own cluster, so the sweep
 removes such orphans itself: a placement group whose Train workers all died.
+
+Only this sweep's own groups: on a shared cluster other jobs' Train runs look the same (their
+workers die too), and removing their groups would pull resources from under them. Ray records
+the job that created each placement group; the worker groups of this sweep's trials are created
+by Train controllers that the trials started, all in this driver's Ray job. So both the actors
+and the groups are filtered by this job's id.
 """
 
 from __future__ import annotations
@@ -27,20 +33,24 @@ def reap_orphaned_train_groups() -> int:
     import ray
     from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup, remove_placement_group
-    from ray.util.state import list_actors
+    from ray.util.state import list_actors, list_placement_groups
 
     try:
-        actors = list_actors(address=ray.get_runtime_context().gcs_address,
-                             filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=10_000,
-                             raise_on_missing_output=False)
+        context = ray.get_runtime_context()
+        job = context.get_job_id()
+        actors = list_actors(address=context.gcs_address,
+                             filters=[("class_name", "=", "RayTrainWorker"), ("job_id", "=", job)], detail=True,
+                             limit=10_000, raise_on_missing_output=False)
         states = defaultdict(set)
         for a in actors:
             if a.placement_group_id:
                 states[a.placement_group_id].add(a.state)
-        table = ray.util.placement_group_table()
+        ours = {g.placement_group_id for g in list_placement_groups(
+            address=context.gcs_address, filters=[("creator_job_id", "=", job), ("state", "=", "CREATED")],
+            limit=10_000, raise_on_missing_output=False)}
         removed = 0
         for pg_id, seen in states.items():
-            if seen == {"DEAD"} and table.get(pg_id, {}).get("state") == "CREATED":
+            if seen == {"DEAD"} and pg_id in ours:
                 remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
                 removed += 1
         if removed:
@@ -64,7 +74,8 @@ def reap_after_sweep(*, timeout_s: float = 30.0, every_s: float = 2.0) -> int:
         removed += reap_orphaned_train_groups()
         try:
             alive = list_actors(address=ray.get_runtime_context().gcs_address,
-                                filters=[("class_name", "=", "RayTrainWorker"), ("state", "!=", "DEAD")],
+                                filters=[("class_name", "=", "RayTrainWorker"), ("state", "!=", "DEAD"),
+                                         ("job_id", "=", ray.get_runtime_context().get_job_id())],
                                 limit=10_000, raise_on_missing_output=False)
         except Exception:  # noqa: BLE001
             return removed
