@@ -29,6 +29,7 @@ STAGE_OUTPUTS = {  # what each stage would write: none of it may exist after a f
     "ingest": ["data/ingest", "metrics/ingest.json"],
     "clean": ["data/clean", "metrics/clean.json"],
     "split": ["data/split", "metrics/split.json"],
+    "audit": ["data/audit", "metrics/audit.json"],
     "baseline": ["metrics/baseline.json"],
     "train": ["models/model", "metrics/train.json"],  # models/model pre-exists in the fixture
     "evaluate": ["metrics/evaluate.json"],
@@ -97,10 +98,14 @@ CASES = [
     Case("input-missing", "clean", _remove("data/ingest"), ["data/ingest", "run the stage that writes it"]),
     Case("manifest-not-json", "split", _write("data/clean/manifest.json", "{not json"),
          ["data/clean/manifest.json", "not valid JSON"]),
-    Case("shard-truncated", "baseline", _truncate_first_shard("data/split"),
-         ["data/split", "unreadable Parquet", "dvc repro --force"]),
-    Case("shard-missing", "baseline", lambda r: sorted((r / "data/split").glob("*.parquet"))[0].unlink(),
-         ["data/split", "shards listed in the manifest are missing"]),
+    Case("audit-split-not-json", "audit", _write("data/split/manifest.json", "{not json"),
+         ["data/split/manifest.json", "not valid JSON"]),
+    Case("audit-embed-missing", "audit", lambda r: shutil.rmtree(r / "data/embed", ignore_errors=True),
+         ["data/embed/manifest.json", "run the stage that writes it"]),
+    Case("shard-truncated", "baseline", _truncate_first_shard("data/audit"),  # baseline reads the audited split
+         ["data/audit", "unreadable Parquet", "dvc repro --force"]),
+    Case("shard-missing", "baseline", lambda r: sorted((r / "data/audit").glob("*.parquet"))[0].unlink(),
+         ["data/audit", "shards listed in the manifest are missing"]),
     Case("workers-beyond-cluster", "train", lambda r: _params(r, "train", num_workers=64),
          ["train.num_workers=64", "needs 64 CPUs but the Ray cluster has"]),  # an error, not a hang
     # -- models and checkpoints ------------------------------------------------------------
