@@ -19,7 +19,7 @@ from tests.project import sh as _sh
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
-STAGES = ["ingest", "clean", "split", "baseline", "tune", "train", "evaluate", "report"]
+STAGES = ["ingest", "clean", "split", "audit", "baseline", "tune", "train", "evaluate", "report"]
 TRIALS = 3  # more than run at once (2): a finished trial must hand its CPU back
 
 
@@ -85,9 +85,9 @@ def test_mlflow_holds_stage_runs_trial_children_and_registered_model(project):
     assert all("lr" in c.data.params for c in children)
     train_run = by_stage["train"][0]
     assert train_run.data.params["train.num_workers"] == "2"
-    split_hash = json.loads((root / "data/split/manifest.json").read_text())["content_hash"]
-    for stage in ("baseline", "tune", "train", "evaluate"):  # the data version each stage consumed
-        assert by_stage[stage][0].data.tags["input.data/split.content_hash"] == split_hash
+    audit_hash = json.loads((root / "data/audit/manifest.json").read_text())["content_hash"]
+    for stage in ("baseline", "tune", "train", "evaluate"):  # the data version each stage consumed: the audited split
+        assert by_stage[stage][0].data.tags["input.data/audit.content_hash"] == audit_hash
     history = client.get_metric_history(train_run.info.run_id, "val/loss")
     assert sorted(m.step for m in history) == [1, 2, 3]
     versions = client.search_model_versions("name = 'trainwise-digits'")
@@ -125,15 +125,16 @@ def test_mlflow_lineage_cost_and_registry_gate(project):
         assert "cost/cpu_hours_used" in r.data.metrics and "git.commit" in r.data.tags
     assert _metrics(root, "report")["pipeline/cost/usd"] == pytest.approx(
         sum(_metrics(root, s)["cost/usd"] for s in STAGES if s != "report"))
-    # Lineage: the md5 DVC locked for data/split, and the three splits as MLflow dataset inputs.
+    # Lineage: the md5 DVC locked for data/audit (what training read), and its three splits as
+    # MLflow dataset inputs.
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    split_md5 = next(o["md5"] for o in lock["stages"]["split"]["outs"] if o["path"] == "data/split")
-    split_hash = json.loads((root / "data/split/manifest.json").read_text())["content_hash"]
+    audit_md5 = next(o["md5"] for o in lock["stages"]["audit"]["outs"] if o["path"] == "data/audit")
+    audit_hash = json.loads((root / "data/audit/manifest.json").read_text())["content_hash"]
     for stage in ("baseline", "tune", "train", "evaluate"):
         r = by_stage[stage]
-        assert r.data.tags["input.data/split.dvc_md5"] == split_md5, stage
+        assert r.data.tags["input.data/audit.dvc_md5"] == audit_md5, stage
         assert {(d.dataset.name, d.dataset.digest) for d in r.inputs.dataset_inputs} == \
-            {(f"split/{s}", split_hash[:32]) for s in ("train", "val", "test")}, stage
+            {(f"audit/{s}", audit_hash[:32]) for s in ("train", "val", "test")}, stage
     # Artifacts: manifests, plots, the report.
     assert "manifest.json" in {a.path for a in client.list_artifacts(by_stage["split"].info.run_id)}
     assert "plots/train_curve.csv" in {a.path for a in client.list_artifacts(by_stage["train"].info.run_id, "plots")}
@@ -175,12 +176,25 @@ def test_exp_run_with_a_changed_param_shows_in_metrics_diff(project):
     _sh([*git, "add", "-A"], root, env)
     _sh([*git, "commit", "-qm", "first run"], root, env)
     out = _sh(["dvc", "exp", "run", "-S", "train.epochs=2"], root, env)
-    for stage in ("ingest", "clean", "split", "baseline", "tune"):  # only what reads train.epochs re-ran
+    for stage in ("ingest", "clean", "split", "audit", "baseline", "tune"):  # only what reads train.epochs re-ran
         assert f"Running stage '{stage}'" not in out
     assert "Running stage 'train'" in out
     diff = json.loads(_sh(["dvc", "metrics", "diff", "--json"], root, env))
     change = diff["metrics/train.json"]["train/epochs_run"]
     assert (change["old"], change["new"]) == (3, 2)
+
+
+def test_a_label_audit_knob_changes_the_audit_and_what_follows_not_clean_or_split(project):
+    root, env, _, _ = project
+    original = (root / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["clean"]["label_issues"]["policy"] = "flag"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = json.loads(_sh(["dvc", "status", "--json"], root, env))
+    finally:
+        (root / "params.yaml").write_text(original)
+    assert "audit" in status and not {"ingest", "clean", "split"} & set(status), status
 
 
 def test_more_workers_than_the_machine_has_is_an_error_not_a_hang(project):
