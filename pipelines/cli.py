@@ -42,7 +42,7 @@ def _summary() -> str:
     return format_summary(stages, verdict=verdict, report=report if report.exists() else None,
                           mlflow_hint=where_to_look(mlflow.get_tracking_uri(), Path.cwd(),
                                                     experiment=params.mlflow.experiment,
-                                                    model=params.mlflow.registered_model))
+                                                    model=params.mlflow.registered_model, experiment_id=exp_id))
 
 
 def cmd_run(args: list[str]) -> int:

@@ -41,6 +41,7 @@ def main() -> None:
         verdict = (evaluation or {}).get("verdict", {}).get("sentence") or stage.tracker.call(
             "read the verdict", lambda: latest_verdict(mlflow.active_run().info.experiment_id))
         hint = where_to_look(mlflow.get_tracking_uri(), stage.root, experiment=params.mlflow.experiment,
+                             experiment_id=stage.experiment_id,
                              model=params.mlflow.registered_model)
         images = {k: stage.path(getattr(p, d)) / f for k, (d, f) in IMAGES.items()}
         images = {k: f.read_bytes() for k, f in images.items() if f.exists()}

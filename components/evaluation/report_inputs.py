@@ -81,14 +81,17 @@ def image_thumbnails(ids: list[str], *, clean_dir: str | Path, ingest_dir: str |
 
 
 def pipeline_runs(experiment_id: str, pipeline_run: str, *, tracking_uri: str) -> list[dict]:
-    """One row per MLflow run of this pipeline run (stage runs, not tune trials): stage, run id,
-    status, and a link when the tracking store is a server."""
+    """One row per MLflow run of this pipeline run (its parent run, stage "pipeline", first; then
+    the stage runs; not tune trials): stage, run id, status, and a link when the tracking store
+    is a server (opening MLflow's Model training view)."""
     import mlflow
+
+    from components.tracking.mlflow_runs import ui_url
 
     runs = mlflow.MlflowClient().search_runs(
         [experiment_id], f"tags.`trainwise.pipeline_run` = '{pipeline_run}'", order_by=["attributes.start_time ASC"],
         max_results=200)
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else None
     return [{"stage": r.data.tags.get("trainwise.stage", "?"), "run_id": r.info.run_id, "status": r.info.status,
-             **({"url": f"{base}/#/experiments/{experiment_id}/runs/{r.info.run_id}"} if base else {})}
+             **({"url": ui_url(base, experiment_id, r.info.run_id)} if base else {})}
             for r in runs]

@@ -75,8 +75,26 @@ def ui_command(uri: str, root: Path) -> str:
     return f"mlflow ui --backend-store-uri {uri}"
 
 
-def where_to_look(uri: str, root: Path, *, experiment: str, model: str) -> str:
-    return f"{ui_command(uri, root)}  -> experiment '{experiment}', model '{model}'"
+# MLflow 3.17's UI ignores the experiment's kind tag: it shows the GenAI or the Model training
+# view by its own toggle, remembered per browser (default GenAI) and overridden by this query
+# parameter. Links trainwise prints carry it, so they open on the runs table.
+UI_RUNS_VIEW = "workflowType=machine_learning"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
+def ui_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """A link into MLflow's UI that opens the experiment's runs view (or one run) in Model training."""
+    path = f"/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base.rstrip('/')}{path}?{UI_RUNS_VIEW}"
+
+
+def where_to_look(uri: str, root: Path, *, experiment: str, model: str, experiment_id: str | None = None) -> str:
+    if experiment_id is None:
+        return f"{ui_command(uri, root)}  -> experiment '{experiment}', model '{model}'"
+    if uri.startswith(("http://", "https://")):
+        return f"open {ui_url(uri, experiment_id)}  (experiment '{experiment}', model '{model}')"
+    return (f"{ui_command(uri, root)}, then open {ui_url(LOCAL_UI, experiment_id)}  "
+            f"(experiment '{experiment}', model '{model}')")
 
 
 def latest_verdict(experiment_id: str) -> str | None:

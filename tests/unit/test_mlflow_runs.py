@@ -26,6 +26,19 @@ def test_ui_command_is_relative_for_the_repo_store(tmp_path):
     assert ui_command("http://127.0.0.1:5000", tmp_path) == "open http://127.0.0.1:5000"
 
 
+def test_links_open_the_runs_view_not_the_genai_view(tmp_path):
+    from components.tracking.mlflow_runs import ui_url, where_to_look
+
+    # MLflow 3.17's UI picks GenAI vs Model training from this query parameter (else the browser's last choice).
+    assert ui_url("http://h:5000/", "3", "abc") == "http://h:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    hint = where_to_look(f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}", tmp_path, experiment="trainwise",
+                         model="m", experiment_id="1")
+    assert hint.startswith("mlflow ui --backend-store-uri sqlite:///mlflow.db, then open "
+                           "http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning")
+    assert where_to_look("http://h:5000", tmp_path, experiment="e", model="m", experiment_id="2").startswith(
+        "open http://h:5000/#/experiments/2?workflowType=machine_learning")
+
+
 def test_pipeline_run_id_comes_from_the_environment_when_set(monkeypatch):
     monkeypatch.setenv(PIPELINE_RUN_ENV, "run-abc")
     assert pipeline_run_id() == "run-abc"
