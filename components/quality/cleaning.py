@@ -1,11 +1,13 @@
 """Decode, validate, de-duplicate and check the labels of a raw dataset, accounting for every
 row set aside.
 
-Two streaming passes keep memory bounded by one batch plus one small record per row (for
-images the 1 KiB near-duplicate embedding waits in a temporary file, and 36 numbers of it stay):
-pass 1 decodes and validates each row into a temporary Parquet file and remembers its id,
-label, content hash and near-duplicate signature; duplicates and groups are then decided over
-those records; pass 2 streams the temporary file and writes the rows that are kept.
+Two streaming passes keep memory bounded by one batch plus a few dozen bytes per row, in numpy
+arrays rather than a Python object per row (for images, 36 numbers of the near-duplicate
+embedding; its full 1 KiB waits in a temporary file): pass 1 decodes and validates each row
+into a temporary Parquet file and remembers its id, label, content digest and near-duplicate
+signature; duplicates and groups are then decided over those arrays (Python loops only over
+rows that have a duplicate); pass 2 streams the temporary file and writes the rows that are
+kept. Measured: benchmarks/table_scale.py (100k and 1M rows).
 
 Label errors are not judged here: the audit stage (components/quality/audit.py) does that after
 split, where it knows which rows are train rows (the only ones it may change).
@@ -28,7 +30,6 @@ import io
 import re
 import tempfile
 import unicodedata
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -39,9 +40,9 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from components.data.contract import DatasetWriter, SetAside, content_hash
-from components.quality.duplicates import (DUPLICATE, LABEL_CONFLICT, NearDuplicateIndex, connected_groups, duplicate_pairs,
-                                           find_exact_duplicates, group_summary, image_embedding, key64,
-                                           near_pairs_table, text_key)
+from components.quality.duplicates import (DUPLICATE, LABEL_CONFLICT, NearDuplicateIndex, duplicate_pairs,
+                                           exact_duplicate_rows, find_exact_duplicates, group_names, group_summary,
+                                           image_embedding, key64, near_pairs_table, text_key)
 
 # Reasons a row is set aside; the manifest counts rows per reason.
 CORRUPT = "corrupt_payload"
@@ -137,30 +138,24 @@ def _column(values: list, modality: str, options: CleanOptions) -> pa.Array:
     return pa.array([v.tolist() for v in values], pa.list_(pa.float32()))
 
 
-@dataclass
-class _Record:
-    id: str
-    source: str
-    label: int
-    digest: str
-    near: object = None      # text: 64-bit key of the normalised text (images: in the NearDuplicateIndex)
-    length: int = 0
-
-
 def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n_classes: int,
                   modality: str, options: CleanOptions, classes: list[str] | None = None,
                   feature_names: list[str] | None = None) -> dict:
     """Clean raw rows of one modality into ``writer``.
 
     Returns ``rows_in``, ``set_aside`` (a :class:`SetAside`), ``extra`` (manifest keys),
-    ``metrics`` (``clean/...`` numbers) and ``conflicts`` (near-duplicate groups whose labels disagree).
+    ``metrics`` (``clean/...`` numbers), ``conflicts`` (near-duplicate groups whose labels
+    disagree) and ``near_pairs`` (the near-duplicate pairs found, for split's leakage check).
     """
     if modality not in MODALITIES:
         raise ValueError(f"unknown payload {modality!r}: choose from {MODALITIES}")
     classes = classes or [str(k) for k in range(n_classes)]
     aside = SetAside()
-    records: list[_Record] = []
     rows_in = 0
+    # What is remembered of each decoded row, in numpy arrays (~60 bytes a row, no Python object
+    # per row): encoded id, label, 16-byte content digest, payload length, 64-bit text key.
+    # Row k of these is row k of the staging file; sources are read back from it when needed.
+    parts: dict[str, list[np.ndarray]] = {"id": [], "label": [], "digest": [], "length": [], "key": []}
     stage_schema = pa.schema([("id", pa.string()), ("label", pa.int64()),
                               (modality, _staging_type(modality, options)), ("source", pa.string())])
 
@@ -176,6 +171,7 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
                 payloads, sources = batch.column(modality).to_pylist(), batch.column("source").to_pylist()
                 rows_in += len(ids)
                 keep = {"id": [], "label": [], modality: [], "source": []}
+                digests, lengths, keys = [], [], []
                 for row_id, label, payload, source in zip(ids, labels, payloads, sources):
                     if label is None or not 0 <= label < n_classes:
                         aside.add(row_id, source, BAD_LABEL, label=label)
@@ -185,57 +181,71 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
                     except _Unusable as err:
                         aside.add(row_id, source, err.reason, error=str(err))
                         continue
-                    rec = _Record(row_id, source, int(label), content_hash(raw))
+                    digests.append(bytes.fromhex(content_hash(raw)))
                     if modality == "image":
-                        if near_index is not None:  # row k of the index is records[k]
+                        if near_index is not None:  # row k of the index is row k of the staging file
                             h, w = options.image_size
                             near_index.add(image_embedding(value.reshape(h, w, options.channels)))
                     elif modality == "text":
-                        rec.near = key64(text_key(value).encode())
+                        keys.append(key64(text_key(value).encode()))
                     else:
-                        rec.length = len(value)
-                    records.append(rec)
+                        lengths.append(len(value))
                     for k, v in (("id", row_id), ("label", label), (modality, value), ("source", source)):
                         keep[k].append(v)
                 if keep["id"]:
                     staging.write_table(pa.table({**keep, modality: _column(keep[modality], modality, options)},
                                                  schema=stage_schema))
+                    parts["id"].append(np.array([i.encode() for i in keep["id"]]))
+                    parts["label"].append(np.array(keep["label"], np.int64))
+                    parts["digest"].append(np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 16))
+                    parts["length"].append(np.array(lengths, np.int64))
+                    parts["key"].append(np.array(keys, np.int64))
+        row_ids = np.concatenate(parts["id"]) if parts["id"] else np.empty(0, "S1")
+        row_labels = np.concatenate(parts["label"]) if parts["label"] else np.empty(0, np.int64)
+        digest = np.concatenate(parts["digest"]) if parts["digest"] else np.empty((0, 16), np.uint8)
+        row_lengths, row_keys = (np.concatenate(parts[k]) if parts[k] else np.empty(0, np.int64)
+                                 for k in ("length", "key"))
+        del parts
+        n = len(row_ids)
 
-        # -- decisions over the records ---------------------------------------------------------
+        # -- decisions over the rows ------------------------------------------------------------
         extra: dict = {}
-        removed: dict[str, tuple[str, dict]] = {}
+        removed: dict[int, tuple[str, dict]] = {}   # row number -> (reason, detail)
         if modality == "image":
             extra["image_shape"] = [*options.image_size, options.channels]
         elif modality in ("sequence", "features"):
             length = options.payload_length
             if length is None and modality == "features" and feature_names:
                 length = len(feature_names)
-            if length is None and records:
-                length = Counter(r.length for r in records).most_common(1)[0][0]
-            for r in records:
-                if r.length != length:
-                    removed[r.id] = (WRONG_LENGTH, {"length": r.length, "expected": length})
+            if length is None and n:
+                values, first, counts = np.unique(row_lengths, return_index=True, return_counts=True)
+                tied = np.flatnonzero(counts == counts.max())
+                length = int(values[tied[np.argmin(first[tied])]])  # most common; a tie: the one seen first
+            for k in np.flatnonzero(row_lengths != length).tolist():
+                removed[k] = (WRONG_LENGTH, {"length": int(row_lengths[k]), "expected": length})
             if modality == "sequence":
                 extra["sequence_length"] = length
             else:
                 names = list(feature_names or [])
                 extra["feature_names"] = names if len(names) == length else [f"f{i}" for i in range(length or 0)]
-        candidates = [r for r in records if r.id not in removed]
         if options.drop_duplicates:
-            removed.update(find_exact_duplicates([(r.id, r.digest, r.label) for r in candidates]))
-        kept = [r for r in records if r.id not in removed]
-        ids = [r.id for r in kept]
-        labels = np.array([r.label for r in kept], dtype=np.int64)
-        index = {row_id: k for k, row_id in enumerate(ids)}
+            candidates = np.ones(n, bool)
+            candidates[list(removed)] = False
+            removed.update(exact_duplicate_rows(row_ids, digest, row_labels, rows=np.flatnonzero(candidates)))
+        kept_mask = np.ones(n, bool)
+        kept_mask[list(removed)] = False
+        kept_rows = np.flatnonzero(kept_mask)
+        ids, labels = row_ids[kept_rows], row_labels[kept_rows]   # kept row k = row kept_rows[k]
 
         near, near_dist = np.empty((0, 2), np.int64), np.empty(0, np.float32)
         if near_index is not None:  # found once here; split's leakage check reads them (near_pairs.parquet)
             with near_index:
-                near, near_dist = near_index.pairs(keep=np.array([r.id not in removed for r in records], bool))
-        pairs = duplicate_pairs(hashes=[r.digest for r in kept], near=near,
-                                near_keys=[r.near for r in kept] if modality == "text" else None)
-        groups = connected_groups(ids, pairs)
-        dup_summary = group_summary(groups, labels.tolist(), ids)
+                near, near_dist = near_index.pairs(keep=kept_mask)
+        pairs = duplicate_pairs(hashes=digest[kept_rows], near=near,
+                                near_keys=row_keys[kept_rows] if modality == "text" else None)
+        del digest
+        groups = group_names(ids, pairs)   # kept row -> group name, for rows in a group of 2+
+        dup_summary = group_summary(groups, labels, ids)
         extra["near_duplicates"] = {"method": {"image": "embedding_distance", "text": "normalised_text"}.get(
             modality, "exact_only"), "distance": near_distance, "groups": dup_summary["groups"],
             "rows": dup_summary["rows"], "conflicts": len(dup_summary["conflicts"])}
@@ -248,24 +258,32 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
                    "clean/near_duplicate_conflicts": len(dup_summary["conflicts"])}
 
         # -- pass 2: write what is kept ---------------------------------------------------------
-        if records:
+        kept_number = np.cumsum(kept_mask) - 1   # row -> its number among the kept rows
+        source_of: dict[int, str] = {}           # sources of the rows set aside, read back from staging
+        start = 0
+        if n:
             for batch in pq.ParquetFile(staged).iter_batches(batch_size=4096):
                 table = pa.Table.from_batches([batch])
-                rows = [index.get(i, -1) if i not in removed else -1 for i in table.column("id").to_pylist()]
-                rows = np.array(rows, dtype=np.int64)
-                table = table.filter(pa.array(rows >= 0))
-                rows = rows[rows >= 0]
-                if not len(rows):
+                mask = kept_mask[start:start + table.num_rows]
+                if not mask.all():
+                    sources = table.column("source").to_pylist()
+                    source_of.update({start + k: sources[k] for k in np.flatnonzero(~mask).tolist()})
+                numbers = kept_number[start:start + table.num_rows][mask]
+                start += table.num_rows
+                table = table.filter(pa.array(mask))
+                if not table.num_rows:
                     continue
                 if modality in ("sequence", "features"):
                     vals = table.column(modality).combine_chunks().flatten()
                     table = table.set_column(table.schema.get_field_index(modality), modality,
                                              pa.FixedSizeListArray.from_arrays(vals, length))
-                table = table.append_column("group", pa.array([groups[k] for k in rows], pa.string()))
+                group = table.column("id").to_pylist()
+                if groups:
+                    group = [groups.get(k, g) for k, g in zip(numbers.tolist(), group)]
+                table = table.append_column("group", pa.array(group, pa.string()))
                 writer.write(table)
-        source_of = {r.id: r.source for r in records}
-        for row_id, (reason, detail) in sorted(removed.items()):
-            aside.add(row_id, source_of[row_id], reason, **detail)
+        for k, (reason, detail) in sorted(removed.items(), key=lambda item: row_ids[item[0]]):
+            aside.add(row_ids[k].decode(), source_of[k], reason, **detail)
 
     return {"rows_in": rows_in, "set_aside": aside, "extra": extra, "metrics": metrics,
             "conflicts": dup_summary["conflicts"], "near_pairs": near_pairs_table(ids, near, near_dist),

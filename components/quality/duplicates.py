@@ -194,8 +194,35 @@ def near_pairs(vectors: np.ndarray, *, radius: float) -> np.ndarray:
         return index.pairs()[0]
 
 
-def key_pairs(keys: Sequence) -> np.ndarray:
-    """Index pairs (first, other) of rows that share a key: a star per key, enough to connect."""
+def _id(ids, k) -> str:
+    """Row k's id from a list of str or a numpy array of encoded ids (how clean keeps them: 20 bytes a row)."""
+    v = ids[k]
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _rows_key(keys) -> np.ndarray | None:
+    """A 1-D sortable view of a numpy key array ((n,) ints/bytes, or (n, w) bytes rows); None for a list."""
+    if not isinstance(keys, np.ndarray):
+        return None
+    if keys.ndim == 2:
+        keys = np.ascontiguousarray(keys).view(np.dtype((np.void, keys.dtype.itemsize * keys.shape[1]))).ravel()
+    return keys
+
+
+def key_pairs(keys) -> np.ndarray:
+    """Index pairs (first, other) of rows that share a key: a star per key, enough to connect.
+
+    ``keys``: a list (None: no key) or a numpy array (ints, or one row of digest bytes per row),
+    which is grouped without a Python dict (memory O(rows) in numpy, not in objects).
+    """
+    arr = _rows_key(keys)
+    if arr is not None:
+        if len(arr) < 2:
+            return np.empty((0, 2), np.int64)
+        _, first, inverse = np.unique(arr, return_index=True, return_inverse=True)
+        head = first[inverse.ravel()]
+        rows = np.flatnonzero(head != np.arange(len(arr)))
+        return np.stack([head[rows], rows], axis=1).astype(np.int64)
     first: dict = {}
     pairs = []
     for i, k in enumerate(keys):
@@ -208,26 +235,63 @@ def key_pairs(keys: Sequence) -> np.ndarray:
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
 
+def group_names(ids, pairs) -> dict[int, str]:
+    """The group name (smallest id among the rows it is connected to) of every row in a pair;
+    a row in no pair is a group of its own, named by its own id. Work and memory follow the
+    pairs, not the rows."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if not len(pairs):
+        return {}
+    rows, local = np.unique(pairs, return_inverse=True)
+    local = local.reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(local), np.int8), (local[:, 0], local[:, 1])), shape=(len(rows), len(rows)))
+    _, component = connected_components(graph, directed=False)
+    best: dict[int, str] = {}
+    for c, r in zip(component.tolist(), rows.tolist()):
+        row_id = _id(ids, r)
+        if c not in best or row_id < best[c]:
+            best[c] = row_id
+    return {r: best[c] for c, r in zip(component.tolist(), rows.tolist())}
+
+
 def connected_groups(ids: Sequence[str], pairs: Iterable[tuple[int, int]]) -> list[str]:
     """Each row's group name: the smallest id among the rows it is connected to."""
-    parent = list(range(len(ids)))
+    names = group_names(ids, np.asarray(list(pairs) if not isinstance(pairs, np.ndarray) else pairs, np.int64))
+    return [names.get(k, _id(ids, k)) for k in range(len(ids))]
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
 
-    for i, j in pairs:
-        ri, rj = find(int(i)), find(int(j))
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-    best: dict[int, str] = {}
-    for i, row_id in enumerate(ids):
-        r = find(i)
-        if r not in best or row_id < best[r]:
-            best[r] = row_id
-    return [best[find(i)] for i in range(len(ids))]
+def exact_duplicate_rows(ids, digests: np.ndarray, labels: np.ndarray, *,
+                         rows: np.ndarray | None = None) -> dict[int, tuple[str, dict]]:
+    """:func:`find_exact_duplicates` over arrays: rows (numbers) to set aside, with their reason.
+
+    ``ids``: encoded or str ids; ``digests``: one content digest per row ((n, 16) uint8 or any
+    1-D key array); ``rows``: the candidate rows (default: all). Only rows in a group of 2+
+    are ever looked at in Python.
+    """
+    arr = _rows_key(digests)
+    rows = np.arange(len(arr)) if rows is None else np.asarray(rows, np.int64)
+    if len(rows) < 2:
+        return {}
+    _, inverse, counts = np.unique(arr[rows], return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
+    multi = np.flatnonzero(counts[inverse] > 1)
+    dropped: dict[int, tuple[str, dict]] = {}
+    if not len(multi):
+        return dropped
+    order = multi[np.argsort(inverse[multi], kind="stable")]
+    for group in np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1):
+        members = sorted((_id(ids, int(rows[k])), int(rows[k])) for k in group)
+        member_labels = {int(labels[r]) for _, r in members}
+        if len(member_labels) > 1:
+            for row_id, r in members:
+                dropped[r] = (LABEL_CONFLICT, {"group": [m for m, _ in members], "label": int(labels[r])})
+        else:
+            for _, r in members[1:]:
+                dropped[r] = (DUPLICATE, {"of": members[0][0]})
+    return dropped
 
 
 def find_exact_duplicates(records: list[tuple[str, str, int]]) -> dict[str, tuple[str, dict]]:
@@ -237,32 +301,24 @@ def find_exact_duplicates(records: list[tuple[str, str, int]]) -> dict[str, tupl
     the others are ``duplicate`` of it. A group whose labels disagree cannot be trusted:
     every member is set aside as ``duplicate_label_conflict``.
     """
-    groups: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for row_id, digest, label in records:
-        groups[digest].append((row_id, label))
-    dropped: dict[str, tuple[str, dict]] = {}
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        members.sort()
-        if len({label for _, label in members}) > 1:
-            for row_id, label in members:
-                dropped[row_id] = (LABEL_CONFLICT, {"group": [m for m, _ in members], "label": label})
-        else:
-            keeper = members[0][0]
-            for row_id, _ in members[1:]:
-                dropped[row_id] = (DUPLICATE, {"of": keeper})
-    return dropped
+    ids = [r[0] for r in records]
+    codes = _codes([r[1] for r in records])[0]
+    found = exact_duplicate_rows(ids, codes, np.array([r[2] for r in records], np.int64))
+    return {ids[r]: reason for r, reason in found.items()}
 
 
-def group_summary(groups: Sequence[str], labels: Sequence[int], ids: Sequence[str]) -> dict:
-    """Near-duplicate groups of 2+ rows, and those whose labels disagree (conflicts)."""
+def group_summary(groups, labels: Sequence[int], ids: Sequence[str]) -> dict:
+    """Near-duplicate groups of 2+ rows, and those whose labels disagree (conflicts).
+
+    ``groups``: every row's group name, or {row: group name} for the rows in a pair
+    (:func:`group_names`; the others are groups of one).
+    """
     members: dict[str, list[int]] = defaultdict(list)
-    for k, g in enumerate(groups):
+    for k, g in (groups.items() if isinstance(groups, dict) else enumerate(groups)):
         members[g].append(k)
-    multi = {g: ks for g, ks in members.items() if len(ks) > 1}
-    conflicts = [{"group": g, "ids": [ids[k] for k in ks], "labels": [int(labels[k]) for k in ks]}
-                 for g, ks in sorted(multi.items()) if len({labels[k] for k in ks}) > 1]
+    multi = {g: sorted(ks) for g, ks in members.items() if len(ks) > 1}
+    conflicts = [{"group": g, "ids": [_id(ids, k) for k in ks], "labels": [int(labels[k]) for k in ks]}
+                 for g, ks in sorted(multi.items()) if len({int(labels[k]) for k in ks}) > 1]
     return {"groups": len(multi), "rows": sum(len(ks) for ks in multi.values()), "conflicts": conflicts}
 
 
@@ -360,8 +416,8 @@ def cross_split_leaks(splits: Sequence[str], *, hashes: Sequence, near_vectors: 
 def near_pairs_table(ids: Sequence[str], pairs: np.ndarray, distances: np.ndarray | None = None) -> pa.Table:
     """Index pairs over ``ids`` -> the table clean writes beside its manifest (id < other)."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    ids = np.asarray(ids, dtype=object)
-    a, b = ids[pairs[:, 0]], ids[pairs[:, 1]]
+    a = np.array([_id(ids, k) for k in pairs[:, 0].tolist()], dtype=object)
+    b = np.array([_id(ids, k) for k in pairs[:, 1].tolist()], dtype=object)
     swap = a > b
     a, b = np.where(swap, b, a), np.where(swap, a, b)
     dist = np.zeros(len(pairs), np.float32) if distances is None else np.asarray(distances, np.float32)
