@@ -1,17 +1,23 @@
-"""What label-error cleaning buys on mislabeled data: detection quality and test accuracy.
+"""What the label audit buys on mislabeled data, and what it does when its auditor is weak.
 
-Digits through the real ingest -> clean components; `clean` injects symmetric label noise
-(0/10/20/30%) into the rows split will put in train, then finds likely label errors
-(out-of-fold probabilities from 5-fold SVC as Ray tasks -> cleanlab). Per noise rate:
-- detection precision / recall / F1 of the rows cleaning touches, against the known flips;
-- test accuracy (true labels, the same test rows throughout) of the project's SmallCNN trained
-  on the train rows with no cleaning (noisy labels), with cleaning (`drop`: flagged rows left
-  out; `relabel`: flagged rows relabelled to the prediction) and on noise-free labels.
-Training is a plain single-process torch loop (not Ray Train: 16 runs x seeds would spend
-most of the time starting worker groups) with train's default hyperparameters from
-params.yaml (AdamW lr 3e-3, weight decay 1e-4, dropout 0.25, batch 64, 15 epochs, no early
-stopping), averaged over --seeds seeds.
-Also: wall time of the out-of-fold step with 1 vs 2 Ray workers (folds run at once).
+Digits through the real ingest -> clean -> split components, then the audit stage's component
+(components/quality/audit.py) with symmetric label noise (0/10/20/30%) injected into the train
+rows. Per noise rate:
+- detection precision / recall / F1 of the train rows the audit flags, against the known flips;
+- whether the auditor was trusted to act (its out-of-fold accuracy vs the majority rate, the
+  precision it expects of its suspects) and how many train rows it changed;
+- test accuracy (the same test rows throughout, labels as given = true labels: the audit never
+  touches test rows) of the project's SmallCNN trained on the train rows with no cleaning (noisy
+  labels), with cleaning (`drop`: flagged train rows left out; `relabel`: the policy's labels),
+  and on noise-free labels.
+A weak auditor on correct labels: a synthetic two-class table whose class is a weak signal under
+noise (out-of-fold accuracy near chance), audited with the default params: rows changed.
+Wall time of the out-of-fold step: in-process (the default below clean.label_issues.ray_min_rows)
+vs 5 folds as Ray tasks with 2 workers, plus what starting Ray costs.
+Training is a plain single-process torch loop (not Ray Train: 16 runs x seeds would spend most of
+the time starting worker groups) with train's default hyperparameters from params.yaml (AdamW
+lr 3e-3, weight decay 1e-4, dropout 0.25, batch 64, 15 epochs, no early stopping), averaged
+over --seeds seeds.
 
     python -m benchmarks.label_noise [--seeds 3] [--rates 0 0.1 0.2 0.3]
 """
@@ -19,25 +25,27 @@ Also: wall time of the out-of-fold step with 1 vs 2 Ray workers (folds run at on
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 
-from benchmarks._results import write_results
-from components.data.contract import DatasetWriter, SetAside, iter_batches, read_table
-from components.data.sources import digits_source
+from components.data.contract import DatasetWriter, SetAside, iter_batches, read_manifest, read_table
+from components.data.demo import write_digits_split
 from components.data.splitting import assign_splits
 from components.models.networks import build_model
-from components.quality.cleaning import CleanOptions, clean_dataset, oof_features
+from components.quality.audit import NoiseOptions, audit_dataset, reduce_features
 from components.quality.label_issues import LabelIssueOptions, detection_scores, oof_probabilities
-from components.runtime import init_ray
+from pipelines.config import LabelIssueParams
 
 REPO = Path(__file__).resolve().parents[1]
-FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+DEFAULTS = LabelIssueParams().model_dump(exclude={"enabled"})  # params.yaml's defaults (the schema's)
 
 
 def train_cnn(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *, seed: int,
@@ -60,31 +68,67 @@ def train_cnn(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarr
     return float((pred == y_test).mean())
 
 
-def cleaned(ingest: Path, out: Path, *, rate: float) -> dict:
-    """Clean with noise injected and the relabel policy: one table holds every variant's labels."""
-    with DatasetWriter(out, classes=[str(k) for k in range(10)]) as w:
-        st = clean_dataset(iter_batches(ingest), w, n_classes=10, modality="image",
-                           options=CleanOptions(label_issues=LabelIssueOptions(policy="relabel"), noise_rate=rate))
+def audit(split: Path, out: Path, *, rate: float, policy: str = "relabel") -> tuple[dict, pa.Table]:
+    """The audit stage's component with the default params (policy aside) and noise injected."""
+    m = read_manifest(split)
+    with DatasetWriter(out, classes=m["classes"], metadata={"image_shape": m.get("image_shape")}) as w:
+        st = audit_dataset(iter_batches(split), lambda: iter_batches(split), w, modality=m["payload"],
+                           classes=m["classes"], image_shape=m.get("image_shape"),
+                           options=LabelIssueOptions(**{**DEFAULTS, "policy": policy}),
+                           noise=NoiseOptions(rate=rate, seed=0), embeddings=None, use_ray=False)
         w.close(rows_in=st["rows_in"], set_aside=st["set_aside"], extra=st["extra"])
-    t = read_table(out)
-    split = np.array(assign_splits(t.column("group").to_pylist(), fractions=FRACTIONS, seed=0))
-    pixels = t.column("image").combine_chunks().flatten().to_numpy().reshape(-1, 1, 8, 8).astype(np.float32) / 255
-    given = t.column("given_label").to_numpy()
-    true = t.column("true_label").to_numpy() if "true_label" in t.schema.names else given  # no noise injected
-    return {"x": pixels, "split": split, "label": t.column("label").to_numpy(), "given": given, "true": true, "issue": t.column("label_issue").to_numpy(zero_copy_only=False),
-            "oof_s": st["metrics"]["clean/label_issues/oof_s"], "image": t.column("image")}
+    return st, read_table(out)
 
 
-def oof_timing(d: dict, *, repeats: int = 3) -> dict:
-    """Best-of-``repeats`` wall of the OOF step with 1 and with 2 workers, alternated so that load
-    from other jobs on the machine hits both alike."""
-    x = oof_features(d["image"].combine_chunks(), "image", shape=[8, 8, 1])
-    walls: dict = {1: [], 2: []}
+def weak_auditor(tmp: Path, *, n: int = 2000, seed: int = 0) -> dict:
+    """Correct labels, a task the auditor can barely learn: how many rows does the audit change?"""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 20)).astype(np.float32)
+    labels = (x[:, 0] + rng.normal(scale=2.5, size=n) > 0).astype(np.int64)
+    ids = [f"hard-{i}" for i in range(n)]
+    table = pa.table({"id": ids, "label": labels, "features": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 20),
+                      "source": ids, "split": assign_splits(ids, fractions={"train": 0.7, "val": 0.15, "test": 0.15},
+                                                            seed=0)})
+    with DatasetWriter(tmp / "hard-split", classes=["a", "b"]) as w:
+        w.write(table)
+        w.close(rows_in=n, set_aside=SetAside())
+    out = {}
+    for name, thresholds in (("default", {}), ("judgement off", {"min_lift": 0.0, "min_precision": 0.0})):
+        m = read_manifest(tmp / "hard-split")
+        with DatasetWriter(tmp / f"hard-{name}", classes=m["classes"]) as w:
+            st = audit_dataset(iter_batches(tmp / "hard-split"), lambda: iter_batches(tmp / "hard-split"), w,
+                               modality="features", classes=m["classes"], image_shape=None,
+                               options=LabelIssueOptions(**{**DEFAULTS, **thresholds}),
+                               noise=NoiseOptions(rate=0.0, seed=0), embeddings=None, use_ray=False)
+            w.close(rows_in=st["rows_in"], set_aside=st["set_aside"], extra=st["extra"])
+        mt = st["metrics"]
+        out[name] = {"rows": n, "found": mt["audit/label_issues/found"], "changed": mt["audit/label_issues/touched"],
+                     "changed_frac": mt["audit/label_issues/touched"] / n, "acted": mt["audit/label_issues/acted"],
+                     "oof_acc": mt["audit/label_issues/oof_acc"], "majority_rate": mt["audit/label_issues/majority_rate"],
+                     "decision": st["decision"]}
+    return out
+
+
+def oof_timing(split: Path, *, repeats: int = 3) -> dict:
+    """Best-of-``repeats`` wall of the out-of-fold step in-process and as Ray tasks (2 workers),
+    alternated so that load from other jobs hits both alike; and the Ray start it needs."""
+    t = read_table(split)
+    x = reduce_features(t.column("image").combine_chunks(), "image", shape=[8, 8, 1], max_features=256, seed=0)
+    y, train = t.column("label").to_numpy(), np.array(t.column("split").to_pylist()) == "train"
+    from components.runtime import init_ray
+
+    t0 = time.perf_counter()
+    init_ray(num_cpus=2)
+    ray_start = time.perf_counter() - t0
+    walls: dict = {"in_process": [], "ray_2_workers": []}
+    kw = dict(n_classes=10, model="svc", folds=5, workers=2, seed=0, fit_rows=train)
     for _ in range(repeats):
-        for n in (1, 2):
-            walls[n].append(oof_probabilities(x, d["given"], n_classes=10, model="svc", folds=5, workers=n,
-                                              seed=0)[1])
-    return {f"workers_{n}": round(min(w), 2) for n, w in walls.items()}
+        walls["in_process"].append(oof_probabilities(x, y, use_ray=False, **kw)[1])
+        walls["ray_2_workers"].append(oof_probabilities(x, y, use_ray=True, **kw)[1])
+    import ray
+
+    ray.shutdown()
+    return {**{k: round(min(v), 2) for k, v in walls.items()}, "ray_start_s": round(ray_start, 2)}
 
 
 def main() -> None:
@@ -93,89 +137,101 @@ def main() -> None:
     ap.add_argument("--rates", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3])
     args = ap.parse_args()
     torch.set_num_threads(1)
-    init_ray(num_cpus=2)
-    rows, timing = [], {}
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        src = digits_source()
-        with DatasetWriter(Path(tmp) / "ingest", classes=src.classes) as w:
-            for b in src.batches:
-                w.write(b)
-            w.close(rows_in=w.rows, set_aside=SetAside())
+        tmp = Path(tmp)
+        split = write_digits_split(tmp / "data")
         for rate in args.rates:
-            d = cleaned(Path(tmp) / "ingest", Path(tmp) / f"clean-{rate}", rate=rate)
-            tr, te = d["split"] == "train", d["split"] == "test"
-            flips = d["given"] != d["true"]
-            det = detection_scores(d["issue"], flips)
-            keep = tr & ~d["issue"]
+            st, t = audit(split, tmp / f"audit-{rate}", rate=rate)
+            m = st["metrics"]
+            s = np.array(t.column("split").to_pylist())
+            tr, te = s == "train", s == "test"
+            x = t.column("image").combine_chunks().flatten().to_numpy().reshape(-1, 1, 8, 8).astype(np.float32) / 255
+            label, given = t.column("label").to_numpy(), t.column("given_label").to_numpy()
+            true = t.column("true_label").to_numpy() if "true_label" in t.schema.names else given
+            issue = t.column("label_issue").to_numpy(zero_copy_only=False)
+            flips = given != true
+            det = detection_scores(issue[tr], flips[tr])
+            keep = tr & ~issue if m["audit/label_issues/acted"] else tr  # what `drop` trains on
             acc = {name: [] for name in ("no_cleaning", "cleaning_drop", "cleaning_relabel", "noise_free")}
             t0 = time.perf_counter()
             for seed in range(args.seeds):
-                x_te, y_te = d["x"][te], d["true"][te]
-                acc["no_cleaning"].append(train_cnn(d["x"][tr], d["given"][tr], x_te, y_te, seed=seed))
-                acc["cleaning_drop"].append(train_cnn(d["x"][keep], d["given"][keep], x_te, y_te, seed=seed))
-                acc["cleaning_relabel"].append(train_cnn(d["x"][tr], d["label"][tr], x_te, y_te, seed=seed))
-                acc["noise_free"].append(train_cnn(d["x"][tr], d["true"][tr], x_te, y_te, seed=seed))
+                x_te, y_te = x[te], given[te]  # test labels as given: never touched, and noise-free here
+                acc["no_cleaning"].append(train_cnn(x[tr], given[tr], x_te, y_te, seed=seed))
+                acc["cleaning_drop"].append(train_cnn(x[keep], given[keep], x_te, y_te, seed=seed))
+                acc["cleaning_relabel"].append(train_cnn(x[tr], label[tr], x_te, y_te, seed=seed))
+                acc["noise_free"].append(train_cnn(x[tr], true[tr], x_te, y_te, seed=seed))
+            changed = label != given
             row = {"noise": rate, "flipped": int(flips.sum()), "train_rows": int(tr.sum()),
-                   "touched": int(d["issue"].sum()), "touched_frac": float(d["issue"].mean()),
+                   "flagged_train": int(issue[tr].sum()), "flagged_val_test": int(issue[~tr].sum()),
+                   "acted": m["audit/label_issues/acted"], "relabelled": int(changed.sum()),
+                   "changed_outside_train": int(changed[~tr].sum()),
+                   "oof_acc": m["audit/label_issues/oof_acc"], "lift": m["audit/label_issues/lift"],
+                   "expected_precision": m["audit/label_issues/expected_precision"],
                    **{f"detect/{k}": round(v, 4) for k, v in det.items()},
                    **{f"test/acc/{k}": round(float(np.mean(v)), 4) for k, v in acc.items()},
-                   "relabel_correct": float((d["label"][d["issue"]] == d["true"][d["issue"]]).mean())
-                   if d["issue"].any() else None,
-                   "oof_s": d["oof_s"], "train_s": round(time.perf_counter() - t0, 1)}
+                   "relabel_correct": float((label[changed] == true[changed]).mean()) if changed.any() else None,
+                   "oof_s": m["audit/label_issues/oof_s"], "train_s": round(time.perf_counter() - t0, 1)}
             rows.append(row)
             print(f"  noise {rate:.0%}: done ({row['train_s']}s of training)", flush=True)
-            if rate == max(args.rates):
-                timing = oof_timing(d)
-    print_table(rows, timing, args.seeds)
-    targets = check_targets(rows)
+        weak = weak_auditor(tmp)
+        timing = oof_timing(split)
+    print_table(rows, weak, timing, args.seeds)
+    targets = check_targets(rows, weak)
     for name, (ok, detail) in targets.items():
         print(f"  {'PASS' if ok else 'MISS'}  {name}: {detail}")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     out = REPO / "benchmarks" / "results" / "label_noise.json"
-    write_results(out, {"benchmark": "label_noise", "seeds": args.seeds, "model": "SmallCNN, plain torch loop",
-                               "oof_model": "svc, 5 folds", "rows": rows, "oof_wall_s": timing,
-                               "targets": {k: {"pass": ok, "detail": d} for k, (ok, d) in targets.items()}})
+    out.write_text(json.dumps({"benchmark": "label_noise", "git_commit": commit,
+                               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                               "machine": "2 cores shared with other jobs: absolute times inflated",
+                               "seeds": args.seeds, "model": "SmallCNN, plain torch loop",
+                               "auditor": "svc, 5 folds over train rows, default thresholds (params.yaml)",
+                               "rows": rows, "weak_auditor": weak, "oof_wall_s": timing,
+                               "targets": {k: {"pass": ok, "detail": d} for k, (ok, d) in targets.items()}},
+                              indent=2) + "\n")
     print(f"-> {out.relative_to(REPO)}")
 
 
-def print_table(rows: list[dict], timing: dict, seeds: int) -> None:
-    print(f"\nLabel noise on digits (1,797 rows; noise injected into the train split only; SmallCNN test accuracy "
-          f"on true labels, mean of {seeds} seeds; plain torch loop, not Ray Train)")
-    head = (f"{'noise':>6}{'flips':>6}{'touched':>8}{'prec':>7}{'recall':>7}{'F1':>7}"
-            f"{'acc noisy':>10}{'acc drop':>9}{'acc relabel':>12}{'acc clean':>10}{'oof s':>7}")
+def print_table(rows: list[dict], weak: dict, timing: dict, seeds: int) -> None:
+    print(f"\nLabel noise on digits (1,797 rows; noise injected into the train split only; the audit acts on train "
+          f"rows only; SmallCNN test accuracy on the given test labels, mean of {seeds} seeds; plain torch loop)")
+    head = (f"{'noise':>6}{'flips':>6}{'flagged':>8}{'acted':>6}{'lift':>6}{'E[prec]':>8}{'prec':>7}{'recall':>7}"
+            f"{'F1':>7}{'acc noisy':>10}{'acc drop':>9}{'acc relabel':>12}{'acc clean':>10}{'oof s':>7}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        # with no flips, precision / recall / F1 say nothing; `touched` is the false-positive count
+        # with no flips, precision / recall / F1 say nothing; `flagged` is the false-positive count
         det = (f"{r['detect/precision']:>7.3f}{r['detect/recall']:>7.3f}{r['detect/f1']:>7.3f}" if r["flipped"]
                else f"{'-':>7}{'-':>7}{'-':>7}")
-        print(f"{r['noise']:>6.0%}{r['flipped']:>6}{r['touched']:>8}{det}{r['test/acc/no_cleaning']:>10.4f}"
-              f"{r['test/acc/cleaning_drop']:>9.4f}{r['test/acc/cleaning_relabel']:>12.4f}"
-              f"{r['test/acc/noise_free']:>10.4f}{r['oof_s']:>7.2f}")
-    if timing:
-        print(f"OOF step (5-fold SVC as Ray tasks) wall: 1 worker {timing['workers_1']:.2f}s, 2 workers "
-              f"{timing['workers_2']:.2f}s -> {timing['workers_1'] / timing['workers_2']:.2f}x "
-              f"(2-core machine shared with other jobs: absolute times inflated)")
+        print(f"{r['noise']:>6.0%}{r['flipped']:>6}{r['flagged_train']:>8}{r['acted']:>6}{r['lift']:>6.2f}"
+              f"{r['expected_precision']:>8.2f}{det}{r['test/acc/no_cleaning']:>10.4f}{r['test/acc/cleaning_drop']:>9.4f}"
+              f"{r['test/acc/cleaning_relabel']:>12.4f}{r['test/acc/noise_free']:>10.4f}{r['oof_s']:>7.2f}")
+    print("\nWeak auditor, correct labels (2,000-row two-class table, class = weak signal under noise):")
+    for name, w in weak.items():
+        print(f"  {name:<14} oof acc {w['oof_acc']:.3f} vs majority {w['majority_rate']:.3f}: {w['found']} suspects, "
+              f"{w['changed']} rows changed ({100 * w['changed_frac']:.1f}%)")
+    print(f"\nOut-of-fold step (5-fold SVC, 1,257 train rows): in-process {timing['in_process']:.2f}s, as Ray tasks "
+          f"(2 workers) {timing['ray_2_workers']:.2f}s -> {timing['in_process'] / timing['ray_2_workers']:.2f}x; "
+          f"starting Ray first: {timing['ray_start_s']:.1f}s (2-core machine shared with other jobs)")
 
 
-def check_targets(rows: list[dict]) -> dict:
+def check_targets(rows: list[dict], weak: dict) -> dict:
     by = {r["noise"]: r for r in rows}
     t = {}
     if 0.2 in by:
         f = by[0.2]["detect/f1"]
-        t["F1 >= 0.90 at 20%"] = (f >= 0.9, f"{f:.3f}")
+        t["F1 >= 0.90 at 20% (issue 14)"] = (f >= 0.9 and by[0.2]["acted"] == 1, f"{f:.3f}, acted {by[0.2]['acted']}")
     if 0.3 in by:
-        r = by[0.3]
-        f = r["detect/f1"]
+        f = by[0.3]["detect/f1"]
         t["F1 >= 0.85 at 30%"] = (f >= 0.85, f"{f:.3f}")
-        for policy in ("drop", "relabel"):
-            c, free, noisy = r[f"test/acc/cleaning_{policy}"], r["test/acc/noise_free"], r["test/acc/no_cleaning"]
-            t[f"30%: acc with cleaning ({policy}) within 1 pt of noise-free"] = (
-                free - c <= 0.01, f"{c:.4f} vs {free:.4f} ({100 * (c - free):+.2f} pt)")
-            t[f"30%: acc with cleaning ({policy}) >= 5 pt above no cleaning"] = (
-                c - noisy >= 0.05, f"{c:.4f} vs {noisy:.4f} ({100 * (c - noisy):+.2f} pt)")
+    t["val/test rows never changed"] = (all(r["changed_outside_train"] == 0 for r in rows),
+                                        str([r["changed_outside_train"] for r in rows]))
+    frac = weak["default"]["changed_frac"]
+    t["weak auditor, correct labels: <= 1% of rows changed (issue 14)"] = (frac <= 0.01, f"{100 * frac:.2f}%")
     if 0.0 in by:
-        frac = by[0.0]["touched_frac"]
-        t["0%: cleaning touches < 2% of rows"] = (frac < 0.02, f"{100 * frac:.2f}%")
+        frac = by[0.0]["relabelled"] / by[0.0]["train_rows"]
+        t["0%: the audit changes < 2% of train rows"] = (frac < 0.02, f"{100 * frac:.2f}%")
     return t
 
 
