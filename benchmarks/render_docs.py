@@ -18,6 +18,7 @@ written; this script rewrites it when the file changes and tests/unit/test_docs.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 import sys
@@ -81,6 +82,28 @@ NOTES = {
         "{{worst_throughput_vs_baseline}}x the plain loop's files/s.",
     ],
 }
+
+
+def script_for(name: str) -> str:
+    """The benchmark module that writes ``<name>.json`` (``tracking_overhead_60epochs`` ->
+    ``tracking_overhead``): the longest ``_``-prefix of the name with a script beside this one."""
+    parts = name.split("_")
+    for n in range(len(parts), 0, -1):
+        if (REPO / "benchmarks" / ("_".join(parts[:n]) + ".py")).exists():
+            return "_".join(parts[:n])
+    return name
+
+
+def about(name: str) -> str:
+    """What a benchmark measures: ours above, else the first paragraph of its script's docstring."""
+    script = script_for(name)
+    if script in ABOUT:
+        return ABOUT[script]
+    path = REPO / "benchmarks" / f"{script}.py"
+    doc = ast.get_docstring(ast.parse(path.read_text())) if path.exists() else None
+    if doc:
+        return " ".join(doc.split("\n\n", 1)[0].split())
+    return f"See `benchmarks/{script}.py` for what it measures."
 
 
 def load_results(results_dir: Path = RESULTS) -> dict[str, dict]:
@@ -199,24 +222,38 @@ def fill_note(template: str, result: dict) -> str | None:
         return None
 
 
+def provenance_of(result: dict) -> dict:
+    """The ``provenance`` record of benchmarks/_results.py, or the same facts from a file that keeps
+    them at the top level (``git_commit`` / ``commit``, ``date``, ``machine``)."""
+    if result.get("provenance"):
+        return result["provenance"]
+    machine = result.get("machine")
+    return {"commit": result.get("git_commit") or result.get("commit"), "date": result.get("date"),
+            "command": result.get("command"),
+            "machine": machine if isinstance(machine, dict) else {"note": machine} if machine else {}}
+
+
 def provenance_line(name: str, result: dict) -> str:
-    prov = result.get("provenance") or {}
+    prov = provenance_of(result)
     where = f"`benchmarks/results/{name}.json`"
     if not prov.get("commit") or not prov.get("date"):
         return (f"{where}: **no commit or date recorded** (written before benchmarks recorded them); "
-                f"re-run `python -m benchmarks.{name}` on the current code before quoting it.")
+                f"re-run `python -m benchmarks.{script_for(name)}` on the current code before quoting it.")
     machine = prov.get("machine") or {}
     load = f", load average {machine['load_average_1m']}" if machine.get("load_average_1m") is not None else ""
+    if machine.get("note"):
+        load += f" ({machine['note']})"
     dirty = ""
     if prov.get("dirty"):
         paths = prov.get("dirty_paths") or []
         dirty = f" with uncommitted changes to {len(paths)} tracked file(s)" if paths else " with uncommitted changes"
+    cpus = f"{machine['cpus']} CPUs" if machine.get("cpus") else "machine"
     return (f"{where}: commit `{prov['commit'][:10]}`{dirty}, {prov['date']}, "
-            f"`{prov.get('command', 'python -m benchmarks.' + name)}`; {machine.get('cpus', '?')} CPUs{load}.")
+            f"`{prov.get('command') or 'python -m benchmarks.' + script_for(name)}`; {cpus}{load}.")
 
 
 def has_provenance(result: dict) -> bool:
-    prov = result.get("provenance") or {}
+    prov = provenance_of(result)
     return bool(prov.get("commit") and prov.get("date"))
 
 
@@ -241,8 +278,8 @@ def render(results: dict[str, dict]) -> str:
         level = "##" if name in current else "###"
         out.append(f"{level} {name}\n")
         out.append(provenance_line(name, r) + "\n")
-        out.append(ABOUT.get(name, f"See `benchmarks/{name.split('_quick')[0]}.py` for what it measures.") + "\n")
-        notes = [s for s in (fill_note(t, r) for t in NOTES.get(name, [])) if s]
+        out.append(about(name) + "\n")
+        notes = [s for s in (fill_note(t, r) for t in NOTES.get(script_for(name), [])) if s]
         if notes and name in current:
             out.append(" ".join(notes) + "\n")
         out.append(render_tables(r))
@@ -259,7 +296,7 @@ def check_marker(m: re.Match, results: dict[str, dict]) -> str | None:
     if name not in results:
         return f"{m.group(0)}: no benchmarks/results/{name}.json"
     if not has_provenance(results[name]):
-        return f"{m.group(0)}: {name}.json records no commit/date; re-run python -m benchmarks.{name} first"
+        return f"{m.group(0)}: {name}.json records no commit/date; re-run python -m benchmarks.{script_for(name)} first"
     try:
         v = float(lookup(results[name], m.group("key")))
     except (KeyError, TypeError, ValueError):
