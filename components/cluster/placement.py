@@ -62,11 +62,14 @@ def cluster_nodes() -> Nodes:
 
 
 def _merge(nodes: Nodes) -> Nodes:
-    merged: dict[tuple, int] = {}
+    """Group nodes of the same shape. Memory is left out of the shape (Ray sizes it from what is free
+    when the node starts, so like machines differ a little) and the group keeps its smallest."""
+    merged: dict[tuple, tuple[int, float]] = {}
     for res, count in nodes:
-        key = tuple(sorted(_shown(res).items()))
-        merged[key] = merged.get(key, 0) + count
-    return [(dict(k), c) for k, c in merged.items()]
+        key = tuple(sorted((k, v) for k, v in _shown(res).items() if k != "memory"))
+        have, memory = merged.get(key, (0, float("inf")))
+        merged[key] = (have + count, min(memory, res.get("memory", 0.0)))
+    return [({**dict(k), **({"memory": m} if m else {})}, c) for k, (c, m) in merged.items()]
 
 
 def slots(node: dict[str, float], bundle: dict[str, float]) -> int:
@@ -104,9 +107,11 @@ def describe_bundle(bundle: dict[str, float]) -> str:
 
 
 def describe_nodes(nodes: Nodes) -> str:
+    """``2 x {CPU: 1}, 1 x {CPU: 8, GPU: 1}``: the nodes' shapes (memory left out, see _merge)."""
     if not nodes:
         return "no nodes"
-    return ", ".join(f"{c} x {describe_bundle(res)}" for res, c in nodes)
+    return ", ".join(f"{c} x {describe_bundle({k: v for k, v in res.items() if k != 'memory'})}"
+                     for res, c in nodes)
 
 
 def describe_group(bundle: dict[str, float], n: int, strategy: str) -> str:

@@ -117,6 +117,16 @@ def test_fits_are_counted_per_node_not_per_cluster():
     assert groups_that_fit(mixed, {"CPU": 4}, 3) == 4  # 2 + 2 + 8 slots of 4 CPUs
 
 
+def test_nodes_of_one_shape_are_counted_together():
+    from components.cluster.placement import _merge, describe_nodes
+
+    nodes = _merge([({"CPU": 1.0, "memory": 12.2 * 2**30, "node:127.0.0.1": 1.0}, 1),
+                    ({"CPU": 1.0, "memory": 12.1 * 2**30, "object_store_memory": 1e9}, 1),
+                    ({"CPU": 8.0, "GPU": 1.0, "accelerator_type:A10G": 1.0}, 1)])
+    assert describe_nodes(nodes) == "2 x {CPU: 1}, 1 x {CPU: 8, GPU: 1, accelerator_type:A10G: 1}"
+    assert nodes[0][0]["memory"] == 12.1 * 2**30  # the smallest of the group
+
+
 def test_strict_strategies():
     four = [({"CPU": 4.0}, 2)]
     assert groups_that_fit(four, {"CPU": 1}, 3, "STRICT_PACK") == 2   # one group per node
@@ -132,7 +142,7 @@ def test_strict_strategies():
 def test_the_infeasible_message_names_the_shape_and_the_nodes():
     msg = cannot_fit(TWO_ONE_CPU_NODES, {"CPU": 1}, 3)
     assert msg == ("asks for 3 x {CPU: 1} (PACK) at once, but the Ray cluster's nodes are "
-                   "2 x {CPU: 1, memory: 8 GiB}: the cluster's nodes hold at most 2 of them at once")
+                   "2 x {CPU: 1}: the cluster's nodes hold at most 2 of them at once")
     assert cannot_fit(TWO_ONE_CPU_NODES, {"CPU": 1}, 2) is None
 
 
