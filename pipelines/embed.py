@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 def _no_backbone(params, root: Path) -> None:
     from components.data.contract import write_json_atomic
@@ -33,22 +35,52 @@ def main() -> None:
 
 
 def _embed() -> None:
-    from components.embedding.batch import embed_split
-    from pipelines.stage import Stage
+    import time
+
+    from components.data.contract import read_table
+    from components.embedding.batch import embed_images
+    from components.embedding.store import write_embeddings
+    from components.models.backbones import BackboneError, build_backbone
+    from components.runtime import init_ray
+    from pipelines.stage import Stage, StageError
 
     with Stage("embed") as stage:
-        t, e = stage.params.train, stage.params.embed
+        t, e, rp = stage.params.train, stage.params.embed, stage.params.ray
         src, out = stage.path(stage.paths.split), stage.path(stage.paths.embed)
         split = stage.record_input(src)
-        manifest = embed_split(src, out, split_manifest=split, backbone=t.backbone, pretrained=t.pretrained,
-                               root=stage.root, batch_size=e.batch_size, concurrency=e.concurrency,
-                               cpus_per_replica=e.cpus_per_replica, use_gpu=e.use_gpu, seed=t.seed,
-                               ray_params=stage.params.ray, meter=stage.meter, log=stage.log)
-        stage.log("embedded %d rows with %s (%d-d, weights sha256 %s…) in %.1fs (%.1f rows/s)",
-                  manifest["rows"], manifest["backbone"], manifest["dim"], manifest["weights_sha256"][:12],
-                  manifest["wall_s"], manifest["rows"] / max(manifest["wall_s"], 1e-9))
+        if split.get("payload") != "image":
+            raise StageError(f"params.yaml: train.backbone {t.backbone!r} embeds images, but this dataset's payload "
+                             f"is {split.get('payload')!r}; set train.backbone: null for it")
+        try:  # here, before Ray starts: a bad name or weights file fails in a second, naming the param
+            info = build_backbone(t.backbone, t.pretrained, seed=t.seed, root=stage.root).info
+        except BackboneError as err:
+            raise StageError(str(err)) from None
+        resources = init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose)
+        per = {"GPU": 1.0} if e.use_gpu else {"CPU": float(e.cpus_per_replica)}
+        key = next(iter(per))
+        replicas = e.concurrency or max(1, int(resources.get(key, 0) // per[key]))
+        stage.meter.reserve(cpus=replicas * e.cpus_per_replica, gpus=replicas if e.use_gpu else 0)
+        stage.log("embedding %d rows with %s (%s weights, sha256 %s...) on %d replica(s)", split["rows"],
+                  info.name, info.weights, info.weights_sha256[:12], replicas)
+        t0 = time.perf_counter()
+        by_id = embed_images([src / s for s in split["shards"]], image_shape=tuple(split["image_shape"]),
+                             name=t.backbone, pretrained=t.pretrained, seed=t.seed, root=str(stage.root),
+                             batch_size=e.batch_size, replicas=replicas, cpus_per_replica=e.cpus_per_replica,
+                             use_gpu=e.use_gpu, log=stage.log)
+        wall = time.perf_counter() - t0
+        rows = read_table(src, columns=["id", "split"])
+        ids, splits = rows.column("id").to_pylist(), rows.column("split").to_pylist()
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise StageError(f"embed: {len(missing)} rows came back without an embedding (e.g. {missing[:3]})")
+        manifest = write_embeddings(out, ids=ids, splits=splits, embeddings=np.stack([by_id[i] for i in ids]),
+                                    manifest={**info.manifest(), "pretrained": t.pretrained,
+                                              "source_content_hash": split["content_hash"],
+                                              "replicas": replicas, "wall_s": round(wall, 2)})
+        stage.log("embedded %d rows into %d-d vectors in %.1fs (%.1f rows/s)", manifest["rows"], manifest["dim"],
+                  wall, manifest["rows"] / max(wall, 1e-9))
         stage.finish({"embed/rows": manifest["rows"], "embed/dim": manifest["dim"],
-                      "embed/rows_per_s": round(manifest["rows"] / max(manifest["wall_s"], 1e-9), 2)},
+                      "embed/rows_per_s": round(manifest["rows"] / max(wall, 1e-9), 2)},
                      artifacts=[out / "manifest.json"])
 
 

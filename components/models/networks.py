@@ -212,13 +212,29 @@ MODELS = {
 }
 
 
+# model.json's `model` for a network built on train.backbone: "backbone:<name>" (components.models.backbones)
+BACKBONE_PREFIX = "backbone:"
+
+
 def build_model(name: str, *, input_shape: tuple[int, ...], n_classes: int, dropout: float = 0.0,
-                vocab_size: int | None = None) -> nn.Module:
+                vocab_size: int | None = None, params: dict | None = None) -> nn.Module:
     """A fresh model by name. ``input_shape`` is one example's shape (see the table above);
-    ``vocab_size`` is set for text (token ids) and None otherwise."""
+    ``vocab_size`` is set for text (token ids) and None otherwise. ``package.module:factory``
+    builds a user's own network (components.models.custom), which also receives ``params``
+    (the train params of the run)."""
+    if name.startswith(BACKBONE_PREFIX):  # a saved train.backbone model: weights come from its state dict
+        from components.models.backbones import build_classifier
+
+        return build_classifier(name[len(BACKBONE_PREFIX):], False, n_classes=n_classes, dropout=dropout)
+    if ":" in name:  # bring your own: package.module:factory
+        from components.models.custom import build_custom
+
+        return build_custom(name, input_shape=tuple(int(d) for d in input_shape), n_classes=n_classes,
+                            dropout=dropout, vocab_size=vocab_size, params=params)
     try:
         make = MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}") from None
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)} or give package.module:factory") \
+            from None
     return make(input_shape=tuple(int(d) for d in input_shape), n_classes=n_classes, dropout=dropout,
                 vocab_size=vocab_size)
