@@ -5,7 +5,8 @@ import time
 import numpy as np
 
 from components.data.contract import read_json, write_csv_atomic
-from components.runtime import init_ray, refuse_if_orphaned, unschedulable
+from components.cluster.placement import cannot_fit, cluster_nodes
+from components.runtime import init_ray, refuse_if_orphaned
 from components.training.data import input_shape
 from components.serving.pyfunc import log_classifier
 from components.training.driver import (Scaling, best_checkpoint_state, fit, has_checkpoint, mark_finished,
@@ -39,13 +40,15 @@ def main() -> None:
         stage.tracker.log_params({f"hp.{k}": v for k, v in hp.items()} | {"hp.source": tuned["source"]})
         gpus = tp.num_workers * tp.gpus_per_worker if tp.use_gpu else 0
         stage.meter.reserve(cpus=tp.num_workers * tp.cpus_per_worker, gpus=gpus)
-        resources = init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose,
-                             train_poll_s=rp.train_poll_s)
-        why = unschedulable(resources, cpus=tp.num_workers * tp.cpus_per_worker, gpus=gpus)
+        init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose, train_poll_s=rp.train_poll_s,
+                 schedule_timeout_s=rp.schedule_timeout_s)
+        # per node: each worker needs one node with room for all of it (components/cluster/placement.py)
+        worker = {"CPU": tp.cpus_per_worker, **({"GPU": tp.gpus_per_worker} if tp.use_gpu else {})}
+        why = cannot_fit(cluster_nodes(), worker, tp.num_workers, tp.placement_strategy)
         if why:
             raise StageError(f"params.yaml: train.num_workers={tp.num_workers} x train.cpus_per_worker="
-                             f"{tp.cpus_per_worker}{' with train.use_gpu' if tp.use_gpu else ''} {why}; "
-                             "lower them or join a bigger cluster (RAY_ADDRESS)")
+                             f"{tp.cpus_per_worker}{' with train.use_gpu' if tp.use_gpu else ''} {why}. Fix: lower "
+                             "them, or join a cluster with bigger nodes (RAY_ADDRESS, ray.submit)")
         stage.log("training %s on %d worker(s) (%s), up to %d epochs, hp from %s: %s", tp.model, tp.num_workers,
                   "GPU" if tp.use_gpu else "CPU", tp.epochs, tuned["source"], hp)
         # Same params + data -> same name: a re-run after the driver died continues that run.

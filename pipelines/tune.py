@@ -7,10 +7,11 @@ again after a crash restores it instead of starting over.
 
 import hashlib
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from components.data.contract import write_csv_atomic, write_json_atomic
-from components.runtime import init_ray, unschedulable
+from components.cluster.placement import cannot_fit, cluster_nodes, describe_group, describe_nodes, groups_that_fit
+from components.runtime import init_ray
 from components.training.data import input_shape
 from components.training.driver import Scaling
 from components.training.loop import LoopConfig
@@ -18,8 +19,7 @@ from components.tracking.cost import reserved_cost
 from components.tracking.mlflow_runs import log_trial_runs
 from components.tuning.analysis import curve_rows, pareto_rows, plot_pareto
 from components.tuning.space import apply_trial_config
-from components.tuning.sweep import (TRIAL_DRIVER_CPU, SweepInterrupted, SweepOptions, patient_worker_start,
-                                     run_sweep, sweep_rows)
+from components.tuning.sweep import SweepInterrupted, SweepOptions, patient_worker_start, run_sweep, sweep_rows
 from pipelines.config import ConfigError
 from pipelines.stage import Stage, StageError, run_stage
 
@@ -90,19 +90,27 @@ def main() -> None:
         stage.meter.reserve(cpus=tp.max_concurrent_trials * tp.workers_per_trial * cpus,
                             gpus=tp.max_concurrent_trials * gpus)
         patient_worker_start()
-        resources = init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose,
-                             train_poll_s=rp.train_poll_s)
-        why = unschedulable(resources, cpus=tp.workers_per_trial * cpus, gpus=gpus)
+        init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose, train_poll_s=rp.train_poll_s,
+                 schedule_timeout_s=rp.schedule_timeout_s)
+        # What fits is counted per node: a trial's workers each need a node with room for a whole
+        # worker (one worker: the trial actor itself; more: their Train placement group, beside a
+        # trial actor that holds no CPU, see components/tuning/sweep.py).
+        nodes, worker = cluster_nodes(), {"CPU": cpus, **({"GPU": 1} if tp.use_gpu else {})}
+        why = cannot_fit(nodes, worker, tp.workers_per_trial)
         if why:
-            raise StageError(f"params.yaml: one trial (tune.workers_per_trial={tp.workers_per_trial} x "
-                             f"{cpus} CPUs{' + 1 GPU' if tp.use_gpu else ''} per worker) {why}; lower them")
-        per_trial = tp.workers_per_trial * cpus + TRIAL_DRIVER_CPU
-        fits = int(resources.get("CPU", 0) // per_trial)
+            raise StageError(f"params.yaml: one trial (tune.workers_per_trial={tp.workers_per_trial}, "
+                             f"{cpus} CPUs{' + 1 GPU' if tp.use_gpu else ''} per worker) {why}. Fix: lower "
+                             "tune.workers_per_trial or tune.cpus_per_worker, or use bigger nodes")
+        fits = groups_that_fit(nodes, worker, tp.workers_per_trial)
         if fits < tp.max_concurrent_trials:
-            stage.log("note: %g CPUs fit %d trial(s) of %g CPUs at once, not tune.max_concurrent_trials=%d; "
-                      "the others wait", resources.get("CPU", 0), fits, per_trial, tp.max_concurrent_trials)
+            # More trials at once would only queue for workers (and run into ray.schedule_timeout_s).
+            stage.log("note: the cluster's nodes (%s) hold %d trial(s) of %s at once; running %d at a time, "
+                      "not tune.max_concurrent_trials=%d", describe_nodes(nodes), fits,
+                      describe_group(worker, tp.workers_per_trial, "PACK"), fits, tp.max_concurrent_trials)
+            options = replace(options, max_concurrent_trials=fits)
+            stage.meter.reserve(cpus=fits * tp.workers_per_trial * cpus, gpus=fits * gpus)
         stage.log("%d trials (%d at a time), %s search, %s on %s over %s; budget %s / %s", tp.num_samples,
-                  tp.max_concurrent_trials, tp.search_alg, tp.scheduler.upper(), tp.metric, sorted(space),
+                  options.max_concurrent_trials, tp.search_alg, tp.scheduler.upper(), tp.metric, sorted(space),
                   f"${tp.budget_usd:g}" if tp.budget_usd else "no $ limit",
                   f"{tp.time_budget_s:g}s" if tp.time_budget_s else "no time limit")
         sweep = run_sweep(base, space=space, options=options, scaling=scaling,

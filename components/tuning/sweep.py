@@ -19,8 +19,11 @@ from dataclasses import dataclass, replace
 from components.training.driver import Scaling, fit
 from components.tuning.space import apply_trial_config, to_tune_space
 
-# A trial's own actor only waits on its Train workers; Ray rejects an empty bundle ({"cpu": 0}).
-TRIAL_DRIVER_CPU = 0.01
+# A multi-worker trial's own actor only waits on its Train workers, which Ray Train places in a
+# placement group of their own. It holds no CPU, so it never takes a slice of a node its workers
+# need: with 0.01 CPU per trial actor, two 1-CPU nodes could no longer hold a 1-CPU worker and
+# the sweep waited forever (issue 18). Ray rejects an empty bundle, hence a little memory.
+TRIAL_DRIVER = {"cpu": 0, "memory": 256 * 2**20}
 # Reported with every epoch: the chosen metric at the trial's best epoch so far. The search
 # algorithm, ASHA and the final pick all use it, so a trial is judged by its best epoch (the
 # one `train` would keep), not by a noisy last one.
@@ -151,7 +154,7 @@ def run_sweep(base, *, space: dict[str, dict], options: SweepOptions, scaling: S
         tune.with_parameters(_trial, base=replace(base, epochs=options.max_epochs, patience=None),
                              scaling=scaling, storage_path=f"{storage_path}/{name}-trials",
                              metric=options.metric, mode=options.mode),
-        {"cpu": TRIAL_DRIVER_CPU})
+        TRIAL_DRIVER)
 
     resumed = options.resume and tune.Tuner.can_restore(experiment_path)
     if resumed:
