@@ -12,31 +12,46 @@ from components.serving.pyfunc import log_classifier
 from components.training.driver import (Scaling, best_checkpoint_state, fit, has_checkpoint, mark_finished,
                                         run_finished, run_history, run_name)
 from components.training.export import model_spec, save_model
-from components.training.loop import LoopConfig
+from components.training.loop_config import build_loop_config, merged_train_params
+from components.embedding.training import network_error
+from pipelines.config import ConfigError
 from pipelines.stage import Stage, StageError, run_stage
 
 CURVE_COLUMNS = ["epoch", "train/loss", "val/loss", "train/acc", "val/acc", "gap/acc", "lr", "epoch_s",
                  "samples_per_s"]
-# train.* keys passed to the loop as they are (tune's best replaces lr / weight_decay / dropout / batch_size)
-LOOP_KEYS = ("model", "epochs", "patience", "seed", "optimizer", "momentum", "lr_schedule", "grad_clip",
-             "grad_accum_steps", "label_smoothing", "augment", "precision", "loader", "max_tokens", "vocab_size")
+
+
+def _with_tune_result(stage: Stage) -> dict:
+    """Put what tune found into the stage's ``train`` section before the stage logs it, so the
+    run's ``train.*`` MLflow params are the values the loop trains with. Returns best_params.json."""
+    tuned = read_json(stage.path(stage.paths.tune) / "best_params.json")
+    try:
+        merged = merged_train_params(stage.params.train.model_dump(), tuned["params"])
+        train = type(stage.params.train).model_validate(merged)
+    except ValueError as err:  # pydantic's ValidationError is a ValueError
+        raise ConfigError(f"{stage.paths.tune}/best_params.json: {err}") from None
+    stage.params = stage.params.model_copy(update={"train": train})
+    return tuned
 
 
 def main() -> None:
-    with Stage("train") as stage:
+    stage = Stage("train")
+    tuned = _with_tune_result(stage)
+    with stage:
         tp, rp = stage.params.train, stage.params.ray
-        data = stage.path(stage.paths.split)
-        tuned = read_json(stage.path(stage.paths.tune) / "best_params.json")
         hp = tuned["params"]
+        data = stage.path(stage.paths.audit)  # the split after the label audit
         manifest = stage.record_input(data)
         classes = manifest["classes"]
-        loop = LoopConfig(data_dir=str(data), n_classes=len(classes), input_shape=input_shape(data),
-                          use_gpu=tp.use_gpu, cpus_per_worker=tp.cpus_per_worker,
-                          **{k: getattr(tp, k) for k in LOOP_KEYS},
-                          batch_size=hp["batch_size"], lr=hp["lr"], weight_decay=hp["weight_decay"],
-                          dropout=hp["dropout"])
+        # tp already holds the tune result: the loop is built from it by the function tune's trials use
+        why = network_error(tp.model_dump(), root=stage.root)  # bad model / backbone / weights: exit 2, no Ray
+        if why:
+            raise StageError(why)
+        loop = build_loop_config(tp.model_dump(), tuned=hp, data_dir=str(data), n_classes=len(classes),
+                                 input_shape=input_shape(data), embed_dir=str(stage.path(stage.paths.embed)))
         scaling = Scaling(tp.num_workers, tp.use_gpu, tp.cpus_per_worker, gpus_per_worker=tp.gpus_per_worker,
                           placement_strategy=tp.placement_strategy)
+        # train.* (logged by the stage) are the values trained with; hp.* say which came from tune.
         stage.tracker.log_params({f"hp.{k}": v for k, v in hp.items()} | {"hp.source": tuned["source"]})
         gpus = tp.num_workers * tp.gpus_per_worker if tp.use_gpu else 0
         stage.meter.reserve(cpus=tp.num_workers * tp.cpus_per_worker, gpus=gpus)

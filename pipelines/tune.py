@@ -7,14 +7,15 @@ again after a crash restores it instead of starting over.
 
 import hashlib
 import json
-from dataclasses import fields, replace
+from dataclasses import replace
 
 from components.data.contract import write_csv_atomic, write_json_atomic
 from components.cluster.placement import cannot_fit, cluster_nodes, describe_group, describe_nodes, groups_that_fit
 from components.runtime import init_ray
 from components.training.data import input_shape
 from components.training.driver import Scaling
-from components.training.loop import LoopConfig
+from components.training.loop_config import LOOP_KEYS, build_loop_config
+from components.embedding.training import network_error
 from components.tracking.cost import reserved_cost
 from components.tracking.mlflow_runs import log_trial_runs
 from components.tuning.analysis import curve_rows, pareto_rows, plot_pareto
@@ -23,7 +24,6 @@ from components.tuning.sweep import SweepInterrupted, SweepOptions, patient_work
 from pipelines.config import ConfigError
 from pipelines.stage import Stage, StageError, run_stage
 
-HP_KEYS = ("lr", "weight_decay", "dropout", "batch_size")  # what train reads from best_params.json
 CURVE_COLUMNS = ["trial", "epoch", "train/loss", "val/loss", "train/acc", "val/acc", "gap/acc"]
 
 
@@ -47,10 +47,10 @@ def main() -> None:
     with Stage("tune") as stage:
         tp, trp, rp, cost = stage.params.tune, stage.params.train, stage.params.ray, stage.params.cost
         out = stage.path(stage.paths.tune)
-        defaults = {k: getattr(trp, k) for k in HP_KEYS}
         if not tp.enabled:
             stage.log("tune.enabled is false: train will use train.* as given")
-            write_json_atomic(out / "best_params.json", {"source": "train", "params": defaults})
+            # best_params.json holds only what tune decided: nothing here (train.* as given).
+            write_json_atomic(out / "best_params.json", {"source": "train", "params": {}})
             write_csv_atomic(out / "trials.csv", [], _columns([], tp.metric))
             _write_plots(stage, [], {}, tp.metric, tp.mode)
             stage.finish({"tune/trials": 0})
@@ -58,20 +58,23 @@ def main() -> None:
         if not tp.search_space:
             raise ConfigError("params.yaml: tune.search_space is empty; add train params to sample "
                               "or set tune.enabled: false")
-        loop_fields = {f.name for f in fields(LoopConfig)}
         for key in tp.search_space:
-            if key not in loop_fields:
+            if key not in LOOP_KEYS:
                 raise ConfigError(f"params.yaml: tune.search_space.{key}: train.{key} is not a setting of the "
                                   f"training loop (components.training.loop.LoopConfig), so a trial cannot vary it")
 
-        data = stage.path(stage.paths.split)
+        data = stage.path(stage.paths.audit)  # the split after the label audit
         manifest = stage.record_input(data)
         cpus = tp.cpus_per_worker or trp.cpus_per_worker
         scaling = Scaling(num_workers=tp.workers_per_trial, use_gpu=tp.use_gpu, cpus_per_worker=cpus)
-        base = LoopConfig(data_dir=str(data), n_classes=len(manifest["classes"]), input_shape=input_shape(data),
-                          **{k: getattr(trp, k) for k in loop_fields & set(type(trp).model_fields)
-                             if k not in ("cpus_per_worker", "use_gpu")},
-                          cpus_per_worker=cpus, use_gpu=tp.use_gpu)
+        # The same function builds the train stage's loop (with the winner on top): a trial starts
+        # from exactly what train would run, and varies only the sampled keys.
+        why = network_error(trp.model_dump(), root=stage.root)  # bad model / backbone / weights: exit 2, no Ray
+        if why:
+            raise StageError(why)
+        base = build_loop_config(trp.model_dump(), data_dir=str(data), n_classes=len(manifest["classes"]),
+                                 input_shape=input_shape(data), cpus_per_worker=cpus, use_gpu=tp.use_gpu,
+                                 embed_dir=str(stage.path(stage.paths.embed)))
         space = {k: d.model_dump(exclude_none=True) for k, d in tp.search_space.items()}
         usd_per_trial_hour = tp.workers_per_trial * (cpus * cost.cpu_hour_usd + tp.use_gpu * cost.gpu_hour_usd)
         options = SweepOptions(
@@ -140,7 +143,7 @@ def main() -> None:
                              f"{monitor.exhausted_by or 'no'}); see Ray's logs under /tmp/ray/session_latest/logs")
         best_row = (min if tp.mode == "min" else max)(ok, key=lambda r: r[key])
         tuned = apply_trial_config(base, {k: best_row[k] for k in space})
-        params = {**defaults, **{k: getattr(tuned, k) for k in space}}
+        params = {k: getattr(tuned, k) for k in sorted(space)}  # every tuned key, typed as the loop took it
         write_json_atomic(out / "best_params.json", {"source": "tune", "params": params, "trial": best_row["trial"],
                                                      tp.metric: best_row[key], "epoch": best_row["best_epoch"]})
         write_csv_atomic(out / "trials.csv", rows, _columns(sorted(space), tp.metric))

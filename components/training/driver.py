@@ -1,8 +1,9 @@
 """The training driver: one ``TorchTrainer`` run of :func:`train_loop_per_worker`.
 
-The ``train`` stage calls :func:`fit` directly; every Tune trial calls the same function
-with a ``TuneReportCallback`` (the Ray Train v2 Train-in-Tune pattern), so a trial trains
-exactly the way the final model does.
+The ``train`` stage calls :func:`fit` directly; a Tune trial of several workers calls the same
+function with a ``TuneReportCallback`` (the Ray Train v2 Train-in-Tune pattern), and a trial of
+one worker runs the same loop in its own Tune actor (components/tuning/sweep.py), so a trial
+trains exactly the way the final model does.
 
 Where the data is read. :func:`fit` runs on the driver and is the only place that opens the
 split's files: with the ``memory`` loader it reads the train and val rows once (pyarrow) and
@@ -74,27 +75,37 @@ def resolve(loop: LoopConfig) -> LoopConfig:
     if kind == "text" and tokenizer is None:
         tokenizer = fit_tokenizer(train.column("text").to_pylist(), max_tokens=loop.max_tokens,
                                   vocab_size=loop.vocab_size)
-    return replace(loop, modality=kind, input_shape=input_shape(loop.data_dir, max_tokens=loop.max_tokens),
+    loop = replace(loop, modality=kind, input_shape=input_shape(loop.data_dir, max_tokens=loop.max_tokens),
                    n_train=train.num_rows, tokenizer=tokenizer)
+    if loop.backbone:  # model name, embedding size, weights path (components/embedding/training.py)
+        from components.embedding.training import resolve_backbone
+
+        loop = replace(loop, **resolve_backbone(loop))
+    return loop
 
 
 def run_name(prefix: str, loop: LoopConfig, scaling: Scaling, *, data_hash: str) -> str:
     """A name that is the same exactly when the run would compute the same thing: the loop
     config (without the data's path, which differs between checkouts), the data's content
     hash and the worker layout. Same name + same storage path = Ray resumes that run."""
-    key = {**loop.to_dict(), "data_dir": None, "data": data_hash,
+    key = {**loop.to_dict(), "data_dir": None, "embed_dir": None, "data": data_hash,
            "scaling": [scaling.num_workers, scaling.use_gpu, scaling.cpus_per_worker]}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{prefix}-{digest}"
 
 
-def _datasets(loop: LoopConfig) -> tuple[dict | None, dict | None]:
-    """(Ray Data datasets for ``TorchTrainer``, or object refs of the raw tables for the loop)."""
+def run_data(loop: LoopConfig) -> tuple[dict | None, dict | None]:
+    """(Ray Data datasets for ``TorchTrainer``, or object refs of the raw tables for the loop).
+    ``loop`` is resolved (:func:`resolve`)."""
     import ray
 
     from components.data.contract import read_manifest, read_table
 
     kind = loop.modality
+    if loop.backbone and loop.backbone_mode == "frozen":  # the head trains on the embed stage's vectors
+        from components.embedding.training import embedding_tables
+
+        return None, {s: ray.put(t) for s, t in embedding_tables(loop).items()}
     if loop.loader == "memory":
         return None, {s: ray.put(read_table(loop.data_dir, columns=["label", kind], filter_split=s))
                       for s in ("train", "val")}
@@ -129,7 +140,7 @@ def fit(loop: LoopConfig, *, scaling: Scaling, storage_path: str, name: str,
     from ray.train.torch import TorchConfig, TorchTrainer
 
     loop = resolve(replace(loop, use_gpu=scaling.use_gpu, cpus_per_worker=scaling.cpus_per_worker))
-    datasets, refs = _datasets(loop)
+    datasets, refs = run_data(loop)
     config = loop.to_dict()
     if refs is not None:
         config[DATA_REFS] = refs

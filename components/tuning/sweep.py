@@ -1,14 +1,25 @@
-"""Ray Tune sweep whose trials are Ray Train runs of the same driver as the `train` stage.
+"""Ray Tune sweep whose trials run the same training loop as the `train` stage.
 
-Pattern (Ray Train v2): each Tune trial is a function that builds a ``TorchTrainer``
-through :func:`components.training.driver.fit` with a Tune report callback; the trial itself
-holds almost no resources (the Train workers do). The search algorithm (random or Optuna TPE,
+Two trial paths, one loop (:func:`components.training.loop.run_loop`):
+
+- one worker per trial (``tune.workers_per_trial: 1``, the default): the trial's own Tune actor
+  runs the loop directly (:class:`~components.training.loop.TuneSession`), reporting every epoch
+  to Tune with its checkpoint; actors are reused between trials. No Train controller, placement
+  group or worker group is built, which on 2 cores cost ~9 s per trial for ~1 s of training.
+  The data is read and resolved once per sweep, not once per trial.
+- more workers: each Tune trial is a function that builds a ``TorchTrainer`` through
+  :func:`components.training.driver.fit` with a Tune report callback (the Ray Train v2
+  Train-in-Tune pattern); the trial itself holds almost no resources (the Train workers do).
+
+Either way a trial trains like the final model (batch norm is synchronised across ranks, see
+components/training/loop.py); tests/stages/test_tune.py checks both paths report the same metrics. The search algorithm (random or Optuna TPE,
 both seeded) proposes configs, the scheduler (ASHA or FIFO) stops weak trials at rungs, and
 :mod:`components.tuning.budget` stops the sweep when its dollar or time budget is spent.
 
 An interrupted sweep resumes: the experiment lives at ``storage_path/name``; run_sweep with
 the same name restores it (``Tuner.restore``), finished trials are kept and unfinished ones
-resume from their last Ray Train checkpoint (each trial's Train run is named after the trial).
+resume from their last checkpoint (the Tune trial's own on the direct path; on the Train path,
+each trial's Train run is named after the trial).
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
-from components.training.driver import Scaling, fit
+from components.training.driver import Scaling, fit, resolve, run_data
 from components.tuning.space import apply_trial_config, to_tune_space
 
 # A multi-worker trial's own actor only waits on its Train workers, which Ray Train places in a
@@ -61,6 +72,9 @@ class SweepOptions:
     time_budget_s: float | None = None
     usd_per_trial_hour: float = 0.0   # what one trial's resources cost per hour
     resume: bool = True
+    # auto: one-worker trials train in their Tune actor, others through a TorchTrainer; train:
+    # always a TorchTrainer (tests compare the two paths with it)
+    trial_path: str = "auto"
 
 
 def _report_callback(metric: str, mode: str):
@@ -89,6 +103,21 @@ def _trial(config: dict, *, base, scaling: Scaling, storage_path: str, metric: s
                  name=tune.get_context().get_trial_name(), callbacks=[_report_callback(metric, mode)])
     if result.error:
         raise result.error
+
+
+def _direct_trial(config: dict, *, base, refs: dict | None, datasets: dict | None, metric: str, mode: str) -> None:
+    """A one-worker trial: the training loop itself, in this Tune trial actor."""
+    from components.training.loop import DATA_REFS, TuneSession, run_loop
+
+    loop = apply_trial_config(base, config)
+    better = min if mode == "min" else max
+
+    def objective(metrics: dict, history: list[dict]) -> dict:
+        # from the whole history (restored from the checkpoint on a resume), like the Train path
+        return {**metrics, OBJECTIVE: better(h[metric] for h in history)}
+
+    run_loop({**loop.to_dict(), **({DATA_REFS: refs} if refs else {})},
+             TuneSession(use_gpu=loop.use_gpu, datasets=datasets, decorate=objective))
 
 
 def _trial_id(trial) -> str:
@@ -150,11 +179,27 @@ def run_sweep(base, *, space: dict[str, dict], options: SweepOptions, scaling: S
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     monitor = SweepMonitor(name, usd_per_hour=options.usd_per_trial_hour, budget_usd=options.budget_usd,
                            time_budget_s=options.time_budget_s, metric=options.metric)
-    trainable = tune.with_resources(
-        tune.with_parameters(_trial, base=replace(base, epochs=options.max_epochs, patience=None),
-                             scaling=scaling, storage_path=f"{storage_path}/{name}-trials",
-                             metric=options.metric, mode=options.mode),
-        TRIAL_DRIVER)
+    base = replace(base, epochs=options.max_epochs, patience=None)
+    if options.trial_path not in ("auto", "train"):
+        raise ValueError(f"SweepOptions.trial_path={options.trial_path!r}; choose auto or train")
+    direct = scaling.num_workers == 1 and options.trial_path == "auto"
+    if direct:
+        # Resolved (modality, shape, tokenizer) and read once here; every trial gets the rows
+        # through the object store, as the Train path's workers do.
+        base = resolve(replace(base, use_gpu=scaling.use_gpu, cpus_per_worker=scaling.cpus_per_worker))
+        datasets, refs = run_data(base)
+        trainable = tune.with_resources(
+            tune.with_parameters(_direct_trial, base=base, refs=refs, datasets=datasets, metric=options.metric,
+                                 mode=options.mode),
+            {"cpu": scaling.cpus_per_worker, **({"gpu": scaling.gpus_per_worker} if scaling.use_gpu else {})})
+        # Tune asks the searcher for one trial at a time until one is pending: let as many wait
+        # as may run, so a free CPU finds a trial ready (see docs/tuning.md, "Knobs").
+        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(options.max_concurrent_trials))
+    else:
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, base=base, scaling=scaling, storage_path=f"{storage_path}/{name}-trials",
+                                 metric=options.metric, mode=options.mode),
+            TRIAL_DRIVER)
 
     resumed = options.resume and tune.Tuner.can_restore(experiment_path)
     if resumed:
@@ -172,9 +217,14 @@ def run_sweep(base, *, space: dict[str, dict], options: SweepOptions, scaling: S
                 scheduler=_scheduler(options),
                 trial_dirname_creator=_trial_id,
                 trial_name_creator=_trial_id,
+                # a finished trial's actor (torch imported, data decoded once per process) runs
+                # the next trial: measured in docs/tuning.md
+                reuse_actors=direct,
             ),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
-                                      stop=BudgetStopper(name), callbacks=[monitor]),
+                                      stop=BudgetStopper(name), callbacks=[monitor],
+                                      # the direct path's checkpoints are Tune's: the latest is all a resume needs
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
     grid = tuner.fit()
     reap_after_sweep()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from components.data.contract import read_manifest
-from components.data.demo import write_synthetic_split
+from tests.demo_data import write_synthetic_split
 from components.training.data import input_shape, load_split
 from components.training.driver import Scaling, best_checkpoint_state, fit, run_history, run_name
 from components.training.export import load_model_from_state, model_spec
@@ -189,3 +189,55 @@ def test_rerun_after_the_driver_died_resumes_the_same_run(ray_session, digits_sp
     assert [r["epoch"] for r in history] == list(range(1, 11))  # nothing repeated, nothing lost
     first_resumed = next(r["epoch"] for r in history if r["restarts"] >= 1)
     assert 2 <= first_resumed < 10  # began after the dead driver's checkpointed epoch, not at epoch 1
+
+
+def test_the_train_stage_trains_with_every_key_tune_chose(tmp_path):
+    """tune samples label_smoothing and optimizer (keys train used to ignore); the train stage,
+    run after it, trains with the winner: the loop's own config in the checkpoint has it, and
+    the run's train.* MLflow params are exactly what the loop ran with."""
+    import os
+
+    import mlflow
+    import yaml
+
+    from tests.demo_data import write_digits_split
+    from tests.conftest import REPO
+
+    root = tmp_path / "project"
+    write_digits_split(root / "data")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["tune"].update(num_samples=2, max_concurrent_trials=1, max_epochs=1, scheduler="fifo", seed=1,
+                          budget_usd=None, time_budget_s=None,
+                          search_space={"label_smoothing": {"type": "uniform", "low": 0.05, "high": 0.3},
+                                        "optimizer": {"type": "choice", "values": ["sgd"]}})
+    params["train"].update(model="mlp", epochs=1, num_workers=1)
+    params["ray"].update(num_cpus=2)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db", TRAINWISE_PIPELINE_RUN="t")
+    for stage in ("tune", "train"):
+        proc = subprocess.run([sys.executable, "-m", f"pipelines.{stage}"], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=900)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+    best = json.loads((root / "models/tune/best_params.json").read_text())
+    winner = best["params"]
+    assert best["source"] == "tune" and set(winner) == {"label_smoothing", "optimizer"}
+    assert 0.05 <= winner["label_smoothing"] <= 0.3 and winner["optimizer"] == "sgd"
+    # what the loop ran with: the config it saved in its checkpoints
+    ray_run = json.loads((root / "models/model/model.json").read_text())["ray_run"]
+    (ckpt,) = sorted((root / ".trainwise/ray" / ray_run).glob("checkpoint_*/checkpoint.pt"))[-1:]
+    ran = torch.load(ckpt, map_location="cpu", weights_only=True)["config"]
+    assert ran["label_smoothing"] == winner["label_smoothing"] and ran["optimizer"] == "sgd"
+    assert params["train"]["label_smoothing"] != winner["label_smoothing"] and params["train"]["optimizer"] != "sgd"
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("trainwise")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`trainwise.stage` = 'train'")
+    logged = run.data.params
+    shared = [k for k in ran if f"train.{k}" in logged]
+    assert len(shared) >= 15, shared  # every loop knob is a train.* param
+    for k in shared:
+        value = ran[k]
+        assert logged[f"train.{k}"] == str(value), (k, logged[f"train.{k}"], value)

@@ -138,3 +138,37 @@ def test_trial_child_runs_in_mlflow(tmp_path):
     assert [m.step for m in client.get_metric_history(a.info.run_id, "val/loss")] == [1, 2]
     assert a.data.metrics["cost/usd"] == pytest.approx(20 / 3600) and a.data.tags["trainwise.stopped_by"] == "max_epochs"
     assert a.info.status == "FINISHED" and b.info.status == "FAILED" and b.data.tags["trainwise.stopped_by"] == "error"
+
+
+# -- one loop config for tune trials and the train stage ------------------------------------------
+
+def test_every_train_param_is_a_loop_setting_or_a_run_setting():
+    """A train.* key added to params.yaml must reach the loop (a LoopConfig field) or be a run
+    setting; otherwise build_loop_config refuses it rather than dropping it silently."""
+    from components.training.loop_config import LOOP_KEYS, RUN_KEYS
+    from pipelines.config import TrainParams
+
+    assert set(TrainParams.model_fields) <= LOOP_KEYS | RUN_KEYS, set(TrainParams.model_fields) - LOOP_KEYS - RUN_KEYS
+
+
+def test_loop_config_passes_every_train_key_and_the_tune_result_wins():
+    from components.training.loop_config import LOOP_KEYS, build_loop_config
+    from pipelines.config import parse_params
+
+    train = parse_params({"train": {"optimizer": "sgd", "label_smoothing": 0.05, "epochs": 7}}).train.model_dump()
+    tuned = {"label_smoothing": 0.2, "lr": 0.01, "grad_accum_steps": 2}
+    loop = build_loop_config(train, tuned=tuned, data_dir="d", n_classes=3, input_shape=(1, 8, 8))
+    for key, value in train.items():
+        if key in LOOP_KEYS:
+            assert getattr(loop, key) == tuned.get(key, value), key
+    assert (loop.optimizer, loop.label_smoothing, loop.lr, loop.grad_accum_steps, loop.epochs) == ("sgd", 0.2, 0.01, 2, 7)
+    assert build_loop_config(train, data_dir="d", n_classes=3, input_shape=(4,), cpus_per_worker=3).cpus_per_worker == 3
+
+
+def test_loop_config_refuses_keys_it_would_drop():
+    from components.training.loop_config import build_loop_config
+
+    with pytest.raises(ValueError, match=r"best_params.json: \['nonsense'\]"):
+        build_loop_config({}, tuned={"nonsense": 1}, data_dir="d", n_classes=3, input_shape=(4,))
+    with pytest.raises(ValueError, match="train.brand_new_knob is neither"):
+        build_loop_config({"brand_new_knob": 1}, data_dir="d", n_classes=3, input_shape=(4,))
