@@ -11,7 +11,10 @@ from components.data.contract import (BASELINE_PREDICTIONS, PAYLOAD_COLUMNS, Dat
                                       read_table, write_csv_atomic)
 from components.evaluation.summary import best_baseline
 from components.models.classical import fit_baselines, fit_cost_usd, image_features
+from components.embedding.store import read_embeddings
 from pipelines.stage import Stage, run_stage
+
+LINEAR_PROBE = "linear_probe"  # logistic regression on the backbone's embeddings (the embed stage's)
 
 
 def load_split_features(data_dir: str | Path, split: str, *, max_pixels: int = 1024):
@@ -40,11 +43,18 @@ def main() -> None:
         p = stage.params.baseline
         data = stage.path(stage.paths.audit)  # the split after the label audit
         manifest = stage.record_input(data)
-        x_train, y_train, _ = load_split_features(data, "train", max_pixels=p.max_pixels)
+        x_train, y_train, train_ids = load_split_features(data, "train", max_pixels=p.max_pixels)
         evals = {s: load_split_features(data, s, max_pixels=p.max_pixels) for s in ("val", "test")}
         scores, preds = fit_baselines(x_train, y_train, {s: (x, y) for s, (x, y, _) in evals.items()},
                                       models=p.models, seed=p.seed, text=manifest["payload"] == "text",
                                       tfidf_max_features=p.tfidf_max_features, threads=max(1, int(stage.meter.cpus)))
+        embedded = read_embeddings(stage.path(stage.paths.embed))
+        if embedded is not None:  # train.backbone set: "a linear probe would do" is the honest baseline
+            index = {i: k for k, i in enumerate(embedded[0])}
+            probe = {s: (embedded[1][[index[i] for i in ids]], y) for s, (_, y, ids) in evals.items()}
+            sc, pr = fit_baselines(embedded[1][[index[i] for i in train_ids]], y_train, probe,
+                                   models=["logistic_regression"], seed=p.seed, threads=max(1, int(stage.meter.cpus)))
+            scores[LINEAR_PROBE], preds[LINEAR_PROBE] = sc["logistic_regression"], pr["logistic_regression"]
         for r in scores.values():
             r["cost/usd"] = fit_cost_usd(r["fit_s"], cpus=stage.meter.cpus, cpu_hour_usd=stage.params.cost.cpu_hour_usd)
         metrics = {f"baseline/{m}/{k}": v for m, r in scores.items() for k, v in r.items()}
@@ -56,8 +66,8 @@ def main() -> None:
                       r["test/acc"], r["test/f1_macro"], r["fit_s"])
         _, y_test, ids = evals["test"]
         out = stage.path(stage.paths.baseline) / BASELINE_PREDICTIONS
-        write_csv_atomic(out, [{"id": i, "label": int(y), **{m: int(preds[m]["test"][k]) for m in p.models}}
-                               for k, (i, y) in enumerate(zip(ids, y_test))], ["id", "label", *p.models])
+        write_csv_atomic(out, [{"id": i, "label": int(y), **{m: int(preds[m]["test"][k]) for m in preds}}
+                               for k, (i, y) in enumerate(zip(ids, y_test))], ["id", "label", *preds])
         stage.tracker.set_tags({"baseline.best": best})
         stage.finish(metrics, artifacts=[out])
 

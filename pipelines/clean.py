@@ -12,10 +12,12 @@ def main() -> None:
         p = stage.params.clean
         src, out = stage.path(stage.paths.ingest), stage.path(stage.paths.clean)
         raw = stage.record_input(src)
+        image_size, channels, shape_notes = _image_shape(stage, src, raw)
         options = CleanOptions(
-            image_size=tuple(p.image_size), channels=p.channels, drop_duplicates=p.drop_duplicates,
+            image_size=image_size, channels=channels, drop_duplicates=p.drop_duplicates,
             payload_length=p.payload_length, near_duplicate_distance=p.near_duplicate_distance)
-        with DatasetWriter(out, classes=raw["classes"], metadata={"source": raw.get("source")}) as writer:
+        with DatasetWriter(out, classes=raw["classes"], metadata={"source": raw.get("source"),
+                                                                  **shape_notes}) as writer:
             stats = clean_dataset(iter_batches(src), writer, n_classes=len(raw["classes"]),
                                   modality=raw.get("payload", "image"), options=options, classes=raw["classes"],
                                   feature_names=raw.get("feature_names"))
@@ -32,6 +34,32 @@ def main() -> None:
                       "clean/set_aside": sum(aside.values()),
                       **{f"clean/set_aside/{reason}": n for reason, n in aside.items()}, **m},
                      artifacts=[out / "manifest.json", out / "set_aside.jsonl", out / "near_duplicate_conflicts.json"])
+
+
+def _image_shape(stage, src, raw) -> tuple[tuple[int, int], int, dict]:
+    """clean.image_size / channels with `auto` decided from the images (components/data/image_stats.py);
+    warns when an explicit shape obviously does not fit them. Manifest keys for images only."""
+    p = stage.params.clean
+    if raw.get("payload", "image") != "image":
+        return (1, 1), 1, {}
+    from components.data.image_stats import choose_shape, survey_images
+    from components.models.backbones import expected_input
+
+    backbone = stage.params.train.backbone
+    survey = survey_images(iter_batches(src))
+    size, channels, warnings = choose_shape(survey, image_size=p.image_size, channels=p.channels,
+                                            max_side=p.max_image_side,
+                                            backbone_input=expected_input(backbone) if backbone else None)
+    for w in warnings:
+        stage.log("warning: %s", w)
+    stage.log("images: %d surveyed, typically %dx%d, %d in colour -> stored as %dx%dx%d%s", survey.surveyed,
+              *survey.typical, survey.colour, *size, channels,
+              " (auto)" if "auto" in (p.image_size, p.channels) else "")
+    return size, channels, {"image_shape_chosen": {"image_size": list(size), "channels": channels,
+                                                   "requested": {"image_size": p.image_size, "channels": p.channels},
+                                                   "typical_size": list(survey.typical),
+                                                   "colour_images": survey.colour, "surveyed": survey.surveyed},
+                            "image_warnings": warnings}
 
 
 if __name__ == "__main__":

@@ -124,10 +124,16 @@ class NoiseParams(_Section):
 
 
 class CleanParams(_Section):
-    image_size: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] = Field(
-        (8, 8), description="(height, width) every image is decoded and resized to"
+    image_size: Literal["auto"] | tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] = Field(
+        "auto", description="(height, width) every image is decoded and resized to; auto: the backbone's input "
+                            "(train.backbone) or the data's typical smaller side, capped by max_image_side "
+                            "(the digits demo resolves to 8x8)"
     )
-    channels: Literal[1, 3] = Field(1, description="1: grayscale, 3: RGB; every image is converted")
+    channels: Literal["auto", 1, 3] = Field(
+        "auto", description="1: grayscale, 3: RGB; every image is converted; auto: 3 when any image has colour "
+                            "(or a backbone is set), else 1")
+    max_image_side: int = Field(64, gt=0, description="image_size auto without a backbone: at most this many "
+                                                      "pixels a side (64: what a small CNN on 2 cores trains on)")
     drop_duplicates: bool = Field(True, description="set aside exact duplicates (content hash)")
     payload_length: int | None = Field(
         None, gt=0, description="sequences/features: rows of another length are set aside; null: most common")

@@ -1,5 +1,7 @@
-"""The demo dataset taken through the real ingest -> clean -> split -> audit components, without DVC
-or MLflow: for tests and benchmarks that need a realistic split in seconds. The audit here has
+"""Test and benchmark fixtures: the demo dataset taken through the real ingest -> clean -> split ->
+audit components, without DVC or MLflow, for tests and benchmarks that need a realistic split in
+seconds. (It lives with the tests: a fixture in components/ would be a component importing the
+quality layer above it.) The audit here has
 label-issue search off (no model, no Ray): every row is kept with ``label_issue`` false, which is
 what the stages after it read (``data/audit``)."""
 
@@ -15,6 +17,17 @@ from components.data.sources import digits_source
 from components.data.splitting import assign_splits, split_keys
 from components.quality.audit import NoiseOptions, audit_dataset
 from components.quality.cleaning import CleanOptions, clean_dataset
+from pipelines.config import CleanParams
+
+
+def clean_options(**changes) -> CleanOptions:
+    """CleanOptions with params.yaml's defaults (the schema's: the one place they live), changed
+    where a test says so."""
+    p = CleanParams().model_dump(exclude={"label_issues", "noise", "max_image_side"})
+    # `auto` is decided from the images by the clean stage (components/data/image_stats.py): digits -> 8x8 grey
+    p = {**p, "image_size": (8, 8) if p["image_size"] == "auto" else tuple(p["image_size"]),
+         "channels": 1 if p["channels"] == "auto" else p["channels"]}
+    return CleanOptions(**{**p, **changes})
 
 
 def write_audit(split_dir: str | Path, out_dir: str | Path) -> Path:
@@ -40,7 +53,7 @@ def write_digits_split(root: str | Path, *, fractions: dict[str, float] | None =
         raw = w.close(rows_in=w.rows, set_aside=SetAside())
     with DatasetWriter(root / "clean", classes=raw["classes"]) as w:
         stats = clean_dataset(iter_batches(root / "ingest"), w, n_classes=len(raw["classes"]), modality="image",
-                              options=CleanOptions())
+                              options=clean_options())
         w.close(rows_in=stats["rows_in"], set_aside=stats["set_aside"], extra=stats["extra"])
     with DatasetWriter(root / "split", classes=raw["classes"],
                        metadata={"image_shape": stats["extra"]["image_shape"]}) as w:

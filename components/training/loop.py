@@ -76,6 +76,8 @@ class LoopConfig:
     backbone: str | None = None    # pretrained backbone (components.models); None: the network alone
     pretrained: bool | str = True  # backbone weights: packaged / hub (True), random (False), or a file
     backbone_mode: str = "frozen"  # frozen | finetune
+    embed_dir: str | None = None   # frozen: the embed stage's output (the head trains on its vectors)
+    embed_dim: int | None = None   # frozen: filled by fit() from the embed manifest
     max_tokens: int = 64       # text: tokens kept per example
     vocab_size: int = 20_000   # text: largest vocabulary (incl. padding and unknown)
     modality: str | None = None    # filled by fit() from the manifest
@@ -436,6 +438,8 @@ def run_loop(config: dict, session) -> None:
     torch.manual_seed(cfg.seed)
     device = session.device
     kind, shape = cfg.modality, tuple(cfg.input_shape)
+    if cfg.backbone and cfg.backbone_mode == "frozen":  # rows are the embed stage's vectors (driver.run_data)
+        kind, shape = "features", (cfg.embed_dim,)
     per_rank = max(1, cfg.batch_size // world)
 
     def decode_fn(batch):
@@ -453,8 +457,15 @@ def run_loop(config: dict, session) -> None:
         val_batches = _RayDataBatches(session.dataset("val"), decode_fn, batch_size=1024, rank=rank, world=world,
                                       seed=cfg.seed, train=False)
 
-    model = build_model(cfg.model, input_shape=shape, n_classes=cfg.n_classes, dropout=cfg.dropout,
-                        vocab_size=len(cfg.tokenizer["vocab"]) if cfg.tokenizer else None)
+    if cfg.backbone:  # pretrained backbone + linear head; frozen: only the head learns (models/backbones.py)
+        from components.models.backbones import build_classifier
+
+        model = build_classifier(cfg.backbone, cfg.pretrained, n_classes=cfg.n_classes, dropout=cfg.dropout,
+                                 frozen=cfg.backbone_mode == "frozen", seed=cfg.seed)
+    else:  # params: what a package.module:factory model receives (components/models/custom.py)
+        model = build_model(cfg.model, input_shape=shape, n_classes=cfg.n_classes, dropout=cfg.dropout,
+                            vocab_size=len(cfg.tokenizer["vocab"]) if cfg.tokenizer else None,
+                            params={k: v for k, v in cfg.to_dict().items() if k != "tokenizer"})
     model = session.prepare_model(model)
     trainer = Trainer(model, cfg, device=device, steps_per_epoch=optimizer_steps_per_epoch(cfg, world))
     augment_fn = (lambda x, g: augment(x, kind=kind, strength=cfg.augment, generator=g)) if cfg.augment else None

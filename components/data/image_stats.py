@@ -1,0 +1,93 @@
+"""`clean.image_size: auto` / `clean.channels: auto`: a shape that follows the images themselves.
+
+A survey of the ingested images (header sizes and, on small thumbnails, whether any image has
+colour) picks the stored shape: RGB when any image has colour, a square side from the data's
+typical size capped by ``max_side`` (or the backbone's expected input when one is set).
+It also says when an explicit shape obviously does not fit the data (photos squashed to 8x8,
+colour photos stored grey), so the clean stage can warn.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+# Mean absolute difference between channels (0..255) above which a thumbnail counts as colour:
+# greys saved as RGB JPEGs differ by a level or two from compression alone.
+COLOUR_LEVEL = 4.0
+
+
+@dataclass
+class ImageSurvey:
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) of each surveyed image
+    colour: int = 0          # surveyed images with colour
+    surveyed: int = 0
+
+    @property
+    def median_side(self) -> int:
+        return int(np.median([min(h, w) for h, w in self.sizes])) if self.sizes else 0
+
+    @property
+    def typical(self) -> tuple[int, int]:
+        if not self.sizes:
+            return (0, 0)
+        return int(np.median([h for h, _ in self.sizes])), int(np.median([w for _, w in self.sizes]))
+
+
+def _has_colour(img: Image.Image) -> bool:
+    if img.mode in ("1", "L", "LA", "I", "I;16", "F"):
+        return False
+    img.draft("RGB", (64, 64))  # JPEG: decode at 1/8 scale, cheap
+    small = np.asarray(img.convert("RGB").resize((32, 32)), dtype=np.int16)
+    return float(np.abs(small[..., 0] - small[..., 1]).mean() + np.abs(small[..., 1] - small[..., 2]).mean()) / 2 \
+        > COLOUR_LEVEL
+
+
+def survey_images(batches: Iterable[pa.RecordBatch], *, limit: int = 2000) -> ImageSurvey:
+    """Sizes and colour of up to ``limit`` images (the first ones; ingest order is by path)."""
+    s = ImageSurvey()
+    for batch in batches:
+        for data in batch.column("image").to_pylist():
+            if s.surveyed >= limit:
+                return s
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    w, h = img.size
+                    colour = _has_colour(img)
+            except Exception:  # clean sets unreadable files aside itself, with the reason
+                continue
+            s.surveyed += 1
+            s.sizes.append((h, w))
+            s.colour += int(colour)
+    return s
+
+
+def choose_shape(survey: ImageSurvey, *, image_size, channels, max_side: int,
+                 backbone_input: tuple[int, int] | None = None) -> tuple[tuple[int, int], int, list[str]]:
+    """((height, width), channels, warnings) for the clean stage; ``auto`` values decided here."""
+    warnings: list[str] = []
+    if channels == "auto":
+        channels = 3 if survey.colour or backbone_input else 1
+    if image_size == "auto":
+        if backbone_input:
+            image_size = tuple(backbone_input)
+        else:
+            side = max(1, min(max_side, survey.median_side or max_side))
+            image_size = (side, side)
+    image_size = tuple(int(v) for v in image_size)
+    th, tw = survey.typical
+    if survey.sizes and min(image_size) * 8 <= min(th, tw) and min(image_size) < 32:
+        warnings.append(f"clean.image_size {list(image_size)} shrinks images of typically {th}x{tw} pixels "
+                        f"{min(th, tw) // min(image_size)}x: set clean.image_size: auto (or e.g. [64, 64])")
+    if channels == 1 and survey.colour:
+        warnings.append(f"clean.channels 1 stores {survey.colour} of {survey.surveyed} surveyed colour images "
+                        "in grey: set clean.channels: auto (or 3)")
+    if backbone_input and tuple(image_size) != tuple(backbone_input):
+        warnings.append(f"clean.image_size {list(image_size)} differs from the backbone's input "
+                        f"{list(backbone_input)}: the backbone resizes every image again; auto picks its size")
+    return image_size, int(channels), warnings

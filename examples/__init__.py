@@ -1,0 +1,1 @@
+"""Examples users copy: `train.model: examples.byo_model:build` trains the network below."""
