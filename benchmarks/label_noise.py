@@ -37,7 +37,7 @@ import pyarrow as pa
 import torch
 
 from components.data.contract import DatasetWriter, SetAside, iter_batches, read_manifest, read_table
-from components.data.demo import write_digits_split
+from tests.demo_data import write_digits_split
 from components.data.splitting import assign_splits
 from components.models.networks import build_model
 from components.quality.audit import NoiseOptions, audit_dataset, reduce_features

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from benchmarks._results import write_results
-from components.data.demo import write_digits_split
+from tests.demo_data import write_digits_split
 from components.runtime import init_ray
 from components.training.data import input_shape
 from components.training.driver import Scaling, fit, run_history

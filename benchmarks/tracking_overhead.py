@@ -27,7 +27,7 @@ import yaml
 from benchmarks._project import REPO, scratch_project
 from benchmarks._results import write_results
 from components.data.contract import write_json_atomic
-from components.data.demo import write_digits_split
+from tests.demo_data import write_digits_split
 
 
 def _set_tracking(root, enabled: bool) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from benchmarks._results import write_results
-from components.data.demo import write_digits_split
+from tests.demo_data import write_digits_split
 from components.models import build_model
 from components.runtime import init_ray
 from components.training.data import input_shape, load_split

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from components.data.demo import write_digits_split
+from tests.demo_data import write_digits_split
 
 REPO = Path(__file__).resolve().parents[1]
 

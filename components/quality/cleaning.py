@@ -41,7 +41,7 @@ from PIL import Image, UnidentifiedImageError
 
 from components.data.contract import DatasetWriter, SetAside, content_hash
 from components.quality.duplicates import (DUPLICATE, LABEL_CONFLICT, NearDuplicateIndex, duplicate_pairs,
-                                           exact_duplicate_rows, find_exact_duplicates, group_names, group_summary,
+                                           exact_duplicate_rows, group_names, group_summary,
                                            image_embedding, key64, near_pairs_table, text_key)
 
 # Reasons a row is set aside; the manifest counts rows per reason.
@@ -53,17 +53,17 @@ BAD_LABEL = "label_out_of_range"
 MODALITIES = ("image", "text", "sequence", "features")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
-# Kept for callers of the first version.
-find_duplicates = find_exact_duplicates
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CleanOptions:
-    image_size: tuple[int, int] = (8, 8)
-    channels: int = 1
-    drop_duplicates: bool = True
-    payload_length: int | None = None          # sequences / features; None: the most common length
-    near_duplicate_distance: float = 0.05      # images; 0 turns near-duplicate search off
+    """What clean does; every value comes from ``clean`` in params.yaml (the one place for
+    defaults: pipelines/config.py CleanParams), so there are none here."""
+
+    image_size: tuple[int, int]
+    channels: int
+    drop_duplicates: bool
+    payload_length: int | None                 # sequences / features; None: the most common length
+    near_duplicate_distance: float             # images; 0 turns near-duplicate search off
 
 
 def decode_image(data: bytes, *, size: tuple[int, int], channels: int) -> np.ndarray:
@@ -286,12 +286,4 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
             aside.add(row_ids[k].decode(), source_of[k], reason, **detail)
 
     return {"rows_in": rows_in, "set_aside": aside, "extra": extra, "metrics": metrics,
-            "conflicts": dup_summary["conflicts"], "near_pairs": near_pairs_table(ids, near, near_dist),
-            # first version's key, still read by components.data.demo
-            "image_shape": extra.get("image_shape")}
-
-
-def clean_images(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n_classes: int,
-                 options: CleanOptions, classes: list[str] | None = None) -> dict:
-    """:func:`clean_dataset` for image rows."""
-    return clean_dataset(batches, writer, n_classes=n_classes, modality="image", options=options, classes=classes)
+            "conflicts": dup_summary["conflicts"], "near_pairs": near_pairs_table(ids, near, near_dist)}

@@ -19,7 +19,7 @@ from typing import Callable
 import pytest
 import yaml
 
-from components.data.demo import write_digits_split
+from tests.demo_data import write_digits_split
 from components.models import build_model
 from components.training.export import save_model
 from pipelines.stage import run_stage

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from components.data.demo import write_digits_split
+from tests.demo_data import write_digits_split
 from components.models import build_model
 from components.training.data import load_split
 from components.training.export import save_model

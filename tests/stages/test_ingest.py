@@ -17,7 +17,8 @@ import yaml
 
 from components.data.contract import DatasetWriter, iter_batches, read_table
 from components.data.sources import ingest
-from components.quality.cleaning import CleanOptions, clean_images
+from components.quality.cleaning import clean_dataset
+from tests.demo_data import clean_options
 from pipelines.config import parse_params
 from pipelines.ingest import source_from_params
 from tests.conftest import REPO
@@ -103,7 +104,8 @@ def test_image_folder_through_the_current_clean(tmp_path):
                  progress=False)
     assert raw["rows"] == 6
     with DatasetWriter(tmp_path / "clean", classes=raw["classes"]) as w:
-        stats = clean_images(iter_batches(tmp_path / "ingest"), w, n_classes=2, options=CleanOptions())
+        stats = clean_dataset(iter_batches(tmp_path / "ingest"), w, n_classes=2, modality="image",
+                              options=clean_options())
         cleaned = w.close(rows_in=stats["rows_in"], set_aside=stats["set_aside"])
     assert cleaned["rows_in"] == 6 and cleaned["rows"] == 5 and cleaned["set_aside"] == {"corrupt_payload": 1}
     aside = json.loads((tmp_path / "clean/set_aside.jsonl").read_text())

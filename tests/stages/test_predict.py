@@ -127,7 +127,7 @@ def test_predict_uses_the_registered_model_by_default_or_a_given_run(inputs, tin
 def test_predict_text_files_and_a_csv_of_feature_columns(tmp_path, capsys, monkeypatch):
     """Text models read .txt files (and a CSV's `text` column); tabular models read a CSV whose
     columns are the features the model was trained on, in any order; bad rows get an error each."""
-    from components.data.demo import write_synthetic_split
+    from tests.demo_data import write_synthetic_split
     from components.training.data import read_split
     from tests.serving_helpers import train_tiny_model
 

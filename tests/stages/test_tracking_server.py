@@ -21,7 +21,7 @@ import mlflow
 import pytest
 import yaml
 
-from components.data.demo import write_digits_split
+from tests.demo_data import write_digits_split
 from pipelines.stage import SPOOL_DIR, Stage, StageError
 from tests.conftest import REPO
 

@@ -4,7 +4,7 @@ for the paired verdict."""
 import numpy as np
 import pytest
 
-from components.data.demo import write_synthetic_split
+from tests.demo_data import write_synthetic_split
 from components.models.classical import BASELINES, downsample_images, fit_baselines, image_features, make_baseline
 from pipelines.baseline import load_split_features
 

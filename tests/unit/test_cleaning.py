@@ -3,7 +3,9 @@ import pyarrow as pa
 
 from components.data.contract import DatasetWriter, content_id, read_manifest, read_table
 from components.data.sources import RAW_IMAGE_SCHEMA, encode_png
-from components.quality.cleaning import CleanOptions, clean_images, decode_image, find_duplicates
+from components.quality.cleaning import clean_dataset, decode_image
+from components.quality.duplicates import find_exact_duplicates
+from tests.demo_data import clean_options
 
 
 def _raw(rows):
@@ -25,8 +27,9 @@ def test_clean_quarantines_dedupes_and_accounts_for_every_row(tmp_path):
         (img[3], 1, "b/3.png"),
     ]
     with DatasetWriter(tmp_path / "clean", classes=["a", "b"]) as w:
-        stats = clean_images(iter([_raw(rows).to_batches()[0]]), w, n_classes=2, options=CleanOptions())
-        m = w.close(rows_in=stats["rows_in"], set_aside=stats["set_aside"], extra={"image_shape": stats["image_shape"]})
+        stats = clean_dataset(iter([_raw(rows).to_batches()[0]]), w, n_classes=2, modality="image",
+                              options=clean_options())
+        m = w.close(rows_in=stats["rows_in"], set_aside=stats["set_aside"], extra=stats["extra"])
     assert m["rows_in"] == 7
     assert m["set_aside"] == {"corrupt_payload": 1, "duplicate": 1, "duplicate_label_conflict": 2,
                               "label_out_of_range": 1}
@@ -39,7 +42,7 @@ def test_clean_quarantines_dedupes_and_accounts_for_every_row(tmp_path):
 
 def test_duplicate_keeper_is_independent_of_row_order():
     recs = [("id-b", "h1", 0), ("id-a", "h1", 0), ("id-c", "h2", 1)]
-    assert find_duplicates(recs) == find_duplicates(list(reversed(recs))) == {"id-b": ("duplicate", {"of": "id-a"})}
+    assert find_exact_duplicates(recs) == find_exact_duplicates(list(reversed(recs))) == {"id-b": ("duplicate", {"of": "id-a"})}
 
 
 def test_decode_resizes_and_converts_channels():
@@ -65,7 +68,7 @@ def test_sequences_and_features_are_checked_for_nan_inf_and_length(tmp_path):
     for modality, key in (("sequence", "sequence_length"), ("features", "feature_names")):
         with DatasetWriter(tmp_path / modality, classes=["a", "b"]) as w:
             st = clean_dataset(iter(_numeric_raw(modality, rows).to_batches()), w, n_classes=2, modality=modality,
-                               options=CleanOptions())
+                               options=clean_options())
             m = w.close(rows_in=st["rows_in"], set_aside=st["set_aside"], extra=st["extra"])
         assert m["set_aside"] == {"corrupt_payload": 1, "duplicate": 1, "non_finite_values": 2, "wrong_length": 1}
         assert m["rows_in"] == 8 and m["rows"] == 3
@@ -81,6 +84,6 @@ def test_text_is_normalised(tmp_path):
     raw = pa.table({"id": ["a", "b"], "label": [0, 1], "text": ["Hello\u00a0 world ", b"caf\xc3\xa9".decode()],
                     "source": ["x", "y"]})
     with DatasetWriter(tmp_path / "t", classes=["a", "b"]) as w:
-        st = clean_dataset(iter(raw.to_batches()), w, n_classes=2, modality="text", options=CleanOptions())
+        st = clean_dataset(iter(raw.to_batches()), w, n_classes=2, modality="text", options=clean_options())
         w.close(rows_in=st["rows_in"], set_aside=st["set_aside"], extra=st["extra"])
     assert read_table(tmp_path / "t").column("text").to_pylist() == ["Hello world", "café"]

@@ -3,7 +3,7 @@
 import pytest
 
 from components.data.contract import read_manifest, read_table
-from components.data.demo import write_synthetic_split
+from tests.demo_data import write_synthetic_split
 
 
 @pytest.mark.parametrize("modality,extra", [("text", None), ("sequence", "sequence_length"),

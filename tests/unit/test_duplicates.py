@@ -8,9 +8,10 @@ from PIL import Image
 
 from components.data.contract import DatasetWriter, SetAside, content_id, read_table
 from components.data.sources import RAW_IMAGE_SCHEMA, encode_png
-from components.quality.cleaning import CleanOptions, clean_dataset
+from components.quality.cleaning import clean_dataset
 from components.quality.duplicates import (NearDuplicateIndex, connected_groups, cross_split_leaks, image_embedding,
                                            near_pairs, reduce_embedding, signatures, text_key)
+from tests.demo_data import clean_options
 
 
 def _smooth(rng, size=32):
@@ -45,7 +46,7 @@ def test_planted_exact_and_near_image_copies_are_found_and_grouped(tmp_path):
              (_jpeg(base[1]), 1, "copy/jpeg.jpg"),                 # near: re-encoded
              (encode_png(brighter), 1, "copy/bright.png"),         # near: brightness shift
              (_jpeg(base[2], 60), 0, "copy/jpeg-mislabeled.jpg")]  # near, disagrees on the label (2 vs 0)
-    st, m, kept = _clean(tmp_path, rows, CleanOptions(image_size=(32, 32)))
+    st, m, kept = _clean(tmp_path, rows, clean_options(image_size=(32, 32)))
     assert m["set_aside"] == {"duplicate": 1}
     assert st["metrics"]["clean/exact_duplicates"] == 1
     group = dict(zip(kept.column("source").to_pylist(), kept.column("group").to_pylist()))
@@ -72,7 +73,7 @@ def test_distinct_digits_are_not_near_duplicates(digits_split):
 def test_near_duplicate_text_by_normalised_key(tmp_path):
     rows = [("The cat sat.", 0, "a"), ("the  CAT sat", 0, "b"), ("A dog ran!", 1, "c"), ("a dog ran", 0, "d"),
             ("  \x00 ", 1, "e"), ("The cat sat.", 0, "f")]
-    st, m, kept = _clean(tmp_path, rows, CleanOptions(), modality="text", n_classes=2)
+    st, m, kept = _clean(tmp_path, rows, clean_options(), modality="text", n_classes=2)
     assert m["set_aside"] == {"corrupt_payload": 1, "duplicate": 1}   # empty text; "f" exact copy of "a"
     group = dict(zip(kept.column("source").to_pylist(), kept.column("group").to_pylist()))
     group["a"] = group.get("a", group.get("f"))  # a and f are exact copies: one of them is kept
@@ -172,7 +173,7 @@ def test_split_reads_the_near_pairs_clean_found_and_reports_pairs_across_splits(
     base = [_smooth(rng) for _ in range(60)]
     rows = [(encode_png(b), k % 3, f"orig/{k}.png") for k, b in enumerate(base)]
     rows += [(_jpeg(base[k]), k % 3, f"copy/{k}.jpg") for k in range(30)]  # 30 near copies
-    st, m, kept = _clean(tmp_path, rows, CleanOptions(image_size=(32, 32)))
+    st, m, kept = _clean(tmp_path, rows, clean_options(image_size=(32, 32)))
     assert len(st["near_pairs"]) >= 30
     write_near_pairs(tmp_path / "clean", st["near_pairs"])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(

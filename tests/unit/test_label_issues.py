@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from components.data.contract import DatasetWriter, SetAside, iter_batches, read_manifest, read_table
-from components.data.demo import write_digits_split
+from tests.demo_data import write_digits_split
 from components.quality.audit import NoiseOptions, audit_dataset, reduce_features
 from components.quality.label_issues import (LabelIssueOptions, decide, detection_scores, judge_auditor,
                                              oof_probabilities)

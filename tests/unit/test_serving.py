@@ -95,7 +95,7 @@ _TRAINED: dict[str, tuple] = {}
 def _tiny_other(kind: str, tmp_path_factory) -> tuple:
     """A small model of a non-image modality trained on its synthetic split: (split dir, model dir,
     spec); trained once per test session."""
-    from components.data.demo import write_synthetic_split
+    from tests.demo_data import write_synthetic_split
 
     if kind not in _TRAINED:
         root = tmp_path_factory.mktemp(kind)

@@ -5,7 +5,7 @@ import io
 import pytest
 import torch
 
-from components.data.demo import write_synthetic_split
+from tests.demo_data import write_synthetic_split
 from components.models import build_model
 from components.training.data import augment, input_shape, load_split
 from components.training.driver import Scaling, resolve, run_name
