@@ -1,9 +1,8 @@
 """Test and benchmark fixtures: the demo dataset taken through the real ingest -> clean -> split ->
 audit components, without DVC or MLflow, for tests and benchmarks that need a realistic split in
 seconds. (It lives with the tests: a fixture in components/ would be a component importing the
-quality layer above it.) The audit here has
-label-issue search off (no model, no Ray): every row is kept with ``label_issue`` false, which is
-what the stages after it read (``data/audit``)."""
+quality layer above it.) The audit here has label-issue search off (no model, no Ray): every row
+is kept with ``label_issue`` false, which is what the stages after it read (``data/audit``)."""
 
 from __future__ import annotations
 
