@@ -214,5 +214,24 @@ def test_each_dvc_repro_is_one_parent_run_with_its_stages_and_trials_nested(tmp_
             tune_run = by_id[t.data.tags["mlflow.parentRunId"]]
             assert tune_run.data.tags["trainwise.stage"] == "tune"
             assert by_id[tune_run.data.tags["mlflow.parentRunId"]].data.tags["trainwise.stage"] == "pipeline"
+        _ui_opens_on_the_pipeline_runs(server.uri, exp.experiment_id, [p.info.run_name for p in parents])
     finally:
         server.kill()
+
+
+def _ui_opens_on_the_pipeline_runs(uri: str, experiment_id: str, parent_names: list[str]) -> None:
+    """The link trainwise prints, in a real headless Chromium: MLflow's runs table with one row per
+    repro. Without `?workflowType=machine_learning` MLflow 3.17's UI shows its GenAI overview."""
+    import re
+
+    from components.tracking.mlflow_runs import ui_url
+    from tests.browser import _chromium, find_chromium, in_ci
+
+    binary = find_chromium()
+    if binary is None:
+        assert not in_ci(), "CI=true but no chromium binary (apt-get install chromium)"
+        return  # the MLflow API checks above still ran
+    dom = _chromium(binary, "--virtual-time-budget=20000", "--window-size=1400,900", "--dump-dom",
+                    ui_url(uri, experiment_id), timeout=180).stdout
+    text = re.sub(r"<[^>]+>", " ", dom)
+    assert "matching runs" in text and all(name in text for name in parent_names), text[-2000:]
