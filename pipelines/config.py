@@ -344,6 +344,11 @@ class TrainParams(_Section):
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this; null: off")
     grad_accum_steps: int = Field(1, gt=0, description="micro-batches per optimiser step (effective batch x this)")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing of the training loss")
+    hflip: bool = Field(False, description="images: random horizontal flips in training (photos: true; "
+                                           "digits or text in images: false)")
+    patience_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="early stopping watches an exponential moving average of val/loss with this "
+                                     "weight on the past (0.5: one noisy epoch neither resets nor trips patience)")
     augment: float = Field(0.0, ge=0, le=1, description="augmentation strength 0..1 (images: shifts; sequences/"
                                                        "features: noise; text: word dropout)")
     precision: Literal["fp32", "bf16", "fp16"] = Field(

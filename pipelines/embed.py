@@ -24,14 +24,22 @@ def _no_backbone(params, root: Path) -> None:
 
 
 def main() -> None:
-    from pipelines.config import load_params
+    """No backbone: done here, importing neither torch, Ray nor MLflow (the stage runs in every
+    `dvc repro`). A backbone: the full stage (:func:`_embed`) under run_stage's error handling."""
+    from pipelines.config import ConfigError, load_params
 
     root = Path(".").resolve()
-    params = load_params(root / "params.yaml")
+    try:
+        params = load_params(root / "params.yaml")
+    except ConfigError as err:
+        print(f"trainwise: error: {err}", file=sys.stderr)
+        sys.exit(2)
     if params.train.backbone is None:
         _no_backbone(params, root)
         return
-    _embed()
+    from pipelines.stage import run_stage
+
+    run_stage(_embed)
 
 
 def _embed() -> None:
@@ -85,6 +93,4 @@ def _embed() -> None:
 
 
 if __name__ == "__main__":
-    from pipelines.stage import run_stage
-
-    run_stage(main)
+    main()

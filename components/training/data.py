@@ -95,16 +95,20 @@ def load_split(data_dir: str, split: str, *, tokenizer: dict | None = None,
     return x, y, table.column("id").to_pylist()
 
 
-def augment(x: torch.Tensor, *, kind: str, strength: float, generator: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, *, kind: str, strength: float, generator: torch.Generator,
+            hflip: bool = False) -> torch.Tensor:
     """Training-time augmentation on the worker; ``strength`` 0 is off, 1 is strong.
 
     image: random translation of up to ``strength * side / 4`` pixels (zero fill);
     sequence / features: Gaussian noise of ``strength * 0.25`` x the batch's std per channel;
     text: each word replaced by ``<unk>`` with probability ``strength * 0.2``.
     """
+    g = generator
+    if hflip and kind == "image":  # a random half of the batch mirrored left-right (photos; not digits)
+        flip = torch.rand(x.shape[0], generator=g) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     if strength <= 0:
         return x
-    g = generator
     if kind == "image":
         n, _, h, w = x.shape
         s = int(round(strength * min(h, w) / 4))

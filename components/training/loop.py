@@ -76,6 +76,8 @@ class LoopConfig:
     backbone: str | None = None    # pretrained backbone (components.models); None: the network alone
     pretrained: bool | str = True  # backbone weights: packaged / hub (True), random (False), or a file
     backbone_mode: str = "frozen"  # frozen | finetune
+    hflip: bool = False            # images: random horizontal flips (photos yes; digits and text in images no)
+    patience_smoothing: float = 0.0  # early stopping on an EMA of val/loss with this weight on the past
     embed_dir: str | None = None   # frozen: the embed stage's output (the head trains on its vectors)
     embed_dim: int | None = None   # frozen: filled by fit() from the embed manifest
     max_tokens: int = 64       # text: tokens kept per example
@@ -468,7 +470,8 @@ def run_loop(config: dict, session) -> None:
                             params={k: v for k, v in cfg.to_dict().items() if k != "tokenizer"})
     model = session.prepare_model(model)
     trainer = Trainer(model, cfg, device=device, steps_per_epoch=optimizer_steps_per_epoch(cfg, world))
-    augment_fn = (lambda x, g: augment(x, kind=kind, strength=cfg.augment, generator=g)) if cfg.augment else None
+    augment_fn = (lambda x, g: augment(x, kind=kind, strength=cfg.augment, generator=g, hflip=cfg.hflip)) \
+        if cfg.augment or cfg.hflip else None
 
     start_epoch, best_val, bad_epochs, history, restarts = 0, float("inf"), 0, [], 0
     checkpoint = session.checkpoint()
@@ -490,14 +493,19 @@ def run_loop(config: dict, session) -> None:
         va = _all_sum(trainer.eval_epoch(val_batches.epoch(epoch))).tolist()
         seconds = time.perf_counter() - t0
         val_loss = va[0] / va[2]
-        improved = val_loss < best_val
-        best_val, bad_epochs = (val_loss, 0) if improved else (best_val, bad_epochs + 1)
+        # Early stopping watches an exponential moving average of val/loss (patience_smoothing; 0: the
+        # raw value), so one noisy epoch neither resets the count nor trips it; best_val stays the raw best.
+        a = cfg.patience_smoothing
+        smoothed = val_loss if not history else a * history[-1].get("val/loss_smoothed", val_loss) + (1 - a) * val_loss
+        best_smoothed = min((h.get("val/loss_smoothed", h["val/loss"]) for h in history), default=float("inf"))
+        best_val = min(best_val, val_loss)
+        bad_epochs = 0 if smoothed < best_smoothed else bad_epochs + 1
         metrics = {
             "epoch": epoch + 1,
             "train/loss": tr[0] / tr[2], "train/acc": tr[1] / tr[2],
             "val/loss": val_loss, "val/acc": va[1] / va[2],
             "gap/acc": tr[1] / tr[2] - va[1] / va[2],
-            "val/best_loss": best_val, "lr": lr,
+            "val/best_loss": best_val, "val/loss_smoothed": smoothed, "lr": lr,
             "epoch_s": seconds, "samples_per_s": tr[2] / seconds,
             "restarts": restarts,  # times this run resumed from a checkpoint (worker or driver failure)
         }
