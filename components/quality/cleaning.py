@@ -200,12 +200,12 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
                     parts["digest"].append(np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 16))
                     parts["length"].append(np.array(lengths, np.int64))
                     parts["key"].append(np.array(keys, np.int64))
-        row_ids = np.concatenate(parts["id"]) if parts["id"] else np.empty(0, "S1")
-        row_labels = np.concatenate(parts["label"]) if parts["label"] else np.empty(0, np.int64)
-        digest = np.concatenate(parts["digest"]) if parts["digest"] else np.empty((0, 16), np.uint8)
-        row_lengths, row_keys = (np.concatenate(parts[k]) if parts[k] else np.empty(0, np.int64)
-                                 for k in ("length", "key"))
-        del parts
+        # one kind at a time, its batches released as it is joined: never two copies of everything
+        row_ids = np.concatenate(parts.pop("id")) if parts["id"] else np.empty(0, "S1")
+        row_labels = np.concatenate(parts.pop("label")) if parts["label"] else np.empty(0, np.int64)
+        digest = np.concatenate(parts.pop("digest")) if parts["digest"] else np.empty((0, 16), np.uint8)
+        row_lengths = np.concatenate(parts.pop("length")) if parts["length"] else np.empty(0, np.int64)
+        row_keys = np.concatenate(parts.pop("key")) if parts["key"] else np.empty(0, np.int64)
         n = len(row_ids)
 
         # -- decisions over the rows ------------------------------------------------------------
@@ -241,9 +241,11 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
         if near_index is not None:  # found once here; split's leakage check reads them (near_pairs.parquet)
             with near_index:
                 near, near_dist = near_index.pairs(keep=kept_mask)
-        pairs = duplicate_pairs(hashes=digest[kept_rows], near=near,
-                                near_keys=row_keys[kept_rows] if modality == "text" else None)
-        del digest
+        # With drop_duplicates every kept digest is unique (one keeper per group, conflicts all
+        # set aside): no exact pairs to look for among the kept.
+        pairs = duplicate_pairs(hashes=np.empty(0, np.int64) if options.drop_duplicates else digest[kept_rows],
+                                near=near, near_keys=row_keys[kept_rows] if modality == "text" else None)
+        del digest, row_lengths, row_keys, row_labels, kept_rows
         groups = group_names(ids, pairs)   # kept row -> group name, for rows in a group of 2+
         dup_summary = group_summary(groups, labels, ids)
         extra["near_duplicates"] = {"method": {"image": "embedding_distance", "text": "normalised_text"}.get(
@@ -257,10 +259,13 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
                    "clean/near_duplicate_rows": dup_summary["rows"],
                    "clean/near_duplicate_conflicts": len(dup_summary["conflicts"])}
 
+        near_table = near_pairs_table(ids, near, near_dist)
+        removed_id = {k: row_ids[k].decode() for k in removed}
+        del ids, labels, row_ids   # pass 2 needs one bit a row (kept_mask) and the groups of 2+
+
         # -- pass 2: write what is kept ---------------------------------------------------------
-        kept_number = np.cumsum(kept_mask) - 1   # row -> its number among the kept rows
         source_of: dict[int, str] = {}           # sources of the rows set aside, read back from staging
-        start = 0
+        start = kept_before = 0
         if n:
             for batch in pq.ParquetFile(staged).iter_batches(batch_size=4096):
                 table = pa.Table.from_batches([batch])
@@ -268,7 +273,8 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
                 if not mask.all():
                     sources = table.column("source").to_pylist()
                     source_of.update({start + k: sources[k] for k in np.flatnonzero(~mask).tolist()})
-                numbers = kept_number[start:start + table.num_rows][mask]
+                numbers = kept_before + np.arange(int(mask.sum()))   # these rows' numbers among the kept
+                kept_before += len(numbers)
                 start += table.num_rows
                 table = table.filter(pa.array(mask))
                 if not table.num_rows:
@@ -282,8 +288,8 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
                     group = [groups.get(k, g) for k, g in zip(numbers.tolist(), group)]
                 table = table.append_column("group", pa.array(group, pa.string()))
                 writer.write(table)
-        for k, (reason, detail) in sorted(removed.items(), key=lambda item: row_ids[item[0]]):
-            aside.add(row_ids[k].decode(), source_of[k], reason, **detail)
+        for k, (reason, detail) in sorted(removed.items(), key=lambda item: removed_id[item[0]]):
+            aside.add(removed_id[k], source_of[k], reason, **detail)
 
     return {"rows_in": rows_in, "set_aside": aside, "extra": extra, "metrics": metrics,
-            "conflicts": dup_summary["conflicts"], "near_pairs": near_pairs_table(ids, near, near_dist)}
+            "conflicts": dup_summary["conflicts"], "near_pairs": near_table}

@@ -271,18 +271,28 @@ def exact_duplicate_rows(ids, digests: np.ndarray, labels: np.ndarray, *,
     1-D key array); ``rows``: the candidate rows (default: all). Only rows in a group of 2+
     are ever looked at in Python.
     """
-    arr = _rows_key(digests)
-    rows = np.arange(len(arr)) if rows is None else np.asarray(rows, np.int64)
+    full = _rows_key(digests)
+    rows = np.arange(len(full)) if rows is None else np.asarray(rows, np.int64)
     if len(rows) < 2:
         return {}
-    _, inverse, counts = np.unique(arr[rows], return_inverse=True, return_counts=True)
+    # Sort 8-byte prefixes (an int sort, 8 bytes a row), then split each prefix group by the full digest.
+    prefix = np.ascontiguousarray(digests).view(np.uint8).reshape(len(full), -1)[:, :8].copy().view(np.int64).ravel() \
+        if isinstance(digests, np.ndarray) and digests.ndim == 2 else full
+    _, inverse, counts = np.unique(prefix[rows], return_inverse=True, return_counts=True)
     inverse = inverse.ravel()
     multi = np.flatnonzero(counts[inverse] > 1)
     dropped: dict[int, tuple[str, dict]] = {}
     if not len(multi):
         return dropped
     order = multi[np.argsort(inverse[multi], kind="stable")]
-    for group in np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1):
+    same_prefix = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
+    groups = []
+    for candidates in same_prefix:
+        by_digest: dict = defaultdict(list)
+        for k in candidates.tolist():
+            by_digest[full[rows[k]].tobytes() if hasattr(full[rows[k]], "tobytes") else full[rows[k]]].append(k)
+        groups += [g for g in by_digest.values() if len(g) > 1]
+    for group in groups:
         members = sorted((_id(ids, int(rows[k])), int(rows[k])) for k in group)
         member_labels = {int(labels[r]) for _, r in members}
         if len(member_labels) > 1:

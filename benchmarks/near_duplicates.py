@@ -1,0 +1,279 @@
+"""Near-duplicate search at scale: the KD-tree index (clean's search today) vs the brute force it replaced.
+
+Synthetic but realistic images, generated here: 32x32 grayscale pictures drawn from 100 smooth
+templates (each picture its template shifted by up to 2 pixels, with its own smooth variation and
+pixel noise: distinct pictures lie 0.10-0.16 apart, like scikit-learn's digits at 0.09-0.26),
+plus 2% planted near copies of random pictures (a third re-encoded as JPEG q75, a third with
++-3 pixel noise, a third 20 levels brighter). Every picture becomes clean's unit 16x16
+embedding; the embeddings are written to a raw float32 file once per size.
+
+Each measurement runs in its own subprocess, so its peak RSS (ru_maxrss) is its own:
+- old: ``near_pairs`` as it was before this change (git 3d99aec, copied below): brute force in
+  2048-row blocks against all N rows, all embeddings in memory (as clean held them). Skipped where
+  the quadratic extrapolation from the smaller sizes of this run says it would not finish in 10 min.
+- new: ``NearDuplicateIndex`` fed in batches of 8192 rows read from the file (as clean streams them),
+  then ``pairs()``.
+
+Reported: wall time and CPU time of the search, peak RSS, pairs found, recall of the planted
+copies (a planted copy counts as found when its pair with its original is among the pairs), and
+whether old and new return the same pairs. Target (issue 16) at 200k: <= 60 s, <= 1.5 GB on 2
+cores, recall >= 0.99.
+
+``--candidates`` also times the alternatives measured before choosing (at the smallest size):
+the KD-tree over 4x4 / 6x6 / 8x8 DCT coefficients, a ball tree, and faiss' exact (flat) and
+IVF range search when faiss is importable (it is not a dependency).
+
+    python -m benchmarks.near_duplicates [--sizes 20000 50000 200000] [--candidates]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from benchmarks._results import write_results
+
+REPO = Path(__file__).resolve().parents[1]
+RADIUS = 0.05          # params.yaml clean.near_duplicate_distance
+COPY_FRACTION = 0.02
+OLD_LIMIT_S = 600
+
+# The brute force that clean and split ran before this change (components/quality/duplicates.py
+# at 3d99aec), verbatim but for the name; the baseline.
+OLD = '''
+import numpy as np
+
+def near_pairs(vectors, *, radius, chunk=2048):
+    n = len(vectors)
+    if n < 2 or radius <= 0:
+        return np.empty((0, 2), dtype=np.int64)
+    v = np.asarray(vectors, dtype=np.float32)
+    sq = (v * v).sum(1)
+    found = []
+    for start in range(0, n, chunk):
+        block = v[start:start + chunk]
+        d2 = sq[start:start + chunk, None] + sq[None, :] - 2.0 * block @ v.T
+        i, j = np.nonzero(d2 <= radius * radius)
+        i = i + start
+        keep = i < j
+        found.append(np.stack([i[keep], j[keep]], axis=1))
+    return np.concatenate(found).astype(np.int64)
+'''
+
+RUN_OLD = OLD + '''
+import json, resource, sys, time
+path, n, radius, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+r0 = resource.getrusage(resource.RUSAGE_SELF); t0 = time.perf_counter()
+vectors = np.fromfile(path, dtype=np.float32).reshape(n, 256)   # clean held every embedding
+pairs = near_pairs(vectors, radius=radius)
+wall = time.perf_counter() - t0; r1 = resource.getrusage(resource.RUSAGE_SELF)
+np.save(out, pairs)
+print(json.dumps({"wall_s": wall, "cpu_s": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
+                  "peak_rss_mb": r1.ru_maxrss / 1024, "pairs": len(pairs)}))
+'''
+
+RUN_NEW = '''
+import json, resource, sys, time
+import numpy as np
+from components.quality.duplicates import NearDuplicateIndex
+path, n, radius, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+import sklearn.neighbors  # imported by pairs(); loaded before the clock starts, like the old run's numpy
+r0 = resource.getrusage(resource.RUSAGE_SELF); t0 = time.perf_counter()
+with open(path, "rb") as f, NearDuplicateIndex(radius=radius) as index:
+    while True:                       # streamed, 8192 rows at a time, as clean reads its batches
+        chunk = np.frombuffer(f.read(8192 * 256 * 4), dtype=np.float32)
+        if not len(chunk):
+            break
+        index.add(chunk.reshape(-1, 256))
+    pairs, _ = index.pairs()
+wall = time.perf_counter() - t0; r1 = resource.getrusage(resource.RUSAGE_SELF)
+np.save(out, pairs)
+print(json.dumps({"wall_s": wall, "cpu_s": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
+                  "peak_rss_mb": r1.ru_maxrss / 1024, "pairs": len(pairs)}))
+'''
+
+CANDIDATES = '''
+import json, sys, time
+import numpy as np
+from sklearn.neighbors import BallTree, KDTree
+from components.quality.duplicates import EMBED_SIZE
+path, n, radius = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+v = np.fromfile(path, dtype=np.float32).reshape(n, 256)
+from scipy.fft import dctn
+full = dctn(v.reshape(n, EMBED_SIZE, EMBED_SIZE), axes=(1, 2), norm="ortho")
+rows = []
+def count(hits):
+    return int(sum(len(h) - 1 for h in hits) // 2)
+for k in (4, 6, 8):
+    c = np.ascontiguousarray(full[:, :k, :k].reshape(n, -1), dtype=np.float32)
+    for name, cls in (("kd_tree", KDTree), ("ball_tree", BallTree)):
+        if name == "ball_tree" and k != 6:
+            continue
+        t0 = time.perf_counter(); hits = cls(c, leaf_size=40).query_radius(c, r=radius)
+        rows.append({"method": f"{name} dct{k}x{k} ({k*k} dims)", "exact": True, "wall_s": time.perf_counter() - t0,
+                     "candidates": count(hits)})
+try:
+    import faiss
+    faiss.omp_set_num_threads(2)
+    c = np.ascontiguousarray(full[:, :6, :6].reshape(n, -1), dtype=np.float32)
+    t0 = time.perf_counter(); index = faiss.IndexFlatL2(c.shape[1]); index.add(c)
+    lims, _, _ = index.range_search(c, radius * radius)
+    rows.append({"method": "faiss flat range_search dct6x6 (brute force, BLAS)", "exact": True,
+                 "wall_s": time.perf_counter() - t0, "candidates": int((lims[-1] - n) // 2)})
+    nlist = int(4 * np.sqrt(n))
+    t0 = time.perf_counter(); ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(c.shape[1]), c.shape[1], nlist)
+    ivf.train(c[: min(n, 50 * nlist)]); ivf.add(c); ivf.nprobe = 8
+    lims, _, _ = ivf.range_search(c, radius * radius)
+    rows.append({"method": f"faiss IVF{nlist} nprobe 8 range_search dct6x6 (approximate)", "exact": False,
+                 "wall_s": time.perf_counter() - t0, "candidates": int((lims[-1] - n) // 2)})
+except ImportError:
+    rows.append({"method": "faiss: not importable here (pip install faiss-cpu to compare)", "exact": None,
+                 "wall_s": None, "candidates": None})
+print(json.dumps(rows))
+'''
+
+
+def _templates(rng, k: int, size: int) -> np.ndarray:
+    return np.stack([np.asarray(Image.fromarray(rng.integers(0, 255, (5, 5), dtype=np.uint8)).resize(
+        (size, size), Image.Resampling.BICUBIC), dtype=np.float32) for _ in range(k)])
+
+
+def make_embeddings(path: Path, n: int, *, seed: int = 0, size: int = 32) -> np.ndarray:
+    """Write n embeddings (float32, n x 256) to ``path``; returns the planted (original, copy) pairs."""
+    from components.quality.duplicates import image_embedding
+
+    rng = np.random.default_rng(seed)
+    templates = _templates(rng, 100, size)
+    n_copies = int(n * COPY_FRACTION)
+    n_orig = n - n_copies
+    originals = rng.choice(n_orig, n_copies, replace=False)
+    kept: dict[int, np.ndarray] = {}
+    wanted = set(originals.tolist())
+    with open(path, "wb") as f:
+        buf = []
+        for i in range(n_orig):
+            var = np.asarray(Image.fromarray(rng.integers(0, 255, (6, 6), dtype=np.uint8)).resize(
+                (size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+            dy, dx = rng.integers(-2, 3, 2)
+            img = np.roll(templates[i % len(templates)], (dy, dx), (0, 1)) * 0.88 + var * 0.12
+            img = np.clip(img + rng.normal(0, 3, (size, size)), 0, 255).astype(np.uint8)
+            if i in wanted:
+                kept[i] = img
+            buf.append(image_embedding(img[..., None]))
+            if len(buf) == 8192:
+                f.write(np.stack(buf).tobytes())
+                buf = []
+        for j, i in enumerate(originals):
+            img = kept[int(i)]
+            if j % 3 == 0:
+                out = io.BytesIO()
+                Image.fromarray(img).save(out, format="JPEG", quality=75)
+                copy = np.asarray(Image.open(out))
+            elif j % 3 == 1:
+                copy = np.clip(img.astype(int) + rng.integers(-3, 4, img.shape), 0, 255).astype(np.uint8)
+            else:
+                copy = np.clip(img.astype(int) + 20, 0, 255).astype(np.uint8)
+            buf.append(image_embedding(copy[..., None]))
+        f.write(np.stack(buf).tobytes())
+    return np.stack([originals, np.arange(n_orig, n)], axis=1)
+
+
+def _run(script: str, *args: str, timeout: float | None = None) -> dict | list | None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
+    try:
+        proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _recall(pairs: np.ndarray, planted: np.ndarray) -> float:
+    found = {(int(a), int(b)) for a, b in pairs}
+    return float(np.mean([(min(a, b), max(a, b)) in found for a, b in planted.tolist()]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[20_000, 50_000, 200_000])
+    ap.add_argument("--candidates", action="store_true", help="also time the alternatives (smallest size)")
+    args = ap.parse_args()
+    rows, candidates, old_rate = [], None, None
+    with tempfile.TemporaryDirectory(prefix="trainwise-near-bench-") as tmp:
+        for n in sorted(args.sizes):
+            path = Path(tmp) / f"emb_{n}.f32"
+            t0 = time.perf_counter()
+            planted = make_embeddings(path, n)
+            gen_s = time.perf_counter() - t0
+            new = _run(RUN_NEW, str(path), str(n), str(RADIUS), str(Path(tmp) / "new.npy"))
+            new_pairs = np.load(Path(tmp) / "new.npy")
+            row = {"rows": n, "planted_copies": len(planted), "generate_s": round(gen_s, 1),
+                   "new_wall_s": round(new["wall_s"], 2), "new_cpu_s": round(new["cpu_s"], 2),
+                   "new_peak_rss_mb": round(new["peak_rss_mb"], 1), "new_pairs": new["pairs"],
+                   "new_recall": round(_recall(new_pairs, planted), 4)}
+            estimate = old_rate * n * n if old_rate else None
+            if estimate is not None and estimate > OLD_LIMIT_S:
+                row.update(old_skipped=f"estimated {estimate:.0f} s from the smaller sizes (quadratic) > {OLD_LIMIT_S} s")
+            else:
+                old = _run(RUN_OLD, str(path), str(n), str(RADIUS), str(Path(tmp) / "old.npy"), timeout=OLD_LIMIT_S)
+                if old is None:
+                    row.update(old_skipped=f"did not finish in {OLD_LIMIT_S} s")
+                else:
+                    old_pairs = np.load(Path(tmp) / "old.npy")
+                    old_rate = old["wall_s"] / (n * n)
+                    row.update(old_wall_s=round(old["wall_s"], 2), old_cpu_s=round(old["cpu_s"], 2),
+                               old_peak_rss_mb=round(old["peak_rss_mb"], 1), old_pairs=old["pairs"],
+                               old_recall=round(_recall(old_pairs, planted), 4),
+                               same_pairs={tuple(p) for p in old_pairs.tolist()} == {tuple(p) for p in new_pairs.tolist()},
+                               speedup=round(old["wall_s"] / new["wall_s"], 1),
+                               rss_ratio=round(old["peak_rss_mb"] / new["peak_rss_mb"], 2))
+            rows.append(row)
+            print(f"  {n} rows done: new {row['new_wall_s']} s, old {row.get('old_wall_s', 'skipped')}", flush=True)
+            if args.candidates and candidates is None:
+                candidates = {"rows": n, "radius": RADIUS, "methods": _run(CANDIDATES, str(path), str(n), str(RADIUS))}
+            path.unlink()
+
+    print(f"\nnear-duplicate search, radius {RADIUS}, synthetic 32x32 images (100 templates) with "
+          f"{COPY_FRACTION:.0%} planted near copies; each run in its own subprocess; "
+          f"{os.cpu_count()} CPUs, 1-min load average {os.getloadavg()[0]:.1f} (shared machine)")
+    print(f"{'rows':>8}{'old s':>9}{'new s':>8}{'speed-up':>10}{'old RSS MB':>12}{'new RSS MB':>12}"
+          f"{'pairs old/new':>15}{'same':>6}{'recall new':>12}")
+    for r in rows:
+        old_s = f"{r['old_wall_s']:.1f}" if "old_wall_s" in r else "skip"
+        print(f"{r['rows']:>8}{old_s:>9}{r['new_wall_s']:>8.1f}{(str(r['speedup']) + 'x') if 'speedup' in r else '-':>10}"
+              f"{r.get('old_peak_rss_mb', '-'):>12}{r['new_peak_rss_mb']:>12}"
+              f"{str(r.get('old_pairs', '-')) + '/' + str(r['new_pairs']):>15}{str(r.get('same_pairs', '-')):>6}"
+              f"{r['new_recall']:>12.4f}")
+        if "old_skipped" in r:
+            print(f"{'':>8}old skipped: {r['old_skipped']}")
+    big = max(rows, key=lambda r: r["rows"])
+    verdict = {"rows": big["rows"], "wall_s_target": 60, "rss_mb_target": 1536, "recall_target": 0.99,
+               "ok": big["new_wall_s"] <= 60 and big["new_peak_rss_mb"] <= 1536 and big["new_recall"] >= 0.99}
+    print(f"target at {big['rows']} rows (<= 60 s, <= 1.5 GB, recall >= 0.99): "
+          f"{big['new_wall_s']:.1f} s, {big['new_peak_rss_mb']:.0f} MB, recall {big['new_recall']:.4f}: "
+          f"{'OK' if verdict['ok'] else 'MISSED'}")
+    if candidates:
+        print(f"\nalternatives at {candidates['rows']} rows (search only, same embeddings, one process):")
+        for m in candidates["methods"]:
+            wall = f"{m['wall_s']:.2f} s" if m["wall_s"] is not None else "-"
+            print(f"  {m['method']:<62}{wall:>10}  candidate pairs {m['candidates']}")
+    write_results(REPO / "benchmarks" / "results" / "near_duplicates.json",
+                  {"radius": RADIUS, "copy_fraction": COPY_FRACTION, "rows": rows, "target": verdict,
+                   "candidates": candidates, "shared_machine": True})
+
+
+if __name__ == "__main__":
+    main()
