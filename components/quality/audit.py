@@ -143,7 +143,8 @@ def _embedding_features(ids: list[str], embeddings, *, max_features: int, seed: 
         from sklearn.decomposition import PCA
 
         x = PCA(n_components=max_features, svd_solver="randomized", random_state=seed).fit_transform(x)
-    return standardise(np.asarray(x, np.float32)), f"embeddings ({emb.shape[1]} -> {x.shape[1]} values)"
+    # Not standardised: that would give the weakest PCA directions (mostly noise) the weight of the strongest.
+    return np.asarray(x, np.float32), f"embeddings ({emb.shape[1]} -> {x.shape[1]} values)"
 
 
 def _payload_features(rows: _Rows, modality: str) -> tuple:

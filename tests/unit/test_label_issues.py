@@ -294,3 +294,27 @@ def test_digits_with_20_percent_noise_default_auditor_f1(planted, tmp_path):
     st, m, _ = _audit(src, tmp_path / "svc", noise=0.2)  # the defaults: svc, drop, thresholds on
     assert st["metrics"]["audit/label_issues/acted"] == 1
     assert st["metrics"]["audit/label_issues/f1"] >= 0.9
+
+
+def test_the_auditor_uses_embeddings_when_there_are_some(planted, tmp_path):
+    """With a backbone, data/embed holds one vector per row: the auditor's features (PCA-reduced to
+    max_features); rows without a vector make it fall back to the payload, and say so."""
+    src, _ = planted
+    t = read_table(src, columns=["id", "image"])
+    ids = t.column("id").to_pylist()
+    pix = t.column("image").combine_chunks().flatten().to_numpy().reshape(len(ids), -1).astype(np.float32) / 255
+    rng = np.random.default_rng(0)
+    emb = np.concatenate([pix, 0.01 * rng.normal(size=(len(ids), 236)).astype(np.float32)], axis=1)  # 300 wide
+    st, m, _ = _audit(src, tmp_path / "emb", noise=0.2, embeddings=(ids[::-1], emb[::-1]), model="knn")
+    assert m["label_issues"]["features"] == "embeddings (300 -> 256 values)"
+    assert st["metrics"]["audit/label_issues/f1"] >= 0.85
+    said = []
+    m2 = read_manifest(src)
+    with DatasetWriter(tmp_path / "partial", classes=m2["classes"], metadata={"image_shape": m2["image_shape"]}) as w:
+        st2 = audit_dataset(iter_batches(src), lambda: iter_batches(src), w, modality="image", classes=m2["classes"],
+                            image_shape=m2["image_shape"], options=options(model="knn"),
+                            noise=NoiseOptions(rate=0.0, seed=0), embeddings=(ids[:100], emb[:100]), use_ray=False,
+                            log=lambda msg, *a: said.append(msg % a))
+        w.close(rows_in=st2["rows_in"], set_aside=st2["set_aside"], extra=st2["extra"])
+    assert read_manifest(tmp_path / "partial")["label_issues"]["features"] == "image (64 values)"
+    assert any("embeddings cover 100 of 1797 rows" in s for s in said)
