@@ -1,0 +1,79 @@
+"""backbone_mode frozen: the head trains on the embed stage's vectors, and the saved model takes images."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from components.data.contract import DataContractError, DatasetWriter, SetAside
+from components.embedding.store import write_embeddings
+from components.embedding.training import embedding_tables, network_error, resolve_backbone
+from components.models import build_model
+from components.models.backbones import build_classifier
+from components.training.data import decode, to_numpy
+from components.training.loop import LoopConfig
+
+
+def _split(tmp_path, n=8):
+    images = np.random.default_rng(0).integers(0, 256, size=(n, 16, 16, 3), dtype=np.uint8)
+    t = pa.table({"id": [f"r{i}" for i in range(n)], "label": [i % 2 for i in range(n)],
+                  "image": pa.FixedSizeListArray.from_arrays(pa.array(images.reshape(-1)), 16 * 16 * 3),
+                  "source": ["s"] * n, "split": ["train"] * (n - 2) + ["val"] * 2})
+    with DatasetWriter(tmp_path / "split", classes=["a", "b"], metadata={"image_shape": [16, 16, 3]}) as w:
+        w.write(t)
+        w.close(rows_in=n, set_aside=SetAside())
+    return tmp_path / "split", images
+
+
+def test_tables_hold_each_rows_own_embedding(tmp_path):
+    split, _ = _split(tmp_path)
+    emb = np.arange(8 * 4, dtype=np.float32).reshape(8, 4)
+    order = [3, 1, 0, 2, 7, 6, 5, 4]  # the embed file's order differs from the split's
+    write_embeddings(tmp_path / "embed", ids=[f"r{i}" for i in order], splits=["x"] * 8, embeddings=emb[order],
+                     manifest={"backbone": "efficientnet_lite0"})
+    loop = LoopConfig(data_dir=str(split), n_classes=2, input_shape=(3, 16, 16), backbone="efficientnet_lite0",
+                      embed_dir=str(tmp_path / "embed"), modality="image")
+    upd = resolve_backbone(loop)
+    assert upd["model"] == "backbone:efficientnet_lite0" and upd["embed_dim"] == 4
+    tables = embedding_tables(loop)
+    x, y = decode(to_numpy(tables["train"], "features"), kind="features", shape=(4,))
+    torch.testing.assert_close(x, torch.from_numpy(emb[:6]))
+    assert y.tolist() == [0, 1, 0, 1, 0, 1]
+    assert tables["val"].num_rows == 2
+
+
+def test_embeddings_of_another_backbone_are_refused(tmp_path):
+    split, _ = _split(tmp_path)
+    write_embeddings(tmp_path / "embed", ids=["r0"], splits=["train"], embeddings=np.zeros((1, 4)),
+                     manifest={"backbone": "resnet18"})
+    loop = LoopConfig(data_dir=str(split), n_classes=2, input_shape=(3, 16, 16), backbone="efficientnet_lite0",
+                      embed_dir=str(tmp_path / "embed"), modality="image")
+    with pytest.raises(DataContractError, match="re-run the embed stage"):
+        resolve_backbone(loop)
+
+
+def test_frozen_classifier_head_only_learns_and_saved_model_takes_images():
+    torch.manual_seed(0)
+    m = build_classifier("efficientnet_lite0", True, n_classes=2, frozen=True)
+    assert [n for n, p in m.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
+    m.train()
+    assert not m.backbone.training  # frozen batch norm keeps ImageNet statistics
+    images = torch.rand(2, 3, 40, 40)
+    m.eval()
+    with torch.no_grad():
+        via_vectors = m(m.backbone(images))
+        via_images = m(images)
+    torch.testing.assert_close(via_vectors, via_images)
+    # what evaluate / serving do with model.json's "backbone:efficientnet_lite0": rebuild, load the state dict
+    again = build_model("backbone:efficientnet_lite0", input_shape=(3, 40, 40), n_classes=2)
+    again.load_state_dict(m.state_dict())
+    again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(images), via_images)
+
+
+def test_network_error_names_the_param(tmp_path):
+    assert network_error({"backbone": "efficientnet_lite0", "pretrained": True}) is None
+    assert "train.pretrained" in network_error({"backbone": "efficientnet_lite0", "pretrained": "nope.pt"},
+                                               root=tmp_path)
+    assert "train.model" in network_error({"model": "nosuch.mod:build"})
