@@ -486,6 +486,7 @@ def run_loop(config: dict, session) -> None:
         if state.get("stopped"):
             start_epoch = cfg.epochs  # finished (early stopping) before: nothing left to do
 
+    checkpoint_s = 0.0
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         lr = trainer.optimizer.param_groups[0]["lr"]
@@ -508,14 +509,19 @@ def run_loop(config: dict, session) -> None:
             "val/best_loss": best_val, "val/loss_smoothed": smoothed, "lr": lr,
             "epoch_s": seconds, "samples_per_s": tr[2] / seconds,
             "restarts": restarts,  # times this run resumed from a checkpoint (worker or driver failure)
+            "checkpoint_s": checkpoint_s,  # writing the previous epoch's checkpoint (rank 0; 0 at the first)
         }
         history.append(metrics)
         stop = cfg.patience is not None and bad_epochs >= cfg.patience
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
+                t_save = time.perf_counter()
                 torch.save({**trainer.state(), "epoch": epoch, "best_val": best_val, "bad_epochs": bad_epochs,
                             "history": history, "restarts": restarts, "stopped": stop, "config": cfg.to_dict()},
                            os.path.join(d, CHECKPOINT_FILE))
+                # what checkpointing every epoch costs, outside epoch_s; reported with the next epoch
+                # (this one's metrics are inside the file being written) (benchmarks/train_throughput.py)
+                checkpoint_s = time.perf_counter() - t_save
             session.report(metrics, d if rank == 0 else None, history)
         if progress is not None and rank == 0:
             progress.put_nowait(metrics)

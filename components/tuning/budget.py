@@ -43,7 +43,8 @@ def live_monitor(key: str) -> "SweepMonitor":
 
 class SweepMonitor(tune.Callback):
     def __init__(self, key: str, *, usd_per_hour: float, budget_usd: float | None = None,
-                 time_budget_s: float | None = None, metric: str = "val/loss", clock=time.monotonic):
+                 time_budget_s: float | None = None, metric: str = "val/loss", clock=time.monotonic,
+                 reap_train_groups: bool = True):
         self.key, self.usd_per_hour, self.metric = key, usd_per_hour, metric
         self.budget_usd, self.time_budget_s = budget_usd, time_budget_s
         self._clock, self._t0, self._elapsed_before = clock, clock(), 0.0
@@ -55,6 +56,7 @@ class SweepMonitor(tune.Callback):
         self.exhausted_by: str | None = None
         self.started_here: list[str] = []            # trials that started (or resumed) in this process
         self._last_reap = clock()
+        self.reap_train_groups = reap_train_groups  # trials on the direct path start no worker groups
         _LIVE[key] = self
 
     def __reduce__(self):
@@ -94,7 +96,7 @@ class SweepMonitor(tune.Callback):
         self.unfinished = {t.trial_id for t in trials if t.status in UNFINISHED}
         self.running = {t.trial_id for t in trials if t.status == "RUNNING"}
         self.exhausted()
-        if self._clock() - self._last_reap > REAP_EVERY_S and any(t.status in ("TERMINATED", "ERROR") for t in trials):
+        if self.reap_train_groups and self._clock() - self._last_reap > REAP_EVERY_S and any(t.status in ("TERMINATED", "ERROR") for t in trials):
             self._last_reap = self._clock()
             reap_orphaned_train_groups()
 

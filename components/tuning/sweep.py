@@ -177,12 +177,12 @@ def run_sweep(base, *, space: dict[str, dict], options: SweepOptions, scaling: S
     # Tune saves its experiment state on a timer ("auto": seconds to minutes). A crash loses
     # what happened since; trials are tens of seconds each here, so save often (it is small).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    direct = scaling.num_workers == 1 and options.trial_path == "auto"
     monitor = SweepMonitor(name, usd_per_hour=options.usd_per_trial_hour, budget_usd=options.budget_usd,
-                           time_budget_s=options.time_budget_s, metric=options.metric)
+                           time_budget_s=options.time_budget_s, metric=options.metric, reap_train_groups=not direct)
     base = replace(base, epochs=options.max_epochs, patience=None)
     if options.trial_path not in ("auto", "train"):
         raise ValueError(f"SweepOptions.trial_path={options.trial_path!r}; choose auto or train")
-    direct = scaling.num_workers == 1 and options.trial_path == "auto"
     if direct:
         # Resolved (modality, shape, tokenizer) and read once here; every trial gets the rows
         # through the object store, as the Train path's workers do.
@@ -227,7 +227,8 @@ def run_sweep(base, *, space: dict[str, dict], options: SweepOptions, scaling: S
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
     grid = tuner.fit()
-    reap_after_sweep()
+    if not direct:  # only Train worker groups leave placement groups behind
+        reap_after_sweep()
     return SweepOutcome(grid=grid, monitor=monitor, resumed=resumed, experiment_path=experiment_path)
 
 
