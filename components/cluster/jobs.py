@@ -32,8 +32,8 @@ WORKING_DIR_EXCLUDES = ["/.git", "/.dvc/cache", "/.dvc/tmp", "/.venv", "/data", 
 REMOTE_ENV = "TRAINWISE_REMOTE_JOB"  # set inside a submitted job: the stage runs there, never re-submits
 # How Ray stops the job (read by the job's supervisor, which runs with the job's env_vars): SIGINT,
 # which a stage handles like Ctrl-C (MLflow run FAILED, Ray Train / Tune stopped, nothing
-# uploaded), instead of SIGTERM, which ends Python on the spot; SIGKILL after 15 s if it has not.
-STOP_ENV = {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": "15"}
+# uploaded), instead of SIGTERM, which ends Python on the spot; SIGKILL after 10 s if it has not.
+STOP_ENV = {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": "10"}
 
 
 class JobError(RuntimeError):

@@ -191,7 +191,7 @@ def pending_groups(job_id: str) -> list[dict]:
     return [r if isinstance(r, dict) else r.__dict__ for r in rows]
 
 
-def watch_placement(timeout_s: float, *, stop: Callable[[str], None], every_s: float = 2.0,
+def watch_placement(timeout_s: float, *, stop: Callable[[str], None], every_s: float = 5.0,
                     clock: Callable[[], float] = time.monotonic) -> threading.Thread:
     """Call ``stop(message)`` once a placement group of this Ray job has been pending for
     ``timeout_s`` (a daemon thread; returns it). Pending time is counted from when this watcher
