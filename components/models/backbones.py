@@ -116,6 +116,10 @@ class _LiteFeatures(nn.Module):
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
+        # The ImageNet classifier (_fc) stays loaded (its keys are part of the weights file) but is
+        # never used for features: no gradients, or DDP waits for them forever when fine-tuning.
+        for p in net._fc.parameters():
+            p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x).mean(dim=(2, 3))

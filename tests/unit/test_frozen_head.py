@@ -56,6 +56,10 @@ def test_frozen_classifier_head_only_learns_and_saved_model_takes_images():
     torch.manual_seed(0)
     m = build_classifier("efficientnet_lite0", True, n_classes=2, frozen=True)
     assert [n for n, p in m.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
+    tuned = build_classifier("efficientnet_lite0", True, n_classes=2, frozen=False)
+    trainable = [n for n, p in tuned.named_parameters() if p.requires_grad]
+    assert "backbone.features.net._conv_stem.weight" in trainable  # finetune trains the backbone ...
+    assert not any("_fc" in n for n in trainable)  # ... but not ImageNet's unused classifier (DDP would hang)
     m.train()
     assert not m.backbone.training  # frozen batch norm keeps ImageNet statistics
     images = torch.rand(2, 3, 40, 40)
