@@ -107,7 +107,7 @@ CASES = [
     Case("shard-missing", "baseline", lambda r: sorted((r / "data/audit").glob("*.parquet"))[0].unlink(),
          ["data/audit", "shards listed in the manifest are missing"]),
     Case("workers-beyond-cluster", "train", lambda r: _params(r, "train", num_workers=64),
-         ["train.num_workers=64", "needs 64 CPUs but the Ray cluster has"]),  # an error, not a hang
+         ["train.num_workers=64", "asks for 64 x {CPU: 1}", "nodes hold at most"]),  # an error, not a hang
     # -- models and checkpoints ------------------------------------------------------------
     Case("model-missing", "evaluate", _remove("models/model"), ["models/model/model.json", "run the train stage"]),
     Case("checkpoint-corrupt", "evaluate", _write("models/model/model.pt", b"\x80\x02garbage"),
