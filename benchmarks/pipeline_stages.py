@@ -1,11 +1,18 @@
-"""Wall time of the demo `dvc repro`, per stage, from a fresh copy of the repo.
+"""Wall time of the demo `dvc repro`, per stage, from a fresh copy of the repo: before and after.
 
-For each stage: wall time (from its cost meter: process start to outputs written), its share of
-the run, and for `train` / `tune` how much of the wall time was spent in training epochs, i.e.
-the ratio of stage wall time to compute: the price of starting Ray, workers and MLflow.
+"Before" is a commit checked out with ``git worktree add`` in a temporary directory (removed
+afterwards), by default the one before one-worker trials moved out of TorchTrainer (issue 15);
+"after" is the current checkout (its tracked and untracked files, as a fresh clone would hold
+them plus work in progress). Each is copied to a scratch project and reproduced from nothing
+with the same venv, one after the other, in one run of this script.
 
-    python -m benchmarks.pipeline_stages            # the demo params (as a user runs it)
-    python -m benchmarks.pipeline_stages --quick    # shrunk params, ~2 min
+For each stage: wall time (its cost meter: process start to outputs written) and the ratio
+after / before. For tune: trials, trial-epochs and Tune's overhead (the sweep's wall time
+against the time its trials spent in epochs, with as many trials at once as ran; reported by
+the stage since issue 15). Targets (2 cores): whole repro <= 90 s, tune <= 25 s for 8 trials,
+Tune overhead <= 15%.
+
+    python -m benchmarks.pipeline_stages [--before COMMIT] [--skip-before] [--quick]
 """
 
 from __future__ import annotations
@@ -13,80 +20,128 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
+import os
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-import psutil
 import yaml
 
-from benchmarks._project import REPO, scratch_project
 from benchmarks._results import write_results
 
+REPO = Path(__file__).resolve().parents[1]
+# The commit before "training loop: one body for Ray Train ranks and one-worker Tune trials".
+BEFORE = "7894280~1"
+OUTPUT_DIRS = {"data", "models", "metrics", "plots", "reports", "benchmarks"}
 QUICK = {"tune": {"num_samples": 3, "max_epochs": 2, "grace_period": 1}, "train": {"epochs": 3}}
+
+
+def _files(src: Path) -> list[str]:
+    return subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=src, capture_output=True,
+                          text=True, check=True).stdout.split()
+
+
+def scratch_copy(src: Path, params_update: dict | None) -> tuple[Path, dict]:
+    """A fresh project from ``src``'s sources (no pipeline outputs), a git repo of its own."""
+    root = Path(tempfile.mkdtemp(prefix="trainwise-stages-"))
+    for f in _files(src):
+        if (src / f).is_file() and (f.split("/")[0] not in OUTPUT_DIRS or f.startswith("data/raw/")) \
+                and f != "dvc.lock":
+            (root / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / f, root / f)
+    if params_update:
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        for section, values in params_update.items():
+            params[section].update(values)
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(root)
+    for args in (["git", "init", "-q"], ["git", "add", "-A"],
+                 ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"]):
+        subprocess.run(args, cwd=root, env=env, check=True, capture_output=True)
+    return root, env
+
+
+def repro(src: Path, params_update: dict | None) -> dict:
+    root, env = scratch_copy(src, params_update)
+    try:
+        t0 = time.perf_counter()
+        proc = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
+        total = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"dvc repro failed in {root}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        stages = [s for s in yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+                  if (root / "metrics" / f"{s}.json").exists()]
+        metrics = {s: json.loads((root / "metrics" / f"{s}.json").read_text()) for s in stages}
+        trials = list(csv.DictReader(open(root / "models/tune/trials.csv")))
+        tune = metrics.get("tune", {})
+        out = {"dvc_repro_wall_s": round(total, 1),
+               "stages": {s: round(m["cost/wall_s"], 2) for s, m in metrics.items() if "cost/wall_s" in m},
+               "test/acc": metrics.get("evaluate", {}).get("test/acc"),
+               "tune_trials": len(trials), "tune_trial_epochs": sum(int(t["epochs"]) for t in trials)}
+        if "tune/sweep_wall_s" in tune and tune.get("tune/trial_epochs_s"):
+            out["tune_sweep_wall_s"] = round(tune["tune/sweep_wall_s"], 2)
+            out["tune_trial_epochs_s"] = round(tune["tune/trial_epochs_s"], 2)
+            out["tune_concurrent"] = tune["tune/concurrent_trials"]
+            out["tune_overhead"] = round(tune["tune/sweep_wall_s"] * tune["tune/concurrent_trials"]
+                                         / tune["tune/trial_epochs_s"] - 1, 3)
+        return out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--before", default=BEFORE, help=f"commit to compare with (default {BEFORE})")
+    ap.add_argument("--skip-before", action="store_true", help="only the current code")
     ap.add_argument("--quick", action="store_true", help="shrunk params (3 trials, 3 epochs)")
-    ap.add_argument("--keep", action="store_true", help="keep the scratch project")
     args = ap.parse_args()
+    params = QUICK if args.quick else None
+    runs = {}
+    if not args.skip_before:
+        commit = subprocess.run(["git", "rev-parse", args.before], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        tree = Path(tempfile.mkdtemp(prefix="trainwise-before-")) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), commit], cwd=REPO, check=True)
+        try:
+            runs["before"] = {"commit": commit, **repro(tree, params)}
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=False)
+            shutil.rmtree(tree.parent, ignore_errors=True)
+    runs["after"] = repro(REPO, params)
 
-    root, env = scratch_project(QUICK if args.quick else None)
-    t0 = time.perf_counter()
-    proc = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
-    total = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"dvc repro failed in {root}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-
-    # Every stage of dvc.yaml, in its order, that reported its wall time (embed without a backbone
-    # writes its manifest in well under a second and may report none).
-    stages = list(yaml.safe_load((root / "dvc.yaml").read_text())["stages"])
-    metrics = {s: json.loads((root / "metrics" / f"{s}.json").read_text()) for s in stages
-               if (root / "metrics" / f"{s}.json").exists()}
-    STAGES = [s for s in stages if "cost/wall_s" in metrics.get(s, {})]
-    train_epochs_s = sum(float(r["epoch_s"]) for r in _history(root))
-    trials = list(csv.DictReader(open(root / "models/tune/trials.csv")))
-    rows = []
-    for s in STAGES:
-        wall = metrics[s]["cost/wall_s"]
-        rows.append({"stage": s, "wall_s": round(wall, 2), "share": round(wall / total, 3),
-                     "usd": metrics[s]["cost/usd"]})
-    result = {
-        "benchmark": "pipeline_stages", "quick": args.quick, "dvc_repro_wall_s": round(total, 1),
-        "stage_sum_s": round(sum(r["wall_s"] for r in rows), 1),
-        "dvc_overhead_s": round(total - sum(r["wall_s"] for r in rows), 1),
-        "test/acc": metrics["evaluate"]["test/acc"],
-        "train_epochs_s": train_epochs_s,
-        "train_wall_over_epochs": round(metrics["train"]["cost/wall_s"] / train_epochs_s, 1) if train_epochs_s else None,
-        "tune_trials": len(trials), "tune_trial_epochs": sum(int(t["epochs"]) for t in trials),
-        "tune_wall_per_trial_epoch_s": round(metrics["tune"]["cost/wall_s"] / max(1, sum(int(t["epochs"]) for t in trials)), 2),
-        "stages": rows,
-        "machine": {"cpus": psutil.cpu_count(), "python": platform.python_version()},
-    }
-    print(f"demo dvc repro{' (--quick)' if args.quick else ''}: {total:.1f}s wall, test/acc {result['test/acc']:.4f}")
-    print(f"{'stage':<10}{'wall s':>9}{'share':>8}{'usd':>12}")
-    for r in rows:
-        print(f"{r['stage']:<10}{r['wall_s']:>9.1f}{r['share']:>8.1%}{r['usd']:>12.6f}")
-    print(f"{'(rest)':<10}{result['dvc_overhead_s']:>9.1f}{result['dvc_overhead_s'] / total:>8.1%}"
-          "   dvc itself + each stage's interpreter start and imports")
-    if train_epochs_s:
-        print(f"train: {metrics['train']['cost/wall_s']:.1f}s stage wall / {train_epochs_s:.1f}s in epochs = "
-              f"{result['train_wall_over_epochs']}x (Ray start-up, worker group, MLflow model logging)")
-    print(f"tune: {result['tune_trials']} trials, {result['tune_trial_epochs']} trial-epochs, "
-          f"{result['tune_wall_per_trial_epoch_s']}s of stage wall per trial-epoch")
+    after, before = runs["after"], runs.get("before")
+    names = list(after["stages"]) + [s for s in (before or {}).get("stages", {}) if s not in after["stages"]]
+    print(f"demo dvc repro{' (--quick)' if args.quick else ''}, fresh copy, {os.cpu_count()} cores, shared machine")
+    print(f"{'stage':<10}{'before s':>10}{'after s':>10}{'after/before':>14}")
+    for s in names:
+        b, a = (before or {}).get("stages", {}).get(s), after["stages"].get(s)
+        ratio = f"{a / b:.2f}x" if a is not None and b else "-"
+        print(f"{s:<10}{b if b is not None else '-':>10}{a if a is not None else '-':>10}{ratio:>14}")
+    b_total = before["dvc_repro_wall_s"] if before else None
+    total_ratio = f"{after['dvc_repro_wall_s'] / b_total:.2f}x" if b_total else "-"
+    print(f"{'dvc repro':<10}{b_total if b_total else '-':>10}{after['dvc_repro_wall_s']:>10}{total_ratio:>14}")
+    tune_s = after["stages"].get("tune")
+    print(f"whole repro {after['dvc_repro_wall_s']:.0f}s (target <= 90 s): "
+          f"{'met' if after['dvc_repro_wall_s'] <= 90 else 'NOT met'}; tune {tune_s:.0f}s for "
+          f"{after['tune_trials']} trials, {after['tune_trial_epochs']} trial-epochs (target <= 25 s for 8): "
+          f"{'met' if tune_s <= 25 else 'NOT met'}")
+    if "tune_overhead" in after:
+        print(f"Tune overhead: sweep {after['tune_sweep_wall_s']:.1f}s x {after['tune_concurrent']} at once / "
+              f"{after['tune_trial_epochs_s']:.1f}s in epochs - 1 = {after['tune_overhead']:.1%} (target <= 15%): "
+              f"{'met' if after['tune_overhead'] <= 0.15 else 'NOT met'}")
+    print(f"test/acc before {before['test/acc'] if before else '-'}, after {after['test/acc']}")
     out = REPO / "benchmarks" / "results" / ("pipeline_stages_quick.json" if args.quick else "pipeline_stages.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_results(out, result)
+    write_results(out, {"benchmark": "pipeline_stages", "quick": args.quick, **runs,
+                        "repro_ratio": round(after["dvc_repro_wall_s"] / b_total, 3) if b_total else None,
+                        "tune_ratio": round(tune_s / before["stages"]["tune"], 3) if before else None,
+                        "note": "2 shared cores, other helpers' jobs running at the same time: absolute seconds "
+                                "are inflated; before and after ran one after the other in this run"})
     print(f"-> {out.relative_to(REPO)}")
-    if not args.keep:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _history(root):
-    with open(root / "plots" / "train_curve.csv") as f:
-        return list(csv.DictReader(f))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ again after a crash restores it instead of starting over.
 
 import hashlib
 import json
+import time
 from dataclasses import replace
 
 from components.data.contract import write_csv_atomic, write_json_atomic
@@ -116,8 +117,10 @@ def main() -> None:
                   options.max_concurrent_trials, tp.search_alg, tp.scheduler.upper(), tp.metric, sorted(space),
                   f"${tp.budget_usd:g}" if tp.budget_usd else "no $ limit",
                   f"{tp.time_budget_s:g}s" if tp.time_budget_s else "no time limit")
+        t_sweep = time.perf_counter()
         sweep = run_sweep(base, space=space, options=options, scaling=scaling,
                           storage_path=stage.storage(), name=name)
+        sweep_wall = time.perf_counter() - t_sweep
         monitor = sweep.monitor
         if sweep.resumed:
             stage.log("resumed sweep %s (%d trials were already done)", name,
@@ -169,6 +172,10 @@ def main() -> None:
                       "tune/budget_stopped_trials": by_budget, "tune/skipped_trials": never,
                       "tune/spent_usd": spent, "tune/budget_exhausted": int(monitor.exhausted_by is not None),
                       "tune/resumed": int(sweep.resumed),
+                      # Tune's overhead = sweep wall against the time trials spent in epochs (benchmarks/pipeline_stages.py)
+                      "tune/sweep_wall_s": sweep_wall,
+                      "tune/trial_epochs_s": sum(e.get("epoch_s", 0.0) for h in histories.values() for e in h),
+                      "tune/concurrent_trials": options.max_concurrent_trials,
                       f"tune/best/{tp.metric}": best_row[key], "tune/best/val/acc": best_row["val/acc"]},
                      artifacts=[out / "trials.csv", out / "best_params.json", *artifacts])
 

@@ -221,3 +221,30 @@ def test_both_trial_paths_and_the_final_model_layout_report_the_same_metrics(pat
     for a, b in zip(direct, final):
         for k in keys:
             assert a[k] == pytest.approx(b[k], abs=0.02 if "loss" in k else 0.01), (k, a, b)
+
+
+def test_optuna_tpe_takes_over_from_random_after_its_startup_trials(patient_ray, ray_session, digits_split,
+                                                                   tmp_path):
+    """search_alg optuna runs Optuna's TPE: its first `optuna_startup_trials` configs are the
+    seeded random ones (the same as random search with that seed), the rest are TPE's own."""
+    from components.training.data import input_shape
+    from components.training.driver import Scaling
+    from components.training.loop import LoopConfig
+    from components.tuning.sweep import SweepOptions, run_sweep
+
+    base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
+    space = {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
+             "dropout": {"type": "uniform", "low": 0.0, "high": 0.5}}
+
+    def configs(alg: str) -> list[tuple]:
+        options = SweepOptions(num_samples=5, max_concurrent_trials=1, max_epochs=1, scheduler="fifo",
+                               search_alg=alg, optuna_startup_trials=2, seed=4)
+        grid = run_sweep(base, space=space, options=options, scaling=Scaling(num_workers=1),
+                         storage_path=str(tmp_path), name=f"search-{alg}").grid
+        assert not grid.errors and len(grid) == 5
+        return {(round(r.config["lr"], 12), round(r.config["dropout"], 12)) for r in grid}
+
+    tpe, random = configs("optuna"), configs("random")
+    # (trial ids are random, so compared as sets) startup: TPE's first 2 are the seeded random
+    # ones, the same as random search's first 2; then its own model proposes the other 3
+    assert len(tpe) == 5 and len(tpe & random) == 2, (tpe, random)
