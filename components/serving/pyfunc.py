@@ -109,6 +109,9 @@ def log_classifier(state_dict: dict, spec: dict, *, name: str = "model", registe
 
     reqs = pip_requirements or [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
                                 "pillow", "numpy", "pandas"]
+    if not pip_requirements and str(spec.get("model", "")).startswith("backbone:"):
+        # a train.backbone model: its architecture's package (the weights travel in the state dict)
+        reqs.append("efficientnet-lite-pytorch" if spec["model"] == "backbone:efficientnet_lite0" else "timm")
     with tempfile.TemporaryDirectory(prefix="trainwise-pyfunc-") as tmp:
         model_dir = save_model(Path(tmp) / "model", state_dict, spec)
         return mlflow.pyfunc.log_model(
