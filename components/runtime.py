@@ -84,15 +84,15 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, verbose
             ray.init(address=address, **kwargs)
         else:
             ray.init(num_cpus=num_cpus, **kwargs)
-    if schedule_timeout_s and not _placement_watched.is_set():
+    job = ray.get_runtime_context().get_job_id()
+    if schedule_timeout_s and _placement_watch.get(job) is None:
         from components.cluster.placement import watch_placement
 
-        _placement_watched.set()
-        watch_placement(schedule_timeout_s, stop=stop_stage)
+        _placement_watch[job] = watch_placement(schedule_timeout_s, stop=stop_stage)
     return ray.cluster_resources()
 
 
-_placement_watched = threading.Event()  # one watcher per process, however often init_ray is called
+_placement_watch: dict = {}  # Ray job id -> its watcher: one per job, however often init_ray is called
 _stop_reason: list[str] = []  # set once by stop_stage
 
 

@@ -208,7 +208,8 @@ def watch_placement(timeout_s: float, *, stop: Callable[[str], None], every_s: f
     first_seen: dict[str, float] = {}
 
     def watch() -> None:
-        while ray.is_initialized():
+        # ends with the Ray session it watches (a later ray.init in this process is another job)
+        while ray.is_initialized() and ray.get_runtime_context().get_job_id() == job_id:
             try:
                 pending = pending_groups(job_id)
             except Exception as err:  # noqa: BLE001 - a state-API hiccup is not a reason to stop
