@@ -90,6 +90,18 @@ def _metrics(root: Path, stage: str) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
+def _stage_times(root: Path) -> dict:
+    """Per stage: wall seconds and CPU seconds actually used (the meter's process-tree CPU time).
+    On a shared machine wall time mostly measures the neighbours; CPU seconds used do not."""
+    out = {}
+    for p in sorted((root / "metrics").glob("*.json")):
+        m = json.loads(p.read_text())
+        if "cost/wall_s" in m:
+            out[p.stem] = {"wall_s": round(m["cost/wall_s"], 1),
+                           "cpu_s_used": round(m.get("cost/cpu_hours_used", 0.0) * 3600, 1)}
+    return out
+
+
 def _usd(root: Path) -> float:
     return round(sum(v.get("cost/usd", 0.0) for v in (json.loads(p.read_text()) for p in (root / "metrics").glob("*.json"))), 6)
 
@@ -179,6 +191,7 @@ def main() -> None:
     root, env, wall = _project_run(PHOTO, a.data, a.photo_root)
     ev, bl, tr, au = (_metrics(root, s) for s in ("evaluate", "baseline", "train", "audit"))
     embed = _metrics(root, "embed")
+    photo_times = _stage_times(root)  # before the fine-tune run below rewrites train / evaluate
     result["photo_settings"] = {"dvc_repro_s": round(wall, 1), "usd": _usd(root), "evaluate": ev, "baseline": bl,
                                 "embed": embed, "audit": au, "train": tr}
     rows.append(_row("frozen efficientnet_lite0 + head (whole dvc repro, tune on)", ev.get("test/acc"), wall,
@@ -225,7 +238,13 @@ def main() -> None:
 
     audit = {"with_embeddings": {k: v for k, v in au.items() if k.startswith("audit/")},
              "pixels_only": {k: v for k, v in au3.items() if k.startswith("audit/")}}
-    result.update(rows=rows, audit=audit, load_avg_at_end=os.getloadavg())
+    times = {"photo_settings": photo_times, "scratch": _stage_times(root3)}
+    result.update(rows=rows, audit=audit, stage_times=times, load_avg_at_end=os.getloadavg())
+    for name, t in times.items():
+        cpu = sum(v["cpu_s_used"] for v in t.values())
+        print(f"{name}: stages {sum(v['wall_s'] for v in t.values()):.0f}s wall, {cpu:.0f} CPU-s used "
+              f"(<= {cpu / 2:.0f}s + start-up on 2 idle cores): "
+              + ", ".join(f"{k} {v['wall_s']:.0f}s/{v['cpu_s_used']:.0f}cpu-s" for k, v in t.items()))
     print(f"{'setup':<72}{'test/acc':>9}{'wall s':>9}{'usd':>11}")
     for r in rows:
         acc = "-" if r["test/acc"] is None else f"{r['test/acc']:.4f}"
