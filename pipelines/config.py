@@ -105,10 +105,12 @@ class LabelIssueParams(_Section):
     min_lift: float = Field(
         0.5, ge=0, le=1, description="the auditor may act only if the lower 95% bound of its out-of-fold accuracy "
                                      "closes this share of the gap from the majority-class rate to 1 (0: off)")
+    min_excess: float = Field(
+        2.0, ge=0, description="... and if its train suspects are at least this many times what its own error "
+                               "rate (its disagreement rate on the rows it does not suspect) explains (0: off)")
     min_precision: float = Field(
         0.8, ge=0, le=1, description="... and if, by its own probabilities, at least this share of its train "
-                                     "suspects are wrongly labelled (fewer: the suspects are more than its own "
-                                     "error rate explains; 0: off). Otherwise the audit only flags")
+                                     "suspects are wrongly labelled (0: off). Otherwise the audit only flags")
     ray_min_rows: int = Field(
         50_000, ge=0, description="from this many rows on, the folds run as Ray tasks; below, one after another "
                                   "in the stage's process (no Ray start-up)")

@@ -214,7 +214,7 @@ def audit_dataset(batches: Iterable[pa.RecordBatch], rewind, writer: DatasetWrit
         else:
             del x
             decisions = decide(labels, proba, train=train, policy=li.policy, max_fraction=li.max_fraction,
-                               min_lift=li.min_lift, min_precision=li.min_precision)
+                               min_lift=li.min_lift, min_excess=li.min_excess, min_precision=li.min_precision)
             suspects = suspects_table(decisions, ids=rows.ids, sources=rows.sources, labels=labels, splits=splits,
                                       classes=classes, top=li.top_suspects)
             j = decisions.judgement

@@ -10,7 +10,8 @@
 2. cleanlab's ``find_label_issues`` on those probabilities (``prune_by_noise_rate``: estimate
    the noise matrix, then remove that many off-diagonal rows, least self-confident first).
 3. The auditor is judged before it may act (:func:`judge_auditor`): is it clearly better than
-   predicting the majority class, and does its own uncertainty leave the suspects plausible?
+   predicting the majority class, are its suspects clearly more than its own error rate explains,
+   and do its own probabilities expect them to be mislabelled?
 4. The policy, on **train rows only**: ``drop`` (set aside), ``relabel`` (to the out-of-fold
    prediction; the given label stays in ``given_label``) or ``flag`` (nothing changes), touching
    at most ``max_fraction`` of the train rows, the least self-confident first. Suspects in val and
@@ -48,6 +49,7 @@ class LabelIssueOptions:
     top_suspects: int
     seed: int
     min_lift: float
+    min_excess: float
     min_precision: float
     ray_min_rows: int
     max_features: int
@@ -63,6 +65,8 @@ class LabelIssueOptions:
             raise ValueError(f"label-issue max_fraction must be in [0, 1], got {self.max_fraction}")
         if self.workers < 1:
             raise ValueError(f"label-issue workers must be >= 1, got {self.workers}")
+        if self.min_excess < 0:
+            raise ValueError(f"label-issue min_excess must be >= 0, got {self.min_excess}")
         if not 0 <= self.min_lift <= 1 or not 0 <= self.min_precision <= 1:
             raise ValueError(f"label-issue min_lift / min_precision must be in [0, 1], got "
                              f"{self.min_lift} / {self.min_precision}")
@@ -201,16 +205,19 @@ class Judgement:
     oof_acc: float            # out-of-fold accuracy against the given train labels
     majority_rate: float      # accuracy of always predicting the most common train class
     lift: float               # (lower 95% bound of oof_acc - majority) / (1 - majority)
+    own_error_rate: float     # its disagreement rate on the train rows it does not suspect
+    explained: float          # suspects its own errors alone would give: own_error_rate x train rows
     expected_precision: float  # 1 - mean probability the auditor gives the suspects' given labels
 
     def metrics(self) -> dict[str, float]:
         return {"oof_acc": round(self.oof_acc, 4), "majority_rate": round(self.majority_rate, 4),
-                "lift": round(self.lift, 4), "expected_precision": round(self.expected_precision, 4),
+                "lift": round(self.lift, 4), "own_error_rate": round(self.own_error_rate, 4),
+                "explained": round(self.explained, 1), "expected_precision": round(self.expected_precision, 4),
                 "trusted": int(self.trusted)}
 
 
 def judge_auditor(labels: np.ndarray, proba: np.ndarray, suspects: np.ndarray, *, min_lift: float,
-                  min_precision: float) -> Judgement:
+                  min_excess: float, min_precision: float) -> Judgement:
     """Judge the auditor on the rows it was cross-validated on, before it may change any of them.
 
     - *Better than chance*: the lower 95% (Wilson) bound of its out-of-fold accuracy must close at
@@ -220,6 +227,13 @@ def judge_auditor(labels: np.ndarray, proba: np.ndarray, suspects: np.ndarray, *
       label is right after all; their mean is the share of suspects its own errors explain, so
       ``1 - mean`` is the precision it can expect when acting. Below ``min_precision`` the
       suspects are more than its error rate lets it tell apart from its own mistakes.
+    - *More suspects than its own errors explain*: on the train rows it does not suspect, the
+      auditor still disagrees with some labels: its own error rate. At that rate its mistakes
+      alone would give ``explained = rate x rows`` disagreements; the suspects must be at least
+      ``min_excess`` times that. This is the check that catches a decent auditor that errs
+      confidently: on 2,000 correctly labelled face photos (2 classes), a pixel SVC at 91% out of
+      fold found 45 suspects, all correctly labelled on inspection, where its 5.5% error rate
+      explains 76 (ratio 0.6); digits with 10-30% of labels flipped give ratios of 2.9-5.3.
     """
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
@@ -229,18 +243,29 @@ def judge_auditor(labels: np.ndarray, proba: np.ndarray, suspects: np.ndarray, *
     lift = (wilson_lower(correct, n) - majority) / (1 - majority) if majority < 1 else 0.0
     given_prob = proba[suspects, labels[suspects]] if len(suspects) else np.zeros(0)
     precision = float(1 - given_prob.mean()) if len(suspects) else 1.0
+    accepted = np.ones(n, bool)
+    accepted[suspects] = False
+    own = float((proba.argmax(1) != labels)[accepted].mean()) if accepted.any() else 0.0
+    explained = own * n
+    args = (acc, majority, lift, own, explained, precision)
     if lift < min_lift:
         reason = (f"auditor not clearly better than chance: out-of-fold accuracy {acc:.3f} vs majority-class "
                   f"rate {majority:.3f} (lift {lift:.2f} < min_lift {min_lift:g}); suspects only flagged")
-        return Judgement(False, reason, acc, majority, lift, precision)
+        return Judgement(False, reason, *args)
+    if len(suspects) and len(suspects) < min_excess * explained:
+        reason = (f"suspects no more than the auditor's own errors explain: it disagrees with {own:.1%} of the "
+                  f"train labels it does not suspect, which alone gives ~{explained:.0f} of {n} rows; it found "
+                  f"{len(suspects)} (< min_excess {min_excess:g} x {explained:.0f}); suspects only flagged")
+        return Judgement(False, reason, *args)
     if precision < min_precision:
         reason = (f"suspects implausibly many for this auditor: its own probabilities expect "
                   f"{1 - precision:.0%} of the {len(suspects)} suspects to carry the right label (expected "
                   f"precision {precision:.2f} < min_precision {min_precision:g}); suspects only flagged")
-        return Judgement(False, reason, acc, majority, lift, precision)
-    reason = (f"auditor trusted: out-of-fold accuracy {acc:.3f} vs majority {majority:.3f} (lift {lift:.2f}), "
-              f"expected precision of its {len(suspects)} suspects {precision:.2f}")
-    return Judgement(True, reason, acc, majority, lift, precision)
+        return Judgement(False, reason, *args)
+    reason = (f"auditor trusted: out-of-fold accuracy {acc:.3f} vs majority {majority:.3f} (lift {lift:.2f}); "
+              f"{len(suspects)} train suspects vs ~{explained:.0f} its own {own:.1%} error rate explains; "
+              f"expected precision {precision:.2f}")
+    return Judgement(True, reason, *args)
 
 
 @dataclass
@@ -270,7 +295,7 @@ class LabelDecisions:
 
 
 def decide(labels: np.ndarray, proba: np.ndarray, *, train: np.ndarray, policy: str, max_fraction: float,
-           min_lift: float, min_precision: float) -> LabelDecisions:
+           min_lift: float, min_excess: float, min_precision: float) -> LabelDecisions:
     """Find suspects among all rows; judge the auditor on the train rows; act on train rows only."""
     labels = np.asarray(labels, dtype=np.int64)
     train = np.asarray(train, bool)
@@ -280,7 +305,7 @@ def decide(labels: np.ndarray, proba: np.ndarray, *, train: np.ndarray, policy: 
     pos = np.full(len(labels), -1)
     pos[tr_idx] = np.arange(len(tr_idx))
     judgement = judge_auditor(labels[tr_idx], proba[tr_idx], pos[found_train], min_lift=min_lift,
-                              min_precision=min_precision)
+                              min_excess=min_excess, min_precision=min_precision)
     cap = int(np.floor(max_fraction * len(tr_idx)))
     may_act = policy != "flag" and judgement.trusted
     acted = found_train[:cap] if may_act else np.empty(0, dtype=np.int64)

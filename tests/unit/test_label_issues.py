@@ -53,17 +53,17 @@ def test_decide_acts_on_train_rows_only_ranks_and_caps():
     train = np.arange(200) % 5 < 3  # 120 train rows, 80 val/test
     wrong = rng.choice(200, 40, replace=False)
     proba = _confident(labels, wrong)
-    d = decide(labels, proba, train=train, policy="drop", max_fraction=1.0, min_lift=0.5, min_precision=0.8)
+    d = decide(labels, proba, train=train, policy="drop", max_fraction=1.0, min_lift=0.5, min_excess=2.0, min_precision=0.8)
     assert set(d.found.tolist()) == set(wrong.tolist())  # suspects in every split are found...
     assert set(d.acted.tolist()) == set(wrong[train[wrong]].tolist())  # ...only train ones acted on
     assert d.applied and d.judgement.trusted
-    capped = decide(labels, proba, train=train, policy="relabel", max_fraction=0.1, min_lift=0.5, min_precision=0.8)
+    capped = decide(labels, proba, train=train, policy="relabel", max_fraction=0.1, min_lift=0.5, min_excess=2.0, min_precision=0.8)
     n_train_wrong = int(train[wrong].sum())
     assert len(capped.acted) == 12 and capped.over_cap == n_train_wrong - 12  # 10% of the 120 train rows
     assert capped.counts() == {"found": 40, "flagged": 40, "acted": 1, "touched": 12,
                                "over_cap": n_train_wrong - 12, "relabeled": 12}
     assert (capped.predicted[wrong] == (labels[wrong] + 1) % 4).all()
-    flag = decide(labels, proba, train=train, policy="flag", max_fraction=1.0, min_lift=0.5, min_precision=0.8)
+    flag = decide(labels, proba, train=train, policy="flag", max_fraction=1.0, min_lift=0.5, min_excess=2.0, min_precision=0.8)
     assert len(flag.acted) == 0 and not flag.applied and flag.counts()["acted"] == 0
 
 
@@ -77,12 +77,12 @@ def test_a_weak_auditor_only_flags_and_says_why():
     proba[np.arange(1000), pred] = rng.uniform(0.55, 0.75, 1000)
     proba[np.arange(1000), 1 - pred] = 1 - proba[np.arange(1000), pred]
     d = decide(labels, proba, train=np.ones(1000, bool), policy="drop", max_fraction=0.3, min_lift=0.5,
-               min_precision=0.8)
+               min_excess=2.0, min_precision=0.8)
     assert len(d.found) > 100 and len(d.acted) == 0 and not d.applied  # found many, touched none
     assert "not clearly better than chance" in d.judgement.reason and d.judgement.lift < 0.2
     # the same suspects with thresholds off: the policy would have dropped them (what the judgement prevents)
     loose = decide(labels, proba, train=np.ones(1000, bool), policy="drop", max_fraction=0.3, min_lift=0.0,
-                   min_precision=0.0)
+                   min_excess=0.0, min_precision=0.0)
     assert len(loose.acted) > 100
 
 
@@ -92,9 +92,9 @@ def test_suspects_the_auditors_own_errors_explain_are_not_acted_on():
     proba = _confident(labels, np.array([], int), n_classes=2)
     proba[wrong] = 0.45
     proba[wrong, 1 - labels[wrong]] = 0.55
-    j = judge_auditor(labels, proba, wrong, min_lift=0.5, min_precision=0.8)
+    j = judge_auditor(labels, proba, wrong, min_lift=0.5, min_excess=2.0, min_precision=0.8)
     assert not j.trusted and "implausibly many" in j.reason and j.expected_precision == pytest.approx(0.55)
-    assert judge_auditor(labels, _confident(labels, wrong, 2), wrong, min_lift=0.5, min_precision=0.8).trusted
+    assert judge_auditor(labels, _confident(labels, wrong, 2), wrong, min_lift=0.5, min_excess=2.0, min_precision=0.8).trusted
 
 
 def test_detection_scores():
@@ -260,6 +260,39 @@ def test_a_weak_auditor_on_correct_labels_acts_on_at_most_one_percent(tmp_path):
     assert m["rows"] == n and changed <= 0.01 * n
     assert st["metrics"]["audit/label_issues/acted"] == 0 and st["metrics"]["audit/label_issues/found"] > 0
     assert "not clearly better than chance" in st["decision"] and "only flagged" in m["label_issues"]["decision"]
+
+
+def _features_split(tmp_path, x, labels, name):
+    from components.data.splitting import assign_splits
+
+    n, f = x.shape
+    ids = [f"{name}-{i}" for i in range(n)]
+    table = pa.table({"id": ids, "label": labels, "features": pa.FixedSizeListArray.from_arrays(
+        pa.array(x.reshape(-1)), f), "source": ids,
+        "split": assign_splits(ids, fractions={"train": 0.7, "val": 0.15, "test": 0.15}, seed=0)})
+    with DatasetWriter(tmp_path / name, classes=["a", "b"], metadata={"feature_names": [f"f{i}" for i in range(f)]}) as w:
+        w.write(table)
+        w.close(rows_in=n, set_aside=SetAside())
+    return tmp_path / name
+
+
+def test_a_decent_auditor_on_correct_labels_whose_suspects_its_own_errors_explain_only_flags(tmp_path):
+    """Two overlapping classes, labels correct: a ~91% auditor, clearly better than chance and sure of
+    its suspects (like the pixel SVC on 2,000 correctly labelled face photos), but it finds fewer
+    suspects than its own error rate explains. Without that check it would drop them."""
+    rng = np.random.default_rng(1)
+    n = 2000
+    labels = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, 10)).astype(np.float32)
+    x[:, :2] += (2 * labels[:, None] - 1).astype(np.float32)
+    split = _features_split(tmp_path, x, labels, "blobs")
+    st, m, t = _audit(split, tmp_path / "audit")  # the defaults
+    j = m["label_issues"]
+    assert j["lift"] >= 0.5 and j["expected_precision"] >= 0.8  # it passes the other two checks...
+    assert st["metrics"]["audit/label_issues/acted"] == 0 and m["rows"] == n and j["found_train"] > 0
+    assert "no more than the auditor's own errors explain" in st["decision"]
+    st, m, t = _audit(split, tmp_path / "loose", min_excess=0.0)
+    assert m["label_issues"]["dropped"] > 0.01 * n  # ...and without it, it would have dropped good rows
 
 
 def test_out_of_fold_without_ray_below_the_threshold():
