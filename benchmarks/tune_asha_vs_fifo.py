@@ -47,13 +47,14 @@ SPACE = {"lr": {"type": "loguniform", "low": 1e-4, "high": 3e-2},
          "dropout": {"type": "uniform", "low": 0.0, "high": 0.5}}
 
 
-def sweep(base: LoopConfig, storage: Path, *, scheduler: str, search: str, args, seed: int) -> dict:
+def sweep(base: LoopConfig, storage: Path, *, scheduler: str, search: str, args, seed: int,
+          grace: int = 1, rf: float = 2.0) -> dict:
     options = SweepOptions(num_samples=args.trials, max_concurrent_trials=1, scheduler=scheduler, search_alg=search,
-                           optuna_startup_trials=args.startup, max_epochs=args.epochs, grace_period=args.grace,
-                           reduction_factor=args.reduction_factor, seed=seed, resume=False)
+                           optuna_startup_trials=args.startup, max_epochs=args.epochs, grace_period=grace,
+                           reduction_factor=rf, seed=seed, resume=False)
     t0 = time.perf_counter()
     out = run_sweep(base, space=SPACE, options=options, scaling=Scaling(num_workers=1), storage_path=str(storage),
-                    name=f"bench-{scheduler}-{search}-{seed}")
+                    name=f"bench-{scheduler}-{search}-{seed}-g{grace}-r{rf:g}")
     wall = time.perf_counter() - t0
     hist = trial_histories(out.grid)
     configs = {os.path.basename(r.path): {k: r.config[k] for k in SPACE} for r in out.grid}
@@ -119,22 +120,30 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--model", default="mlp", help="mlp keeps 3 x 3 sweeps of 32 trials to minutes on 2 cores")
-    ap.add_argument("--grace", type=int, default=2, help="ASHA grace period (params.yaml tune default: 2)")
-    ap.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA reduction factor (default: 2)")
+    ap.add_argument("--asha", nargs="+", default=["1:3", "2:2"],
+                    help="ASHA settings grace:reduction_factor; the first is `asha` (random 2x and TPE use it), "
+                         "the others are extra arms asha_g<grace>_r<rf>")
     ap.add_argument("--startup", type=int, default=8, help="TPE: random trials before it models")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     init_ray(num_cpus=2, train_poll_s=0.25)
-    per_seed, arms = [], ("asha", "fifo", "random_2x", "tpe_asha")
+    settings = [(int(g), float(r)) for g, r in (a.split(":") for a in args.asha)]
+    grace, rf = settings[0]
+    extra = {f"asha_g{g}_r{r:g}": (g, r) for g, r in settings[1:]}
+    per_seed, arms = [], ("asha", *extra, "fifo", "random_2x", "tpe_asha")
     with tempfile.TemporaryDirectory() as tmp:
         split = write_digits_split(Path(tmp) / "data")
         n_val = read_split(str(split), "val").num_rows
         for seed in args.seeds:
             base = LoopConfig(data_dir=str(split), n_classes=10, input_shape=input_shape(split), model=args.model,
                               seed=seed, patience=None, epochs=args.epochs)
-            asha = sweep(base, Path(tmp) / "ray", scheduler="asha", search="random", args=args, seed=seed)
+            asha = sweep(base, Path(tmp) / "ray", scheduler="asha", search="random", args=args, seed=seed,
+                         grace=grace, rf=rf)
+            more = {a: sweep(base, Path(tmp) / "ray", scheduler="asha", search="random", args=args, seed=seed,
+                             grace=g, rf=r) for a, (g, r) in extra.items()}
             fifo = sweep(base, Path(tmp) / "ray", scheduler="fifo", search="random", args=args, seed=seed)
-            tpe = sweep(base, Path(tmp) / "ray", scheduler="asha", search="optuna", args=args, seed=seed)
+            tpe = sweep(base, Path(tmp) / "ray", scheduler="asha", search="optuna", args=args, seed=seed,
+                        grace=grace, rf=rf)
             key = lambda c: tuple(round(c[k], 12) for k in sorted(SPACE))  # noqa: E731
             same = sorted(map(key, asha["configs"].values())) == sorted(map(key, fifo["configs"].values()))
             row = {"seed": seed, "same_configs_asha_fifo": same,
@@ -142,6 +151,7 @@ def main() -> None:
                    "asha": summary(asha["hist"], asha["configs"], list(asha["hist"])),
                    "fifo": summary(fifo["hist"], fifo["configs"], list(fifo["hist"])),
                    "tpe_asha": summary(tpe["hist"], tpe["configs"], list(tpe["hist"])),
+                   **{a: summary(m["hist"], m["configs"], list(m["hist"])) for a, m in more.items()},
                    "wall_s": {"asha": round(asha["wall_s"], 1), "fifo": round(fifo["wall_s"], 1),
                               "tpe_asha": round(tpe["wall_s"], 1)}}
             n2x = min(len(fifo["order"]), max(1, 2 * row["asha"]["trial_epochs"] // args.epochs))
@@ -163,7 +173,7 @@ def main() -> None:
     table = {a: {k: stat(a, k) for k in ("trial_epochs", "best_val_acc", "winner_test_acc")} for a in arms}
     fifo_ep = table["fifo"]["trial_epochs"][0]
     print(f"\ndigits, {args.model}, {args.trials} trials x <= {args.epochs} epochs, 1 at a time, seeds {args.seeds}; "
-          f"ASHA grace {args.grace}, reduction factor {args.reduction_factor:g}; {n_val} val examples "
+          f"asha: grace {grace}, reduction factor {rf:g}; {n_val} val examples "
           f"(1 example = {100 / n_val:.2f} points); shared 2-core machine")
     print(f"{'arm':<11}{'trial-epochs':>14}{'x FIFO':>8}{'best val/acc':>20}{'winner test/acc':>20}")
     for a in arms:
@@ -180,8 +190,9 @@ def main() -> None:
           f"same sampled configs in ASHA and FIFO for every seed: {all(r['same_configs_asha_fifo'] for r in per_seed)}")
     out = REPO / "benchmarks" / "results" / "tune_asha_vs_fifo.json"
     write_results(out, {"benchmark": "tune_asha_vs_fifo", "model": args.model, "trials": args.trials,
-                        "epochs": args.epochs, "seeds": args.seeds, "concurrent": 1, "grace_period": args.grace,
-                        "reduction_factor": args.reduction_factor, "optuna_startup_trials": args.startup,
+                        "epochs": args.epochs, "seeds": args.seeds, "concurrent": 1, "grace_period": grace,
+                        "reduction_factor": rf, "extra_asha_arms": {a: list(v) for a, v in extra.items()},
+                        "optuna_startup_trials": args.startup,
                         "val_examples": n_val, "summary": table, "per_seed": per_seed,
                         "trial_epochs_ratio": round(ratio, 3), "best_val_acc_gap_points": round(gap, 2),
                         "tpe_minus_random_asha_points": round(tpe_gap, 2),
