@@ -172,3 +172,19 @@ def test_loop_config_refuses_keys_it_would_drop():
         build_loop_config({}, tuned={"nonsense": 1}, data_dir="d", n_classes=3, input_shape=(4,))
     with pytest.raises(ValueError, match="train.brand_new_knob is neither"):
         build_loop_config({"brand_new_knob": 1}, data_dir="d", n_classes=3, input_shape=(4,))
+
+
+def test_the_tune_stage_reruns_when_any_train_key_a_trial_starts_from_changes():
+    """Trials start from build_loop_config(train.*): dvc.yaml must list every loop key of train
+    for the tune stage (but those the sweep sets itself), or a changed knob leaves a stale sweep."""
+    import yaml
+
+    from components.training.loop_config import LOOP_KEYS
+    from pipelines.config import TrainParams
+    from tests.conftest import REPO
+
+    listed = [p.split("#")[0].strip() if isinstance(p, str) else p
+              for p in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["tune"]["params"]]
+    set_by_sweep = {"epochs", "patience", "use_gpu"}  # tune.max_epochs, no patience, tune.use_gpu
+    needed = {f"train.{k}" for k in set(TrainParams.model_fields) & LOOP_KEYS} - {f"train.{k}" for k in set_by_sweep}
+    assert "train" in listed or needed <= set(listed), sorted(needed - set(listed))
