@@ -1,9 +1,12 @@
-"""Tune sweeps on digits with real Ray Train trials (tiny: mlp, 2 epochs, a few trials).
+"""Tune sweeps on digits with real Ray Tune trials (tiny: mlp, 2 epochs, a few trials).
 
+One worker per trial, so these run on the direct path (the loop in the Tune trial actor):
 - the budget: once spent, the running trial ends at its next report and no new trial starts;
 - the `tune` stage killed mid-sweep (SIGKILL, as a crash) and run again resumes the sweep:
   trials that had finished are not run again; ASHA stopped a weak trial before max_epochs;
-  every trial is an MLflow child run of the stage run; the outputs are written.
+  every trial is an MLflow child run of the stage run; the outputs are written;
+- the direct path and the TorchTrainer path report the same metrics (and match the final
+  model's 2-rank layout); Optuna TPE takes over from random sampling after its startup trials.
 """
 
 import csv
