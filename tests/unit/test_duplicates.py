@@ -205,3 +205,42 @@ def test_split_reads_the_near_pairs_clean_found_and_reports_pairs_across_splits(
     proc = subprocess.run([sys.executable, "-m", "pipelines.split"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode != 0 and "near_pairs.parquet" in proc.stderr and "dvc repro clean" in proc.stderr
+
+
+def test_index_memory_does_not_grow_with_rows_squared():
+    """The brute force held 2048 x N float32 distance blocks (164 MB at 20k rows, 8 GB at 1M); the
+    index holds 36 numbers a row and bounded query / check blocks. Traced allocations (numpy,
+    scikit-learn) while it indexes and searches 20k rows stay a few times the 36-number copy."""
+    import tracemalloc
+
+    from scipy.fft import idctn
+
+    rng = np.random.default_rng(0)
+    n = 20_000
+    # embeddings with a photo-like spectrum (energy falling with frequency), made fast: random DCT
+    # coefficients scaled by 1/(1 + fx + fy)^2, back to 16x16 pixels, mean removed, unit length
+    f = np.arange(16)
+    coef = rng.normal(size=(n, 16, 16)) / (1.0 + f[:, None] + f[None, :]) ** 2
+    coef[:, 0, 0] = 0
+    vecs = idctn(coef, axes=(1, 2), norm="ortho").reshape(n, 256).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    vecs[n // 2:n // 2 + 100] = vecs[:100] + 0.001        # 100 planted near copies
+    del coef
+    import sklearn.neighbors  # noqa: F401  (imported by pairs(); its import is not the search's memory)
+
+    tracing = tracemalloc.is_tracing()   # pytest may trace already: measure from here, not from its start
+    if not tracing:
+        tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        with NearDuplicateIndex(radius=0.05) as index:
+            for start in range(0, n, 4096):
+                index.add(vecs[start:start + 4096])
+            pairs, _ = index.pairs()
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        if not tracing:
+            tracemalloc.stop()
+    assert {tuple(p) for p in pairs.tolist()} >= {(k, n // 2 + k) for k in range(100)}
+    assert peak < 40 * 2**20, f"{peak / 2**20:.0f} MiB traced"   # 36 floats x 20k rows = 2.9 MB (+ tree, blocks)
