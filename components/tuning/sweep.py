@@ -192,9 +192,6 @@ def run_sweep(base, *, space: dict[str, dict], options: SweepOptions, scaling: S
             tune.with_parameters(_direct_trial, base=base, refs=refs, datasets=datasets, metric=options.metric,
                                  mode=options.mode),
             {"cpu": scaling.cpus_per_worker, **({"gpu": scaling.gpus_per_worker} if scaling.use_gpu else {})})
-        # Tune asks the searcher for one trial at a time until one is pending: let as many wait
-        # as may run, so a free CPU finds a trial ready (see docs/tuning.md, "Knobs").
-        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(options.max_concurrent_trials))
     else:
         trainable = tune.with_resources(
             tune.with_parameters(_trial, base=base, scaling=scaling, storage_path=f"{storage_path}/{name}-trials",
@@ -217,8 +214,8 @@ def run_sweep(base, *, space: dict[str, dict], options: SweepOptions, scaling: S
                 scheduler=_scheduler(options),
                 trial_dirname_creator=_trial_id,
                 trial_name_creator=_trial_id,
-                # a finished trial's actor (torch imported, data decoded once per process) runs
-                # the next trial: measured in docs/tuning.md
+                # a finished trial's actor (process up, torch imported) runs the next trial
+                # (benchmarks/tune_knobs.py)
                 reuse_actors=direct,
             ),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
@@ -226,7 +223,18 @@ def run_sweep(base, *, space: dict[str, dict], options: SweepOptions, scaling: S
                                       # the direct path's checkpoints are Tune's: the latest is all a resume needs
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
-    grid = tuner.fit()
+    # Tune asks our searcher for one trial at a time until one is pending ("auto" for a custom
+    # searcher): let as many wait as may run, so a free CPU finds its next trial ready
+    # (docs/tuning.md, "Knobs"). Read when fit() builds its controller; a user's value wins.
+    pending = "TUNE_MAX_PENDING_TRIALS_PG"
+    ours = direct and pending not in os.environ
+    if ours:
+        os.environ[pending] = str(options.max_concurrent_trials)
+    try:
+        grid = tuner.fit()
+    finally:
+        if ours:
+            os.environ.pop(pending, None)
     if not direct:  # only Train worker groups leave placement groups behind
         reap_after_sweep()
     return SweepOutcome(grid=grid, monitor=monitor, resumed=resumed, experiment_path=experiment_path)
