@@ -177,3 +177,19 @@ def test_without_chromium_the_browser_checks_skip_locally_and_fail_under_ci(monk
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI=true but no chromium"):
         require_chromium()
+
+
+def test_report_says_whether_the_label_audit_changed_training_data_and_why():
+    why = "auditor not clearly better than chance: out-of-fold accuracy 0.600 vs majority-class rate 0.500"
+    audit = {**MANIFEST, "set_aside": {}, "label_issues": {"acted": 0, "decision": why, "found": 754}}
+    page = build_report(title="t", verdict=None, stages={"ingest": {"cost/usd": 0.5, "cost/wall_s": 3.0}},
+                        manifests={"ingest": MANIFEST, "clean": None, "split": None, "audit": audit}, curve=None,
+                        confusion=None, per_class=None, trials=None, network="mlp", pipeline=TOTALS,
+                        mlflow_hint="mlflow ui", label_suspects=[{"id": "x1", "split": "test", "action": "flagged"}],
+                        suspects_file="data/audit/label_issues.csv")
+    assert f"label audit changed no row: {why}" in page
+    acted = {**audit, "label_issues": {"acted": 1, "decision": "254 train rows dropped; auditor trusted"}}
+    page = build_report(title="t", verdict=None, stages={"ingest": {"cost/usd": 0.5, "cost/wall_s": 3.0}},
+                        manifests={"ingest": MANIFEST, "audit": acted}, curve=None, confusion=None, per_class=None,
+                        trials=None, network="mlp", pipeline=TOTALS, mlflow_hint="mlflow ui")
+    assert "label audit changed train rows: 254 train rows dropped" in page
