@@ -112,10 +112,14 @@ def import_closure(start: Path) -> frozenset[str]:
 
 
 def stage_entry(cmd: str) -> Path | None:
-    """The project file a stage's `cmd` runs: `python -m pipelines.train` or `python pipelines/x.py`."""
+    """The project file a stage's `cmd` runs: `python -m pipelines.train`, `trainwise stage train` or
+    `python pipelines/x.py`."""
     m = re.search(r"\bpython[0-9.]*\s+-m\s+([\w.]+)", cmd)
     if m:
         return module_file(m.group(1))
+    m = re.search(r"\btrainwise\s+stage\s+(\w+)", cmd)  # the CLI runs pipelines.<name>
+    if m:
+        return module_file(f"pipelines.{m.group(1)}")
     m = re.search(r"\bpython[0-9.]*\s+(\S+\.py)\b", cmd)
     return REPO / m.group(1) if m and (REPO / m.group(1)).is_file() else None
 
@@ -159,3 +163,4 @@ def test_the_closure_follows_lazy_imports_and_submodules():
     assert not covered("components/evaluation/summary.py", ["components/evaluation/report.py", "components/eval"])
     assert covered("components/evaluation/summary.py", ["components/evaluation"])
     assert stage_entry("python -m pipelines.train") == REPO / "pipelines" / "train.py"
+    assert stage_entry("trainwise stage train") == REPO / "pipelines" / "train.py"
