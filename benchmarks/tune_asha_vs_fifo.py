@@ -22,6 +22,7 @@ Target: ASHA <= 0.35x FIFO's trial-epochs, mean best val/acc within 0.3 points o
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import tempfile
@@ -124,13 +125,45 @@ def main() -> None:
                     help="ASHA settings grace:reduction_factor; the first is `asha` (random 2x and TPE use it), "
                          "the others are extra arms asha_g<grace>_r<rf>")
     ap.add_argument("--startup", type=int, default=8, help="TPE: random trials before it models")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run as this many processes at once (own Ray each)")
+    ap.add_argument("--partial", help=argparse.SUPPRESS)  # a --jobs child: write its seeds' rows here
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    init_ray(num_cpus=2, train_poll_s=0.25)
     settings = [(int(g), float(r)) for g, r in (a.split(":") for a in args.asha)]
     grace, rf = settings[0]
     extra = {f"asha_g{g}_r{r:g}": (g, r) for g, r in settings[1:]}
     per_seed, arms = [], ("asha", *extra, "fifo", "random_2x", "tpe_asha")
+    if args.jobs > 1 and not args.partial:
+        per_seed, n_val = _in_processes(args)
+    else:
+        per_seed, n_val = _run_seeds(args, grace, rf, extra, arms)
+        if args.partial:
+            Path(args.partial).write_text(json.dumps({"per_seed": per_seed, "n_val": n_val}, default=float))
+            return
+    _report(args, per_seed, n_val, arms, grace, rf, extra)
+
+
+def _in_processes(args) -> tuple[list[dict], int]:
+    """Each seed in its own process (and Ray): on a shared machine they get a fair share of it."""
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = []
+        for seed in args.seeds:
+            cmd = [sys.executable, "-m", "benchmarks.tune_asha_vs_fifo", "--seeds", str(seed), "--trials",
+                   str(args.trials), "--epochs", str(args.epochs), "--model", args.model, "--startup", str(args.startup),
+                   "--asha", *args.asha, "--partial", f"{tmp}/{seed}.json"]
+            procs.append(subprocess.Popen(cmd, cwd=REPO))
+        if any(p.wait() for p in procs):
+            raise SystemExit("a seed's process failed")
+        parts = [json.loads(Path(f"{tmp}/{seed}.json").read_text()) for seed in args.seeds]
+    return [r for p in parts for r in p["per_seed"]], parts[0]["n_val"]
+
+
+def _run_seeds(args, grace, rf, extra, arms) -> tuple[list[dict], int]:
+    init_ray(num_cpus=2, train_poll_s=0.25)
+    per_seed = []
     with tempfile.TemporaryDirectory() as tmp:
         split = write_digits_split(Path(tmp) / "data")
         n_val = read_split(str(split), "val").num_rows
@@ -165,7 +198,10 @@ def main() -> None:
             print(f"seed {seed}: " + ", ".join(f"{a} {row[a]['trial_epochs']} ep / val {row[a]['best_val_acc']:.4f} "
                                                f"/ test {row[a]['winner_test_acc']:.4f}" for a in arms)
                   + f"; same configs ASHA/FIFO: {same}", flush=True)
+    return per_seed, n_val
 
+
+def _report(args, per_seed, n_val, arms, grace, rf, extra) -> None:
     def stat(arm, k):
         v = np.array([r[arm][k] for r in per_seed], dtype=float)
         return float(v.mean()), float(v.std())
