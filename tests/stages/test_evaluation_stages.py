@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from components.embedding.store import write_no_backbone
 from tests.demo_data import write_digits_split
 from components.models import build_model
 from components.training.data import load_split
@@ -43,6 +44,7 @@ def project(tmp_path_factory):
     params["train"]["model"] = "mlp"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     split = write_digits_split(root / "data")
+    write_no_backbone(root / "data/embed")  # the embed stage's output without train.backbone
     classes = json.loads((split / "manifest.json").read_text())["classes"]
     model = _train_mlp(split)
     save_model(root / "models/model", model.state_dict(),
