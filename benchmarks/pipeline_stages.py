@@ -4,7 +4,8 @@
 afterwards), by default the one before one-worker trials moved out of TorchTrainer (issue 15);
 "after" is the current checkout (its tracked and untracked files, as a fresh clone would hold
 them plus work in progress). Each is copied to a scratch project and reproduced from nothing
-with the same venv, one after the other, in one run of this script.
+with the same venv, both at the same time in one run of this script, so that on a shared
+machine both see the same load (each starts its own Ray with the machine's CPUs).
 
 For each stage: wall time (its cost meter: process start to outputs written) and the ratio
 after / before. For tune: trials, trial-epochs and Tune's overhead (the sweep's wall time
@@ -101,18 +102,26 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="shrunk params (3 trials, 3 epochs)")
     args = ap.parse_args()
     params = QUICK if args.quick else None
-    runs = {}
-    if not args.skip_before:
-        commit = subprocess.run(["git", "rev-parse", args.before], cwd=REPO, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        tree = Path(tempfile.mkdtemp(prefix="trainwise-before-")) / "tree"
-        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), commit], cwd=REPO, check=True)
+    from concurrent.futures import ThreadPoolExecutor
+
+    runs, tree = {}, None
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = {}
+        if not args.skip_before:
+            commit = subprocess.run(["git", "rev-parse", args.before], cwd=REPO, capture_output=True, text=True,
+                                    check=True).stdout.strip()
+            tree = Path(tempfile.mkdtemp(prefix="trainwise-before-")) / "tree"
+            subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), commit], cwd=REPO, check=True)
+            runs["before"] = {"commit": commit}
+            jobs["before"] = pool.submit(repro, tree, params)
+        jobs["after"] = pool.submit(repro, REPO, params)
         try:
-            runs["before"] = {"commit": commit, **repro(tree, params)}
+            for name, job in jobs.items():
+                runs[name] = {**runs.get(name, {}), **job.result()}
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=False)
-            shutil.rmtree(tree.parent, ignore_errors=True)
-    runs["after"] = repro(REPO, params)
+            if tree is not None:
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=False)
+                shutil.rmtree(tree.parent, ignore_errors=True)
 
     after, before = runs["after"], runs.get("before")
     names = list(after["stages"]) + [s for s in (before or {}).get("stages", {}) if s not in after["stages"]]
@@ -140,7 +149,8 @@ def main() -> None:
                         "repro_ratio": round(after["dvc_repro_wall_s"] / b_total, 3) if b_total else None,
                         "tune_ratio": round(tune_s / before["stages"]["tune"], 3) if before else None,
                         "note": "2 shared cores, other helpers' jobs running at the same time: absolute seconds "
-                                "are inflated; before and after ran one after the other in this run"})
+                                "are inflated; before and after ran at the same time in this run (same load), "
+                                "each also slowing the other"})
     print(f"-> {out.relative_to(REPO)}")
 
 
