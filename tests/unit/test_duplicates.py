@@ -4,6 +4,7 @@ import io
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from PIL import Image
 
 from components.data.contract import DatasetWriter, SetAside, content_id, read_table
@@ -156,6 +157,7 @@ def test_projection_never_lengthens_a_distance():
                   <= np.linalg.norm(a - b, axis=1) + 1e-6)
 
 
+@pytest.mark.slow  # runs the split stage three times (MLflow on SQLite)
 def test_split_reads_the_near_pairs_clean_found_and_reports_pairs_across_splits(tmp_path):
     """Split does not search again: it counts clean's near pairs whose rows landed apart. With clean's
     group column, none do; with the groups lost (rows split by id) the planted copies leak."""
