@@ -181,6 +181,7 @@ def main() -> None:
     ap.add_argument("--photo-root", type=Path, help="a scratch project where `dvc repro` with PHOTO already ran "
                                                       "(its repro.start / repro.end give the wall time)")
     ap.add_argument("--scratch-root", type=Path, help="the same for SCRATCH")
+    ap.add_argument("--plain-result", type=Path, help="JSON of plain_script() run on --scratch-root's data/audit")
     a = ap.parse_args()
     if not a.data.is_dir():
         raise SystemExit(f"{a.data}: not found; prepare it with python -m benchmarks.photos_data (see its docstring)")
@@ -207,6 +208,17 @@ def main() -> None:
                          "+ the embed stage"))
 
     # 2. fine-tune the whole backbone (same data, same embed/audit outputs)
+    if a.finetune_epochs <= 0:
+        rows.append(_row("fine-tuned efficientnet_lite0: not run (--finetune-epochs 0)", None, 0, None))
+    else:
+        _finetune(root, env, a, rows, result)
+    photo_root = root
+
+    # 3. from scratch with the photo recipe
+    _scratch_and_plain(a, rows, result, photo_root, photo_times, au, wall)
+
+
+def _finetune(root, env, a, rows, result) -> None:
     _set_params(root, {"train": {"backbone_mode": "finetune", "epochs": a.finetune_epochs, "lr": 0.0005,
                                  "batch_size": 32}, "tune": {"enabled": False}})
     wall_ft = _repro(root, env, "evaluate")
@@ -215,9 +227,9 @@ def main() -> None:
     rows.append(_row(f"fine-tuned efficientnet_lite0 ({a.finetune_epochs} epoch(s), Ray Train DDP 2 workers)",
                      ev_ft.get("test/acc"), tr_ft.get("cost/wall_s", wall_ft), tr_ft.get("cost/usd"),
                      "train stage only"))
-    photo_root = root
 
-    # 3. from scratch with the photo recipe
+
+def _scratch_and_plain(a, rows, result, photo_root, photo_times, au, wall) -> None:
     root3, env3, wall3 = _project_run(SCRATCH, a.data, a.scratch_root)
     ev3, bl3, tr3, au3 = (_metrics(root3, s) for s in ("evaluate", "baseline", "train", "audit"))
     result["scratch"] = {"dvc_repro_s": round(wall3, 1), "usd": _usd(root3), "evaluate": ev3, "baseline": bl3,
@@ -231,7 +243,7 @@ def main() -> None:
                          bl3.get(pix3.replace("test/acc", "fit_s"), 0), bl3.get(pix3.replace("test/acc", "cost/usd"))))
 
     # 4. the plain script on project 3's split
-    plain = plain_script(root3 / "data" / "audit")
+    plain = json.loads(a.plain_result.read_text()) if a.plain_result else plain_script(root3 / "data" / "audit")
     result["plain_script"] = plain
     rows.append(_row("plain 60-line PyTorch script (same split, 64x64)", plain["test/acc"], plain["wall_s"],
                      round(plain["wall_s"] / 3600 * 2 * 0.048, 6), "in-process, 2 threads"))
