@@ -69,7 +69,7 @@ def _merge(nodes: Nodes) -> Nodes:
         key = tuple(sorted((k, v) for k, v in _shown(res).items() if k != "memory"))
         have, memory = merged.get(key, (0, float("inf")))
         merged[key] = (have + count, min(memory, res.get("memory", 0.0)))
-    return [({**dict(k), **({"memory": m} if m else {})}, c) for k, (c, m) in merged.items()]
+    return [({**dict(k), **({"memory": m} if m else {})}, c) for k, (c, m) in sorted(merged.items())]  # stable order
 
 
 def slots(node: dict[str, float], bundle: dict[str, float]) -> int:
