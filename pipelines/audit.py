@@ -5,6 +5,7 @@ from components.data.contract import DatasetWriter, iter_batches, write_csv_atom
 from components.embedding.store import read_embeddings
 from components.quality.audit import NoiseOptions, audit_dataset
 from components.quality.label_issues import LabelIssueOptions
+from components.tracking.mlflow_runs import flatten
 from pipelines.stage import Stage, run_stage
 
 SUSPECT_COLUMNS = ["rank", "id", "split", "source", "given_label", "predicted_label", "confidence",
@@ -19,6 +20,8 @@ def main() -> None:
         p, li = stage.params.clean, stage.params.clean.label_issues
         src, out = stage.path(stage.paths.split), stage.path(stage.paths.audit)
         split = stage.record_input(src)
+        # the audit's params live in `clean` (where users have them); the run logs the ones it reads
+        stage.tracker.log_params(flatten(p.model_dump(mode="json", include={"label_issues", "noise"}), "clean."))
         options = LabelIssueOptions(**li.model_dump(exclude={"enabled"})) if li.enabled else None
         use_ray = options is not None and split["rows"] >= li.ray_min_rows
         if use_ray:

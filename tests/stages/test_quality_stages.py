@@ -72,6 +72,13 @@ def test_ingest_clean_split_audit_with_injected_noise(tmp_path):
         suspects = list(csv.DictReader(f))
     assert len(suspects) >= 50 and {"split", "given_label", "predicted_label", "confidence"} <= set(suspects[0])
     assert "label audit: policy flag" in out  # the one terminal line that says what the audit did
+    import mlflow
+
+    run = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(
+        [mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("trainwise").experiment_id],
+        "tags.`trainwise.stage` = 'audit'")[0]
+    assert run.data.params["clean.label_issues.policy"] == "flag" and run.data.params["clean.noise.rate"] == "0.2"
+    assert run.data.tags["audit.decision"].startswith("policy flag")
 
     split = json.loads((tmp_path / "metrics/split.json").read_text())
     assert split["split/leakage/ok"] == 1 and split["split/leakage/near_pairs"] == 0
