@@ -32,7 +32,8 @@ class LocalCluster:
 
 def _ray(args: list[str], env: dict[str, str]) -> str:
     ray_bin = str(Path(sys.executable).parent / "ray")
-    proc = subprocess.run([ray_bin, "start", *args], env=env, capture_output=True, text=True, timeout=120)
+    # generous: on a 2-core machine shared with other work, `ray start` has taken over 2 minutes
+    proc = subprocess.run([ray_bin, "start", *args], env=env, capture_output=True, text=True, timeout=420)
     if proc.returncode != 0:
         raise RuntimeError(f"ray start {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc.stdout + proc.stderr
@@ -104,7 +105,7 @@ def local_cluster(tmp: Path, *, head_cpus: int = 1, worker_cpus: int = 1):
         stop(markers)
 
 
-def _wait_for_nodes(cluster: LocalCluster, n: int, timeout: float = 60.0) -> None:
+def _wait_for_nodes(cluster: LocalCluster, n: int, timeout: float = 300.0) -> None:
     code = ("import ray; ray.init(address=%r, logging_level='ERROR'); "
             "print(sum(1 for x in ray.nodes() if x['Alive']))" % cluster.gcs_address)
     deadline = time.monotonic() + timeout
