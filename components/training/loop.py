@@ -310,7 +310,9 @@ class _SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
         dims = [0, *range(2, x.dim())]
         shape = [1, -1, *([1] * (x.dim() - 2))]
-        xf = x.float()
+        # Statistics in float64: var = E[x^2] - mean^2 cancels badly in float32 when the mean is
+        # large against the spread, and torch's own batch norm (what one rank runs) does not.
+        xf = x.double()
         count = torch.tensor([xf.numel() / xf.shape[1]], dtype=xf.dtype, device=xf.device)
         with warnings.catch_warnings():  # deprecated in favour of functional collectives, which have no
             warnings.simplefilter("ignore", FutureWarning)  # autograd for all_reduce (needed here)
@@ -323,12 +325,13 @@ class _SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * n / max(float(n) - 1, 1.0), alpha=m)
-        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+                self.running_mean.mul_(1 - m).add_(mean.detach().to(self.running_mean.dtype), alpha=m)
+                self.running_var.mul_(1 - m).add_((var.detach() * n / max(float(n) - 1, 1.0)).to(self.running_var.dtype),
+                                                  alpha=m)
+        y = ((xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)).to(x.dtype)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y.to(x.dtype)
+        return y
 
 
 def sync_batchnorm(model: nn.Module, *, world: int, device: torch.device | None = None) -> nn.Module:
