@@ -249,22 +249,26 @@ def main() -> None:
     print(f"\nnear-duplicate search, radius {RADIUS}, synthetic 32x32 images (100 templates) with "
           f"{COPY_FRACTION:.0%} planted near copies; each run in its own subprocess; "
           f"{os.cpu_count()} CPUs, 1-min load average {os.getloadavg()[0]:.1f} (shared machine)")
-    print(f"{'rows':>8}{'old s':>9}{'new s':>8}{'speed-up':>10}{'old RSS MB':>12}{'new RSS MB':>12}"
-          f"{'pairs old/new':>15}{'same':>6}{'recall new':>12}")
+    print(f"{'rows':>8}{'old s':>9}{'new s':>8}{'speed-up':>10}{'old CPU s':>11}{'new CPU s':>11}{'old RSS MB':>12}"
+          f"{'new RSS MB':>12}{'pairs old/new':>15}{'same':>6}{'recall new':>12}")
     for r in rows:
         old_s = f"{r['old_wall_s']:.1f}" if "old_wall_s" in r else "skip"
         print(f"{r['rows']:>8}{old_s:>9}{r['new_wall_s']:>8.1f}{(str(r['speedup']) + 'x') if 'speedup' in r else '-':>10}"
-              f"{r.get('old_peak_rss_mb', '-'):>12}{r['new_peak_rss_mb']:>12}"
+              f"{r.get('old_cpu_s', '-'):>11}{r['new_cpu_s']:>11}{r.get('old_peak_rss_mb', '-'):>12}{r['new_peak_rss_mb']:>12}"
               f"{str(r.get('old_pairs', '-')) + '/' + str(r['new_pairs']):>15}{str(r.get('same_pairs', '-')):>6}"
               f"{r['new_recall']:>12.4f}")
         if "old_skipped" in r:
             print(f"{'':>8}old skipped: {r['old_skipped']}")
     big = max(rows, key=lambda r: r["rows"])
+    # The search runs on one core; on a shared machine its wall time is mostly waiting for a core,
+    # so the verdict is also given by CPU time (what it costs on an uncontended 2-core machine).
+    rest = big["new_peak_rss_mb"] <= 1536 and big["new_recall"] >= 0.99
     verdict = {"rows": big["rows"], "wall_s_target": 60, "rss_mb_target": 1536, "recall_target": 0.99,
-               "ok": big["new_wall_s"] <= 60 and big["new_peak_rss_mb"] <= 1536 and big["new_recall"] >= 0.99}
+               "ok": big["new_wall_s"] <= 60 and rest, "ok_by_cpu_time": big["new_cpu_s"] <= 60 and rest}
     print(f"target at {big['rows']} rows (<= 60 s, <= 1.5 GB, recall >= 0.99): "
-          f"{big['new_wall_s']:.1f} s, {big['new_peak_rss_mb']:.0f} MB, recall {big['new_recall']:.4f}: "
-          f"{'OK' if verdict['ok'] else 'MISSED'}")
+          f"{big['new_wall_s']:.1f} s wall ({big['new_cpu_s']:.1f} s CPU), {big['new_peak_rss_mb']:.0f} MB, "
+          f"recall {big['new_recall']:.4f}: by wall time {'OK' if verdict['ok'] else 'MISSED'}, "
+          f"by CPU time {'OK' if verdict['ok_by_cpu_time'] else 'MISSED'}")
     if candidates:
         print(f"\nalternatives at {candidates['rows']} rows (search only, same embeddings, one process):")
         for m in candidates["methods"]:
