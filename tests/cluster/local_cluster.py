@@ -85,7 +85,9 @@ def local_cluster(tmp: Path, *, head_cpus: int = 1, worker_cpus: int = 1):
                # Ray Train gives a worker group 60 s to start, then tears it down and retries; on a
                # busy 2-core machine starting two nodes' workers can take longer. Every process of
                # the cluster (raylets, the job's driver, Train controllers) inherits this.
-               RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="600")
+               RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="600",
+               # `ray start --head` gives up when the dashboard is not up in 60 s: seen on the loaded machine
+               RAY_DASHBOARD_STARTUP_TIMEOUT_S="300")
     port, dash = free_port(), free_port()
     markers = [str(head_dir), str(worker_dir)]
     try:
