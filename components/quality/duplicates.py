@@ -25,8 +25,10 @@ brute force's, not an approximation. Memory: 144 bytes a row for the projections
 tree's float64 copy (288 bytes a row); the full 1 KiB embeddings stay on disk. Time: about
 N log N plus the candidates, which are few at a small radius (on scikit-learn digits and on
 the benchmark's images the 36-number projection yields no candidate that the full check
-rejects). Measured against the brute force, faiss (flat and IVF range search) and more or
-fewer DCT frequencies in benchmarks/near_duplicates.py and docs/scale.md.
+rejects). Noise-like images (a flat spectrum) are the KD-tree's worst case: there its time
+tends towards the brute force's, while memory stays bounded. Measured against the brute force,
+faiss (flat and IVF range search) and more or fewer DCT frequencies in
+benchmarks/near_duplicates.py and docs/scale.md.
 
 Groups are the connected components of "exact or near duplicate of"; a group is named by its
 smallest row id, so the name does not depend on row order.
