@@ -88,13 +88,22 @@ def local_cluster(tmp: Path, *, head_cpus: int = 1, worker_cpus: int = 1):
                RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="600",
                # `ray start --head` gives up when the dashboard is not up in 60 s: seen on the loaded machine
                RAY_DASHBOARD_STARTUP_TIMEOUT_S="300")
-    port, dash = free_port(), free_port()
     markers = [str(head_dir), str(worker_dir)]
     try:
-        _ray(["--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={head_cpus}",
-              f"--temp-dir={head_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-              f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={free_port()}",
-              f"--ray-client-server-port={free_port()}", "--disable-usage-stats"], env)
+        for attempt in range(3):
+            # Ray gives a starting node a fixed 30 s to register with the GCS; on an overloaded machine
+            # it can miss that. Then stop what this attempt started and try again on fresh ports.
+            port, dash = free_port(), free_port()
+            try:
+                _ray(["--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={head_cpus}",
+                      f"--temp-dir={head_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                      f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={free_port()}",
+                      f"--ray-client-server-port={free_port()}", "--disable-usage-stats"], env)
+                break
+            except (RuntimeError, subprocess.TimeoutExpired):
+                stop([str(head_dir)])
+                if attempt == 2:
+                    raise
         gcs = f"127.0.0.1:{port}"
         _ray([f"--address={gcs}", "--node-ip-address=127.0.0.1", f"--num-cpus={worker_cpus}",
               f"--temp-dir={worker_dir}", f"--dashboard-agent-listen-port={free_port()}",
