@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -222,7 +223,10 @@ def main() -> None:
             print(f"MLflow model logging: {logging_s['pinned_requirements_s']:.1f}s with pinned pip_requirements "
                   f"(what the train stage does), {logging_s['inferred_requirements_s']:.1f}s with MLflow inferring "
                   f"them: {logging_s['inferred_requirements_s'] / max(logging_s['pinned_requirements_s'], 1e-9):.1f}x")
+            # Ray starts its workers at niceness 15: on a machine shared with other work they get a
+            # small share of the CPU while the plain loop (niceness 0) does not (RAY_worker_niceness=0 evens it)
             out["throughput"] = {"model": m, "epochs": e, "ray_start_s": round(ray_start, 2), "runs": rows,
+                                 "ray_worker_niceness": os.environ.get("RAY_worker_niceness", "15 (Ray's default)"),
                                  "ratios": ratios, "mlflow_model_logging": logging_s}
             import ray
 
