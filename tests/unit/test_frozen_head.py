@@ -81,3 +81,46 @@ def test_network_error_names_the_param(tmp_path):
     assert "train.pretrained" in network_error({"backbone": "efficientnet_lite0", "pretrained": "nope.pt"},
                                                root=tmp_path)
     assert "train.model" in network_error({"model": "nosuch.mod:build"})
+
+
+def test_training_loop_trains_the_head_on_vectors(tmp_path, monkeypatch):
+    """run_loop in frozen mode: rows are embeddings (features), the model is backbone + head, only the
+    head learns, and early stopping reads the smoothed val/loss. Ray is not needed for one in-process
+    rank: the memory loader's "refs" are the tables themselves (ray.get patched to identity)."""
+    import ray
+    from dataclasses import replace
+
+    from components.training import loop as L
+
+    split, _ = _split(tmp_path, n=40)
+    labels = np.array([i % 2 for i in range(40)])
+    emb = np.random.default_rng(1).normal(size=(40, 1280)).astype(np.float32)
+    emb[:, :64] += labels[:, None] * 3.0  # separable on 64 of the 1280 dimensions
+    write_embeddings(tmp_path / "embed", ids=[f"r{i}" for i in range(40)], splits=["x"] * 40, embeddings=emb,
+                     manifest={"backbone": "efficientnet_lite0"})
+    cfg = LoopConfig(data_dir=str(split), n_classes=2, input_shape=(3, 16, 16), backbone="efficientnet_lite0",
+                     embed_dir=str(tmp_path / "embed"), modality="image", epochs=6, patience=6,
+                     patience_smoothing=0.5, batch_size=8, lr=0.01, dropout=0.0)
+    cfg = replace(cfg, **resolve_backbone(cfg))
+    monkeypatch.setattr(ray, "get", lambda x: x)
+    reports = []
+
+    class Session:
+        rank, world, device = 0, 1, torch.device("cpu")
+
+        def prepare_model(self, m):
+            self.model = m
+            return m
+
+        def checkpoint(self):
+            return None
+
+        def report(self, metrics, checkpoint_dir, history):
+            reports.append(metrics)
+
+    s = Session()
+    L.run_loop({**cfg.to_dict(), L.DATA_REFS: embedding_tables(cfg)}, s)
+    assert reports[-1]["train/acc"] == 1.0 and reports[-1]["val/acc"] >= 0.9
+    assert "val/loss_smoothed" in reports[-1]
+    fresh = build_classifier("efficientnet_lite0", True, n_classes=2, frozen=True)
+    torch.testing.assert_close(s.model.backbone.state_dict(), fresh.backbone.state_dict())  # backbone untouched
