@@ -36,9 +36,10 @@ ABOUT = {
     "pipeline_stages": "Wall time of the demo `dvc repro` from a fresh copy of the repository, per stage, and "
                        "DVC's own share; the baseline is the training compute itself (train stage wall over time "
                        "in epochs, tune wall per trial-epoch).",
-    "train_throughput": "Training throughput of the train stage's `fit` (Ray Train, 1 and 2 workers, `memory` and "
-                        "`ray_data` loaders) against a plain single-process PyTorch loop on the same model, data, "
-                        "batch and epochs, in the same run; and test accuracy of the model zoo on digits and MNIST-1D.",
+    "train_throughput": "The train stage's `fit` with one Ray Train worker against a plain single-process PyTorch "
+                        "loop on the same model, data, batch and epochs, side by side in one run: in-epoch samples/s "
+                        "and end-to-end fit wall time (start-up, per-epoch checkpoint and report included); and, "
+                        "when run, test accuracy of the model zoo on digits and MNIST-1D.",
     "tune_asha_vs_fifo": "The same seeded sweep under ASHA and under FIFO (every trial runs all epochs), in the "
                          "same process: trial-epochs, CPU-seconds in epochs, best val/acc, and Tune's own overhead.",
     "label_noise": "Digits with symmetric label noise injected into the train split: label-error detection "
