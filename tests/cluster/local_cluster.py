@@ -105,9 +105,16 @@ def local_cluster(tmp: Path, *, head_cpus: int = 1, worker_cpus: int = 1):
                 if attempt == 2:
                     raise
         gcs = f"127.0.0.1:{port}"
-        _ray([f"--address={gcs}", "--node-ip-address=127.0.0.1", f"--num-cpus={worker_cpus}",
-              f"--temp-dir={worker_dir}", f"--dashboard-agent-listen-port={free_port()}",
-              '--resources={"second_node": 1}'], env)
+        for attempt in range(3):  # the same 30 s registration window as the head's
+            try:
+                _ray([f"--address={gcs}", "--node-ip-address=127.0.0.1", f"--num-cpus={worker_cpus}",
+                      f"--temp-dir={worker_dir}", f"--dashboard-agent-listen-port={free_port()}",
+                      '--resources={"second_node": 1}'], env)
+                break
+            except (RuntimeError, subprocess.TimeoutExpired):
+                stop([str(worker_dir)])
+                if attempt == 2:
+                    raise
         cluster = LocalCluster(gcs_address=gcs, jobs_address=f"http://127.0.0.1:{dash}", env=env,
                                temp_dirs=[head_dir, worker_dir])
         _wait_for_nodes(cluster, 2)
