@@ -15,16 +15,18 @@ REPO = Path(__file__).resolve().parents[1]
 OUTPUT_DIRS = {"data", "models", "metrics", "plots", "reports", "benchmarks"}
 
 
-def scratch_project(params_update: dict | None = None) -> tuple[Path, dict]:
-    root = Path(tempfile.mkdtemp(prefix="trainwise-bench-"))
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+def scratch_project(params_update: dict | None = None, *, src: Path = REPO,
+                    prefix: str = "trainwise-bench-") -> tuple[Path, dict]:
+    """A fresh project from ``src``'s sources (no pipeline outputs), a git repo of its own."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=src, capture_output=True,
                            text=True, check=True).stdout.split()
     for f in files:
         # data/raw/ is the ingest stage's source (its `ingest.path` dependency); the rest of data/ is output
-        if (REPO / f).is_file() and (f.split("/")[0] not in OUTPUT_DIRS or f.startswith("data/raw/")) \
+        if (src / f).is_file() and (f.split("/")[0] not in OUTPUT_DIRS or f.startswith("data/raw/")) \
                 and f != "dvc.lock":
             (root / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, root / f)
+            shutil.copy2(src / f, root / f)
     if params_update:
         params = yaml.safe_load((root / "params.yaml").read_text())
         for section, values in params_update.items():

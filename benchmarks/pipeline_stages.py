@@ -24,47 +24,23 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
+from benchmarks._project import scratch_project
 from benchmarks._results import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 # The commit before "training loop: one body for Ray Train ranks and one-worker Tune trials".
 BEFORE = "7894280~1"
-OUTPUT_DIRS = {"data", "models", "metrics", "plots", "reports", "benchmarks"}
 QUICK = {"tune": {"num_samples": 3, "max_epochs": 2, "grace_period": 1}, "train": {"epochs": 3}}
 
 
-def _files(src: Path) -> list[str]:
-    return subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=src, capture_output=True,
-                          text=True, check=True).stdout.split()
-
-
 def scratch_copy(src: Path, params_update: dict | None) -> tuple[Path, dict]:
-    """A fresh project from ``src``'s sources (no pipeline outputs), a git repo of its own."""
-    root = Path(tempfile.mkdtemp(prefix="trainwise-stages-"))
-    for f in _files(src):
-        if (src / f).is_file() and (f.split("/")[0] not in OUTPUT_DIRS or f.startswith("data/raw/")) \
-                and f != "dvc.lock":
-            (root / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / f, root / f)
-    if params_update:
-        params = yaml.safe_load((root / "params.yaml").read_text())
-        for section, values in params_update.items():
-            params[section].update(values)
-        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(root)
-    for args in (["git", "init", "-q"], ["git", "add", "-A"],
-                 ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"]):
-        subprocess.run(args, cwd=root, env=env, check=True, capture_output=True)
-    return root, env
+    return scratch_project(params_update, src=src, prefix="trainwise-stages-")
 
 
 def repro(src: Path, params_update: dict | None) -> dict:
