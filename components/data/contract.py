@@ -275,17 +275,25 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, default=float) + "\n")
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+def publish_file(path: str | os.PathLike, write) -> Path:
+    """``write(tmp)`` fills a temp file beside ``path``, which then replaces ``path`` in one rename
+    (readers see the old file or the new one), unless this stage is orphaned: then the temp file is
+    removed and the old output left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
     try:
+        write(tmp)
         refuse_if_orphaned(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    publish_file(path, lambda tmp: tmp.write_text(text))
 
 
 def write_csv_atomic(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> None:

@@ -63,39 +63,41 @@ def write_embeddings(out_dir: str | os.PathLike, *, ids: list[str], splits: list
     embeddings = np.asarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] != len(ids) or len(ids) != len(splits):
         raise ValueError(f"ids ({len(ids)}), splits ({len(splits)}) and embeddings {embeddings.shape} disagree")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    recover_dir(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
-    try:
-        n, d = embeddings.shape
+    n, d = embeddings.shape
+    manifest = {**manifest, "rows": n, "dim": d}
+
+    def fill(tmp: Path) -> None:
         emb = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), pa.float32()), d) if n else \
             pa.array([], pa.list_(pa.float32(), d))
         table = pa.table({"id": pa.array(ids, pa.string()), "split": pa.array(splits, pa.string()),
                           "embedding": emb.cast(pa.list_(pa.float32()))})
         pq.write_table(table, tmp / EMBEDDINGS)
-        manifest = {**manifest, "rows": n, "dim": d}
-        write_json_atomic(tmp / MANIFEST, manifest)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    _publish_dir(out_dir, manifest, fill)
     return manifest
 
 
 def write_no_backbone(out_dir: str | os.PathLike) -> dict:
     """The embed stage's output when ``train.backbone`` is null: a manifest only (no Parquet)."""
-    out_dir = Path(out_dir)
     manifest = {"backbone": None, "rows": 0}
+    # The whole directory is replaced, so a previous backbone's embeddings.parquet does not linger.
+    _publish_dir(out_dir, manifest, lambda tmp: None)
+    return manifest
+
+
+def _publish_dir(out_dir: Path, manifest: dict, fill) -> None:
+    """``fill(tmp)`` writes a temp dir beside ``out_dir``, the manifest is added, and the dir replaces
+    ``out_dir`` whole (readers never see a half-written one)."""
+    out_dir = Path(out_dir)
     recover_dir(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         out_dir.unlink()
-    # Replace the whole directory so a previous backbone's embeddings.parquet does not linger.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
     try:
+        fill(tmp)
         write_json_atomic(tmp / MANIFEST, manifest)
         replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return manifest

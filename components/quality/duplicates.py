@@ -441,18 +441,10 @@ def write_near_pairs(data_dir: str | os.PathLike, table: pa.Table) -> Path:
     """Write ``near_pairs.parquet`` into a dataset directory atomically (temp, then rename)."""
     import pyarrow.parquet as pq
 
-    from components.runtime import refuse_if_orphaned
+    from components.data.contract import publish_file
 
-    path = Path(data_dir) / NEAR_PAIRS_FILE
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table.cast(NEAR_PAIRS_SCHEMA), tmp)
-    try:
-        refuse_if_orphaned(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-    return path
+    return publish_file(Path(data_dir) / NEAR_PAIRS_FILE,
+                        lambda tmp: pq.write_table(table.cast(NEAR_PAIRS_SCHEMA), tmp))
 
 
 def read_near_pairs(data_dir: str | os.PathLike) -> pa.Table:
