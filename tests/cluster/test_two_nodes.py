@@ -26,7 +26,7 @@ import yaml
 from tests.cluster.local_cluster import local_cluster
 from tests.project import copy_project, sh
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(1500)]
 
 FAKE_SECRETS = {"AWS_SECRET_ACCESS_KEY": "fake-aws-secret-7f3a", "MLFLOW_TRACKING_PASSWORD": "fake-mlflow-pw-91c2",
                 "AWS_ACCESS_KEY_ID": "AKIAFAKEKEY0000"}
