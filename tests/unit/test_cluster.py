@@ -295,3 +295,17 @@ def test_placement_group_clean_up_only_touches_this_jobs_groups(ray_session, tmp
     finally:
         other.stdin.close()
         other.wait(timeout=60)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_in_process_ray_workers_run_at_the_drivers_priority(ray_session):
+    # Ray's default niceness 15 starves the training workers on any busy machine (train_throughput);
+    # init_ray starts the in-process node with its workers at the driver's niceness.
+    ray = ray_session
+
+    @ray.remote(num_cpus=1)
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == os.nice(0)
