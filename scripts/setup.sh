@@ -15,5 +15,8 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # shellcheck disable=SC2086  # TORCH_SPEC may carry pip options
 .venv/bin/python -m pip install --quiet $TORCH_SPEC
-.venv/bin/python -m pip install --quiet -e ".[test]"
+# The torch just installed is named again: pip then never swaps it for another build to satisfy an
+# extra (the test extra's sentence-transformers, for one, accepts any torch >= 1.11).
+.venv/bin/python -m pip install --quiet -e ".[test]" \
+  "torch==$(.venv/bin/python -c 'import torch; print(torch.__version__)')"
 .venv/bin/python -c "import torch, ray, mlflow, dvc; print(f'trainwise env ready: torch {torch.__version__}, ray {ray.__version__}, mlflow {mlflow.__version__}')"

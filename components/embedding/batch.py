@@ -1,7 +1,7 @@
 """Embed every row of a split dataset with a backbone: Ray Data ``map_batches`` batch inference.
 
 Each replica is a Ray Data actor that builds the backbone once and embeds batches of stored
-images (uint8, as clean wrote them); replicas run on as many CPUs / GPUs as the cluster
+images (uint8, as clean wrote them) or texts (tokenized by the backbone's own tokenizer); replicas run on as many CPUs / GPUs as the cluster
 gives. Rows come back keyed by id and are put back in the dataset's order.
 """
 
@@ -18,8 +18,8 @@ import numpy as np
 class _Embedder:
     """One Ray Data actor: a backbone in eval mode, reused for every batch it is handed."""
 
-    def __init__(self, *, name: str, pretrained, seed: int, root: str, image_shape: tuple[int, int, int],
-                 threads: int, use_gpu: bool):
+    def __init__(self, *, name: str, pretrained, seed: int, root: str, image_shape: tuple[int, int, int] | None,
+                 threads: int, use_gpu: bool, payload: str = "image"):
         import torch
 
         from components.models.backbones import build_backbone
@@ -27,27 +27,35 @@ class _Embedder:
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model = build_backbone(name, pretrained, seed=seed, root=root).to(self.device)
-        self.shape = tuple(image_shape)
+        self.shape = tuple(image_shape) if image_shape else None
+        self.payload = payload
 
     def __call__(self, batch: dict) -> dict:
         import torch
 
         from components.training.data import images_to_tensor
 
-        raw = batch["image"]
-        if raw.dtype == object:  # fixed-size lists may arrive as an array of arrays
-            raw = np.stack(list(raw))
-        h, w, c = self.shape
-        x = images_to_tensor(np.ascontiguousarray(raw).reshape(-1, h, w, c)).to(self.device)
+        raw = batch[self.payload]
+        if self.payload == "text":  # the tokenizer serving and evaluate use too (components/training/text.py)
+            from components.models.text_backbones import tokenize, tokenizer_spec
+
+            spec = tokenizer_spec(self.model.info.name, max_tokens=self.model.info.max_tokens)
+            x = torch.from_numpy(tokenize([str(t) if t is not None else "" for t in raw], spec)).to(self.device)
+        else:
+            if raw.dtype == object:  # fixed-size lists may arrive as an array of arrays
+                raw = np.stack(list(raw))
+            h, w, c = self.shape
+            x = images_to_tensor(np.ascontiguousarray(raw).reshape(-1, h, w, c)).to(self.device)
         with torch.inference_mode():
             emb = self.model(x).float().cpu().numpy()
         return {"id": batch["id"], "split": batch["split"], "embedding": list(emb)}
 
 
-def embed_images(shards: list[str | Path], *, image_shape: tuple[int, int, int], name: str, pretrained,
+def embed_images(shards: list[str | Path], *, image_shape: tuple[int, int, int] | None, name: str, pretrained,
                  seed: int, root: str, batch_size: int, replicas: int, cpus_per_replica: int, use_gpu: bool,
-                 log: Callable[..., None] = lambda *a: None) -> dict[str, np.ndarray]:
-    """id -> embedding (float32) for every row of ``shards`` (Parquet with id, split, image)."""
+                 log: Callable[..., None] = lambda *a: None, payload: str = "image") -> dict[str, np.ndarray]:
+    """id -> embedding (float32) for every row of ``shards`` (Parquet with id, split and the
+    ``payload`` column: ``image``, or ``text`` for a text backbone)."""
     import ray.data
 
     import pyarrow.parquet as pq
@@ -62,7 +70,7 @@ def embed_images(shards: list[str | Path], *, image_shape: tuple[int, int, int],
     # Blocks of a few batches each, so every replica gets work (one block per shard would feed one).
     refs = []
     for s in shards:
-        table = pq.read_table(s, columns=["id", "split", "image"])
+        table = pq.read_table(s, columns=["id", "split", payload])
         refs += [ray.put(table.slice(i, 4 * batch_size)) for i in range(0, table.num_rows, 4 * batch_size)]
     ds = ray.data.from_arrow_refs(refs)
     ds = ds.map_batches(
@@ -70,7 +78,8 @@ def embed_images(shards: list[str | Path], *, image_shape: tuple[int, int, int],
         compute=ray.data.ActorPoolStrategy(size=replicas),
         num_cpus=cpus_per_replica, num_gpus=1 if use_gpu else 0,
         fn_constructor_kwargs=dict(name=name, pretrained=pretrained, seed=seed, root=str(root),
-                                   image_shape=tuple(image_shape), threads=cpus_per_replica, use_gpu=use_gpu))
+                                   image_shape=tuple(image_shape) if image_shape else None,
+                                   threads=cpus_per_replica, use_gpu=use_gpu, payload=payload))
     out: dict[str, np.ndarray] = {}
     t0, last = time.perf_counter(), 0.0
     for b in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from components.data.contract import DataContractError, read_json, read_table
+from components.embedding.backbone_names import is_text_backbone, mismatch
 from components.embedding.store import read_embeddings
 from components.models.networks import BACKBONE_PREFIX
 
@@ -18,9 +19,17 @@ def resolve_backbone(loop) -> dict:
     updates: dict = {"model": f"{BACKBONE_PREFIX}{loop.backbone}"}
     if isinstance(loop.pretrained, str):  # workers may run elsewhere than the stage's working directory
         updates["pretrained"] = str(Path(loop.pretrained).resolve())
-    if loop.modality != "image":
-        raise DataContractError(f"train.backbone {loop.backbone!r} takes images; this dataset is {loop.modality!r}: "
-                                "set train.backbone: null")
+    why = mismatch(loop.backbone, loop.modality)
+    if why:
+        raise DataContractError(why)
+    if is_text_backbone(loop.backbone):  # ids from the model's own tokenizer, not the word vocabulary
+        from components.models.text_backbones import build_text_backbone, tokenizer_spec
+
+        manifest = read_json(Path(loop.embed_dir) / "manifest.json") if loop.embed_dir else {}
+        max_tokens = manifest.get("max_tokens") if manifest.get("backbone") == loop.backbone else None
+        if not max_tokens:  # no embed output to read it from: ask the model (a few seconds)
+            max_tokens = build_text_backbone(loop.backbone, updates.get("pretrained", loop.pretrained)).info.max_tokens
+        updates.update(tokenizer=tokenizer_spec(loop.backbone, max_tokens=max_tokens), input_shape=(max_tokens,))
     if loop.backbone_mode == "frozen":
         if not loop.embed_dir:
             raise ValueError("backbone_mode frozen needs embed_dir (the embed stage's output)")

