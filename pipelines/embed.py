@@ -46,7 +46,7 @@ def _embed() -> None:
     import time
 
     from components.data.contract import read_table
-    from components.embedding.backbone_names import mismatch
+    from components.models.backbone_names import mismatch
     from components.embedding.batch import embed_images
     from components.embedding.store import write_embeddings
     from components.models.backbones import BackboneError, build_backbone

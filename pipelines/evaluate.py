@@ -14,6 +14,7 @@ from components.evaluation.summary import EVALUATION_FILE, best_baseline
 from components.tracking.registry import apply_gate, gate_decision
 from components.training.data import load_split
 from components.training.export import load_model
+from components.training.text import vocabulary
 from pipelines.stage import Stage, run_stage
 
 
@@ -85,7 +86,7 @@ def main() -> None:
             figures.save_png(figures.examples_figure(rows, titles, modality=modality), out / "confident_wrong.png")
         attributions, fig = explain_sample(model, x, y, proba, modality=modality, classes=names, ids=ids,
                                            n=p.attribution_samples, seed=p.seed, method=p.attribution_method,
-                                           steps=p.attribution_steps, vocab=(spec.get("tokenizer") or {}).get("vocab"))
+                                           steps=p.attribution_steps, vocab=vocabulary(spec.get("tokenizer")))
         feature_names = manifest.get("feature_names") or []
         for r in attributions:  # tabular: name the strongest inputs
             for t in r.get("top_features", []):

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from components.data.contract import DataContractError, read_json, read_table
-from components.embedding.backbone_names import is_text_backbone, mismatch
+from components.models.backbone_names import is_text_backbone, mismatch
 from components.embedding.store import read_embeddings
 from components.models.networks import BACKBONE_PREFIX
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from components.embedding.backbone_names import TEXT_BUILTIN
+from components.models.backbone_names import TEXT_BUILTIN
 
 BUILTIN = ("efficientnet_lite0",)
 
@@ -300,7 +300,7 @@ def build_backbone(name: str, pretrained: bool | str = True, *, seed: int = 0,
     """
     if not name or not isinstance(name, str):
         raise BackboneError(f"train.backbone: expected a model name, got {name!r}")
-    from components.embedding.backbone_names import is_text_backbone  # torch-free name check
+    from components.models.backbone_names import is_text_backbone  # torch-free name check
 
     if is_text_backbone(name):  # sentence encoders (components/models/text_backbones.py)
         from components.models.text_backbones import build_text_backbone

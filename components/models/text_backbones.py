@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from components.embedding.backbone_names import TEXT_BUILTIN, TEXT_HUB_PREFIX, TEXT_INSTALL, is_text_backbone
+from components.models.backbone_names import TEXT_BUILTIN, TEXT_HUB_PREFIX, TEXT_INSTALL, is_text_backbone
 from components.models.backbones import BackboneError, sha256_file, state_dict_sha256
 
 __all__ = ["TextBackbone", "TextBackboneInfo", "build_text_backbone", "is_text_backbone", "model_source",
-           "tokenize", "tokenizer_spec"]
+           "tokenize", "tokenizer_spec", "vocabulary"]
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,12 @@ class TextBackbone(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         mask = ids != 0
-        width = int(mask.sum(1).max().item()) if ids.numel() else 1  # trailing padding is dead weight
-        ids, mask = ids[:, :max(width, 1)], mask[:, :max(width, 1)]
+        if not torch.is_grad_enabled() and ids.numel():
+            # Inference (embed, evaluate, serving): trailing padding is dead weight (masked out; the
+            # result is the same) and short texts run several times faster. With gradients the full
+            # width stays: Captum's attributions line token scores up with the ids they were given.
+            width = max(int(mask.sum(1).max().item()), 1)
+            ids, mask = ids[:, :width], mask[:, :width]
         return self.encoder({"input_ids": ids, "attention_mask": mask.long()})["sentence_embedding"]
 
 
@@ -181,3 +185,9 @@ def tokenize(texts: list[str], spec: dict) -> np.ndarray:
     out = tok([t or "" for t in texts], padding="max_length", truncation=True, max_length=int(spec["max_tokens"]),
               return_tensors="np")
     return out["input_ids"].astype(np.int64)
+
+
+def vocabulary(spec: dict) -> list[str]:
+    """The backbone tokenizer's tokens by id (attributions name the tokens that drove a prediction)."""
+    tok = _tokenizer(spec["backbone"])
+    return tok.convert_ids_to_tokens(list(range(len(tok))))

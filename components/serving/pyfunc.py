@@ -111,7 +111,7 @@ def log_classifier(state_dict: dict, spec: dict, *, name: str = "model", registe
                                 "pillow", "numpy", "pandas"]
     if not pip_requirements and str(spec.get("model", "")).startswith("backbone:"):
         # a train.backbone model: its architecture's package (the weights travel in the state dict)
-        from components.embedding.backbone_names import TEXT_BUILTIN, is_text_backbone
+        from components.models.backbone_names import TEXT_BUILTIN, is_text_backbone
 
         name = spec["model"].split(":", 1)[1]
         if is_text_backbone(name):  # the architecture and the tokenizer come from the model's package / hub

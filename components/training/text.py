@@ -31,6 +31,15 @@ def fit_tokenizer(texts: Iterable[str], *, max_tokens: int, vocab_size: int, min
     return {"kind": "words", "max_tokens": int(max_tokens), "vocab": ["<pad>", "<unk>", *kept[: vocab_size - 2]]}
 
 
+def vocabulary(tokenizer: dict | None) -> list[str] | None:
+    """Tokens by id (to name them in attributions): the fitted vocabulary, or a text backbone's own."""
+    if tokenizer and tokenizer.get("kind") == "backbone":
+        from components.models.text_backbones import vocabulary as backbone_vocabulary
+
+        return backbone_vocabulary(tokenizer)
+    return (tokenizer or {}).get("vocab")
+
+
 def encode(texts: Iterable[str], tokenizer: dict) -> np.ndarray:
     """int64 (N, max_tokens): ids truncated to ``max_tokens``, padded with 0.
 

@@ -1,7 +1,8 @@
-"""Which modality a ``train.backbone`` name embeds, without importing torch or any model library.
+"""Which modality a ``train.backbone`` name embeds, by its name alone (no model library imported).
 
-params validation (pipelines/config.py) and the embed stage's no-backbone path stay instant, so
-this module knows backbones by name only: the built-in text encoders, the Hugging Face form
+The stages check a backbone against the data before building it (and pipelines/config.py keeps
+a copy of the text names, checked against this one by a test), so this module knows backbones by
+name only: the built-in text encoders, the Hugging Face form
 ``sentence-transformers/<name>``, and everything else is an image backbone (built-in or timm).
 """
 
@@ -21,19 +22,6 @@ def is_text_backbone(name: str | None) -> bool:
 def backbone_modality(name: str) -> str:
     """``text`` or ``image``: the payload a backbone of this name takes."""
     return "text" if is_text_backbone(name) else "image"
-
-
-def source_modality(source: str, *, text_column: str | None) -> str | None:
-    """The payload an ``ingest.source`` produces (None when it depends on the data)."""
-    if source in ("digits", "image_folder"):
-        return "image"
-    if source == "text_folder" or (source == "table" and text_column):
-        return "text"
-    if source == "sequences":
-        return "sequence"
-    if source == "table":
-        return "features"
-    return None
 
 
 def mismatch(backbone: str, payload: str) -> str | None:
