@@ -91,13 +91,33 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, verbose
             # own job supervisor does for job drivers). An explicit RAY_worker_niceness wins; a
             # cluster's nodes keep whatever `ray start` gave them.
             os.environ.setdefault("RAY_worker_niceness", "0")
-            ray.init(num_cpus=num_cpus, **kwargs)
+            _start_local_ray(ray, num_cpus=num_cpus, **kwargs)
     job = ray.get_runtime_context().get_job_id()
     if schedule_timeout_s and _placement_watch.get(job) is None:
         from components.cluster.placement import watch_placement
 
         _placement_watch[job] = watch_placement(schedule_timeout_s, stop=stop_stage)
     return ray.cluster_resources()
+
+
+# Ray gives a new local node a fixed 30 s to register with its GCS (ray/_private/node.py, not
+# configurable); on a loaded machine that window is missed now and then and ray.init fails with
+# "The current node timed out during startup". A second start almost always makes it.
+LOCAL_START_ATTEMPTS = 3
+
+
+def _start_local_ray(ray, *, num_cpus: int | None, attempts: int = LOCAL_START_ATTEMPTS, **kwargs) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=num_cpus, **kwargs)
+            return
+        except Exception as err:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(err) or attempt == attempts:
+                raise
+            print(f"trainwise: Ray's local node missed its 30 s start-up window (a busy machine); "
+                  f"starting it again ({attempt + 1} of {attempts})", file=sys.stderr, flush=True)
+            ray.shutdown()
+            time.sleep(2 * attempt)
 
 
 _placement_watch: dict = {}  # Ray job id -> its watcher: one per job, however often init_ray is called

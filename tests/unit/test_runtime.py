@@ -134,3 +134,32 @@ def test_an_orphan_that_swallows_the_interrupt_still_publishes_nothing(tmp_path)
     assert not (outputs / "train.json").exists()
     assert (outputs / "model" / "old.txt").read_text() == "previous model"  # the old output is untouched
     assert not [p.name for p in outputs.iterdir() if p.name.startswith(".")]  # no temp file left behind
+
+
+def test_a_local_ray_start_that_misses_the_registration_window_is_retried(capsys):
+    from components.runtime import _start_local_ray
+
+    class FakeRay:  # stands in for the ray module: its start-up window cannot be made to time out on demand
+        def __init__(self, failures: int):
+            self.failures, self.inits, self.shutdowns = failures, 0, 0
+
+        def init(self, **kwargs):
+            self.inits += 1
+            if self.inits <= self.failures:
+                raise Exception("The current node timed out during startup. This could happen because ...")
+
+        def shutdown(self):
+            self.shutdowns += 1
+
+    ok = FakeRay(failures=1)
+    _start_local_ray(ok, num_cpus=2, attempts=3)
+    assert (ok.inits, ok.shutdowns) == (2, 1)
+    assert "missed its 30 s start-up window" in capsys.readouterr().err
+    hopeless = FakeRay(failures=5)
+    with pytest.raises(Exception, match="timed out during startup"):
+        _start_local_ray(hopeless, num_cpus=2, attempts=2)
+    assert hopeless.inits == 2
+    other = FakeRay(failures=0)
+    other.init = lambda **kw: (_ for _ in ()).throw(ValueError("bad num_cpus"))
+    with pytest.raises(ValueError):  # any other error is not retried
+        _start_local_ray(other, num_cpus=2)
