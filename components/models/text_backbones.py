@@ -150,9 +150,13 @@ def build_text_backbone(name: str, pretrained: bool | str = True, *, seed: int =
         weights = ("packaged" if offline else "hub") if pretrained else "random"
         file = Path(source) / "model.safetensors"
         digest = sha256_file(file) if pretrained and offline and file.is_file() else ""
-        if not pretrained:
+        if not pretrained:  # the same architecture, initialised afresh by transformers (from its config)
+            from transformers import AutoModel
+
+            module = encoder[0]
+            attr = "model" if isinstance(getattr(module, "model", None), nn.Module) else "auto_model"
             torch.manual_seed(seed)
-            encoder[0].auto_model.init_weights()  # transformers' own initialisation of the architecture
+            setattr(module, attr, AutoModel.from_config(getattr(module, attr).config))
     encoder.eval()
     if not digest:
         digest = state_dict_sha256(encoder.state_dict())
