@@ -2,7 +2,8 @@
 
 The factory is imported from the project (or any installed package) and called as
 ``factory(n_classes=..., input_shape=..., params={...})`` where ``params`` are the train params
-the run uses (dropout, lr, ... and whatever the tune stage chose); it returns an ``nn.Module``
+the run uses (dropout, lr, ... and whatever the tune stage chose; for text also ``vocab_size`` and
+``vocab``, the word of each token id); it returns an ``nn.Module``
 that takes what the table in :mod:`components.models.networks` says for the data's modality
 and returns logits ``(N, n_classes)``. Errors name ``train.model`` and what to fix.
 """
@@ -39,9 +40,12 @@ def load_factory(spec: str):
 
 
 def build_custom(spec: str, *, input_shape: tuple[int, ...], n_classes: int, dropout: float = 0.0,
-                 vocab_size: int | None = None, params: dict | None = None) -> nn.Module:
+                 vocab_size: int | None = None, params: dict | None = None, vocab: list[str] | None = None) -> nn.Module:
     factory = load_factory(spec)
-    params = {"dropout": dropout, **(params or {}), **({"vocab_size": vocab_size} if vocab_size else {})}
+    # vocab: for text, the words of the ids (id -> word), so a pretrained model with a tokenizer of its
+    # own can map them (examples/hf_text_model.py); passed at training and when a saved model is rebuilt
+    params = {"dropout": dropout, **(params or {}), **({"vocab_size": vocab_size} if vocab_size else {}),
+              **({"vocab": list(vocab)} if vocab else {})}
     kwargs = {"n_classes": n_classes, "input_shape": tuple(input_shape), "params": params}
     accepted = inspect.signature(factory).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):

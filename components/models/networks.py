@@ -217,11 +217,12 @@ BACKBONE_PREFIX = "backbone:"
 
 
 def build_model(name: str, *, input_shape: tuple[int, ...], n_classes: int, dropout: float = 0.0,
-                vocab_size: int | None = None, params: dict | None = None) -> nn.Module:
+                vocab_size: int | None = None, params: dict | None = None,
+                vocab: list[str] | None = None) -> nn.Module:
     """A fresh model by name. ``input_shape`` is one example's shape (see the table above);
     ``vocab_size`` is set for text (token ids) and None otherwise. ``package.module:factory``
     builds a user's own network (components.models.custom), which also receives ``params``
-    (the train params of the run)."""
+    (the train params of the run) and, for text, ``params["vocab"]``: the words the ids stand for."""
     if name.startswith(BACKBONE_PREFIX):  # a saved train.backbone model: weights come from its state dict
         from components.models.backbones import build_classifier
 
@@ -230,7 +231,7 @@ def build_model(name: str, *, input_shape: tuple[int, ...], n_classes: int, drop
         from components.models.custom import build_custom
 
         return build_custom(name, input_shape=tuple(int(d) for d in input_shape), n_classes=n_classes,
-                            dropout=dropout, vocab_size=vocab_size, params=params)
+                            dropout=dropout, vocab_size=vocab_size, params=params, vocab=vocab)
     try:
         make = MODELS[name]
     except KeyError:

@@ -139,10 +139,11 @@ def _embedding_features(ids: list[str], embeddings, *, max_features: int, seed: 
             len(ids) - missing, len(ids))
         return None, "incomplete embeddings"
     x = emb[[where[i] for i in ids]]
-    if x.shape[1] > max_features:  # PCA keeps the directions along which the rows differ most
+    keep = min(max_features, len(x))  # PCA has at most as many directions as rows (a small set: fewer rows)
+    if x.shape[1] > keep:  # PCA keeps the directions along which the rows differ most
         from sklearn.decomposition import PCA
 
-        x = PCA(n_components=max_features, svd_solver="randomized", random_state=seed).fit_transform(x)
+        x = PCA(n_components=keep, svd_solver="randomized", random_state=seed).fit_transform(x)
     # Not standardised: that would give the weakest PCA directions (mostly noise) the weight of the strongest.
     return np.asarray(x, np.float32), f"embeddings ({emb.shape[1]} -> {x.shape[1]} values)"
 

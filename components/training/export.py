@@ -61,7 +61,8 @@ def load_model_from_state(state_dict: dict, spec: dict) -> tuple[torch.nn.Module
     model = build_model(spec["model"], input_shape=tuple(spec["input_shape"]), n_classes=len(spec["classes"]),
                         dropout=spec.get("dropout", 0.0),
                         # a text backbone's tokenizer is its own (no "vocab" here: components/models/text_backbones.py)
-                        vocab_size=len(tokenizer["vocab"]) if tokenizer and "vocab" in tokenizer else None)
+                        vocab_size=len(tokenizer["vocab"]) if tokenizer and "vocab" in tokenizer else None,
+                        vocab=(tokenizer or {}).get("vocab"))
     model.load_state_dict(state_dict)
     model.eval()
     return model, spec

@@ -470,7 +470,8 @@ def run_loop(config: dict, session) -> None:
     else:  # params: what a package.module:factory model receives (components/models/custom.py)
         model = build_model(cfg.model, input_shape=shape, n_classes=cfg.n_classes, dropout=cfg.dropout,
                             vocab_size=len(cfg.tokenizer["vocab"]) if cfg.tokenizer else None,
-                            params={k: v for k, v in cfg.to_dict().items() if k != "tokenizer"})
+                            params={k: v for k, v in cfg.to_dict().items() if k != "tokenizer"},
+                            vocab=(cfg.tokenizer or {}).get("vocab"))
     model = session.prepare_model(model)
     trainer = Trainer(model, cfg, device=device, steps_per_epoch=optimizer_steps_per_epoch(cfg, world))
     augment_fn = (lambda x, g: augment(x, kind=kind, strength=cfg.augment, generator=g, hflip=cfg.hflip)) \
