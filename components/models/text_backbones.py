@@ -106,10 +106,11 @@ class TextBackbone(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         mask = ids != 0
-        if not torch.is_grad_enabled() and ids.numel():
-            # Inference (embed, evaluate, serving): trailing padding is dead weight (masked out; the
-            # result is the same) and short texts run several times faster. With gradients the full
-            # width stays: Captum's attributions line token scores up with the ids they were given.
+        if (self.training or not torch.is_grad_enabled()) and ids.numel():
+            # Training (finetune) and inference (embed, evaluate, serving): trailing padding is dead
+            # weight (masked out; the result is the same) and short texts run several times faster.
+            # Gradients in eval mode are Captum's attributions: they keep the full width, to line
+            # token scores up with the ids they were given.
             width = max(int(mask.sum(1).max().item()), 1)
             ids, mask = ids[:, :width], mask[:, :width]
         return self.encoder({"input_ids": ids, "attention_mask": mask.long()})["sentence_embedding"]

@@ -215,3 +215,44 @@ def test_backbone_and_data_must_agree(tmp_path):
     with pytest.raises(DataContractError, match=r"train\.backbone: 'efficientnet_lite0' embeds image, but this "
                                                  r"dataset's payload is text"):
         resolve_backbone(loop)
+
+
+def test_finetune_trains_the_encoder_on_token_ids(backbone, tmp_path, monkeypatch):
+    """backbone_mode finetune on text: the loop feeds the backbone tokenizer's ids (not embeddings) and
+    the encoder's own weights move; one in-process rank, two short epochs."""
+    import ray
+
+    from components.training import loop as L
+
+    texts, labels = (FOOD + SPORT)[:6] + (FOOD + SPORT)[12:18], [0] * 6 + [1] * 6
+    split = _text_split(tmp_path, texts, labels, ["train", "train", "train", "train", "val", "val"] * 2)
+    cfg = LoopConfig(data_dir=str(split), n_classes=2, input_shape=(64,), backbone=NAME, modality="text",
+                     backbone_mode="finetune", epochs=2, patience=5, batch_size=4, lr=1e-4, dropout=0.0, seed=0)
+    cfg = replace(cfg, **resolve_backbone(cfg))
+    assert cfg.tokenizer["kind"] == "backbone" and cfg.embed_dim is None  # rows are texts, not vectors
+    monkeypatch.setattr(ray, "get", lambda x: x)
+    from components.data.contract import read_table
+
+    refs = {s: read_table(str(split), columns=["label", "text"], filter_split=s) for s in ("train", "val")}
+    reports = []
+
+    class Session:
+        rank, world, device = 0, 1, torch.device("cpu")
+
+        def prepare_model(self, m):
+            self.model = m
+            return m
+
+        def checkpoint(self):
+            return None
+
+        def report(self, metrics, checkpoint_dir, history):
+            reports.append(metrics)
+
+    s = Session()
+    L.run_loop({**cfg.to_dict(), L.DATA_REFS: refs}, s)
+    assert len(reports) == 2 and np.isfinite(reports[-1]["train/loss"])
+    before = backbone.encoder.state_dict()
+    after = s.model.backbone.encoder.state_dict()
+    key = next(k for k in before if k.endswith("word_embeddings.weight"))
+    assert not torch.equal(before[key], after[key])  # the encoder itself learned
