@@ -30,6 +30,11 @@ from components.runtime import refuse_if_orphaned
 MANIFEST = "manifest.json"
 SET_ASIDE = "set_aside.jsonl"
 PAYLOAD_COLUMNS = ("image", "text", "sequence", "features")
+# Bytes of rows read or written at once. Parquet stores a decoded image (list<uint8>) with two
+# 16-bit levels per pixel: writing a batch took ~11x its pixel bytes and reading ~17x (measured,
+# pyarrow 25, 224x224x3), so batches are bounded in bytes, not rows (8192 such rows are 1.2 GB).
+BATCH_BYTES = 16 * 2**20
+ROW_GROUP_BYTES = 16 * 2**20
 
 
 class DataContractError(ValueError):
@@ -98,6 +103,9 @@ class DatasetWriter:
         self._shards: list[Path] = []
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
+        self._pending_bytes = 0
+        self._shard_writer: pq.ParquetWriter | None = None   # the shard being filled, one row group at a time
+        self._shard_filled = 0
         self._schema: pa.Schema | None = None
         self.class_counts: Counter[int] = Counter()
         self.rows = 0
@@ -119,21 +127,43 @@ class DatasetWriter:
             return
         self._pending.append(table)
         self._pending_rows += table.num_rows
-        while self._pending_rows >= self.shard_rows:
-            self._flush(self.shard_rows)
+        self._pending_bytes += table.nbytes
+        # Rows wait until a shard is full or ROW_GROUP_BYTES have come, then go out as one row
+        # group of the open shard: memory holds about one row group, not one shard (a 50,000-row
+        # shard of 224x224 RGB images is 7.5 GB). Small rows still make one row group per shard.
+        while self._pending_rows and (self._shard_filled + self._pending_rows >= self.shard_rows
+                                      or self._pending_bytes >= ROW_GROUP_BYTES):
+            self._flush(self._pending_rows)
 
     def _flush(self, n: int) -> None:
+        """Write up to ``n`` pending rows (at most ROW_GROUP_BYTES, at most what the shard has room
+        for) as one row group of the open shard; close the shard when it is full."""
         merged = pa.concat_tables(self._pending)
+        row_bytes = max(1, merged.nbytes // max(1, merged.num_rows))
+        n = min(n, self.shard_rows - self._shard_filled, max(1, ROW_GROUP_BYTES // row_bytes))
         head, rest = merged.slice(0, n), merged.slice(n)
-        path = self._tmp / f"part-{len(self._shards):05d}.parquet"
-        pq.write_table(head, path)
-        self._shards.append(path)
+        if self._shard_writer is None:
+            path = self._tmp / f"part-{len(self._shards):05d}.parquet"
+            self._shard_writer = pq.ParquetWriter(path, self._schema)
+            self._shards.append(path)
+        self._shard_writer.write_table(head)
+        self._shard_filled += head.num_rows
+        if self._shard_filled >= self.shard_rows:
+            self._end_shard_file()
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
+        self._pending_bytes = rest.nbytes
+
+    def _end_shard_file(self) -> None:
+        if self._shard_writer is not None:
+            self._shard_writer.close()
+            self._shard_writer = None
+            self._shard_filled = 0
 
     def close(self, *, rows_in: int, set_aside: SetAside, extra: dict | None = None) -> dict:
-        if self._pending_rows:
+        while self._pending_rows:
             self._flush(self._pending_rows)
+        self._end_shard_file()
         if self._schema is None:
             raise DataContractError(f"{self.out_dir}: no rows left to write (rows in: {rows_in}); "
                                     f"set aside: {set_aside.counts()}")
@@ -162,6 +192,10 @@ class DatasetWriter:
         return manifest
 
     def abort(self) -> None:
+        try:
+            self._end_shard_file()
+        except Exception:  # already failing; the temp dir goes either way
+            pass
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> "DatasetWriter":
@@ -250,12 +284,35 @@ def read_table(data_dir: str | os.PathLike, *, columns: list[str] | None = None,
             columns=columns)
 
 
-def iter_batches(data_dir: str | os.PathLike, *, batch_rows: int = 8192) -> Iterator[pa.RecordBatch]:
-    """Stream a dataset shard by shard, so memory is bounded by ``batch_rows``."""
+def iter_batches(data_dir: str | os.PathLike, *, batch_rows: int = 8192,
+                 batch_bytes: int = BATCH_BYTES) -> Iterator[pa.RecordBatch]:
+    """Stream a dataset shard by shard, so memory is bounded by ``batch_rows`` rows and, for wide
+    rows (images), by about ``batch_bytes`` bytes of them."""
     manifest = read_manifest(data_dir)
     for shard in manifest["shards"]:
         with _unreadable_parquet(Path(data_dir) / shard):
-            yield from pq.ParquetFile(Path(data_dir) / shard).iter_batches(batch_size=batch_rows)
+            yield from iter_file_batches(pq.ParquetFile(Path(data_dir) / shard), batch_rows=batch_rows,
+                                         batch_bytes=batch_bytes)
+
+
+def iter_file_batches(parquet_file: pq.ParquetFile, *, batch_rows: int,
+                      batch_bytes: int = BATCH_BYTES) -> Iterator[pa.RecordBatch]:
+    """One Parquet file's batches (see :func:`rows_within`), one row group at a time: a single
+    ``iter_batches`` over a file of many row groups kept memory for every row group it had passed
+    until it ended (pyarrow 25: +16 MiB per 16 MiB row group; apache/arrow#39808 is the same effect
+    in Dataset.to_batches)."""
+    size = rows_within(parquet_file, batch_rows=batch_rows, batch_bytes=batch_bytes)
+    for k in range(parquet_file.metadata.num_row_groups):
+        yield from parquet_file.iter_batches(batch_size=size, row_groups=[k])
+
+
+def rows_within(parquet_file: pq.ParquetFile, *, batch_rows: int, batch_bytes: int = BATCH_BYTES) -> int:
+    """Rows per batch so that a batch holds at most ``batch_rows`` rows and about ``batch_bytes``
+    bytes (from the widest row group's uncompressed size per row, in the file's metadata)."""
+    meta = parquet_file.metadata
+    widest = max((meta.row_group(k).total_byte_size / meta.row_group(k).num_rows
+                  for k in range(meta.num_row_groups) if meta.row_group(k).num_rows), default=1.0)
+    return max(1, min(batch_rows, int(batch_bytes // max(widest, 1.0))))
 
 
 @contextmanager

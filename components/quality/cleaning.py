@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from components.data.contract import DatasetWriter, SetAside, content_hash
+from components.data.contract import BATCH_BYTES, DatasetWriter, SetAside, content_hash, iter_file_batches
 from components.quality.duplicates import (DUPLICATE, LABEL_CONFLICT, NearDuplicateIndex, duplicate_pairs,
                                            exact_duplicate_rows, group_names, group_summary,
                                            image_embedding, key64, near_pairs_table, text_key)
@@ -119,10 +119,17 @@ def _decode(payload, modality: str, options: CleanOptions):
     return values, values.tobytes()
 
 
+def _image_width(options: CleanOptions) -> int:
+    h, w = options.image_size
+    return h * w * options.channels
+
+
 def _staging_type(modality: str, options: CleanOptions) -> pa.DataType:
     if modality == "image":
-        h, w = options.image_size
-        return pa.list_(pa.uint8(), h * w * options.channels)
+        # Staged as fixed-size binary, not list<uint8>: Parquet writes a list with two 16-bit
+        # levels per pixel (~11x the pixels in memory while writing, ~17x while reading); a
+        # fixed-size binary has none. Pass 2 turns it back into the contract's list, zero-copy.
+        return pa.binary(_image_width(options))
     if modality == "text":
         return pa.string()
     return pa.list_(pa.float32())  # lengths are checked after pass 1
@@ -130,12 +137,19 @@ def _staging_type(modality: str, options: CleanOptions) -> pa.DataType:
 
 def _column(values: list, modality: str, options: CleanOptions) -> pa.Array:
     if modality == "image":
-        h, w = options.image_size
-        width = h * w * options.channels
-        return pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(values), pa.uint8()), width)
+        pixels = pa.py_buffer(np.concatenate(values))
+        return pa.FixedSizeBinaryArray.from_buffers(pa.binary(_image_width(options)), len(values), [None, pixels])
     if modality == "text":
         return pa.array(values, pa.string())
     return pa.array([v.tolist() for v in values], pa.list_(pa.float32()))
+
+
+def _as_pixel_list(column: pa.ChunkedArray, width: int) -> pa.FixedSizeListArray:
+    """Staged fixed-size binary rows -> the contract's fixed_size_list<uint8>[width], sharing the bytes."""
+    col = column.combine_chunks()
+    pixels = pa.Array.from_buffers(pa.uint8(), len(col) * width, [None, col.buffers()[1]], offset=col.offset * width)
+    # "element": the child's name a list read back from Parquet has (the manifest's schema string says it)
+    return pa.FixedSizeListArray.from_arrays(pixels, type=pa.list_(pa.field("element", pa.uint8()), width))
 
 
 def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n_classes: int,
@@ -165,13 +179,30 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
     with tempfile.TemporaryDirectory(prefix="trainwise-clean-") as tmp:
         staged = Path(tmp) / "decoded.parquet"
         # -- pass 1: decode and validate ------------------------------------------------------
-        with pq.ParquetWriter(staged, stage_schema) as staging:
+        with pq.ParquetWriter(staged, stage_schema, use_dictionary=modality != "image") as staging:
+            keep = {"id": [], "label": [], modality: [], "source": []}
+            digests, lengths, keys = [], [], []
+            decoded_bytes = 0
+
+            def stage_kept() -> None:
+                """Decoded rows to the staging file (one row group): memory holds BATCH_BYTES of them."""
+                nonlocal digests, lengths, keys, decoded_bytes
+                if keep["id"]:
+                    staging.write_table(pa.table({**keep, modality: _column(keep[modality], modality, options)},
+                                                 schema=stage_schema))
+                    parts["id"].append(np.array([i.encode() for i in keep["id"]]))
+                    parts["label"].append(np.array(keep["label"], np.int64))
+                    parts["digest"].append(np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 16))
+                    parts["length"].append(np.array(lengths, np.int64))
+                    parts["key"].append(np.array(keys, np.int64))
+                for v in keep.values():
+                    v.clear()
+                digests, lengths, keys, decoded_bytes = [], [], [], 0
+
             for batch in batches:
                 ids, labels = batch.column("id").to_pylist(), batch.column("label").to_pylist()
                 payloads, sources = batch.column(modality).to_pylist(), batch.column("source").to_pylist()
                 rows_in += len(ids)
-                keep = {"id": [], "label": [], modality: [], "source": []}
-                digests, lengths, keys = [], [], []
                 for row_id, label, payload, source in zip(ids, labels, payloads, sources):
                     if label is None or not 0 <= label < n_classes:
                         aside.add(row_id, source, BAD_LABEL, label=label)
@@ -192,14 +223,10 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
                         lengths.append(len(value))
                     for k, v in (("id", row_id), ("label", label), (modality, value), ("source", source)):
                         keep[k].append(v)
-                if keep["id"]:
-                    staging.write_table(pa.table({**keep, modality: _column(keep[modality], modality, options)},
-                                                 schema=stage_schema))
-                    parts["id"].append(np.array([i.encode() for i in keep["id"]]))
-                    parts["label"].append(np.array(keep["label"], np.int64))
-                    parts["digest"].append(np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 16))
-                    parts["length"].append(np.array(lengths, np.int64))
-                    parts["key"].append(np.array(keys, np.int64))
+                    decoded_bytes += len(raw)
+                    if decoded_bytes >= BATCH_BYTES:   # a batch of small photos decodes to a lot of pixels
+                        stage_kept()
+                stage_kept()
         # one kind at a time, its batches released as it is joined: never two copies of everything
         row_ids = np.concatenate(parts.pop("id")) if parts["id"] else np.empty(0, "S1")
         row_labels = np.concatenate(parts.pop("label")) if parts["label"] else np.empty(0, np.int64)
@@ -267,8 +294,11 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
         source_of: dict[int, str] = {}           # sources of the rows set aside, read back from staging
         start = kept_before = 0
         if n:
-            for batch in pq.ParquetFile(staged).iter_batches(batch_size=4096):
+            for batch in iter_file_batches(pq.ParquetFile(staged), batch_rows=4096):
                 table = pa.Table.from_batches([batch])
+                if modality == "image":
+                    table = table.set_column(table.schema.get_field_index(modality), modality,
+                                             _as_pixel_list(table.column(modality), _image_width(options)))
                 mask = kept_mask[start:start + table.num_rows]
                 if not mask.all():
                     sources = table.column("source").to_pylist()
