@@ -7,7 +7,7 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss, precision_recall_fscore_support
 
 
-@torch.no_grad()
+@torch.inference_mode()  # (not only no_grad: a text backbone skips its padding then, components/models/text_backbones.py)
 def predict_proba(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int = 512) -> np.ndarray:
     model.eval()
     out = [torch.softmax(model(x[i:i + batch_size]), dim=1) for i in range(0, len(x), batch_size)]

@@ -106,11 +106,11 @@ class TextBackbone(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         mask = ids != 0
-        if (self.training or not torch.is_grad_enabled()) and ids.numel():
-            # Training (finetune) and inference (embed, evaluate, serving): trailing padding is dead
-            # weight (masked out; the result is the same) and short texts run several times faster.
-            # Gradients in eval mode are Captum's attributions: they keep the full width, to line
-            # token scores up with the ids they were given.
+        if (self.training or torch.is_inference_mode_enabled()) and ids.numel():
+            # Training (finetune) and inference (embed, evaluate, serving run under inference_mode):
+            # trailing padding is dead weight (masked out; the result is the same) and short texts run
+            # several times faster. Anything else keeps the full width: Captum's attributions run the
+            # all-padding baseline under no_grad and the input with gradients, and need both the same shape.
             width = max(int(mask.sum(1).max().item()), 1)
             ids, mask = ids[:, :width], mask[:, :width]
         return self.encoder({"input_ids": ids, "attention_mask": mask.long()})["sentence_embedding"]

@@ -115,6 +115,17 @@ def test_frozen_classifier_saved_model_takes_token_ids_of_raw_text(backbone):
         via_text = m(ids)
         via_vectors = m(m.backbone(ids))  # what the frozen head trains on: the embed stage's vectors
     torch.testing.assert_close(via_text, via_vectors)
+    with torch.inference_mode():  # evaluate / serving: trailing padding skipped, same result
+        torch.testing.assert_close(m(ids), via_text, atol=1e-5, rtol=1e-4)
+    # evaluate's attributions (Captum, layer integrated gradients at the word-piece embeddings): one score
+    # per token id given, the all-padding baseline included
+    from components.evaluation.attributions import attribute, top_tokens
+    from components.training.text import vocabulary
+
+    attr = attribute(m, ids, [1, 0], steps=4)
+    assert attr.shape == (2, 256) and np.isfinite(attr).all() and (attr[:, 12:] == 0).all()
+    words = {w for w, _ in top_tokens(ids.numpy(), attr, vocab=vocabulary(spec), k=20)[0]}
+    assert words == {"[CLS]", "a", "late", "goal", "decided", "the", "derby", "[SEP]"}  # named by the model's vocab
     again = build_model(f"backbone:{NAME}", input_shape=(256,), n_classes=2)  # evaluate / serving rebuild
     again.load_state_dict(m.state_dict())
     again.eval()
