@@ -182,6 +182,8 @@ def main() -> None:
                                                       "(its repro.start / repro.end give the wall time)")
     ap.add_argument("--scratch-root", type=Path, help="the same for SCRATCH")
     ap.add_argument("--plain-result", type=Path, help="JSON of plain_script() run on --scratch-root's data/audit")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "photos.json",
+                    help="results file (a dry run on a subset writes elsewhere, e.g. /tmp/photos_small.json)")
     a = ap.parse_args()
     if not a.data.is_dir():
         raise SystemExit(f"{a.data}: not found; prepare it with python -m benchmarks.photos_data (see its docstring)")
@@ -264,8 +266,8 @@ def _scratch_and_plain(a, rows, result, photo_root, photo_times, au, wall) -> No
     print(f"whole dvc repro with the photo settings: {wall:.0f}s (target <= 600 s on 2 cores)")
     print("label audit with embeddings:", json.dumps(audit["with_embeddings"]))
     print("label audit on pixels:      ", json.dumps(audit["pixels_only"]))
-    out = write_results(REPO / "benchmarks" / "results" / "photos.json", result)
-    print(f"-> {out.relative_to(REPO)}")
+    out = write_results(a.out.resolve(), result)
+    print(f"-> {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
     if not a.keep:
         shutil.rmtree(photo_root, ignore_errors=True)
         shutil.rmtree(root3, ignore_errors=True)
