@@ -345,6 +345,10 @@ def sync_batchnorm(model: nn.Module, *, world: int, device: torch.device | None 
         sync = _SyncBatchNorm(model.num_features, model.eps, model.momentum, model.affine, model.track_running_stats)
         sync.load_state_dict(model.state_dict())
         sync.train(model.training)
+        # A frozen layer stays frozen: new parameters would require grad, and DDP would wait for
+        # gradients a frozen backbone never produces (the frozen head's 2-worker train failed so).
+        for new, old in zip(sync.parameters(), model.parameters()):
+            new.requires_grad_(old.requires_grad)
         return sync
     for name, child in model.named_children():
         model.add_module(name, sync_batchnorm(child, world=world, device=device))

@@ -278,3 +278,20 @@ def test_two_ranks_with_synced_batch_norm_train_like_one_worker_with_the_global_
     assert any("running_mean" in k for k in one)
     assert gap(one, synced) < 1e-4, gap(one, synced)  # same weights and running statistics
     assert gap(one, per_rank) > 1e-3, gap(one, per_rank)  # and the check has teeth
+
+
+def test_sync_batchnorm_keeps_a_frozen_layer_frozen():
+    """A frozen backbone's BatchNorm stays frozen when converted for 2 CPU ranks: its new parameters
+    required grad before, so DDP waited for gradients the frozen head never produces ("Expected to
+    have finished reduction in the prior iteration", the photo benchmark's 2-worker frozen train)."""
+    from components.training.loop import _SyncBatchNorm, sync_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(4), torch.nn.Sequential(torch.nn.BatchNorm2d(4)),
+                                torch.nn.Linear(4, 2))
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    for p in model[1].parameters():
+        p.requires_grad_(False)
+    converted = sync_batchnorm(model, world=2, device=torch.device("cpu"))
+    assert isinstance(converted[0], _SyncBatchNorm) and isinstance(converted[1][0], _SyncBatchNorm)
+    assert [p.requires_grad for p in converted.parameters()] == [False, False, False, False, True, True]
