@@ -191,6 +191,24 @@ def test_frozen_head_on_minilm_vectors_beats_chance_and_predicts_raw_text(backbo
     rows = predictor.predict(["Fry the mushrooms in butter", "The goalkeeper caught the ball", "", b"\xff\xfe"])
     assert [r["predicted_class"] for r in rows[:2]] == ["food", "sport"], rows
     assert "empty text" in rows[2]["error"] and "not UTF-8" in rows[3]["error"]
+    # the registered MLflow model (what `trainwise predict` loads from the registry) takes a `text` column
+    import mlflow
+    import pandas as pd
+
+    from components.serving.pyfunc import log_classifier
+    from tests.conftest import experiment_in
+
+    old = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with mlflow.start_run(experiment_id=experiment_in(tmp_path, "text-backbone")):
+            info = log_classifier(s.model.state_dict(), spec)
+        served = mlflow.pyfunc.load_model(info.model_uri)
+        assert [c.name for c in served.metadata.get_input_schema().inputs] == ["text"]
+        out = served.predict(pd.DataFrame({"text": ["Fry the mushrooms in butter", "The goalkeeper caught the ball"]}))
+        assert out["predicted_class"].tolist() == ["food", "sport"]
+    finally:
+        mlflow.set_tracking_uri(old)
 
 
 def test_bad_text_backbone_input_names_the_param_and_fix(monkeypatch, tmp_path):
