@@ -64,7 +64,8 @@ def main() -> None:
             raise StageError(f"params.yaml: train.num_workers={tp.num_workers} x train.cpus_per_worker="
                              f"{tp.cpus_per_worker}{' with train.use_gpu' if tp.use_gpu else ''} {why}. Fix: lower "
                              "them, or join a cluster with bigger nodes (RAY_ADDRESS, ray.submit)")
-        stage.log("training %s on %d worker(s) (%s), up to %d epochs, hp from %s: %s", tp.model, tp.num_workers,
+        stage.log("training %s on %d worker(s) (%s), up to %d epochs, hp from %s: %s",
+                  f"a {tp.backbone_mode} {tp.backbone} backbone + head" if tp.backbone else tp.model, tp.num_workers,
                   "GPU" if tp.use_gpu else "CPU", tp.epochs, tuned["source"], hp)
         # Same params + data -> same name: a re-run after the driver died continues that run.
         storage = stage.storage()
