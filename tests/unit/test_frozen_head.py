@@ -12,6 +12,7 @@ from components.models import build_model
 from components.models.backbones import build_classifier
 from components.training.data import decode, to_numpy
 from components.training.loop import LoopConfig
+from tests.inprocess import InProcessSession
 
 
 def _split(tmp_path, n=8):
@@ -103,22 +104,8 @@ def test_training_loop_trains_the_head_on_vectors(tmp_path, monkeypatch):
                      patience_smoothing=0.5, batch_size=8, lr=0.01, dropout=0.0)
     cfg = replace(cfg, **resolve_backbone(cfg))
     monkeypatch.setattr(ray, "get", lambda x: x)
-    reports = []
-
-    class Session:
-        rank, world, device = 0, 1, torch.device("cpu")
-
-        def prepare_model(self, m):
-            self.model = m
-            return m
-
-        def checkpoint(self):
-            return None
-
-        def report(self, metrics, checkpoint_dir, history):
-            reports.append(metrics)
-
-    s = Session()
+    s = InProcessSession()
+    reports = s.reports
     L.run_loop({**cfg.to_dict(), L.DATA_REFS: embedding_tables(cfg)}, s)
     assert reports[-1]["train/acc"] == 1.0 and reports[-1]["val/acc"] >= 0.9
     assert "val/loss_smoothed" in reports[-1]

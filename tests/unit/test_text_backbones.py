@@ -27,6 +27,7 @@ from components.models.backbones import BackboneError, build_backbone, build_cla
 from components.models.text_backbones import model_source, tokenize, tokenizer_spec  # noqa: E402
 from components.training.loop import LoopConfig  # noqa: E402
 from components.training.text import encode  # noqa: E402
+from tests.inprocess import InProcessSession  # noqa: E402
 
 NAME = "all_minilm_l6_v2"
 
@@ -167,22 +168,8 @@ def test_frozen_head_on_minilm_vectors_beats_chance_and_predicts_raw_text(backbo
     cfg = replace(cfg, **resolve_backbone(cfg))
     assert cfg.tokenizer == tokenizer_spec(NAME, max_tokens=256) and cfg.embed_dim == 384
     monkeypatch.setattr(ray, "get", lambda x: x)
-    reports = []
-
-    class Session:
-        rank, world, device = 0, 1, torch.device("cpu")
-
-        def prepare_model(self, m):
-            self.model = m
-            return m
-
-        def checkpoint(self):
-            return None
-
-        def report(self, metrics, checkpoint_dir, history):
-            reports.append(metrics)
-
-    s = Session()
+    s = InProcessSession()
+    reports = s.reports
     L.run_loop({**cfg.to_dict(), L.DATA_REFS: embedding_tables(cfg)}, s)
     assert reports[-1]["val/acc"] >= 0.9, reports[-1]  # chance is 0.5
     spec = model_spec(cfg.to_dict(), classes=["food", "sport"])
@@ -263,22 +250,8 @@ def test_finetune_trains_the_encoder_on_token_ids(backbone, tmp_path, monkeypatc
     from components.data.contract import read_table
 
     refs = {s: read_table(str(split), columns=["label", "text"], filter_split=s) for s in ("train", "val")}
-    reports = []
-
-    class Session:
-        rank, world, device = 0, 1, torch.device("cpu")
-
-        def prepare_model(self, m):
-            self.model = m
-            return m
-
-        def checkpoint(self):
-            return None
-
-        def report(self, metrics, checkpoint_dir, history):
-            reports.append(metrics)
-
-    s = Session()
+    s = InProcessSession()
+    reports = s.reports
     L.run_loop({**cfg.to_dict(), L.DATA_REFS: refs}, s)
     assert len(reports) == 2 and np.isfinite(reports[-1]["train/loss"])
     before = backbone.encoder.state_dict()
