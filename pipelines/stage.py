@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from components.data.contract import DataContractError, read_manifest, write_json_atomic
-from components.runtime import Orphaned, stopped_because, watch_parent
+from components.runtime import Orphaned, exit_now, stopped_because, watch_parent
 from components.tracking.cost import CostMeter, Rates, nvml_probe
 from components.tracking.mlflow_runs import (dvc_locked_hashes, environment_tags, flatten, git_commit,
                                              pipeline_run_id, resolve_tracking_uri, setup_mlflow)
@@ -189,8 +189,27 @@ def _stage_name(main) -> str | None:
     return name.split(".", 1)[1] if name.startswith("pipelines.") else None
 
 
-def run_stage(main) -> None:
-    """Run a stage's ``main`` and turn user-fixable errors into a clear message, exit 2."""
+def run_stage(main, *, exit_process: bool | None = None) -> None:
+    """Run a stage's ``main`` and turn user-fixable errors into a clear message, exit 2.
+
+    ``exit_process`` (default: ``main`` is the program's own, i.e. ``python -m pipelines.<stage>``
+    as dvc.yaml runs it) ends the process here with :func:`components.runtime.exit_now`: every
+    exit path and code as before, without the interpreter's teardown of torch, MLflow and Ray
+    (seconds per stage; benchmarks/stage_exit.py). Called from other code, it returns or raises.
+    """
+    if exit_process is None:
+        exit_process = getattr(main, "__module__", None) == "__main__"
+    if not exit_process:
+        _run_stage(main)
+        return
+    try:
+        _run_stage(main)
+    except SystemExit as done:
+        exit_now(done.code)
+    exit_now(0)
+
+
+def _run_stage(main) -> None:
     from pipelines.remote import submit, submitted_here
 
     try:
