@@ -43,9 +43,10 @@ def _image_shape(stage, src, raw) -> tuple[tuple[int, int], int, dict]:
     if raw.get("payload", "image") != "image":
         return (1, 1), 1, {}
     from components.data.image_stats import choose_shape, survey_images
-    from components.models.backbones import expected_input
 
     backbone = stage.params.train.backbone
+    if backbone:  # torch: only when a backbone decides the input
+        from components.models.backbones import expected_input
     survey = survey_images(iter_batches(src))
     size, channels, warnings = choose_shape(survey, image_size=p.image_size, channels=p.channels,
                                             max_side=p.max_image_side,

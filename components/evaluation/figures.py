@@ -16,7 +16,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from components.evaluation.attributions import per_position  # noqa: E402
 
 
 def png_bytes(fig, *, dpi: int = 110) -> bytes:
@@ -102,6 +101,8 @@ def image_attribution_figure(images: np.ndarray, attr: np.ndarray, titles: Seque
 def sequence_attribution_figure(seqs: np.ndarray, attr: np.ndarray, titles: Sequence[str], *, cols: int = 4):
     """Per example: the signal (line) and each position's attribution (bars, red = toward the
     predicted class, blue = against)."""
+    from components.evaluation.attributions import per_position  # torch: only when drawing attributions
+
     s, a = per_position(np.asarray(seqs), reduce="mean"), per_position(np.asarray(attr))
     n = len(s)
     rows, cols = _grid(n, cols)
@@ -142,6 +143,8 @@ def thumbnails_figure(images: Sequence[np.ndarray], titles: Sequence[str], *, co
 
 
 def sequences_figure(seqs: np.ndarray, titles: Sequence[str], *, cols: int = 4):
+    from components.evaluation.attributions import per_position
+
     s = per_position(np.asarray(seqs), reduce="mean") if np.asarray(seqs).ndim == 3 else np.asarray(seqs)
     rows, cols = _grid(len(s), cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 1.6 * rows), squeeze=False)
