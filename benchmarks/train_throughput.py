@@ -183,7 +183,7 @@ def main() -> None:
     ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
     out = {"benchmark": "train_throughput", "batch_size": BATCH,
-           "machine_note": "2 shared cores, other jobs running: absolute numbers are inflated; compare ratios"}
+           "machine_note": "2 cores; the load average at the start is in provenance: absolute numbers move with it, compare ratios"}
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         split = write_digits_split(Path(tmp) / "data")
