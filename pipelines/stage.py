@@ -34,6 +34,7 @@ class StageError(RuntimeError):
 
 # Where logging is kept while the tracking store is unreachable (replayed by the next stage).
 SPOOL_DIR = ".trainwise/mlflow_spool"
+_STAGE_PROGRAM = [False]  # set by run_stage when this process runs one stage as its program
 DIGEST_CHARS = 32  # MLflow's dataset digest column holds 36 characters
 METER_SAMPLE_S = 5.0  # the cost meter's background sampling (process tree CPU, GPU utilisation)
 
@@ -55,7 +56,9 @@ class Stage:
         self.tracker = Tracker(run_id=None, tracking_uri=None, spool_dir=self.root / SPOOL_DIR, enabled=False)
         self._t0 = time.perf_counter()
         self._started_at = time.time()
-        self.meter.start(sample_every_s=METER_SAMPLE_S)  # MLflow set-up is part of the bill
+        # MLflow set-up is part of the bill, and so are the interpreter's start and the imports before here
+        # (when this process is the stage's own: run_stage as the program, what dvc.yaml runs)
+        self.meter.start(sample_every_s=METER_SAMPLE_S, from_process_start=_STAGE_PROGRAM[0])
 
     # -- paths -------------------------------------------------------------------------
     def path(self, rel: str) -> Path:
@@ -202,6 +205,7 @@ def run_stage(main, *, exit_process: bool | None = None) -> None:
     if not exit_process:
         _run_stage(main)
         return
+    _STAGE_PROGRAM[0] = True
     try:
         _run_stage(main)
     except SystemExit as done:

@@ -177,9 +177,15 @@ class CostMeter:
         if gpu_type:
             self.gpu_type = gpu_type
 
-    def start(self, *, sample_every_s: float | None = None) -> "CostMeter":
+    def start(self, *, sample_every_s: float | None = None, from_process_start: bool = False) -> "CostMeter":
+        """Start the clock now, or (``from_process_start``) backdated to when this process started,
+        with CPU counted from zero: a stage's interpreter start and imports are part of its bill."""
         self._t0 = self._last_sample = self._clock()
         self._c0 = self._cpu_clock()
+        if from_process_start:
+            self._t0 -= max(0.0, time.time() - psutil.Process().create_time())
+            self._last_sample = self._t0
+            self._c0 = 0.0
         self._e0 = self.gpu.energy_joules() if self.gpu else None
         if sample_every_s:
             self._thread = threading.Thread(target=self._loop, args=(sample_every_s,), daemon=True,

@@ -104,3 +104,16 @@ def test_process_tree_cpu_counts_a_child_that_has_already_exited():
         child.wait(timeout=60)
     assert while_alive >= 1.0
     assert tree() - before >= 1.0  # the exited child's CPU time is still counted
+
+
+def test_a_meter_from_process_start_bills_the_interpreter_start_and_imports():
+    import psutil
+
+    age = time.time() - psutil.Process().create_time()  # this test process: seconds at least
+    rates = Rates(cpu_hour_usd=3.6, gpu_hour_usd=0.0)
+    since_start = CostMeter(rates=rates, cpus=1, cpu_clock=lambda: 7.2).start(from_process_start=True).read()
+    from_now = CostMeter(rates=rates, cpus=1, cpu_clock=lambda: 7.2).start().read()
+    assert since_start["cost/wall_s"] >= age - 0.01
+    assert from_now["cost/wall_s"] < 1.0 < age
+    assert since_start["cost/cpu_hours_used"] == pytest.approx(7.2 / 3600)  # CPU from zero, not from now
+    assert from_now["cost/cpu_hours_used"] == 0.0

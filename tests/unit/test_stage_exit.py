@@ -37,7 +37,8 @@ PROGRAM = textwrap.dedent("""
     def main():
         atexit.register(lambda: (out / "atexit").write_text("ran"))
         threading.Thread(target=late_writer).start()
-        print("stage output", flush=False)  # buffered: must still reach the pipe
+        import pipelines.stage
+        print("stage output; program:", pipelines.stage._STAGE_PROGRAM[0], flush=False)  # buffered: must still reach the pipe
         if sys.argv[2] == "config":
             raise ConfigError("params.yaml: train.epochs must be > 0")
         if sys.argv[2] == "exit-string":
@@ -60,7 +61,7 @@ def run_program(tmp_path: Path, mode: str, **env) -> subprocess.CompletedProcess
 def test_a_stage_program_exits_with_its_code_after_threads_atexit_and_output(tmp_path, mode, code):
     proc = run_program(tmp_path, mode)
     assert proc.returncode == code, proc.stderr
-    assert "stage output" in proc.stdout
+    assert "stage output; program: True" in proc.stdout  # its Stage bills from the process start
     assert (tmp_path / "thread").read_text() == "joined"  # non-daemon threads are waited for
     assert (tmp_path / "atexit").read_text() == "ran"     # Ray's shutdown, MLflow's flushes run here
     if mode == "config":
