@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 import yaml
 
 from components.cluster import storage
-from components.cluster.jobs import REMOTE_ENV, JobError, run_stage_job, stage_io
+from components.cluster.jobs import REMOTE_ENV, JobError, run_stage_job, stage_io, stop_waiting_jobs
 from components.runtime import ORPHANED, Orphaned, ray_verbose, watch_parent
 from components.tracking.mlflow_runs import PIPELINE_RUN_ENV, default_tracking_uri, git_commit, pipeline_run_id
 from pipelines.config import ConfigError, Params
@@ -121,9 +121,14 @@ def submit(name: str, *, root: str | os.PathLike = ".", write=None) -> dict:
               "Use a tracking server (mlflow.tracking_uri / MLFLOW_TRACKING_URI).", file=sys.stderr)
     env = {**job_env(params, dict(os.environ), tracking_uri=uri, name=name),
            PIPELINE_RUN_ENV: pipeline_run_id(), GIT_COMMIT_ENV: git_commit(root)}
-    # `dvc repro` killed while the job runs: this process notices (as a stage would), gets SIGINT,
-    # and run_stage_job stops the job through the Jobs API before exiting (issue 16: no orphans).
-    watch_parent(log=lambda msg: print(f"[{name}] {msg}; stopping its Ray job", file=sys.stderr, flush=True))
+    # `dvc repro` killed while the job runs: this process notices (as a stage would), stops the job
+    # through the Jobs API from the watchdog's thread, then gets SIGINT (issue 16: no orphans).
+    def orphaned(msg: str) -> None:
+        print(f"[{name}] {msg}; stopping its Ray job", file=sys.stderr, flush=True)
+        for job_id in stop_waiting_jobs():
+            print(f"[{name}] stopped Ray job {job_id}", file=sys.stderr, flush=True)
+
+    watch_parent(log=orphaned)
     try:
         return run_stage_job(stage_io(root, name), root=root, address=address, shared=shared,
                              storage_path=storage_path, env_vars=env, timeout_s=params.ray.job_timeout_s,

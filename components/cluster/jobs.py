@@ -110,6 +110,20 @@ def _stream_logs(client, job_id: str, write: Callable[[str], None], timeout_s: f
     return last_error[-1] if last_error else None
 
 
+# Jobs this process submitted and still waits for: job id -> its JobSubmissionClient.
+_WAITING: dict = {}
+
+
+def stop_waiting_jobs() -> list[str]:
+    """Stop every job this process submitted and still waits for; their ids.
+
+    For the orphan watchdog (components.runtime.watch_parent), from its own thread: its SIGINT
+    alone did not always stop a job, because asyncio's handler turns it into a cancellation of the
+    log stream, which Ray's log tail can swallow. The job then trained on after `dvc repro` was
+    killed (tests/cluster/test_two_nodes.py saw it once)."""
+    return [job_id for job_id, client in list(_WAITING.items()) if stop_quietly(client, job_id)]
+
+
 def stop_quietly(client, job_id: str) -> bool:
     """Stop a job this process submitted (its submitter is going away); True if a stop was sent."""
     try:
@@ -145,6 +159,7 @@ def run_stage_job(io: StageIO, *, root: str | Path, address: str, shared: str, s
     except Exception as err:
         raise JobError(f"Ray refused the job for stage {io.name!r}: {err}") from err
     write(f"[{io.name}] submitted Ray job {job_id} to {address}; streaming its logs\n")
+    _WAITING[job_id] = client
     try:
         stage_error = _stream_logs(client, job_id, write, timeout_s)
         status = client.get_job_status(job_id)
@@ -157,6 +172,8 @@ def run_stage_job(io: StageIO, *, root: str | Path, address: str, shared: str, s
         if stop_quietly(client, job_id):
             write(f"[{io.name}] stopped Ray job {job_id}\n")
         raise
+    finally:
+        _WAITING.pop(job_id, None)
     if status != JobStatus.SUCCEEDED:
         info = client.get_job_info(job_id)
         # the stage's own `trainwise: error:` (e.g. a shape the cluster cannot hold) says what to fix

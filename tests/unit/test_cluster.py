@@ -309,3 +309,33 @@ def test_in_process_ray_workers_run_at_the_drivers_priority(ray_session):
         return os.nice(0)
 
     assert ray.get(niceness.remote()) == os.nice(0)
+
+
+def test_the_orphan_watchdog_stops_every_job_still_waited_for_from_its_own_thread():
+    import threading
+
+    from components.cluster import jobs
+
+    class Client:
+        def __init__(self, ok):
+            self.ok, self.stopped, self.thread = ok, [], None
+
+        def stop_job(self, job_id):
+            self.thread = threading.current_thread().name
+            if not self.ok:
+                raise RuntimeError("the Jobs API is unreachable")
+            self.stopped.append(job_id)
+            return True
+
+    running, unreachable = Client(True), Client(False)
+    jobs._WAITING.update({"trainwise-train-1": running, "trainwise-tune-2": unreachable})
+    try:
+        out = []
+        watcher = threading.Thread(target=lambda: out.extend(jobs.stop_waiting_jobs()), name="watch")
+        watcher.start()
+        watcher.join(10)
+        assert out == ["trainwise-train-1"]          # the unreachable one is not claimed as stopped
+        assert running.stopped == ["trainwise-train-1"] and running.thread == "watch"
+        assert unreachable.thread == "watch"
+    finally:
+        jobs._WAITING.clear()
