@@ -168,6 +168,8 @@ def main() -> None:
         stage.finish({"tune/trials": len(rows), "tune/failed_trials": sum(r["status"] == "error" for r in rows),
                       "tune/trial_epochs": sum(r["epochs"] for r in rows),
                       "tune/asha_stopped_trials": sum(r["stopped_by"] == "asha" for r in rows),
+                      # a trial at a rung before an earlier trial: it waited, paused (components/tuning/ordered_asha.py)
+                      "tune/asha_pauses": getattr(monitor.scheduler, "num_paused", 0),
                       "tune/overfit_trials": sum(bool(r["overfit"]) for r in rows),
                       "tune/budget_stopped_trials": by_budget, "tune/skipped_trials": never,
                       "tune/spent_usd": spent, "tune/budget_exhausted": int(monitor.exhausted_by is not None),

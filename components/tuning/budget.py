@@ -57,6 +57,8 @@ class SweepMonitor(tune.Callback):
         self.started_here: list[str] = []            # trials that started (or resumed) in this process
         self._last_reap = clock()
         self.reap_train_groups = reap_train_groups  # trials on the direct path start no worker groups
+        self.last_results: dict[str, dict] = {}      # trial id -> its latest report
+        self.scheduler = None                        # an OrderedASHA: its rungs are saved with this state
         _LIVE[key] = self
 
     def __reduce__(self):
@@ -107,6 +109,7 @@ class SweepMonitor(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.record(trial.trial_id, result)
+        self.last_results[trial.trial_id] = result
         log.info("trial_%s epoch %d  %s %.4f  val/acc %.4f  ($%.6f spent)", trial.trial_id, result.get("epoch", 0),
                  self.metric, result.get(self.metric, float("nan")), result.get("val/acc", float("nan")),
                  self.spent_usd)
@@ -121,7 +124,8 @@ class SweepMonitor(tune.Callback):
 
     def get_state(self) -> dict:
         return {"elapsed_s": self.elapsed_s, "trial_s": dict(self.trial_s), "done": sorted(self.done),
-                "stopped_by_budget": sorted(self.stopped_by_budget), "exhausted_by": self.exhausted_by}
+                "stopped_by_budget": sorted(self.stopped_by_budget), "exhausted_by": self.exhausted_by,
+                "scheduler": self.scheduler.get_state() if self.scheduler is not None else None}
 
     def set_state(self, state: dict) -> None:
         self._elapsed_before, self._t0 = state["elapsed_s"], self._clock()
@@ -129,6 +133,8 @@ class SweepMonitor(tune.Callback):
         self.done.update(state["done"])
         self.stopped_by_budget.update(state["stopped_by_budget"])
         self.exhausted_by = self.exhausted_by or state["exhausted_by"]
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.set_state(state["scheduler"])
 
 
 class BudgetStopper(tune.Stopper):
@@ -151,12 +157,23 @@ class BudgetStopper(tune.Stopper):
 
 
 class BudgetedSearch(Searcher):
-    """Wraps a Searcher: FINISHED once the budget is spent; at most ``max_concurrent`` live trials."""
+    """Wraps a Searcher: FINISHED once the budget is spent; at most ``max_concurrent`` live trials.
 
-    def __init__(self, searcher: Searcher, *, key: str, max_concurrent: int):
+    ``ordered`` (for a searcher that learns from finished trials, Optuna's TPE): the k-th config
+    is proposed from exactly trials 0 .. k - max_concurrent, told in creation order, whatever
+    order they finished in. With one trial at a time that is every earlier trial, as usual;
+    with more, the k-th waits until trial k - max_concurrent has finished, and trials finished
+    out of turn are told later. The proposals, and so the sweep, are then the same on every
+    run; without it they depend on which concurrent trial happened to finish first.
+    """
+
+    def __init__(self, searcher: Searcher, *, key: str, max_concurrent: int, ordered: bool = False):
         super().__init__(metric=searcher.metric, mode=searcher.mode)
-        self.searcher, self.key, self.max_concurrent = searcher, key, max_concurrent
+        self.searcher, self.key, self.max_concurrent, self.ordered = searcher, key, max_concurrent, ordered
         self._live: set[str] = set()
+        self._made: list[str] = []                   # trial ids in the order they were proposed
+        self._finished: dict[str, tuple] = {}        # ordered: finished, not yet told -> (result, error)
+        self._told: set[str] = set()
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         ok = self.searcher.set_search_properties(metric, mode, config, **spec)
@@ -173,9 +190,17 @@ class BudgetedSearch(Searcher):
             return Searcher.FINISHED
         if len(self._live | m.unfinished) >= self.max_concurrent:
             return None
+        if self.ordered:
+            seen = self._made[:max(0, len(self._made) - self.max_concurrent + 1)]
+            if any(t not in self._told and t not in self._finished for t in seen):
+                return None  # the proposal must not depend on which trial finished first: wait
+            for t in seen:
+                if t not in self._told:
+                    self._tell(t)
         config = self.searcher.suggest(trial_id)
         if config not in (None, Searcher.FINISHED):
             self._live.add(trial_id)
+            self._made.append(trial_id)
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -183,12 +208,29 @@ class BudgetedSearch(Searcher):
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
         self._live.discard(trial_id)
+        if result is None and not error:
+            # stopped while paused (ASHA judged it at a rung after an earlier trial caught up): Tune
+            # passes no result; its last report is what it achieved (else Optuna would record it
+            # as pruned without a value)
+            result = live_monitor(self.key).last_results.get(trial_id)
+        if self.ordered and trial_id in self._made:
+            self._finished[trial_id] = (result, error)
+        else:
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    def _tell(self, trial_id: str) -> None:
+        result, error = self._finished.pop(trial_id)
+        self._told.add(trial_id)
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
     # Tune saves a wrapper's get_state() and the wrapped searcher separately (save_to_dir). The
     # live set is not kept: after a restore, the monitor's view of unfinished trials covers it.
     def get_state(self) -> dict:
-        return {"max_concurrent": self.max_concurrent}
+        return {"max_concurrent": self.max_concurrent, "made": list(self._made), "told": sorted(self._told),
+                "finished": dict(self._finished)}
 
     def set_state(self, state: dict) -> None:
         self.max_concurrent = state["max_concurrent"]
+        self._made = list(state.get("made", []))
+        self._told = set(state.get("told", []))
+        self._finished = dict(state.get("finished", {}))

@@ -13,7 +13,8 @@ Two trial paths, one loop (:func:`components.training.loop.run_loop`):
 
 Either way a trial trains like the final model (batch norm is synchronised across ranks, see
 components/training/loop.py); tests/stages/test_tune.py checks both paths report the same metrics. The search algorithm (random or Optuna TPE,
-both seeded) proposes configs, the scheduler (ASHA or FIFO) stops weak trials at rungs, and
+both seeded) proposes configs, the scheduler (ASHA or FIFO) stops weak trials at rungs (ASHA
+judged in trial-creation order, so concurrency does not change its decisions), and
 :mod:`components.tuning.budget` stops the sweep when its dollar or time budget is spent.
 
 An interrupted sweep resumes: the experiment lives at ``storage_path/name``; run_sweep with
@@ -140,12 +141,18 @@ def _search_alg(options: SweepOptions):
     return OptunaSearch(sampler=sampler)
 
 
-def _scheduler(options: SweepOptions):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+def _scheduler(options: SweepOptions, *, key: str, monitor):
+    from ray.tune.schedulers import FIFOScheduler
+
+    from components.tuning.ordered_asha import OrderedASHA
 
     if options.scheduler == "asha":
-        return ASHAScheduler(time_attr="epoch", max_t=options.max_epochs, grace_period=options.grace_period,
-                             reduction_factor=options.reduction_factor)
+        # Ray's ASHA rule, judged in trial-creation order: the same decisions at any concurrency
+        # (components/tuning/ordered_asha.py); its rungs are saved with the monitor's state
+        monitor.scheduler = OrderedASHA(key=key, time_attr="epoch", max_t=options.max_epochs,
+                                        grace_period=options.grace_period,
+                                        reduction_factor=options.reduction_factor, is_exhausted=monitor.exhausted)
+        return monitor.scheduler
     if options.scheduler == "fifo":
         return FIFOScheduler()
     raise ValueError(f"tune.scheduler: unknown {options.scheduler!r}; use asha or fifo")
@@ -198,6 +205,7 @@ def run_sweep(base, *, space: dict[str, dict], options: SweepOptions, scaling: S
                                  metric=options.metric, mode=options.mode),
             TRIAL_DRIVER)
 
+    scheduler = _scheduler(options, key=name, monitor=monitor)  # before a restore: it unpickles as this one
     resumed = options.resume and tune.Tuner.can_restore(experiment_path)
     if resumed:
         tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=False)
@@ -209,9 +217,10 @@ def run_sweep(base, *, space: dict[str, dict], options: SweepOptions, scaling: S
                 metric=OBJECTIVE, mode=options.mode,
                 num_samples=options.num_samples,
                 max_concurrent_trials=options.max_concurrent_trials,
-                search_alg=BudgetedSearch(_search_alg(options), key=name,
-                                          max_concurrent=options.max_concurrent_trials),
-                scheduler=_scheduler(options),
+                # TPE learns from finished trials: ordered, so it proposes the same configs on every run
+                search_alg=BudgetedSearch(_search_alg(options), key=name, max_concurrent=options.max_concurrent_trials,
+                                          ordered=options.search_alg == "optuna"),
+                scheduler=scheduler,
                 trial_dirname_creator=_trial_id,
                 trial_name_creator=_trial_id,
                 # a finished trial's actor (process up, torch imported) runs the next trial
@@ -270,7 +279,9 @@ def sweep_rows(sweep: SweepOutcome, *, space_keys: list[str], options: SweepOpti
         trial = os.path.basename(r.path.rstrip("/"))
         history = histories.get(trial, [])
         trial_id = trial.removeprefix("trial_")
-        budget = trial_id in monitor.stopped_by_budget or (not history and monitor.exhausted_by is not None)
+        # stopped by the budget, or never resumed after it was spent (a trial ASHA had paused at a rung)
+        budget = trial_id in monitor.stopped_by_budget or (monitor.exhausted_by is not None
+                                                           and (not history or trial_id not in monitor.done))
         if not (r.error or budget or trial_id in monitor.done):
             raise SweepInterrupted(f"the sweep was interrupted before {trial} finished; run it again to resume "
                                    f"(state in {sweep.experiment_path})")

@@ -260,3 +260,108 @@ def test_optuna_tpe_takes_over_from_random_after_its_startup_trials(patient_ray,
     # (trial ids are random, so compared as sets) startup: TPE's first 2 are the seeded random
     # ones, the same as random search's first 2; then its own model proposes the other 3
     assert len(tpe) == 5 and len(tpe & random) == 2, (tpe, random)
+
+
+def test_asha_pauses_a_trial_ahead_of_an_earlier_one_and_decides_like_sequential_asha(ray_session, tmp_path):
+    """Real Tune: three trials at once, the first one slow. The later ones reach each rung first,
+    wait paused, then resume from their checkpoint or are stopped; the epochs every trial ran
+    are those of Ray's ASHA running the same trials one at a time."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from components.tuning.ordered_asha import OrderedASHA
+    from tests.unit.test_ordered_asha import simulate
+
+    # Objective (best val/loss so far) per trial and epoch: trial 0 is the slow one, so the others
+    # reach each rung before it and must wait for it there. (Defined here: Ray pickles the trial
+    # function by value then; this test module cannot be imported by Ray's workers.)
+    _CURVES = [[0.9, 0.6, 0.5, 0.45], [0.8, 0.7, 0.65, 0.6], [0.95, 0.9, 0.88, 0.85],
+               [0.7, 0.5, 0.4, 0.35], [0.99, 0.97, 0.96, 0.95], [0.85, 0.55, 0.5, 0.3]]
+
+    def _scripted_trial(config):
+        """Reports the scripted curve; checkpoints each epoch and resumes from it after a PAUSE."""
+        import tempfile
+        import time
+        from pathlib import Path
+
+        from ray import tune
+
+        start, ckpt = 0, tune.get_checkpoint()
+        if ckpt:
+            with ckpt.as_directory() as d:
+                start = int(Path(d, "epoch").read_text())
+        for epoch in range(start + 1, len(_CURVES[0]) + 1):
+            time.sleep(config["delay"])
+            with tempfile.TemporaryDirectory() as d:
+                Path(d, "epoch").write_text(str(epoch))
+                tune.report({"epoch": epoch, "objective": _CURVES[config["i"]][epoch - 1],
+                             "resumed": int(bool(ckpt))}, checkpoint=tune.Checkpoint.from_directory(d))
+
+    max_t, grace, rf = 4, 1, 2
+    reference = simulate(ASHAScheduler(time_attr="epoch", metric="objective", mode="min", max_t=max_t,
+                                       grace_period=grace, reduction_factor=rf), _CURVES, concurrency=1, max_t=max_t)
+    expected = [reference[f"t{i}"] for i in range(len(_CURVES))]
+    assert min(expected) < max_t < max(expected) + 1 and len(set(expected)) > 1
+    scheduler = OrderedASHA(key="pause-test", max_t=max_t, grace_period=grace, reduction_factor=rf)
+    grid = tune.Tuner(
+        tune.with_resources(_scripted_trial, {"cpu": 0.5}),
+        param_space={"i": tune.grid_search(list(range(len(_CURVES)))),
+                     "delay": tune.sample_from(lambda spec: 1.5 if spec.config.i == 0 else 0.05)},
+        tune_config=tune.TuneConfig(metric="objective", mode="min", scheduler=scheduler, max_concurrent_trials=3),
+        run_config=tune.RunConfig(name="pause", storage_path=str(tmp_path), verbose=0),
+    ).fit()
+    assert not grid.errors
+    ran = {r.config["i"]: r.metrics_dataframe for r in grid}
+    assert [int(ran[i]["epoch"].max()) for i in range(len(_CURVES))] == expected
+    assert any(df["resumed"].any() for df in ran.values())  # some trial did wait, and resumed from its checkpoint
+    for df in ran.values():                                    # ... without losing or repeating an epoch
+        assert sorted(df["epoch"]) == list(range(1, len(df) + 1))
+
+
+def test_a_sweep_at_concurrency_2_picks_the_same_trials_and_winner_as_one_at_a_time(patient_ray, ray_session,
+                                                                                   digits_split, tmp_path):
+    """tune.max_concurrent_trials does not change the result: the same configs, the same epochs
+    per trial (ASHA's decisions) and the same metrics; so `dvc repro` twice gives the same model."""
+    from components.training.data import input_shape
+    from components.training.driver import Scaling
+    from components.training.loop import LoopConfig
+    from components.tuning.sweep import SweepOptions, run_sweep, trial_histories
+
+    base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
+    space = {"lr": {"type": "loguniform", "low": 1e-4, "high": 3e-2}}
+
+    def outcome(concurrent: int) -> dict:
+        options = SweepOptions(num_samples=6, max_concurrent_trials=concurrent, max_epochs=4, grace_period=1,
+                               reduction_factor=2, seed=1)
+        out = run_sweep(base, space=space, options=options, scaling=Scaling(num_workers=1),
+                        storage_path=str(tmp_path), name=f"concurrency-{concurrent}")
+        hist = trial_histories(out.grid)
+        return {round(r.config["lr"], 12): [(h["epoch"], h["val/loss"], h["objective"])
+                                            for h in hist[Path(r.path).name]] for r in out.grid}
+
+    one, two = outcome(1), outcome(2)
+    assert len(one) == 6 and min(len(h) for h in one.values()) < 4  # ASHA stopped some trial early
+    assert two == one
+
+
+def test_tpe_at_concurrency_2_proposes_the_same_configs_on_a_second_run(patient_ray, ray_session, digits_split,
+                                                                       tmp_path):
+    """Ordered TPE with real Tune: the k-th proposal waits for trial k-2 and sees trials 0..k-2
+    (tests/unit/test_ordered_asha.py checks the rule itself); two runs propose the same configs."""
+    from components.training.data import input_shape
+    from components.training.driver import Scaling
+    from components.training.loop import LoopConfig
+    from components.tuning.sweep import SweepOptions, run_sweep
+
+    base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
+    space = {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1}}
+
+    def configs(run: int) -> list[float]:
+        options = SweepOptions(num_samples=5, max_concurrent_trials=2, max_epochs=1, scheduler="fifo",
+                               search_alg="optuna", optuna_startup_trials=2, seed=4)
+        out = run_sweep(base, space=space, options=options, scaling=Scaling(num_workers=1),
+                        storage_path=str(tmp_path), name=f"tpe-repeat-{run}")
+        assert not out.grid.errors and len(out.grid) == 5
+        return sorted(round(r.config["lr"], 12) for r in out.grid)
+
+    assert configs(1) == configs(2)
