@@ -42,6 +42,12 @@ ABOUT = {
                         "when run, test accuracy of the model zoo on digits and MNIST-1D.",
     "tune_asha_vs_fifo": "The same seeded sweep under ASHA and under FIFO (every trial runs all epochs), in the "
                          "same process: trial-epochs, CPU-seconds in epochs, best val/acc, and Tune's own overhead.",
+    "tune_repeatability": "The demo's sweep (8 trials, 2 at a time, ASHA grace 2 / reduction 2, random search) run "
+                          "repeatedly with Ray's ASHAScheduler and with trainwise's ordered ASHA, interleaved in one "
+                          "process: how many different outcomes (trials' epochs, winner) the repeats gave, and the "
+                          "sweep wall of each.",
+    "tune_repeatability_optuna": "As tune_repeatability, with Optuna TPE (4 random start-up trials): Tune's own "
+                                 "order against ordered ASHA + ordered TPE proposals.",
     "label_noise": "Digits with symmetric label noise injected into the train split: label-error detection "
                    "against the known flips, and test accuracy (true labels) with and without cleaning, against "
                    "the same model trained on noisy and on noise-free labels, same rows and seeds.",
@@ -113,8 +119,8 @@ def script_for(name: str) -> str:
 def about(name: str) -> str:
     """What a benchmark measures: ours above, else the first paragraph of its script's docstring."""
     script = script_for(name)
-    if script in ABOUT:
-        return ABOUT[script]
+    if name in ABOUT or script in ABOUT:  # a variant's own entry (tune_repeatability_optuna), else its script's
+        return ABOUT.get(name, ABOUT.get(script))
     path = REPO / "benchmarks" / f"{script}.py"
     doc = ast.get_docstring(ast.parse(path.read_text())) if path.exists() else None
     if doc:

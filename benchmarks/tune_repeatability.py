@@ -127,8 +127,9 @@ def main() -> None:
         print(f"{name:<14}{s['distinct_outcomes']:>9}{s['distinct_winners']:>9}{s['wall_s_mean']:>9.1f}  "
               f"{s['trial_epochs']}")
     print(f"ordered / ray sweep wall: {ratio:.2f}x")
-    out = REPO / "benchmarks" / "results" / f"tune_repeatability{'' if args.search == 'random' else '_' + args.search}.json"
-    write_results(out, {"benchmark": "tune_repeatability", "trials": args.trials, "epochs": args.epochs,
+    name = f"tune_repeatability{'' if args.search == 'random' else '_' + args.search}"
+    out = REPO / "benchmarks" / "results" / f"{name}.json"
+    write_results(out, {"benchmark": name, "trials": args.trials, "epochs": args.epochs,
                         "model": args.model, "search": args.search, "repeats": args.repeats, "summary": summary,
                         "wall_ratio_ordered_vs_ray": ratio, "runs": runs,
                         "note": "each arm's repeats interleaved with the other's, in one process"})
