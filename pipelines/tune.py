@@ -29,7 +29,7 @@ CURVE_COLUMNS = ["trial", "epoch", "train/loss", "val/loss", "train/acc", "val/a
 
 
 def _columns(space_keys: list[str], metric: str) -> list[str]:
-    return ["trial", *space_keys, "status", "stopped_by", "epochs", "best_epoch", f"best_{metric}", "val/acc",
+    return ["number", "trial", *space_keys, "status", "stopped_by", "epochs", "best_epoch", f"best_{metric}", "val/acc",
             "gap/acc", "gap/loss", "overfit", "time_s", "cost/usd"]
 
 
@@ -147,7 +147,10 @@ def main() -> None:
         best_row = (min if tp.mode == "min" else max)(ok, key=lambda r: r[key])
         tuned = apply_trial_config(base, {k: best_row[k] for k in space})
         params = {k: getattr(tuned, k) for k in sorted(space)}  # every tuned key, typed as the loop took it
-        write_json_atomic(out / "best_params.json", {"source": "tune", "params": params, "trial": best_row["trial"],
+        write_json_atomic(out / "best_params.json", {"source": "tune", "params": params,
+                                                     # the trial's number, not Ray's random id: the same file on a
+                                                     # re-run with the same result, so DVC need not re-run train
+                                                     "trial_number": best_row["number"],
                                                      tp.metric: best_row[key], "epoch": best_row["best_epoch"]})
         write_csv_atomic(out / "trials.csv", rows, _columns(sorted(space), tp.metric))
         artifacts = _write_plots(stage, rows, histories, tp.metric, tp.mode)
@@ -164,7 +167,7 @@ def main() -> None:
                   spent, f" of a ${tp.budget_usd:g} budget" if tp.budget_usd else "", tp.num_samples - never,
                   tp.num_samples, by_budget, never,
                   f" (budget spent: {monitor.exhausted_by})" if monitor.exhausted_by else "")
-        stage.log("best: %s -> %s", best_row["trial"], params)
+        stage.log("best: trial number %s (%s) -> %s", best_row["number"], best_row["trial"], params)
         stage.finish({"tune/trials": len(rows), "tune/failed_trials": sum(r["status"] == "error" for r in rows),
                       "tune/trial_epochs": sum(r["epochs"] for r in rows),
                       "tune/asha_stopped_trials": sum(r["stopped_by"] == "asha" for r in rows),

@@ -58,6 +58,7 @@ class SweepMonitor(tune.Callback):
         self._last_reap = clock()
         self.reap_train_groups = reap_train_groups  # trials on the direct path start no worker groups
         self.last_results: dict[str, dict] = {}      # trial id -> its latest report
+        self.created: list[str] = []                 # trial ids in the order the searcher proposed them
         self.scheduler = None                        # an OrderedASHA: its rungs are saved with this state
         _LIVE[key] = self
 
@@ -125,6 +126,7 @@ class SweepMonitor(tune.Callback):
     def get_state(self) -> dict:
         return {"elapsed_s": self.elapsed_s, "trial_s": dict(self.trial_s), "done": sorted(self.done),
                 "stopped_by_budget": sorted(self.stopped_by_budget), "exhausted_by": self.exhausted_by,
+                "created": list(self.created),
                 "scheduler": self.scheduler.get_state() if self.scheduler is not None else None}
 
     def set_state(self, state: dict) -> None:
@@ -133,6 +135,7 @@ class SweepMonitor(tune.Callback):
         self.done.update(state["done"])
         self.stopped_by_budget.update(state["stopped_by_budget"])
         self.exhausted_by = self.exhausted_by or state["exhausted_by"]
+        self.created[:0] = [t for t in state.get("created", []) if t not in self.created]
         if self.scheduler is not None and state.get("scheduler"):
             self.scheduler.set_state(state["scheduler"])
 
@@ -201,6 +204,7 @@ class BudgetedSearch(Searcher):
         if config not in (None, Searcher.FINISHED):
             self._live.add(trial_id)
             self._made.append(trial_id)
+            m.created.append(trial_id)
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

@@ -275,6 +275,7 @@ def sweep_rows(sweep: SweepOutcome, *, space_keys: list[str], options: SweepOpti
     from components.tuning.analysis import trial_row
 
     monitor, histories, rows = sweep.monitor, trial_histories(sweep.grid), []
+    number = {t: i + 1 for i, t in enumerate(monitor.created)}
     for r in sweep.grid:
         trial = os.path.basename(r.path.rstrip("/"))
         history = histories.get(trial, [])
@@ -289,4 +290,6 @@ def sweep_rows(sweep: SweepOutcome, *, space_keys: list[str], options: SweepOpti
                               mode=options.mode, patience=patience, usd_per_hour=options.usd_per_trial_hour,
                               max_epochs=options.max_epochs, error=r.error is not None, budget=budget,
                               scheduler=options.scheduler))
-    return rows, histories
+        # Ray's trial ids are random; the number (1 = the searcher's first proposal) is the same on every run
+        rows[-1]["number"] = number.get(trial_id)
+    return sorted(rows, key=lambda row: row["number"] or len(number) + 1), histories

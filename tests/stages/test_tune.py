@@ -146,10 +146,11 @@ def test_killed_tune_stage_resumes_without_rerunning_finished_trials(tmp_path):
     assert f"{len(saved)} trials were already done" in out
     rows = list(csv.DictReader((root / "models/tune/trials.csv").open()))
     assert len(rows) == 3 and {r["trial"] for r in rows} >= set(finished)
+    assert [r["number"] for r in rows] == ["1", "2", "3"]  # creation order, kept across the resume
     assert any(r["stopped_by"] == "asha" and int(r["epochs"]) < 2 for r in rows), rows  # ASHA stopped one early
     best = json.loads((root / "models/tune/best_params.json").read_text())
-    stopped = {r["trial"] for r in rows if r["stopped_by"] == "asha"}
-    assert best["source"] == "tune" and best["trial"] not in stopped
+    stopped = {r["number"] for r in rows if r["stopped_by"] == "asha"}
+    assert best["source"] == "tune" and str(best["trial_number"]) not in stopped
     for f in ("tune_pareto.csv", "tune_curves.csv", "tune_pareto.png"):
         assert (root / "plots" / f).stat().st_size > 0
 
