@@ -43,7 +43,7 @@ SPACE = {"lr": {"type": "loguniform", "low": 0.0003, "high": 0.03},          # p
          "dropout": {"type": "uniform", "low": 0.0, "high": 0.5}}
 
 
-def _ray_asha(options, *, key, monitor):
+def _ray_asha(options, *, key, monitor, direct):
     from ray.tune.schedulers import ASHAScheduler
 
     return ASHAScheduler(time_attr="epoch", max_t=options.max_epochs, grace_period=options.grace_period,

@@ -141,11 +141,17 @@ def _search_alg(options: SweepOptions):
     return OptunaSearch(sampler=sampler)
 
 
-def _scheduler(options: SweepOptions, *, key: str, monitor):
-    from ray.tune.schedulers import FIFOScheduler
+def _scheduler(options: SweepOptions, *, key: str, monitor, direct: bool):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from components.tuning.ordered_asha import OrderedASHA
 
+    if options.scheduler == "asha" and not direct:
+        # Multi-worker trials: a pause would tear down the trial's Train worker group and start a
+        # new one (~20 s on 2 cores) and is not covered by our tests; Ray's ASHA, which never
+        # pauses, as before. Its decisions depend on report order (docs/tuning.md).
+        return ASHAScheduler(time_attr="epoch", max_t=options.max_epochs, grace_period=options.grace_period,
+                             reduction_factor=options.reduction_factor)
     if options.scheduler == "asha":
         # Ray's ASHA rule, judged in trial-creation order: the same decisions at any concurrency
         # (components/tuning/ordered_asha.py); its rungs are saved with the monitor's state
@@ -205,7 +211,7 @@ def run_sweep(base, *, space: dict[str, dict], options: SweepOptions, scaling: S
                                  metric=options.metric, mode=options.mode),
             TRIAL_DRIVER)
 
-    scheduler = _scheduler(options, key=name, monitor=monitor)  # before a restore: it unpickles as this one
+    scheduler = _scheduler(options, key=name, monitor=monitor, direct=direct)  # before a restore: unpickles as this
     resumed = options.resume and tune.Tuner.can_restore(experiment_path)
     if resumed:
         tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=False)
