@@ -218,7 +218,8 @@ def _links_hold(links: list[tuple[int, int]]) -> bool:
     return True
 
 
-def watch_parent(*, interval_s: float = 1.0, grace_s: float = 30.0, log=None) -> threading.Thread | None:
+def watch_parent(*, interval_s: float = 1.0, grace_s: float = 30.0, log=None,
+                 on_orphaned=None) -> threading.Thread | None:
     """Stop this process when the process that started it dies (e.g. `dvc repro` was killed).
 
     An orphaned stage would otherwise keep training, and billing, for a pipeline nobody runs
@@ -226,7 +227,10 @@ def watch_parent(*, interval_s: float = 1.0, grace_s: float = 30.0, log=None) ->
     gets a KeyboardInterrupt (the stage ends its MLflow run as FAILED, Ray shuts down, nothing
     is renamed into place); if it has not exited ``grace_s`` later, the process exits hard.
     When the parent is a shell (DVC runs commands through one), the shell's parent is watched
-    too: a shell that did not exec the command outlives a killed `dvc repro`.
+    too: a shell that did not exec the command outlives a killed `dvc repro`. ``on_orphaned()``
+    runs in the watcher's thread before the interrupt (e.g. stop a submitted Ray job: the main
+    thread may be inside an event loop that swallows the interrupt); its errors are logged, and
+    the interrupt follows regardless.
     Returns the watcher thread, or None when there is nothing to watch (started by init).
     """
     if os.getppid() <= 1:
@@ -240,6 +244,12 @@ def watch_parent(*, interval_s: float = 1.0, grace_s: float = 30.0, log=None) ->
         ORPHANED.set()
         if log:
             log(f"the process that started this stage (pid {gone}) is gone; stopping")
+        if on_orphaned:
+            try:
+                on_orphaned()
+            except Exception as err:  # the interrupt and the hard exit below must still happen
+                if log:
+                    log(f"while stopping: {type(err).__name__}: {err}")
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(grace_s)
         os._exit(130)

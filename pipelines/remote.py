@@ -123,12 +123,15 @@ def submit(name: str, *, root: str | os.PathLike = ".", write=None) -> dict:
            PIPELINE_RUN_ENV: pipeline_run_id(), GIT_COMMIT_ENV: git_commit(root)}
     # `dvc repro` killed while the job runs: this process notices (as a stage would), stops the job
     # through the Jobs API from the watchdog's thread, then gets SIGINT (issue 16: no orphans).
-    def orphaned(msg: str) -> None:
-        print(f"[{name}] {msg}; stopping its Ray job", file=sys.stderr, flush=True)
-        for job_id in stop_waiting_jobs():
-            print(f"[{name}] stopped Ray job {job_id}", file=sys.stderr, flush=True)
+    def say(msg: str) -> None:
+        print(f"[{name}] {msg}", file=sys.stderr, flush=True)
 
-    watch_parent(log=orphaned)
+    def stop_jobs() -> None:
+        say("stopping its Ray job")
+        for job_id in stop_waiting_jobs():
+            say(f"stopped Ray job {job_id}")
+
+    watch_parent(log=say, on_orphaned=stop_jobs)
     try:
         return run_stage_job(stage_io(root, name), root=root, address=address, shared=shared,
                              storage_path=storage_path, env_vars=env, timeout_s=params.ray.job_timeout_s,

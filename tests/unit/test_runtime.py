@@ -106,6 +106,27 @@ def test_orphaned_process_stops_itself(tmp_path, via_shell):
     assert "is gone; stopping" in text and "interrupted: cleaned up" in text, text
 
 
+def test_the_orphan_hook_runs_in_the_watcher_before_the_interrupt_even_when_it_fails(tmp_path):
+    """A submitted stage stops its Ray job from on_orphaned (its main thread may sit in an event
+    loop that swallows SIGINT); a hook that raises must not cancel the interrupt."""
+    out = tmp_path / "child.log"
+    _orphan(
+        "import sys, threading, time\n"
+        "from components.runtime import watch_parent\n"
+        "def hook():\n"
+        "    print('hook in', threading.current_thread().name, flush=True)\n"
+        "    raise ConnectionError('jobs API down')\n"
+        "assert watch_parent(interval_s=0.1, grace_s=5, log=lambda m: print(m, flush=True), on_orphaned=hook)\n"
+        "print('watching', flush=True)\n"
+        "try:\n    time.sleep(120)\n"
+        "except KeyboardInterrupt:\n    print('interrupted: cleaned up', flush=True)\n    sys.exit(130)\n",
+        out)
+    text = out.read_text()
+    assert "hook in trainwise-parent-watch" in text, text
+    assert "while stopping: ConnectionError: jobs API down" in text
+    assert text.index("hook in") < text.index("interrupted: cleaned up")
+
+
 def test_an_orphan_that_swallows_the_interrupt_still_publishes_nothing(tmp_path):
     """Ray Train turns SIGINT into a graceful abort that can still return a result; the
     stage then reaches its writers, which must refuse: no metrics file, no model dir, no temp."""
