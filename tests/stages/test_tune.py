@@ -50,8 +50,8 @@ def _scratch_project(tmp_path: Path) -> tuple[Path, dict]:
     params["tune"].update(num_samples=3, max_concurrent_trials=1, max_epochs=2, grace_period=1, reduction_factor=2,
                           budget_usd=None, time_budget_s=None, search_alg="random", seed=2,
                           # seed 2 samples lr 2.0e-4, 1.2e-5, 4.5e-4: the second is clearly worse
-                          # after one epoch than the first, so ASHA stops it (sequential trials),
-                          # before the kill: ASHA's rung records are not part of Tune's saved state.
+                          # after one epoch than the first, so ASHA stops it (sequential trials);
+                          # the rungs are saved with the sweep monitor's state and survive the kill.
                           search_space={"lr": {"type": "loguniform", "low": 0.00001, "high": 0.01}})
     params["train"].update(model="mlp")
     params["ray"].update(num_cpus=2)
