@@ -15,7 +15,7 @@ trial has reported there (or ended) is paused (its checkpoint is that epoch's) a
 or stopped, once the earlier trials have caught up. The searcher proposes the k-th config
 independently of timing (seeded random search), so the trials, their epochs and the winner are
 the same whatever the concurrency or the machine's timing. What it costs is the wait of a
-paused trial (benchmarks/tune_knobs.py measures the sweep's wall with both schedulers).
+paused trial (benchmarks/tune_repeatability.py: the sweep wall with both schedulers).
 
 A resumed sweep keeps the rungs (saved with the sweep monitor in Tune's experiment state); a
 trial that was waiting at a rung when the sweep was interrupted resumes like any unfinished
