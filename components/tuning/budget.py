@@ -174,7 +174,6 @@ class BudgetedSearch(Searcher):
         super().__init__(metric=searcher.metric, mode=searcher.mode)
         self.searcher, self.key, self.max_concurrent, self.ordered = searcher, key, max_concurrent, ordered
         self._live: set[str] = set()
-        self._made: list[str] = []                   # trial ids in the order they were proposed
         self._finished: dict[str, tuple] = {}        # ordered: finished, not yet told -> (result, error)
         self._told: set[str] = set()
 
@@ -193,8 +192,8 @@ class BudgetedSearch(Searcher):
             return Searcher.FINISHED
         if len(self._live | m.unfinished) >= self.max_concurrent:
             return None
-        if self.ordered:
-            seen = self._made[:max(0, len(self._made) - self.max_concurrent + 1)]
+        if self.ordered:  # m.created: the trials proposed so far, in order
+            seen = m.created[:max(0, len(m.created) - self.max_concurrent + 1)]
             if any(t not in self._told and t not in self._finished for t in seen):
                 return None  # the proposal must not depend on which trial finished first: wait
             for t in seen:
@@ -203,7 +202,6 @@ class BudgetedSearch(Searcher):
         config = self.searcher.suggest(trial_id)
         if config not in (None, Searcher.FINISHED):
             self._live.add(trial_id)
-            self._made.append(trial_id)
             m.created.append(trial_id)
         return config
 
@@ -212,12 +210,13 @@ class BudgetedSearch(Searcher):
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
         self._live.discard(trial_id)
+        m = live_monitor(self.key)
         if result is None and not error:
             # stopped while paused (ASHA judged it at a rung after an earlier trial caught up): Tune
             # passes no result; its last report is what it achieved (else Optuna would record it
             # as pruned without a value)
-            result = live_monitor(self.key).last_results.get(trial_id)
-        if self.ordered and trial_id in self._made:
+            result = m.last_results.get(trial_id)
+        if self.ordered and trial_id in m.created:
             self._finished[trial_id] = (result, error)
         else:
             self.searcher.on_trial_complete(trial_id, result=result, error=error)
@@ -230,11 +229,9 @@ class BudgetedSearch(Searcher):
     # Tune saves a wrapper's get_state() and the wrapped searcher separately (save_to_dir). The
     # live set is not kept: after a restore, the monitor's view of unfinished trials covers it.
     def get_state(self) -> dict:
-        return {"max_concurrent": self.max_concurrent, "made": list(self._made), "told": sorted(self._told),
-                "finished": dict(self._finished)}
+        return {"max_concurrent": self.max_concurrent, "told": sorted(self._told), "finished": dict(self._finished)}
 
     def set_state(self, state: dict) -> None:
         self.max_concurrent = state["max_concurrent"]
-        self._made = list(state.get("made", []))
         self._told = set(state.get("told", []))
         self._finished = dict(state.get("finished", {}))
