@@ -222,7 +222,8 @@ def _verdict_section(base_rows: list[dict], evaluation: dict | None) -> str | No
                  f"{v['diff']:+.2f} points, {v['confidence']:.0%} paired-bootstrap interval [{v['ci_low']:+.2f}, "
                  f"{v['ci_high']:+.2f}], McNemar p = {v['mcnemar_p']:.3g}; cost: network (tune + train) "
                  f"${v['net_cost_usd']:.5f} vs baseline stage ${v['baseline_cost_usd']:.5f} = "
-                 f"{v['cost_ratio']:.1f}x.</p>")
+                 f"{v['cost_ratio']:.2g}x (wall time x resources: the ratio moves with the machine's load)."
+                 f"</p>")
     else:
         body += missing("verdict: not available yet (run evaluate)")
     return body

@@ -16,17 +16,28 @@ def test_classification_metrics_on_known_predictions():
 
 
 @pytest.mark.parametrize("diff, low, high, ratio, expected", [
-    (1.9, 1.3, 2.5, 14.2, "the small cnn beats svm by 1.9 ± 0.6 points (95% CI) at 14x the cost"),
-    (-2.0, -3.0, -1.0, 30.0, "svm beats the small cnn by 2.0 ± 1.0 points (95% CI); the network, at 30x the cost, "
+    (1.9, 1.3, 2.5, 14.2, "the small cnn beats svm by 1.9 ± 0.6 points (95% CI) at about 10x the cost"),
+    (-2.0, -3.0, -1.0, 30.0, "svm beats the small cnn by 2.0 ± 1.0 points (95% CI); the network, at about 30x the cost, "
                              "is not worth it here"),
     (0.4, -0.5, 1.3, 3.2, "the small cnn and svm differ by +0.4 ± 0.9 points (95% CI), not significant, with the "
-                          "network at 3.2x the cost: the simpler model would do"),
+                          "network at about 3x the cost: the simpler model would do"),
     (0.4, -0.5, 1.3, 1.2, "the small cnn and svm differ by +0.4 ± 0.9 points (95% CI), not significant, with the "
                           "network at a similar cost: the simpler model would do"),
+    (0.4, -0.5, 1.3, 0.064, "the small cnn and svm differ by +0.4 ± 0.9 points (95% CI), not significant, with the "
+                            "network at about 0.06x the cost: either would do"),
 ])
 def test_verdict_sentence(diff, low, high, ratio, expected):
     assert verdict(net_name="small cnn", baseline_name="svm", diff=diff, ci_low=low, ci_high=high,
                    cost_ratio=ratio) == expected
+
+
+def test_verdict_quotes_the_cost_ratio_no_finer_than_it_is_measured():
+    # two identical demo repros measured 12.5x and 19.6x: the sentence must not tell them apart
+    # more finely than "10x" vs "20x", and must not drop the network's cost (inf: baseline cost 0)
+    say = {r: verdict(net_name="cnn", baseline_name="svm", diff=1.0, ci_low=0.5, ci_high=1.5, cost_ratio=r)
+           for r in (12.5, 14.9, 19.35, 19.41, float("inf"))}
+    assert say[12.5] == say[14.9] and say[19.35] == say[19.41] and "about 20x" in say[19.35]
+    assert "an unmeasured multiple of the cost" in say[float("inf")]
 
 
 def test_paired_bootstrap_detects_a_real_difference_and_not_noise():

@@ -53,7 +53,7 @@ def test_full_report_embeds_plots_the_verdict_and_its_interval():
                         label_suspects=[], mlflow_runs=[{"stage": "train", "run_id": "abc123", "status": "FINISHED",
                                                          "url": "http://127.0.0.1:5000/#/experiments/1/runs/abc123"}])
     assert "Verdict: the mlp beats tree &lt;by&gt; 20 points" in page  # escaped
-    assert "[+12.00, +28.00]" in page and "20.0x" in page and "McNemar" in page
+    assert "[+12.00, +28.00]" in page and "= 20x (wall time" in page and "McNemar" in page
     assert "split/leakage_pairs" in page  # the leakage check shows when split reports one
     assert "expected calibration error (ECE) = 0.0310" in page
     assert "good (+0.50)" in page  # top tokens of a text model
