@@ -107,7 +107,8 @@ class LabelIssueParams(_Section):
                                      "closes this share of the gap from the majority-class rate to 1 (0: off)")
     min_excess: float = Field(
         2.0, ge=0, description="... and if its train suspects are at least this many times what its own error "
-                               "rate (its disagreement rate on the rows it does not suspect) explains (0: off)")
+                               "rate (its disagreement rate on the rows it does not suspect) explains, at the "
+                               "upper end of its 95% interval (0: off)")
     min_precision: float = Field(
         0.8, ge=0, le=1, description="... and if, by its own probabilities, at least this share of its train "
                                      "suspects are wrongly labelled (0: off). Otherwise the audit only flags")

@@ -14,7 +14,7 @@ from components.data.contract import DatasetWriter, SetAside, iter_batches, read
 from tests.demo_data import write_digits_split
 from components.quality.audit import NoiseOptions, audit_dataset, reduce_features
 from components.quality.label_issues import (LabelIssueOptions, decide, detection_scores, judge_auditor,
-                                             oof_probabilities)
+                                             oof_probabilities, poisson_upper)
 from components.quality.noise import inject_symmetric_noise
 from pipelines.config import LabelIssueParams
 
@@ -95,6 +95,39 @@ def test_suspects_the_auditors_own_errors_explain_are_not_acted_on():
     j = judge_auditor(labels, proba, wrong, min_lift=0.5, min_excess=2.0, min_precision=0.8)
     assert not j.trusted and "implausibly many" in j.reason and j.expected_precision == pytest.approx(0.55)
     assert judge_auditor(labels, _confident(labels, wrong, 2), wrong, min_lift=0.5, min_excess=2.0, min_precision=0.8).trusted
+
+
+def test_poisson_upper_bound_is_the_exact_garwood_bound():
+    # one-sided 97.5% (the two-sided 95% level of the Wilson bound): textbook values
+    assert poisson_upper(0) == pytest.approx(3.689, abs=1e-3)
+    assert poisson_upper(6) == pytest.approx(13.06, abs=1e-2)
+    # P(X <= k | mean = bound) = 2.5% exactly
+    from scipy.stats import poisson
+    for k in (0, 3, 40, 500):
+        assert poisson.cdf(k, poisson_upper(k)) == pytest.approx(0.025, abs=1e-5)
+
+
+def test_a_few_suspects_over_a_few_own_errors_are_not_enough_to_act():
+    """A strong auditor on correct labels: 1,281 train rows, 6 disagreements among the rows it does
+    not suspect, 13 suspects (sklearn's digits as shipped). 13 is 2.2x the point estimate of its
+    own errors, but 6 errors could as well be 13: only flagged. At 10x the rows the bound is
+    within 30% of the point estimate: 160 suspects over 60 errors (2.6x) are enough to act."""
+    def case(n, errors, suspects):
+        labels = np.arange(n) % 10
+        wrong = np.arange(suspects)
+        proba = _confident(labels, wrong, n_classes=10)
+        own = np.arange(suspects, suspects + errors)  # disagreements outside the suspects
+        proba[own] = 0.02
+        proba[own, (labels[own] + 2) % 10] = 0.94
+        return judge_auditor(labels, proba, wrong, min_lift=0.5, min_excess=2.0, min_precision=0.8)
+
+    few = case(1281, 6, 13)
+    assert few.explained == pytest.approx(6 / 1268 * 1281) and few.explained_high > 2 * few.explained
+    assert not few.trusted and "95% bound" in few.reason and "(6 of 1268)" in few.reason
+    assert 13 >= 2 * few.explained  # the point estimate alone would have let it act
+    many = case(12810, 60, 160)
+    assert many.trusted and many.explained_high < 1.3 * many.explained  # the bound tightens with the count
+    assert "at most" in many.reason and "its own estimate of their precision" in many.reason
 
 
 def test_detection_scores():
@@ -319,6 +352,19 @@ def test_out_of_fold_as_ray_tasks_gives_the_same_probabilities(ray_session):
     local, _ = oof_probabilities(x, y, use_ray=False, **kw)
     remote, _ = oof_probabilities(x, y, use_ray=True, **kw)
     assert ray_session.is_initialized() and np.allclose(local, remote)
+
+
+def test_digits_as_shipped_lose_no_train_row(tmp_path):
+    """No flips: the default auditor (SVC, drop) finds a dozen suspects among the train digits,
+    plainly correct ones among them; its own errors could explain them all, so nothing is dropped
+    and every suspect stays flagged for a person to look at."""
+    split = write_digits_split(tmp_path / "digits")
+    st, m, t = _audit(split, tmp_path / "audit")  # the defaults
+    j = m["label_issues"]
+    assert st["metrics"]["audit/label_issues/acted"] == 0 and m["rows"] == m["rows_in"] == 1797
+    assert "label_issue" not in m["set_aside"] and j["found_train"] >= 5
+    assert "no more than the auditor's own errors explain" in st["decision"] and "95% bound" in st["decision"]
+    assert t.column("label_issue").to_numpy(zero_copy_only=False).sum() == j["found"]  # flagged, kept
 
 
 @pytest.mark.slow
