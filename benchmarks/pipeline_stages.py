@@ -69,6 +69,11 @@ def repro(src: Path, params_update: dict | None) -> dict:
             out["tune_concurrent"] = tune["tune/concurrent_trials"]
             out["tune_overhead"] = round(tune["tune/sweep_wall_s"] * tune["tune/concurrent_trials"]
                                          / tune["tune/trial_epochs_s"] - 1, 3)
+        if "tune/trial_startup_s_median" in tune:  # actor ready (new or reused) -> first epoch, less the epoch
+            out["tune_trial_startup_s"] = {"median": round(tune["tune/trial_startup_s_median"], 2),
+                                           "max": round(tune["tune/trial_startup_s_max"], 2),
+                                           "starts": tune["tune/trial_starts"],
+                                           "first_actors": round(tune.get("tune/first_actors_start_s", float("nan")), 2)}
         return out
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -140,6 +145,11 @@ def main() -> None:
         print(f"Tune overhead: sweep {after['tune_sweep_wall_s']:.1f}s x {after['tune_concurrent']} at once / "
               f"{after['tune_trial_epochs_s']:.1f}s in epochs - 1 = {after['tune_overhead']:.1%} (target <= 15%): "
               f"{'met' if after['tune_overhead'] <= 0.15 else 'NOT met'}")
+    if "tune_trial_startup_s" in after:
+        st = after["tune_trial_startup_s"]
+        print(f"per-trial start-up (actor ready -> first epoch, less the epoch; {st['starts']} starts): median "
+              f"{st['median']:.2f}s, max {st['max']:.2f}s (target < 1 s): {'met' if st['median'] < 1 else 'NOT met'}; "
+              f"before that, the first trials' new actors took {st['first_actors']:.1f}s to start (once per sweep)")
     print(f"test/acc before {before['test/acc'] if before else '-'}, after {after['test/acc']}")
     # after only: a separate file, so that the side-by-side ratio and the quiet absolute figure both stay
     stem = "pipeline_stages" + ("_quick" if args.quick else "") + ("_quiet" if not before else "")

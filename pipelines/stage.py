@@ -86,6 +86,9 @@ class Stage:
                      self.paths.metrics, self.name)
             return self
         set_fail_fast_http_env()
+        # A stage's output is a log (dvc repro's, a CI job's): MLflow's progress bars for the
+        # sub-second artifact copies of log_model / register_model only garble it. Users may set it.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.tracking_uri = resolve_tracking_uri(mp.tracking_uri, self.root)
         try:  # before any compute: a missing server is an error now, not after an hour of training
             check_reachable(self.tracking_uri)

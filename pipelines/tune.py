@@ -7,6 +7,7 @@ again after a crash restores it instead of starting over.
 
 import hashlib
 import json
+import statistics
 import time
 from dataclasses import replace
 
@@ -42,6 +43,13 @@ def _write_plots(stage: Stage, rows: list[dict], histories: dict, metric: str, m
     plots.mkdir(parents=True, exist_ok=True)
     plot_pareto(points, plots / "tune_pareto.png", metric=metric)
     return [plots / "tune_pareto.png"]
+
+
+def _startup_metrics(startup_s: list[float]) -> dict[str, float]:
+    if not startup_s:
+        return {}
+    return {"tune/trial_startup_s_median": statistics.median(startup_s), "tune/trial_startup_s_max": max(startup_s),
+            "tune/trial_starts": len(startup_s)}
 
 
 def main() -> None:
@@ -181,6 +189,11 @@ def main() -> None:
                       "tune/sweep_wall_s": sweep_wall,
                       "tune/trial_epochs_s": sum(e.get("epoch_s", 0.0) for h in histories.values() for e in h),
                       "tune/concurrent_trials": options.max_concurrent_trials,
+                      # per trial start (new actor, reused actor, resume): Tune's start to its first
+                      # epoch, less the epoch; the first trials pay a new actor's process and imports
+                      **_startup_metrics(monitor.startup_s),
+                      **({"tune/first_actors_start_s": max(monitor.first_start_wait_s[:options.max_concurrent_trials])}
+                         if monitor.first_start_wait_s else {}),
                       f"tune/best/{tp.metric}": best_row[key], "tune/best/val/acc": best_row["val/acc"]},
                      artifacts=[out / "trials.csv", out / "best_params.json", *artifacts])
 

@@ -60,6 +60,14 @@ class SweepMonitor(tune.Callback):
         self.last_results: dict[str, dict] = {}      # trial id -> its latest report
         self.created: list[str] = []                 # trial ids in the order the searcher proposed them
         self.scheduler = None                        # an OrderedASHA: its rungs are saved with this state
+        # start-up: from Tune starting a trial (a new actor, a reused one, a resume from a pause) to
+        # the end of its first epoch, less that epoch's own time (``epoch_s``), in this process
+        self.startup_s: list[float] = []
+        self._starting: dict[str, float] = {}
+        # ... and before that, from a trial's first sight (pending) to its first start: for the first
+        # trials (a free slot each) that is a new actor's start: its process, imports and arguments
+        self.first_start_wait_s: list[float] = []
+        self._seen: dict[str, float] = {}
         _LIVE[key] = self
 
     def __reduce__(self):
@@ -93,6 +101,9 @@ class SweepMonitor(tune.Callback):
 
     # -- Tune callback hooks ------------------------------------------------------------------
     def on_step_begin(self, iteration, trials, **info):
+        now = self._clock()
+        for t in trials:
+            self._seen.setdefault(t.trial_id, now)
         for t in trials:
             if t.last_result:
                 self.record(t.trial_id, t.last_result)
@@ -104,12 +115,19 @@ class SweepMonitor(tune.Callback):
             reap_orphaned_train_groups()
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        now = self._clock()
+        if trial.trial_id not in self.started_here and trial.trial_id in self._seen:
+            self.first_start_wait_s.append(now - self._seen[trial.trial_id])
         self.started_here.append(trial.trial_id)
+        self._starting[trial.trial_id] = now
         log.info("trial_%s started %s", trial.trial_id,
                  {k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in trial.config.items()})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.record(trial.trial_id, result)
+        started = self._starting.pop(trial.trial_id, None)
+        if started is not None and result.get("epoch_s") is not None:
+            self.startup_s.append(max(0.0, self._clock() - started - float(result["epoch_s"])))
         self.last_results[trial.trial_id] = result
         log.info("trial_%s epoch %d  %s %.4f  val/acc %.4f  ($%.6f spent)", trial.trial_id, result.get("epoch", 0),
                  self.metric, result.get(self.metric, float("nan")), result.get("val/acc", float("nan")),

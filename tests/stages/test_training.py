@@ -219,6 +219,7 @@ def test_the_train_stage_trains_with_every_key_tune_chose(tmp_path):
         proc = subprocess.run([sys.executable, "-m", f"pipelines.{stage}"], cwd=root, env=env, capture_output=True,
                               text=True, timeout=900)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        assert "Downloading artifacts" not in proc.stdout + proc.stderr  # no MLflow progress bars in the log
 
     best = json.loads((root / "models/tune/best_params.json").read_text())
     winner = best["params"]

@@ -112,6 +112,29 @@ def test_budget_monitor_stops_running_trials_at_their_next_report_and_new_ones_f
     assert m2.elapsed_s == pytest.approx(100.0) and m2.exhausted() and m2.exhausted_by == "time_budget_s"
 
 
+def test_the_monitor_times_each_trial_start_to_its_first_epoch_less_the_epoch():
+    from types import SimpleNamespace
+
+    clock = [0.0]
+    m = SweepMonitor("startup", usd_per_hour=1.0, clock=lambda: clock[0])
+    a, b = (SimpleNamespace(trial_id=t, config={}, last_result={}, status="PENDING") for t in "ab")
+    m.on_step_begin(0, [a, b])          # both pending from t=0
+    clock[0] = 2.0
+    m.on_trial_start(0, [a, b], a)      # a's new actor is up after 2 s
+    clock[0] = 5.5                      # a's first epoch (1 s) ends 3.5 s after its start
+    m.on_trial_result(0, [a, b], a, {"epoch": 1, "epoch_s": 1.0, "time_total_s": 3.5})
+    clock[0] = 6.5
+    m.on_trial_result(0, [a, b], a, {"epoch": 2, "epoch_s": 1.0, "time_total_s": 4.5})  # not a start
+    m.on_trial_start(0, [a, b], b)      # b on a reused actor, 6.5 s after it was first seen
+    clock[0] = 7.8
+    m.on_trial_result(0, [a, b], b, {"epoch": 1, "epoch_s": 1.0, "time_total_s": 1.3})
+    m.on_trial_start(0, [a, b], a)      # a resumed (from a pause): a start, not a first start
+    clock[0] = 9.0
+    m.on_trial_result(0, [a, b], a, {"epoch": 3, "epoch_s": 1.0, "time_total_s": 5.5})
+    assert m.startup_s == pytest.approx([2.5, 0.3, 0.2])
+    assert m.first_start_wait_s == pytest.approx([2.0, 6.5])
+
+
 class _FixedSearcher(Searcher):
     def suggest(self, trial_id):
         return {"lr": 0.1}
