@@ -45,6 +45,19 @@ def _write_plots(stage: Stage, rows: list[dict], histories: dict, metric: str, m
     return [plots / "tune_pareto.png"]
 
 
+def repeatability_note(*, scheduler: str, workers_per_trial: int, max_concurrent_trials: int) -> str | None:
+    """What to tell the user when the same params.yaml can give a different sweep, else None.
+
+    One-worker trials use the ordered ASHA (the same decisions at any concurrency); multi-worker
+    trials keep Ray's, whose decisions depend on which trial reports first (docs/tuning.md)."""
+    if scheduler == "asha" and workers_per_trial > 1 and max_concurrent_trials > 1:
+        return (f"note: with tune.workers_per_trial={workers_per_trial} and {max_concurrent_trials} trials at once, "
+                "ASHA judges each trial against whatever the others have reported so far, so the same params can "
+                "stop different trials from one run to the next; for a repeatable sweep set "
+                "tune.max_concurrent_trials: 1 or tune.scheduler: fifo (docs/tuning.md)")
+    return None
+
+
 def _startup_metrics(startup_s: list[float]) -> dict[str, float]:
     if not startup_s:
         return {}
@@ -121,6 +134,10 @@ def main() -> None:
                       describe_group(worker, tp.workers_per_trial, "PACK"), fits, tp.max_concurrent_trials)
             options = replace(options, max_concurrent_trials=fits)
             stage.meter.reserve(cpus=fits * tp.workers_per_trial * cpus, gpus=fits * gpus)
+        note = repeatability_note(scheduler=tp.scheduler, workers_per_trial=tp.workers_per_trial,
+                                  max_concurrent_trials=options.max_concurrent_trials)
+        if note:
+            stage.log("%s", note)
         stage.log("%d trials (%d at a time), %s search, %s on %s over %s; budget %s / %s", tp.num_samples,
                   options.max_concurrent_trials, tp.search_alg, tp.scheduler.upper(), tp.metric, sorted(space),
                   f"${tp.budget_usd:g}" if tp.budget_usd else "no $ limit",
@@ -185,6 +202,8 @@ def main() -> None:
                       "tune/budget_stopped_trials": by_budget, "tune/skipped_trials": never,
                       "tune/spent_usd": spent, "tune/budget_exhausted": int(monitor.exhausted_by is not None),
                       "tune/resumed": int(sweep.resumed),
+                      # 1: these params give these trials on every run (the wall and cost figures aside)
+                      "tune/repeatable": int(note is None and not sweep.resumed and monitor.exhausted_by is None),
                       # Tune's overhead = sweep wall against the time trials spent in epochs (benchmarks/pipeline_stages.py)
                       "tune/sweep_wall_s": sweep_wall,
                       "tune/trial_epochs_s": sum(e.get("epoch_s", 0.0) for h in histories.values() for e in h),

@@ -54,6 +54,7 @@ def test_every_stage_ran_and_wrote_its_metrics(project):
     assert _metrics(root, "train")["train/epochs_run"] == 3
     tune = _metrics(root, "tune")
     assert tune["tune/trials"] == TRIALS and tune["tune/trial_starts"] >= TRIALS  # every trial started at least once
+    assert tune["tune/repeatable"] == 1  # one-worker trials, no budget cut, not resumed
     assert 0 <= tune["tune/trial_startup_s_median"] <= tune["tune/trial_startup_s_max"] < tune["tune/sweep_wall_s"]
     assert 0 < tune["tune/first_actors_start_s"] < tune["tune/sweep_wall_s"]
     assert "Downloading artifacts" not in out  # MLflow's progress bars stay out of the repro's log

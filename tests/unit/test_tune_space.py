@@ -135,6 +135,19 @@ def test_the_monitor_times_each_trial_start_to_its_first_epoch_less_the_epoch():
     assert m.first_start_wait_s == pytest.approx([2.0, 6.5])
 
 
+def test_the_tune_stage_says_when_the_same_params_can_give_another_sweep():
+    from pipelines.tune import repeatability_note
+
+    # Ray's ASHA (multi-worker trials) at 2 at a time: it depends on who reports first
+    note = repeatability_note(scheduler="asha", workers_per_trial=2, max_concurrent_trials=2)
+    assert "tune.max_concurrent_trials: 1" in note and "tune.scheduler: fifo" in note
+    # ordered ASHA (one worker), FIFO, or one trial at a time: the same trials on every run
+    for kw in (dict(scheduler="asha", workers_per_trial=1, max_concurrent_trials=4),
+               dict(scheduler="fifo", workers_per_trial=2, max_concurrent_trials=2),
+               dict(scheduler="asha", workers_per_trial=2, max_concurrent_trials=1)):
+        assert repeatability_note(**kw) is None, kw
+
+
 class _FixedSearcher(Searcher):
     def suggest(self, trial_id):
         return {"lr": 0.1}
