@@ -242,7 +242,8 @@ def judge_auditor(labels: np.ndarray, proba: np.ndarray, suspects: np.ndarray, *
       ``min_excess`` times that. This is the check that catches a decent auditor that errs
       confidently: on 2,000 correctly labelled face photos (2 classes), a pixel SVC at 91% out of
       fold found 45 suspects, all correctly labelled on inspection, where its 5.5% error rate
-      explains 76 (ratio 0.6); digits with 10-30% of labels flipped give ratios of 2.9-5.3.
+      explains 76 (ratio 0.6); digits with 10-30% of labels flipped give ratios of 3.2-7.8
+      (2.6-5.3 to the bound below; benchmarks/label_noise.py).
       Its errors are a count, and a strong auditor makes few: ``explained`` is then taken at the
       upper end of its 95% interval (Poisson, like the Wilson bound of the first check). On
       sklearn's digits as shipped (no flips), the SVC disagrees with 6 of the 1,268 train labels
