@@ -235,8 +235,12 @@ def run_sweep(base, *, space: dict[str, dict], options: SweepOptions, scaling: S
             ),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
                                       stop=BudgetStopper(name), callbacks=[monitor],
-                                      # the direct path's checkpoints are Tune's: the latest is all a resume needs
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+                                      # Every checkpoint is kept while the sweep runs (Tune's default):
+                                      # Tune saves its experiment state every few seconds, so after a kill
+                                      # it can name a trial checkpoint older than the latest; with only
+                                      # the latest kept, that one was gone and the resumed trial failed
+                                      # ("does not exist on storage anymore", seen in CI). Pruned after.
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),
         )
     # Tune asks our searcher for one trial at a time until one is pending ("auto" for a custom
     # searcher): let as many wait as may run, so a free CPU finds its next trial ready
@@ -252,7 +256,30 @@ def run_sweep(base, *, space: dict[str, dict], options: SweepOptions, scaling: S
             os.environ.pop(pending, None)
     if not direct:  # only Train worker groups leave placement groups behind
         reap_after_sweep()
+    else:  # a finished trial is never restored from a checkpoint: its latest is kept to look at
+        prune_trial_checkpoints(experiment_path)
     return SweepOutcome(grid=grid, monitor=monitor, resumed=resumed, experiment_path=experiment_path)
+
+
+def prune_trial_checkpoints(experiment_path: str) -> int:
+    """Delete every trial's checkpoints but its latest (``checkpoint_NNNNNN``, the highest number)
+    under ``experiment_path`` (a local path or a pyarrow-supported URI); returns how many went.
+    Only for a sweep that has ended: an interrupted one resumes from whichever one Tune's saved
+    state names."""
+    from pyarrow import fs
+
+    filesystem, root = fs.FileSystem.from_uri(experiment_path) if "://" in experiment_path else \
+        (fs.LocalFileSystem(), experiment_path)
+    removed = 0
+    for trial in filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True)):
+        if trial.type != fs.FileType.Directory or not trial.base_name.startswith("trial_"):
+            continue
+        checkpoints = sorted(info.path for info in filesystem.get_file_info(fs.FileSelector(trial.path))
+                             if info.type == fs.FileType.Directory and info.base_name.startswith("checkpoint_"))
+        for path in checkpoints[:-1]:
+            filesystem.delete_dir(path)
+            removed += 1
+    return removed
 
 
 def trial_histories(grid) -> dict[str, list[dict]]:

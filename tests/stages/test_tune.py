@@ -153,6 +153,10 @@ def test_killed_tune_stage_resumes_without_rerunning_finished_trials(tmp_path):
     assert best["source"] == "tune" and str(best["trial_number"]) not in stopped
     for f in ("tune_pareto.csv", "tune_curves.csv", "tune_pareto.png"):
         assert (root / "plots" / f).stat().st_size > 0
+    # every checkpoint was kept while the sweep could still be resumed; once it ended, each
+    # trial keeps its latest only (components.tuning.sweep.prune_trial_checkpoints)
+    trial_dirs = [d for d in (root / ".trainwise/ray").glob("tune-*/trial_*") if d.is_dir()]
+    assert len(trial_dirs) == 3 and all(len(list(d.glob("checkpoint_*"))) == 1 for d in trial_dirs), trial_dirs
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     client = mlflow.MlflowClient()

@@ -224,3 +224,23 @@ def test_the_tune_stage_reruns_when_any_train_key_a_trial_starts_from_changes():
     set_by_sweep = {"epochs", "patience", "use_gpu"}  # tune.max_epochs, no patience, tune.use_gpu
     needed = {f"train.{k}" for k in set(TrainParams.model_fields) & LOOP_KEYS} - {f"train.{k}" for k in set_by_sweep}
     assert "train" in listed or needed <= set(listed), sorted(needed - set(listed))
+
+
+def test_after_a_sweep_each_trial_keeps_only_its_latest_checkpoint(tmp_path):
+    from components.tuning.sweep import prune_trial_checkpoints
+
+    exp = tmp_path / "tune-abc"
+    for trial, n in (("trial_a", 3), ("trial_b", 1), ("trial_c", 0)):
+        for k in range(n):
+            (exp / trial / f"checkpoint_{k:06d}").mkdir(parents=True)
+            (exp / trial / f"checkpoint_{k:06d}" / "checkpoint.pt").write_bytes(b"x")
+        (exp / trial).mkdir(parents=True, exist_ok=True)
+        (exp / trial / "result.json").write_text("{}")
+    (exp / "experiment_state.json").write_text("{}")
+    (exp / "checkpoint_000009").mkdir()  # not a trial's: left alone
+    assert prune_trial_checkpoints(str(exp)) == 2
+    assert sorted(p.name for p in (exp / "trial_a").iterdir()) == ["checkpoint_000002", "result.json"]
+    assert (exp / "trial_a" / "checkpoint_000002" / "checkpoint.pt").exists()
+    assert sorted(p.name for p in (exp / "trial_b").iterdir()) == ["checkpoint_000000", "result.json"]
+    assert (exp / "checkpoint_000009").is_dir() and (exp / "experiment_state.json").exists()
+    assert prune_trial_checkpoints(str(tmp_path / "never-ran")) == 0
