@@ -265,7 +265,8 @@ def prune_trial_checkpoints(experiment_path: str) -> int:
     """Delete every trial's checkpoints but its latest (``checkpoint_NNNNNN``, the highest number)
     under ``experiment_path`` (a local path or a pyarrow-supported URI); returns how many went.
     Only for a sweep that has ended: an interrupted one resumes from whichever one Tune's saved
-    state names."""
+    state names. pyarrow.fs, as Tune resolves its own storage_path (the stage-file copies in
+    components/cluster/storage.py use fsspec)."""
     from pyarrow import fs
 
     filesystem, root = fs.FileSystem.from_uri(experiment_path) if "://" in experiment_path else \
