@@ -27,7 +27,7 @@ import pyarrow as pa
 from PIL import Image
 
 from components.data.contract import DatasetWriter, SetAside
-from components.quality.label_issues import (LabelIssueOptions, TooFewRows, decide, detection_scores,
+from components.quality.label_issues import (LabelIssueOptions, TooFewRows, decide, detection_scores, fold_indices,
                                              oof_probabilities, suspects_table)
 from components.quality.noise import inject_symmetric_noise
 
@@ -90,9 +90,12 @@ def project(x: np.ndarray, *, max_features: int, seed: int) -> np.ndarray:
     return (x.astype(np.float32, copy=False) @ w).astype(np.float32)
 
 
-def standardise(x: np.ndarray) -> np.ndarray:
-    std = x.std(0)
-    return ((x - x.mean(0)) / np.where(std > 1e-8, std, 1.0)).astype(np.float32)
+def standardise(x: np.ndarray, *, fit_rows: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance per column, with the mean and spread of the ``fit_rows`` (bool mask:
+    the train rows) only, so that no val/test row shapes the features the auditor learns from."""
+    fit = x[np.asarray(fit_rows, bool)]
+    std = fit.std(0)
+    return ((x - fit.mean(0)) / np.where(std > 1e-8, std, 1.0)).astype(np.float32)
 
 
 def text_features(texts: list[str]):
@@ -129,8 +132,10 @@ def _pass1(batches: Iterable[pa.RecordBatch], modality: str, *, shape, max_featu
     return rows
 
 
-def _embedding_features(ids: list[str], embeddings, *, max_features: int, seed: int, log) -> tuple:
-    """The embeddings of ``ids`` (PCA-reduced to ``max_features``), or (None, why) when some rows have none."""
+def embedding_features(ids: list[str], embeddings, *, fit_rows: np.ndarray, max_features: int, seed: int,
+                       log=lambda *a: None) -> tuple:
+    """The embeddings of ``ids`` (PCA-reduced to ``max_features``, the PCA fitted on the ``fit_rows``:
+    the train rows), or (None, why) when some rows have none."""
     emb_ids, emb = embeddings
     where = {i: k for k, i in enumerate(emb_ids)}
     missing = sum(1 for i in ids if i not in where)
@@ -139,26 +144,31 @@ def _embedding_features(ids: list[str], embeddings, *, max_features: int, seed: 
             len(ids) - missing, len(ids))
         return None, "incomplete embeddings"
     x = emb[[where[i] for i in ids]]
-    keep = min(max_features, len(x))  # PCA has at most as many directions as rows (a small set: fewer rows)
-    if x.shape[1] > keep:  # PCA keeps the directions along which the rows differ most
+    fit_rows = np.asarray(fit_rows, bool)
+    keep = min(max_features, int(fit_rows.sum()))  # PCA has at most as many directions as rows (a small set: fewer)
+    if x.shape[1] > keep:  # PCA keeps the directions along which the train rows differ most
         from sklearn.decomposition import PCA
 
-        x = PCA(n_components=keep, svd_solver="randomized", random_state=seed).fit_transform(x)
+        x = PCA(n_components=keep, svd_solver="randomized", random_state=seed).fit(x[fit_rows]).transform(x)
     # Not standardised: that would give the weakest PCA directions (mostly noise) the weight of the strongest.
     return np.asarray(x, np.float32), f"embeddings ({emb.shape[1]} -> {x.shape[1]} values)"
 
 
-def _payload_features(rows: _Rows, modality: str) -> tuple:
-    """The auditor's feature matrix from pass 1's reduced batches (row k belongs to rows.ids[k])."""
+def payload_features(rows: _Rows, modality: str, *, fit_rows: np.ndarray) -> tuple:
+    """The auditor's feature matrix from pass 1's reduced batches (row k belongs to rows.ids[k]).
+    What is fitted (TF-IDF's IDF, the standardisation) is fitted on the ``fit_rows`` (the train rows)
+    and applied to all: a val/test row is predicted, never learnt from, payload included."""
+    fit_rows = np.asarray(fit_rows, bool)
     if modality == "text":
         import scipy.sparse as sp
         from sklearn.feature_extraction.text import TfidfTransformer
 
-        return TfidfTransformer().fit_transform(sp.vstack(rows.features).tocsr()), "tfidf (hashed words, sparse)"
+        counts = sp.vstack(rows.features).tocsr()  # hashed: no vocabulary to fit, only the IDF
+        return TfidfTransformer().fit(counts[fit_rows]).transform(counts), "tfidf (hashed words, sparse)"
     x = np.concatenate(rows.features)
     rows.features = []
     if modality != "image":
-        x = standardise(x)
+        x = standardise(x, fit_rows=fit_rows)
     return x, f"{modality} ({x.shape[1]} values)"
 
 
@@ -196,16 +206,19 @@ def audit_dataset(batches: Iterable[pa.RecordBatch], rewind, writer: DatasetWrit
     decisions, suspects, decision = None, [], "label-issue search off (clean.label_issues.enabled: false)"
     metrics["audit/label_issues/acted"] = 0
     if li is not None:
-        x = None
-        if embeddings is not None:
-            x, described = _embedding_features(rows.ids, embeddings, max_features=li.max_features, seed=li.seed,
-                                               log=log)
-        if x is None:
-            if not rows.features:  # embeddings were expected: read the payloads after all
-                rows = _pass1(rewind(), modality, shape=image_shape, max_features=li.max_features, seed=li.seed,
-                              want_features=True)
-            x, described = _payload_features(rows, modality)
         try:
+            # the folds are cut over the train rows, and the features are fitted on them: too few is
+            # a reason to skip, found before anything is fitted
+            fold_indices(labels[train], folds=li.folds, seed=li.seed)
+            x = None
+            if embeddings is not None:
+                x, described = embedding_features(rows.ids, embeddings, fit_rows=train,
+                                                  max_features=li.max_features, seed=li.seed, log=log)
+            if x is None:
+                if not rows.features:  # embeddings were expected: read the payloads after all
+                    rows = _pass1(rewind(), modality, shape=image_shape, max_features=li.max_features, seed=li.seed,
+                                  want_features=True)
+                x, described = payload_features(rows, modality, fit_rows=train)
             proba, oof_s = oof_probabilities(x, labels, n_classes=n_classes, model=li.model, folds=li.folds,
                                              workers=li.workers, seed=li.seed, use_ray=use_ray, fit_rows=train)
         except TooFewRows as err:

@@ -8,7 +8,12 @@
    starting Ray costs 10-25 s on a laptop); from there on each fold is a Ray task (1 CPU), at
    most ``workers`` at once, and the features go to the object store once.
 2. cleanlab's ``find_label_issues`` on those probabilities (``prune_by_noise_rate``: estimate
-   the noise matrix, then remove that many off-diagonal rows, least self-confident first).
+   the noise matrix, then remove that many off-diagonal rows, least self-confident first), twice:
+   over the train rows with their labels (the suspects the policy may act on), and separately over
+   the val/test rows (suspects only flagged). Its thresholds and noise matrix come from the labels
+   it is given, so no val/test label moves a train decision. The auditor's feature transforms
+   (standardisation, TF-IDF's IDF, the PCA of embeddings) are fitted on train rows too
+   (components/quality/audit.py).
 3. The auditor is judged before it may act (:func:`judge_auditor`): is it clearly better than
    predicting the majority class, are its suspects clearly more than its own error rate explains,
    and do its own probabilities expect them to be mislabelled?
@@ -292,7 +297,8 @@ class LabelDecisions:
     """What the policy does to each row (indices into the rows given to :func:`decide`)."""
 
     policy: str
-    found: np.ndarray          # every likely issue (train, val and test), ranked
+    found_train: np.ndarray    # likely issues among train rows, ranked by train labels alone
+    found_heldout: np.ndarray  # likely issues among val/test rows, ranked in their own pass (only flagged)
     acted: np.ndarray          # train suspects changed (dropped / relabelled): the ranked prefix the cap allows
     over_cap: int              # train suspects the cap kept the policy from changing
     predicted: np.ndarray      # held-out argmax per row
@@ -301,26 +307,45 @@ class LabelDecisions:
     judgement: Judgement | None
 
     @property
+    def found(self) -> np.ndarray:
+        """Every likely issue (train, val and test), least self-confident first."""
+        both = np.concatenate([self.found_train, self.found_heldout]).astype(np.int64)
+        return both[np.argsort(self.given_prob[both], kind="stable")]
+
+    @property
     def applied(self) -> bool:
-        """True when the policy changed train rows (drop / relabel, by a trusted auditor)."""
+        """True when the policy may change train rows (drop / relabel, by a trusted auditor)."""
         return self.policy != "flag" and self.judgement is not None and self.judgement.trusted
 
     def counts(self) -> dict[str, int]:
-        n = {"found": len(self.found), "flagged": len(self.found), "acted": int(self.applied),
+        """``acted`` is 1 only when train rows were changed; ``touched`` says how many."""
+        found = len(self.found_train) + len(self.found_heldout)
+        n = {"found": found, "flagged": found, "acted": int(len(self.acted) > 0),
              "touched": len(self.acted), "over_cap": self.over_cap}
         if self.policy != "flag":
             n[ACTION[self.policy]] = len(self.acted)
         return n
 
 
+def _rank_within(rows: np.ndarray, labels: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """:func:`rank_label_issues` over ``rows`` only (their labels, their probabilities), as indices of all rows."""
+    if len(rows) == 0:
+        return np.empty(0, dtype=np.int64)
+    return rows[rank_label_issues(labels[rows], proba[rows])]
+
+
 def decide(labels: np.ndarray, proba: np.ndarray, *, train: np.ndarray, policy: str, max_fraction: float,
            min_lift: float, min_excess: float, min_precision: float) -> LabelDecisions:
-    """Find suspects among all rows; judge the auditor on the train rows; act on train rows only."""
+    """Rank train suspects with train labels only; judge the auditor on the train rows; act on train rows
+    only. Val/test suspects come from a second, separate pass over the val/test rows: cleanlab's per-class
+    thresholds and noise matrix are estimated from the labels it is given, so one pass over every row
+    would let val/test labels move which train rows are suspects (issue 27: 30% of val/test labels
+    flipped turned 13 untrusted train suspects into 18 trusted, dropped ones)."""
     labels = np.asarray(labels, dtype=np.int64)
     train = np.asarray(train, bool)
-    found = rank_label_issues(labels, proba)
-    found_train = found[train[found]]
-    tr_idx = np.flatnonzero(train)
+    tr_idx, held_idx = np.flatnonzero(train), np.flatnonzero(~train)
+    found_train = _rank_within(tr_idx, labels, proba)
+    found_heldout = _rank_within(held_idx, labels, proba)
     pos = np.full(len(labels), -1)
     pos[tr_idx] = np.arange(len(tr_idx))
     judgement = judge_auditor(labels[tr_idx], proba[tr_idx], pos[found_train], min_lift=min_lift,
@@ -330,20 +355,22 @@ def decide(labels: np.ndarray, proba: np.ndarray, *, train: np.ndarray, policy: 
     acted = found_train[:cap] if may_act else np.empty(0, dtype=np.int64)
     predicted = proba.argmax(1)
     rows = np.arange(len(labels))
-    return LabelDecisions(policy=policy, found=found, acted=acted,
+    return LabelDecisions(policy=policy, found_train=found_train, found_heldout=found_heldout, acted=acted,
                           over_cap=max(0, len(found_train) - cap) if may_act else 0, predicted=predicted,
                           confidence=proba[rows, predicted], given_prob=proba[rows, labels], judgement=judgement)
 
 
 def suspects_table(decisions: LabelDecisions, *, ids, sources, labels, splits, classes: list[str],
                    top: int) -> list[dict]:
-    """The ``top`` suspects plus every val/test suspect (nothing acts on those: a person has to look),
-    least self-confident first: split, given vs predicted label, confidence, what happened to the row."""
+    """The ``top`` train suspects, then every val/test suspect (nothing acts on those: a person has to
+    look), each group least self-confident first; ``rank`` is the row's rank in its own pass (train, or
+    val/test), so val/test suspects never take a train row's place in the ``top``. Columns: split,
+    given vs predicted label, confidence, what happened to the row."""
     acted = set(decisions.acted.tolist())
     rows = []
-    for rank, k in enumerate(decisions.found, 1):
-        if rank > top and splits[k] == "train":
-            continue
+    listed = [(rank, k) for rank, k in enumerate(decisions.found_train[:top], 1)]
+    listed += [(rank, k) for rank, k in enumerate(decisions.found_heldout, 1)]
+    for rank, k in listed:
         g, p = int(labels[k]), int(decisions.predicted[k])
         if k in acted:
             action = ACTION[decisions.policy]

@@ -397,3 +397,125 @@ def test_the_auditor_uses_embeddings_when_there_are_some(planted, tmp_path):
         w.close(rows_in=st2["rows_in"], set_aside=st2["set_aside"], extra=st2["extra"])
     assert read_manifest(tmp_path / "partial")["label_issues"]["features"] == "image (64 values)"
     assert any("embeddings cover 100 of 1797 rows" in s for s in said)
+
+
+# -- no val/test label or payload reaches a train decision (issue 27 item 1) ---------------------------
+
+
+def _train_decisions(st, t) -> dict:
+    """Everything the audit decided about train rows: the train suspects in rank order with their
+    held-out confidence, the rows set aside, the labels train keeps, and the judgement."""
+    split = np.array(t.column("split").to_pylist())
+    train = split == "train"
+    listed = [(r["id"], r["given_label"], r["predicted_label"], r["confidence"], r["action"])
+              for r in st["suspects"] if r["split"] == "train"]
+    keep = {k: v for k, v in st["metrics"].items() if "/found" not in k and "/flagged" not in k
+            and not k.endswith("oof_s") and k not in ("audit/label_issues/precision", "audit/label_issues/recall",
+                                                     "audit/label_issues/f1")}
+    return {"suspects": listed, "dropped": sorted(r["id"] for r in st["set_aside"].rows),
+            "train_labels": sorted(zip(t.column("id").to_numpy(zero_copy_only=False)[train].tolist(),
+                                       t.column("label").to_numpy()[train].tolist())),
+            "train_flags": int(t.column("label_issue").to_numpy(zero_copy_only=False)[train].sum()),
+            "metrics": keep, "judgement": st["extra"]["label_issues"]["decision"]}
+
+
+def _with_heldout_labels_changed(src, dst, *, fraction: float, seed: int):
+    """``src`` with ``fraction`` of its val and test labels changed to another class (train untouched)."""
+    t = read_table(src)
+    m = read_manifest(src)
+    labels = t.column("label").to_numpy().copy()
+    held = np.flatnonzero(np.array(t.column("split").to_pylist()) != "train")
+    rng = np.random.default_rng(seed)
+    flip = rng.choice(held, int(fraction * len(held)), replace=False)
+    labels[flip] = (labels[flip] + rng.integers(1, len(m["classes"]), len(flip))) % len(m["classes"])
+    t = t.set_column(t.schema.get_field_index("label"), "label", pa.array(labels, pa.int64()))
+    with DatasetWriter(dst, classes=m["classes"], metadata={"image_shape": m.get("image_shape")}) as w:
+        w.write(t)
+        w.close(rows_in=t.num_rows, set_aside=SetAside())
+    return dst
+
+
+@pytest.mark.parametrize("policy", ["drop", "relabel"])
+def test_changing_val_and_test_labels_changes_no_train_decision(planted, tmp_path, policy):
+    """Digits with 20% noise in train: the auditor is trusted and acts. Flipping 30% of the val/test
+    labels (a different 30% per seed) must leave every train decision as it was: the same train
+    suspects in the same order with the same confidence, the same rows dropped or relabelled, the
+    same judgement. (Before the fix cleanlab ranked all rows together: its per-class thresholds and
+    noise matrix came partly from val/test labels, and train decisions moved with them.)"""
+    src, _ = planted
+    base_st, _, base_t = _audit(src, tmp_path / "base", noise=0.2, policy=policy, model="knn")
+    base = _train_decisions(base_st, base_t)
+    assert base_st["metrics"]["audit/label_issues/touched"] > 100  # it acted: there are decisions to keep
+    for seed in (0, 1):
+        changed = _with_heldout_labels_changed(src, tmp_path / f"changed{seed}", fraction=0.3, seed=seed)
+        st, _, t = _audit(changed, tmp_path / f"out{seed}", noise=0.2, policy=policy, model="knn")
+        assert _train_decisions(st, t) == base, seed
+        # the changed val/test labels are flagged (by their own pass), never changed
+        held = np.array(t.column("split").to_pylist()) != "train"
+        assert (t.column("label").to_numpy()[held] == t.column("given_label").to_numpy()[held]).all()
+        assert st["metrics"]["audit/label_issues/found_val"] + st["metrics"]["audit/label_issues/found_test"] > \
+            base_st["metrics"]["audit/label_issues/found_val"] + base_st["metrics"]["audit/label_issues/found_test"]
+
+
+def _digits_features_split(tmp_path, name, *, heldout_scale: float = 1.0):
+    """sklearn's digits as a `features` table (standardised by the auditor); val/test payloads times
+    ``heldout_scale`` (train rows as they are)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = d.data.astype(np.float32), d.target.astype(np.int64)
+    ids = [f"d{i}" for i in range(len(y))]
+    from components.data.splitting import assign_splits
+
+    split = assign_splits(ids, fractions={"train": 0.7, "val": 0.15, "test": 0.15}, seed=0)
+    held = np.array(split) != "train"
+    x[held] = x[held] * heldout_scale + (heldout_scale - 1)
+    table = pa.table({"id": ids, "label": y, "features": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 64),
+                      "source": ids, "split": split})
+    with DatasetWriter(tmp_path / name, classes=CLASSES, metadata={"feature_names": [f"f{i}" for i in range(64)]}) as w:
+        w.write(table)
+        w.close(rows_in=len(y), set_aside=SetAside())
+    return tmp_path / name
+
+
+def test_val_and_test_payloads_change_no_train_decision(tmp_path):
+    """The standardisation is fitted on train rows: val/test rows with other values (here 3x + 2)
+    move no train row's features, hence no held-out probability, suspect or dropped row."""
+    base_st, _, base_t = _audit(_digits_features_split(tmp_path, "base"), tmp_path / "a", noise=0.2, model="knn")
+    st, _, t = _audit(_digits_features_split(tmp_path, "shifted", heldout_scale=3.0), tmp_path / "b", noise=0.2,
+                      model="knn")
+    assert base_st["metrics"]["audit/label_issues/touched"] > 100
+    assert _train_decisions(st, t) == _train_decisions(base_st, base_t)
+
+
+@pytest.mark.parametrize("modality", ["text", "features", "embeddings"])
+def test_the_auditors_feature_transforms_are_fitted_on_train_rows_only(modality):
+    """TF-IDF's IDF, the standardisation and the PCA of embeddings: train rows' features are the same
+    whatever the val/test rows hold."""
+    from components.quality.audit import _Rows, embedding_features, payload_features, text_features
+
+    rng = np.random.default_rng(0)
+    n = 300
+    train = np.arange(n) % 10 < 7
+    words = np.array([f"w{k}" for k in range(40)])
+
+    def features(heldout_changed: bool):
+        if modality == "text":
+            texts = [" ".join(rng.choice(words[:30] if t or not heldout_changed else words[25:], 8))
+                     for t in train]
+            rows = _Rows([], [], [], [], [text_features(texts[:150]), text_features(texts[150:])])
+            return payload_features(rows, "text", fit_rows=train)[0].toarray()
+        x = rng.normal(size=(n, 80)).astype(np.float32)
+        if heldout_changed:
+            x[~train] = 5 * x[~train] + 3
+        if modality == "features":
+            return payload_features(_Rows([], [], [], [], [x[:100], x[100:]]), "features", fit_rows=train)[0]
+        ids = [f"r{i}" for i in range(n)]
+        return embedding_features(ids, (ids, x), fit_rows=train, max_features=16, seed=0)[0]
+
+    rng = np.random.default_rng(0)
+    same = features(heldout_changed=False)
+    rng = np.random.default_rng(0)
+    changed = features(heldout_changed=True)
+    assert np.allclose(same[train], changed[train], atol=1e-5)
+    assert not np.allclose(same[~train], changed[~train], atol=1e-3)  # the val/test rows did change
