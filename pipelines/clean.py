@@ -30,6 +30,11 @@ def main() -> None:
         stage.log("duplicates: %d exact (+%d label conflicts), %d near-duplicate groups (%d disagree on the label)",
                   m["clean/exact_duplicates"], m["clean/exact_duplicate_conflicts"], m["clean/near_duplicate_groups"],
                   m["clean/near_duplicate_conflicts"])
+        notes = stats["extra"].get("decode_notes") or {}
+        if any(notes.values()):
+            stage.log("decoding: %d image(s) turned upright (EXIF orientation), %d 16-bit grey image(s) scaled to "
+                      "8 bits, %d animated image(s) stored as their first frame (manifest: decode_notes)",
+                      notes["exif_rotated"], notes["scaled_16bit"], notes["animated_first_frame"])
         stage.finish({"clean/rows_in": manifest["rows_in"], "clean/rows": manifest["rows"],
                       "clean/set_aside": sum(aside.values()),
                       **{f"clean/set_aside/{reason}": n for reason, n in aside.items()}, **m},

@@ -39,13 +39,10 @@ def read_label_suspects(audit_dir: str | Path, *, k: int) -> tuple[list[dict] | 
 
 
 def _decode(payload: bytes, shape) -> np.ndarray | None:
-    from PIL import Image
+    from components.data.images import decode_image  # the one decoder: thumbnails look as clean saw them
 
     try:
-        img = Image.open(io.BytesIO(payload))
-        img = img.convert("L" if shape[2] == 1 else "RGB").resize((shape[1], shape[0]))
-        arr = np.asarray(img, dtype=np.uint8)
-        return arr[..., None] if arr.ndim == 2 else arr
+        return decode_image(payload, size=(shape[0], shape[1]), channels=shape[2])
     except Exception:  # a corrupt file is exactly what clean quarantines: no thumbnail, not an error
         return None
 

@@ -30,6 +30,7 @@ import io
 import re
 import tempfile
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -40,6 +41,7 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from components.data.contract import BATCH_BYTES, DatasetWriter, SetAside, content_hash, iter_file_batches
+from components.data.images import ANIMATED_FIRST_FRAME, EXIF_ROTATED, SCALED_16BIT, decode_image
 from components.quality.duplicates import (DUPLICATE, LABEL_CONFLICT, NearDuplicateIndex, duplicate_pairs,
                                            exact_duplicate_rows, group_names, group_summary,
                                            image_embedding, key64, near_pairs_table, text_key)
@@ -66,17 +68,6 @@ class CleanOptions:
     near_duplicate_distance: float             # images; 0 turns near-duplicate search off
 
 
-def decode_image(data: bytes, *, size: tuple[int, int], channels: int) -> np.ndarray:
-    """Encoded image bytes -> uint8 array of shape (height, width, channels)."""
-    with Image.open(io.BytesIO(data)) as img:
-        img = img.convert("L" if channels == 1 else "RGB")
-        h, w = size
-        if img.size != (w, h):
-            img = img.resize((w, h), Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
-    return arr.reshape(h, w, channels)
-
-
 def normalize_text(text: str | bytes) -> str:
     """NFKC, control characters to spaces, whitespace runs collapsed, stripped."""
     if isinstance(text, bytes):
@@ -90,13 +81,15 @@ class _Unusable(Exception):
         self.reason = reason
 
 
-def _decode(payload, modality: str, options: CleanOptions):
-    """One raw payload -> (cleaned value, bytes to hash); raises _Unusable with a reason."""
+def _decode(payload, modality: str, options: CleanOptions, notes: list[str] | None = None):
+    """One raw payload -> (cleaned value, bytes to hash); raises _Unusable with a reason. Images
+    append decode_image's notes to ``notes``."""
     if payload is None or (hasattr(payload, "__len__") and len(payload) == 0):
         raise _Unusable(CORRUPT, "empty payload")
     if modality == "image":
         try:
-            pixels = decode_image(payload, size=tuple(options.image_size), channels=options.channels)
+            pixels = decode_image(payload, size=tuple(options.image_size), channels=options.channels,
+                                  notes=notes)
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
             raise _Unusable(CORRUPT, f"{type(err).__name__}: {err}") from None
         flat = pixels.reshape(-1)
@@ -166,6 +159,8 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
     classes = classes or [str(k) for k in range(n_classes)]
     aside = SetAside()
     rows_in = 0
+    notes: Counter[str] = Counter()   # decode_image's notes, of kept and set-aside rows alike
+    row_notes: list[str] = []
     # What is remembered of each decoded row, in numpy arrays (~60 bytes a row, no Python object
     # per row): encoded id, label, 16-byte content digest, payload length, 64-bit text key.
     # Row k of these is row k of the staging file; sources are read back from it when needed.
@@ -208,10 +203,13 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
                         aside.add(row_id, source, BAD_LABEL, label=label)
                         continue
                     try:
-                        value, raw = _decode(payload, modality, options)
+                        value, raw = _decode(payload, modality, options, row_notes)
                     except _Unusable as err:
                         aside.add(row_id, source, err.reason, error=str(err))
                         continue
+                    finally:
+                        notes.update(row_notes)
+                        row_notes.clear()
                     digests.append(bytes.fromhex(content_hash(raw)))
                     if modality == "image":
                         if near_index is not None:  # row k of the index is row k of the staging file
@@ -240,6 +238,8 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
         removed: dict[int, tuple[str, dict]] = {}   # row number -> (reason, detail)
         if modality == "image":
             extra["image_shape"] = [*options.image_size, options.channels]
+            # what decoding changed without saying (rows in, not rows kept: a note is about the file)
+            extra["decode_notes"] = {k: notes[k] for k in (EXIF_ROTATED, SCALED_16BIT, ANIMATED_FIRST_FRAME)}
         elif modality in ("sequence", "features"):
             length = options.payload_length
             if length is None and modality == "features" and feature_names:
@@ -284,7 +284,8 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
                                                           if reason == LABEL_CONFLICT),
                    "clean/near_duplicate_groups": dup_summary["groups"],
                    "clean/near_duplicate_rows": dup_summary["rows"],
-                   "clean/near_duplicate_conflicts": len(dup_summary["conflicts"])}
+                   "clean/near_duplicate_conflicts": len(dup_summary["conflicts"]),
+                   **{f"clean/decode/{k}": n for k, n in extra.get("decode_notes", {}).items()}}
 
         near_table = near_pairs_table(ids, near, near_dist)
         removed_id = {k: row_ids[k].decode() for k in removed}

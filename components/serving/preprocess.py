@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from components.quality.cleaning import decode_image
+from components.data.images import decode_image
 from components.training.data import images_to_tensor
 
 __all__ = ["DECODE_ERRORS", "PreprocessError", "as_bytes", "batch_tensor", "decode_image", "feature_names",
