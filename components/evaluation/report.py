@@ -134,7 +134,10 @@ def _data_section(manifests: dict[str, dict | None], suspects: list[dict] | None
     body += "<h3>Label suspects</h3>"
     audit = (manifests.get("audit") or {}).get("label_issues") or {}
     if audit.get("decision") or audit.get("skipped"):  # did the audit change training data, and why
-        verb = "changed train rows" if audit.get("acted") else "changed no row"
+        # from the count of rows changed, not from whether the policy was allowed to act (a trusted
+        # auditor under a cap of 0 rows changes none)
+        n = int(audit.get("touched", 0))
+        verb = f"changed {n} train row{'s' if n != 1 else ''}" if n else "changed no row"
         body += f"<p>label audit {verb}: {html.escape(audit.get('decision') or audit['skipped'])}</p>"
     if suspects is None:
         body += missing(f"not available: the audit stage wrote no {suspects_file}")

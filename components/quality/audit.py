@@ -236,9 +236,13 @@ def audit_dataset(batches: Iterable[pa.RecordBatch], rewind, writer: DatasetWrit
             per_split = {f"found_{s}": int((splits[decisions.found] == s).sum()) for s in ("train", "val", "test")}
             if li.policy == "flag":
                 decision = f"policy flag: {counts['found']} suspects flagged, no label changed ({j.reason})"
-            elif decisions.applied:
+            elif decisions.applied and counts["touched"]:
                 decision = (f"{counts['touched']} train rows {'dropped' if li.policy == 'drop' else 'relabelled'}"
                             f" ({counts['over_cap']} more over the cap); {j.reason}")
+            elif decisions.applied:
+                decision = (f"no train row changed: {counts['found']} suspects flagged "
+                            f"({len(decisions.found_train)} in train; max_fraction {li.max_fraction:g} allows "
+                            f"{int(li.max_fraction * int(train.sum()))} rows); {j.reason}")
             else:
                 decision = j.reason
             extra["label_issues"] = {"policy": li.policy, "model": li.model, "folds": li.folds,

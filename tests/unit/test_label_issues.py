@@ -519,3 +519,27 @@ def test_the_auditors_feature_transforms_are_fitted_on_train_rows_only(modality)
     changed = features(heldout_changed=True)
     assert np.allclose(same[train], changed[train], atol=1e-5)
     assert not np.allclose(same[~train], changed[~train], atol=1e-3)  # the val/test rows did change
+
+
+def test_acted_counts_rows_changed_not_permission_to_act(planted, tmp_path):
+    """A trusted auditor under max_fraction 0 may act but changes no row: `acted` is 0, `touched` 0,
+    and the decision says no train row changed (it used to say acted 1 and '0 train rows dropped')."""
+    src, _ = planted
+    st, m, t = _audit(src, tmp_path / "capped", noise=0.2, model="knn", max_fraction=0.0)
+    assert m["label_issues"]["trusted"] == 1 and m["label_issues"]["found_train"] > 100
+    assert st["metrics"]["audit/label_issues/acted"] == 0 == st["metrics"]["audit/label_issues/touched"]
+    assert m["rows"] == m["rows_in"] and st["decision"].startswith("no train row changed")
+
+
+def test_label_issues_csv_lists_trains_top_n_plus_every_val_test_suspect(planted, tmp_path):
+    """The planted val/test flips are the surest suspects of all: ranked with the train rows they used
+    to take the top places, and the CSV then held fewer than top_suspects train rows."""
+    src, _ = planted
+    st, m, _ = _audit(src, tmp_path / "top5", top_suspects=5)  # svc, no train flips: val/test suspects lead
+    assert m["label_issues"]["found_train"] > 5
+    rows = st["suspects"]
+    train = [r for r in rows if r["split"] == "train"]
+    held = [r for r in rows if r["split"] != "train"]
+    assert [r["rank"] for r in train] == [1, 2, 3, 4, 5]
+    assert len(held) == m["label_issues"]["found_val"] + m["label_issues"]["found_test"] >= 15
+    assert [r["rank"] for r in held] == list(range(1, len(held) + 1))

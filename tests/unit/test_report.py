@@ -188,8 +188,15 @@ def test_report_says_whether_the_label_audit_changed_training_data_and_why():
                         mlflow_hint="mlflow ui", label_suspects=[{"id": "x1", "split": "test", "action": "flagged"}],
                         suspects_file="data/audit/label_issues.csv")
     assert f"label audit changed no row: {why}" in page
-    acted = {**audit, "label_issues": {"acted": 1, "decision": "254 train rows dropped; auditor trusted"}}
+    acted = {**audit, "label_issues": {"acted": 1, "touched": 254, "decision": "254 train rows dropped; auditor trusted"}}
     page = build_report(title="t", verdict=None, stages={"ingest": {"cost/usd": 0.5, "cost/wall_s": 3.0}},
                         manifests={"ingest": MANIFEST, "audit": acted}, curve=None, confusion=None, per_class=None,
                         trials=None, network="mlp", pipeline=TOTALS, mlflow_hint="mlflow ui")
-    assert "label audit changed train rows: 254 train rows dropped" in page
+    assert "label audit changed 254 train rows: 254 train rows dropped" in page
+    # a trusted auditor whose cap allows no row changes none, and the page says so (issue 27)
+    capped = {**audit, "label_issues": {"acted": 0, "touched": 0, "trusted": 1,
+                                        "decision": "no train row changed: max_fraction 0 allows none"}}
+    page = build_report(title="t", verdict=None, stages={"ingest": {"cost/usd": 0.5, "cost/wall_s": 3.0}},
+                        manifests={"ingest": MANIFEST, "audit": capped}, curve=None, confusion=None, per_class=None,
+                        trials=None, network="mlp", pipeline=TOTALS, mlflow_hint="mlflow ui")
+    assert "label audit changed no row: no train row changed" in page
