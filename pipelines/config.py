@@ -273,23 +273,26 @@ class TuneParams(_Section):
         4, gt=0, description="optuna: random trials before TPE starts modelling (Optuna's default is 10)")
     scheduler: Literal["asha", "fifo"] = Field(
         "asha", description="asha: stop weak trials at rungs; fifo: every trial runs max_epochs")
-    max_epochs: int = Field(10, gt=0, description="epochs a trial may reach (ASHA max_t)")
+    max_epochs: int = Field(8, gt=0, description="epochs a trial may reach (ASHA max_t)")
     grace_period: int = Field(2, gt=0, description="epochs every trial runs before ASHA may stop it")
     reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep 1/reduction_factor per rung")
     metric: Literal["val/loss", "val/acc"] = Field("val/loss", description="what ASHA and the pick optimise")
     seed: int = Field(0, description="seed of the search algorithm")
     budget_usd: float | None = Field(
-        None, gt=0, description="stop at this spend (trial wall x resources x cost.* rates): no new trial "
+        0.05, gt=0, description="stop at this spend (trial wall x resources x cost.* rates): no new trial "
                                 "starts, running ones end at their next epoch; null: no limit")
     time_budget_s: float | None = Field(
-        None, gt=0, description="the same, on the sweep's wall time (summed over resumed runs); null: no limit")
+        1800, gt=0, description="the same, on the sweep's wall time (summed over resumed runs); null: no limit")
     patience: int = Field(
         2, gt=0, description="overfit report: a trial whose val/loss stayed above its best for its last "
                              "`patience` epochs while train/loss kept falling is marked overfit")
     resume: bool = Field(True, description="an interrupted sweep with the same params and data resumes "
                                            "(finished trials are kept); false: always start afresh")
     search_space: dict[str, Distribution] = Field(
-        default_factory=dict, description="train params to sample (any train.* key but those set by the "
+        default_factory=lambda: {"lr": Distribution(type="loguniform", low=3e-4, high=3e-2),
+                                 "weight_decay": Distribution(type="loguniform", low=1e-6, high=1e-2),
+                                 "dropout": Distribution(type="uniform", low=0.0, high=0.5)},
+        description="train params to sample (any train.* key but those set by the "
                                           f"sweep: {', '.join(NOT_TUNABLE)})")
 
     @field_validator("search_space")
@@ -429,7 +432,9 @@ class MlflowParams(_Section):
         None, description="MLFLOW_TRACKING_URI overrides; default sqlite:///mlflow.db in the repo"
     )
     experiment: str = Field("trainwise", description="one experiment per project")
-    registered_model: str = Field("trainwise-model", description="registry name of the trained model")
+    registered_model: str | None = Field(
+        None, description="registry name of the trained model; null: trainwise-<data>, named after ingest.source "
+                          "(digits, sequences) or the folder / file ingest.path names (see default_model_name)")
     enabled: bool = Field(True, description="false: no MLflow at all (stages still write DVC metrics)")
 
 
@@ -502,6 +507,28 @@ class PredictParams(_Section):
     batch_size: int = Field(256, gt=0, description="inputs decoded and scored at once")
 
 
+# ingest.path names too generic to name a model after (the default data/raw among them)
+_GENERIC_DATA_NAMES = {"", "raw", "data", "dataset", "datasets", "input", "inputs"}
+_DATA_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".csv", ".tsv", ".parquet")
+
+
+def default_model_name(source: str, path: str) -> str:
+    """The registry name when mlflow.registered_model is null: ``trainwise-<data>``. The demo and
+    generated sources by their kind (trainwise-digits); a folder, archive or table by its name
+    (data/raw/pets.tar.gz -> trainwise-pets), or by the source's kind when that name says nothing
+    (data/raw -> trainwise-image-folder). So two projects on different data do not add versions to
+    one registered model."""
+    name = ""
+    if source not in ("digits", "sequences"):
+        name = path.rstrip("/").split("://")[-1].rsplit("/", 1)[-1].lower()
+        for suffix in _DATA_SUFFIXES:
+            name = name.removesuffix(suffix)
+        name = re.sub(r"[^a-z0-9]+", "-", name).strip("-")
+    if name in _GENERIC_DATA_NAMES:
+        name = source.replace("_", "-")
+    return f"trainwise-{name}"
+
+
 class Params(_Section):
     paths: Paths = Paths()
     ingest: IngestParams = IngestParams()
@@ -518,6 +545,22 @@ class Params(_Section):
     cost: CostParams = CostParams()
     predict: PredictParams = PredictParams()
     register: RegisterParams = RegisterParams()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_model_name(cls, data):
+        """mlflow.registered_model null (the default) -> :func:`default_model_name` of ingest's data."""
+        if not isinstance(data, dict):
+            return data
+        mlflow = data.get("mlflow") or {}
+        if not isinstance(mlflow, dict) or mlflow.get("registered_model") is not None:
+            return data
+        ingest = data.get("ingest") if isinstance(data.get("ingest"), dict) else {}
+        source = ingest.get("source", IngestParams.model_fields["source"].default)
+        path = ingest.get("path", IngestParams.model_fields["path"].default)
+        if not isinstance(source, str) or not isinstance(path, str):
+            return data  # the ingest section's own validation names the bad key
+        return {**data, "mlflow": {**mlflow, "registered_model": default_model_name(source, path)}}
 
     @model_validator(mode="after")
     def _backbone_fits_source(self) -> "Params":

@@ -50,3 +50,52 @@ def test_missing_and_malformed_files_name_the_file(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match=f"{bad}: not valid YAML"):
         load_params(bad)
+
+
+# Keys that describe one dataset: the schema's default and the shipped params.yaml (the digits demo)
+# may differ there, as a project sets them for its own data. Every other key has one default, the
+# same in params.yaml and the schema (issue 27: tune.max_epochs was 10 in one and 8 in the other).
+DATA_SPECIFIC = {"ingest.source", "ingest.path", "ingest.label_column", "ingest.text_column"}
+
+
+def _schema_vs_file(model, raw: dict, prefix: str = ""):
+    """(key, schema default, params.yaml value) for each key where they differ, keys missing from the
+    file included (a default nobody sees in params.yaml is a second place for it)."""
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        if name not in raw:
+            yield key, "(schema only)", "(missing from params.yaml)"
+            continue
+        value, ann = raw[name], field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(value, dict):
+            yield from _schema_vs_file(ann, value, key + ".")
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump(mode="json")
+        elif isinstance(default, dict):
+            default = {k: v.model_dump(mode="json", exclude_none=True) if isinstance(v, BaseModel) else v
+                       for k, v in default.items()}
+        elif isinstance(default, tuple):
+            default = list(default)
+        if default != value and key not in DATA_SPECIFIC:
+            yield key, default, value
+
+
+def test_every_schema_default_is_params_yamls_value():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert list(_schema_vs_file(Params, raw)) == []
+    assert DATA_SPECIFIC <= {f"ingest.{k}" for k in raw["ingest"]}  # the exceptions name real keys
+
+
+def test_the_registered_model_is_named_after_the_data_unless_named():
+    assert load_params(REPO / "params.yaml").mlflow.registered_model == "trainwise-digits"
+    assert parse_params({"ingest": {"source": "table", "path": "s3://bucket/sms.csv"}}).mlflow.registered_model \
+        == "trainwise-sms"
+    assert parse_params({"ingest": {"source": "image_folder", "path": "data/raw/Oxford Pets.tar.gz"}}) \
+        .mlflow.registered_model == "trainwise-oxford-pets"
+    assert parse_params({"ingest": {"source": "image_folder"}}).mlflow.registered_model == "trainwise-image-folder"
+    named = {"ingest": {"source": "table", "path": "x.csv"}, "mlflow": {"registered_model": "flowers"}}
+    assert parse_params(named).mlflow.registered_model == "flowers"
