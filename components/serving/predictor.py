@@ -24,7 +24,10 @@ PAYLOADS = ("image", "text", "sequence", "features")
 
 
 class Predictor:
-    def __init__(self, model: torch.nn.Module, spec: dict, *, batch_size: int = 256):
+    def __init__(self, model: torch.nn.Module, spec: dict, *, batch_size: int = 256,
+                 max_image_pixels: int | None = None):
+        """``max_image_pixels``: images whose header declares more are refused (a row with
+        ``error``), as ingest sets them aside; None: the model's record, else Pillow's default."""
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
         self.model = model.eval()
@@ -37,6 +40,7 @@ class Predictor:
             raise ValueError("model.json of this text model has no `tokenizer` (the vocabulary fitted on the "
                              "train split); re-run the train stage, which saves it")
         self.batch_size = batch_size
+        self.max_image_pixels = max_image_pixels
 
     @classmethod
     def from_dir(cls, model_dir: str | os.PathLike, **kwargs) -> "Predictor":
@@ -52,7 +56,7 @@ class Predictor:
         return cls(model, spec, **kwargs)
 
     def _prepare(self, value):
-        return preprocess(value, spec=self.spec, payload=self.payload)
+        return preprocess(value, spec=self.spec, payload=self.payload, max_image_pixels=self.max_image_pixels)
 
     def predict(self, values: Iterable) -> list[dict]:
         """One row (PREDICTION_COLUMNS) per raw input, in order."""

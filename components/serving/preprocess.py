@@ -16,10 +16,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from components.data.images import decode_image
+from components.data.sources.imagecheck import NOT_IMAGE, TOO_MANY_PIXELS, Rejected, check_image
 from components.training.data import images_to_tensor
 
 __all__ = ["DECODE_ERRORS", "PreprocessError", "as_bytes", "batch_tensor", "decode_image", "feature_names",
-           "image_shape", "images_to_tensor", "payload_of", "preprocess", "preprocess_image", "preprocess_text",
+           "image_shape", "images_to_tensor", "max_image_pixels", "payload_of", "preprocess", "preprocess_image", "preprocess_text",
            "preprocess_vector"]
 
 # What a corrupt or non-image payload raises inside decode_image (the same set clean catches).
@@ -142,10 +143,35 @@ def as_bytes(value) -> bytes:
     return data
 
 
-def preprocess_image(value, *, spec: dict) -> np.ndarray:
-    """One raw image (bytes or base64) -> uint8 (H, W, C) exactly as clean decodes it."""
+def max_image_pixels(spec: dict) -> int:
+    """The decompression-bomb limit for one input image: ``spec["max_image_pixels"]`` when the
+    model records ingest's, else Pillow's default (which is also ingest.max_image_pixels' default)."""
+    return int(spec.get("max_image_pixels") or Image.MAX_IMAGE_PIXELS)
+
+
+def _refusal(rej: Rejected) -> str:
+    if rej.reason == TOO_MANY_PIXELS:
+        d = rej.detail
+        return (f"image too large: {d['width']}x{d['height']} pixels, over the limit of {d['max_pixels']} "
+                "(ingest.max_image_pixels); nothing was decoded")
+    if rej.reason == NOT_IMAGE:
+        return f"not a readable image (not a format ingest accepts: {rej.detail.get('error', '')})"
+    return f"not a readable image ({rej.reason.replace('_', ' ')}: {rej.detail.get('error', '')})"
+
+
+def preprocess_image(value, *, spec: dict, max_pixels: int | None = None) -> np.ndarray:
+    """One raw image (bytes or base64) -> uint8 (H, W, C) exactly as clean decodes it.
+
+    First the checks ingest makes on the bytes (signature, header size, end marker; see
+    ``imagecheck``), so predict and serving refuse what ingest refuses and never decode a
+    decompression bomb: ``max_pixels`` (default :func:`max_image_pixels`) bounds the header's size.
+    """
     h, w, c = image_shape(spec)
     data = as_bytes(value)
+    try:
+        check_image(data, max_pixels=max_pixels or max_image_pixels(spec))
+    except Rejected as rej:
+        raise PreprocessError(_refusal(rej)) from None
     try:
         return decode_image(data, size=(h, w), channels=c)
     except UnidentifiedImageError:
@@ -162,11 +188,11 @@ def batch_tensor(inputs: list[np.ndarray], payload: str = "image") -> torch.Tens
     return torch.from_numpy(np.stack(inputs))
 
 
-def preprocess(value, *, spec: dict, payload: str | None = None) -> np.ndarray:
+def preprocess(value, *, spec: dict, payload: str | None = None, max_image_pixels: int | None = None) -> np.ndarray:
     """One raw input of any modality -> what :func:`batch_tensor` stacks."""
     payload = payload or payload_of(spec)
     if payload == "image":
-        return preprocess_image(value, spec=spec)
+        return preprocess_image(value, spec=spec, max_pixels=max_image_pixels)
     if payload == "text":
         return preprocess_text(value, spec=spec)
     if payload in ("sequence", "features"):

@@ -64,7 +64,8 @@ def load_predictor(uri: str, **kwargs) -> Predictor:
 
 def open_predictor(*, model_uri: str | None = None, run_id: str | None = None,
                    model_dir: str | os.PathLike | None = None, registered_model: str,
-                   alias: str | None = "champion", batch_size: int = 256) -> tuple[Predictor, str]:
+                   alias: str | None = "champion", batch_size: int = 256,
+                   max_image_pixels: int | None = None) -> tuple[Predictor, str]:
     """(predictor, what it is) from at most one of the three; none: the registered model."""
     if sum(x is not None for x in (model_uri, run_id, model_dir)) > 1:
         raise ValueError("give at most one of model_uri, run_id, model_dir")
@@ -72,6 +73,6 @@ def open_predictor(*, model_uri: str | None = None, run_id: str | None = None,
         if not (Path(model_dir) / "model.json").exists():
             raise ModelNotFound(f"{model_dir}: no model.json there; give the directory the train stage writes "
                                 "(models/model)")
-        return Predictor.from_dir(model_dir, batch_size=batch_size), str(model_dir)
+        return Predictor.from_dir(model_dir, batch_size=batch_size, max_image_pixels=max_image_pixels), str(model_dir)
     uri = model_uri or (f"runs:/{run_id}/model" if run_id else resolve_registered(registered_model, alias=alias))
-    return load_predictor(uri, batch_size=batch_size), uri
+    return load_predictor(uri, batch_size=batch_size, max_image_pixels=max_image_pixels), uri

@@ -110,3 +110,36 @@ def test_servers_we_start_bind_localhost():
                 continue
             offenders.append(f"{path.relative_to(REPO)}: {m.group(0)}")
     assert not offenders, "\n".join(offenders)
+
+
+# -- untrusted images sent to predict / serving (issue 28.6) --------------------------------------
+
+def _image_bytes(fmt: str, side: int = 8) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((side, side), 128, np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_predict_checks_image_size_before_decoding(tmp_path):
+    from components.serving.predictor import Predictor
+
+    model_dir = _tiny_model(tmp_path)
+    big = _image_bytes("PNG", side=64)    # 4,096 pixels
+    ok, refused = Predictor.from_dir(model_dir, max_image_pixels=5000).predict([big]), \
+        Predictor.from_dir(model_dir, max_image_pixels=4000).predict([big])
+    assert ok[0]["error"] is None
+    assert refused[0]["predicted_class"] is None
+    assert "image too large: 64x64 pixels, over the limit of 4000" in refused[0]["error"]
+
+
+def test_predict_refuses_formats_ingest_refuses(tmp_path):
+    from components.serving.predictor import Predictor
+
+    rows = Predictor.from_dir(_tiny_model(tmp_path)).predict([_image_bytes("TIFF"), _image_bytes("PNG")])
+    assert "not a format ingest accepts" in rows[0]["error"]     # Pillow alone decodes TIFF (and EPS, PSD...)
+    assert rows[1]["error"] is None

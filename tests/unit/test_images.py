@@ -77,7 +77,7 @@ def test_formats_ingest_refuses_are_refused():
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(buf, format="TIFF")
     with pytest.raises(UnidentifiedImageError):
         decode_image(buf.getvalue(), size=(8, 8), channels=1)
-    with pytest.raises(PreprocessError, match="not a readable image"):
+    with pytest.raises(PreprocessError, match="not a format ingest accepts"):
         preprocess_image(buf.getvalue(), spec={"image_shape": [8, 8, 1]})
 
 
