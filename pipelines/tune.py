@@ -21,6 +21,7 @@ from components.embedding.training import network_error
 from components.tracking.cost import reserved_cost
 from components.tracking.mlflow_runs import log_trial_runs
 from components.tuning.analysis import curve_rows, pareto_rows, plot_pareto
+from components.tuning.budget import trial_gpu_type, trial_usd_per_hour
 from components.tuning.space import apply_trial_config
 from components.tuning.sweep import SweepInterrupted, SweepOptions, patient_worker_start, run_sweep, sweep_rows
 from pipelines.config import ConfigError
@@ -67,7 +68,7 @@ def _startup_metrics(startup_s: list[float]) -> dict[str, float]:
 
 def main() -> None:
     with Stage("tune") as stage:
-        tp, trp, rp, cost = stage.params.tune, stage.params.train, stage.params.ray, stage.params.cost
+        tp, trp, rp = stage.params.tune, stage.params.train, stage.params.ray
         out = stage.path(stage.paths.tune)
         if not tp.enabled:
             stage.log("tune.enabled is false: train will use train.* as given")
@@ -98,13 +99,11 @@ def main() -> None:
                                  input_shape=input_shape(data), cpus_per_worker=cpus, use_gpu=tp.use_gpu,
                                  embed_dir=str(stage.path(stage.paths.embed)))
         space = {k: d.model_dump(exclude_none=True) for k, d in tp.search_space.items()}
-        usd_per_trial_hour = tp.workers_per_trial * (cpus * cost.cpu_hour_usd + tp.use_gpu * cost.gpu_hour_usd)
         options = SweepOptions(
             num_samples=tp.num_samples, max_concurrent_trials=tp.max_concurrent_trials, search_alg=tp.search_alg,
             optuna_startup_trials=tp.optuna_startup_trials, scheduler=tp.scheduler, max_epochs=tp.max_epochs,
             grace_period=tp.grace_period, reduction_factor=tp.reduction_factor, metric=tp.metric, mode=tp.mode,
-            seed=tp.seed, budget_usd=tp.budget_usd, time_budget_s=tp.time_budget_s,
-            usd_per_trial_hour=usd_per_trial_hour, resume=tp.resume)
+            seed=tp.seed, budget_usd=tp.budget_usd, time_budget_s=tp.time_budget_s, resume=tp.resume)
         # Same inputs -> same name -> an interrupted sweep is found and resumed.
         identity = {"tune": tp.model_dump(mode="json", exclude={"enabled", "resume"}), "base": base.to_dict(),
                     "data": manifest["content_hash"], "scaling": vars(scaling)}
@@ -134,6 +133,15 @@ def main() -> None:
                       describe_group(worker, tp.workers_per_trial, "PACK"), fits, tp.max_concurrent_trials)
             options = replace(options, max_concurrent_trials=fits)
             stage.meter.reserve(cpus=fits * tp.workers_per_trial * cpus, gpus=fits * gpus)
+        # Each trial is priced as the stage is (components/tracking/cost.py: GPU type, node rate), with
+        # its share of the node-hours the stage reserves: trials at once split the node between them.
+        gpu_type = trial_gpu_type(nodes, stage.meter.rates, fallback=stage.meter.gpu_type) if tp.use_gpu else None
+        node_share = stage.meter.nodes / options.max_concurrent_trials
+        if gpu_type:  # the stage's own GPU-hours (the trials' GPUs, reserved above) at the same rate
+            stage.meter.gpu_type = gpu_type
+        options = replace(options, usd_per_trial_hour=trial_usd_per_hour(
+            workers=tp.workers_per_trial, cpus_per_worker=cpus, use_gpu=tp.use_gpu, node_share=node_share,
+            rates=stage.meter.rates, gpu_type=gpu_type))
         note = repeatability_note(scheduler=tp.scheduler, workers_per_trial=tp.workers_per_trial,
                                   max_concurrent_trials=options.max_concurrent_trials)
         if note:
@@ -157,7 +165,7 @@ def main() -> None:
             raise StageError(str(err)) from None
         for row in rows:  # cost/wall_s, cost/cpu_hours, ... of the resources each trial held, beside its cost/usd
             held = reserved_cost(row.get("time_s", 0.0), cpus=tp.workers_per_trial * cpus, gpus=gpus,
-                                 rates=stage.meter.rates)
+                                 nodes=node_share, rates=stage.meter.rates, gpu_type=gpu_type)
             row.update({k: v for k, v in held.items() if k != "cost/usd"})
         run_ids = stage.tracker.call("the trial runs", log_trial_runs, rows, histories,
                                      param_keys=sorted(space)) or []

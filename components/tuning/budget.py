@@ -25,6 +25,7 @@ import time
 from ray import tune
 from ray.tune.search import Searcher
 
+from components.tracking.cost import Rates, reserved_cost
 from components.tuning.cleanup import reap_orphaned_train_groups
 
 log = logging.getLogger("trainwise")
@@ -32,6 +33,28 @@ log = logging.getLogger("trainwise")
 _LIVE: dict[str, "SweepMonitor"] = {}
 UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
 REAP_EVERY_S = 10.0  # how often to look for placement groups of stopped trials (components.tuning.cleanup)
+
+
+ACCELERATOR_PREFIX = "accelerator_type:"  # the resource Ray gives a GPU node, e.g. accelerator_type:H100
+
+
+def trial_gpu_type(nodes: list[tuple[dict[str, float], int]], rates: Rates, *, fallback: str | None) -> str | None:
+    """The GPU type a trial's workers get, for its price: the ``accelerator_type:...`` Ray reports on
+    the cluster's GPU nodes; with several types, the dearest under ``rates`` (a budget had better err
+    high); with none reported, ``fallback`` (the stage machine's own GPU, by NVML)."""
+    types = {k.removeprefix(ACCELERATOR_PREFIX) for res, _ in nodes if res.get("GPU") for k in res
+             if k.startswith(ACCELERATOR_PREFIX)}
+    return max(sorted(types), key=rates.gpu_rate) if types else fallback
+
+
+def trial_usd_per_hour(*, workers: int, cpus_per_worker: float, use_gpu: bool, node_share: float, rates: Rates,
+                       gpu_type: str | None) -> float:
+    """What one trial costs per hour of its wall time, priced by :func:`reserved_cost`, the function that
+    prices every stage: its workers' CPUs and GPUs (at ``gpu_type``'s rate from ``gpu_hour_usd_by_type``,
+    else ``gpu_hour_usd``) and ``node_share`` of a node at ``node_hour_usd``. (It once priced CPUs and the
+    default GPU rate only, so a sweep on H100s or on node-priced machines overran its budget.)"""
+    return reserved_cost(3600.0, cpus=workers * cpus_per_worker, gpus=workers if use_gpu else 0,
+                         nodes=node_share, rates=rates, gpu_type=gpu_type)["cost/usd"]
 
 
 def live_monitor(key: str) -> "SweepMonitor":

@@ -6,7 +6,8 @@ from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Quan
 
 from components.training.loop import LoopConfig
 from components.tuning.analysis import is_overfit, pareto_rows, stopped_by, trial_row
-from components.tuning.budget import BudgetedSearch, BudgetStopper, SweepMonitor
+from components.tuning.budget import (BudgetedSearch, BudgetStopper, SweepMonitor, trial_gpu_type,
+                                      trial_usd_per_hour)
 from components.tuning.space import apply_trial_config, to_tune_space
 from pipelines.config import ConfigError, parse_params
 
@@ -244,3 +245,29 @@ def test_after_a_sweep_each_trial_keeps_only_its_latest_checkpoint(tmp_path):
     assert sorted(p.name for p in (exp / "trial_b").iterdir()) == ["checkpoint_000000", "result.json"]
     assert (exp / "checkpoint_000009").is_dir() and (exp / "experiment_state.json").exists()
     assert prune_trial_checkpoints(str(tmp_path / "never-ran")) == 0
+
+
+def test_a_trial_is_priced_as_a_stage_is_gpu_type_and_node_rate_included():
+    """Two H100 workers of 4 CPUs, half a node: the trial's dollars for 30 minutes are what the stage
+    meter bills for the same reservation (it once priced CPUs and the default GPU rate only: $2.20
+    where the bill says $4.45, and the budget let the sweep overrun)."""
+    from components.tracking.cost import CostMeter, Rates
+
+    rates = Rates(cpu_hour_usd=0.05, gpu_hour_usd=2.0, gpu_hour_usd_by_type={"A10G": 1.0, "H100": 4.0},
+                  node_hour_usd=1.0)
+    nodes = [({"CPU": 16.0, "GPU": 4.0, "accelerator_type:H100": 1.0}, 2), ({"CPU": 4.0}, 1)]
+    gpu_type = trial_gpu_type(nodes, rates, fallback=None)
+    assert gpu_type == "H100"
+    per_hour = trial_usd_per_hour(workers=2, cpus_per_worker=4, use_gpu=True, node_share=0.5, rates=rates,
+                                  gpu_type=gpu_type)
+    clock = [0.0]
+    meter = CostMeter(rates=rates, cpus=8, gpus=2, nodes=0.5, gpu_type=gpu_type, clock=lambda: clock[0],
+                      cpu_clock=lambda: 0.0).start()
+    clock[0] = 1800.0
+    assert per_hour / 2 == pytest.approx(meter.read()["cost/usd"]) == pytest.approx(8 * 0.025 + 2 * 2.0 + 0.25)
+    m = SweepMonitor("priced", usd_per_hour=per_hour, budget_usd=4.0)
+    assert BudgetStopper("priced")("t1", {"time_total_s": 1800.0}) is True  # $4.45 > $4: the budget sees it
+    # several GPU types on the cluster: the dearest (a budget errs high); none reported: the fallback
+    mixed = nodes + [({"CPU": 8.0, "GPU": 1.0, "accelerator_type:A10G": 1.0}, 3)]
+    assert trial_gpu_type(mixed, rates, fallback=None) == "H100"
+    assert trial_gpu_type([({"CPU": 8.0, "GPU": 1.0}, 1)], rates, fallback="NVIDIA A10G") == "NVIDIA A10G"
