@@ -64,7 +64,8 @@ def _image_shape(stage, src, raw) -> tuple[tuple[int, int], int, dict]:
     return size, channels, {"image_shape_chosen": {"image_size": list(size), "channels": channels,
                                                    "requested": {"image_size": p.image_size, "channels": p.channels},
                                                    "typical_size": list(survey.typical),
-                                                   "colour_images": survey.colour, "surveyed": survey.surveyed},
+                                                   "colour_images": survey.colour, "surveyed": survey.surveyed,
+                                                   "degenerate_left_out": survey.degenerate},
                             "image_warnings": warnings}
 
 

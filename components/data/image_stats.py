@@ -20,6 +20,12 @@ from PIL import Image
 # Mean absolute difference between channels (0..255) above which a thumbnail counts as colour:
 # greys saved as RGB JPEGs differ by a level or two from compression alone.
 COLOUR_LEVEL = 4.0
+# Images with a side shorter than this say nothing about the data's typical size (1x1 tracking
+# pixels, 2-pixel strips): the survey counts them and leaves them out of `auto`. Twenty 1x1 PNGs
+# made `auto` store every image at 1x1. The digits demo (8x8) is well above it.
+DEGENERATE_SIDE = 4
+# EXIF orientations that turn the image a quarter (5-8): its upright height is its stored width.
+_QUARTER_TURNS = (5, 6, 7, 8)
 
 
 @dataclass
@@ -27,6 +33,7 @@ class ImageSurvey:
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) of each surveyed image
     colour: int = 0          # surveyed images with colour
     surveyed: int = 0
+    degenerate: int = 0      # images with a side under DEGENERATE_SIDE: not in `sizes`, not surveyed
 
     @property
     def median_side(self) -> int:
@@ -53,11 +60,16 @@ def survey_images(batches: Iterable[pa.RecordBatch], *, limit: int = 2000) -> Im
     s = ImageSurvey()
     for batch in batches:
         for data in batch.column("image").to_pylist():
-            if s.surveyed >= limit:
+            if s.surveyed + s.degenerate >= limit:
                 return s
             try:
                 with Image.open(io.BytesIO(data)) as img:
                     w, h = img.size
+                    if min(w, h) < DEGENERATE_SIDE:
+                        s.degenerate += 1
+                        continue
+                    if img.getexif().get(0x0112) in _QUARTER_TURNS:  # as decode_image will turn it
+                        w, h = h, w
                     colour = _has_colour(img)
             except Exception:  # clean sets unreadable files aside itself, with the reason
                 continue
@@ -79,6 +91,11 @@ def choose_shape(survey: ImageSurvey, *, image_size, channels, max_side: int,
         else:
             side = max(1, min(max_side, survey.median_side or max_side))
             image_size = (side, side)
+        if survey.degenerate and not backbone_input:
+            warnings.append(f"clean.image_size auto left out {survey.degenerate} image(s) with a side under "
+                            f"{DEGENERATE_SIDE} pixels (e.g. 1x1) when choosing the size"
+                            + ("" if survey.sizes else f"; no other image was surveyed, so it is "
+                               f"{image_size[0]}x{image_size[1]} (clean.max_image_side)"))
     image_size = tuple(int(v) for v in image_size)
     th, tw = survey.typical
     if survey.sizes and min(image_size) * 8 <= min(th, tw) and min(image_size) < 32:
