@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from components.data.contract import content_id
+from components.data.sources.trees import NotRegularFile, read_regular_file
 from components.serving.predictor import PREDICTION_COLUMNS, Predictor
 from components.serving.preprocess import feature_names, payload_of
 
 TABLE_COLUMNS = ["id", "source", *PREDICTION_COLUMNS]
+NOT_REGULAR_ERROR = "not a regular file (FIFO, socket or device): not read"
 # Column of a CSV list that names files (first one present wins).
 PATH_COLUMNS = ("path", "source", "file", "image")
 
@@ -42,8 +44,10 @@ def iter_items(paths: Iterable[str | os.PathLike], *, spec: dict | None = None) 
         if p.is_dir():
             for f in sorted(p.rglob("*")):
                 rel = f.relative_to(p).parts
-                if f.is_file() and not any(part.startswith(".") for part in rel):
-                    yield Item(str(f), path=f)
+                if any(part.startswith(".") for part in rel) or f.is_dir():
+                    continue
+                # a FIFO, socket or device (or a link to one) gets a row saying so, unread
+                yield Item(str(f), path=f) if f.is_file() else _unreadable(f)
         elif p.suffix.lower() == ".csv" and p.is_file():
             yield from _csv_items(p, spec)
         elif p.exists():
@@ -80,9 +84,14 @@ def _csv_items(csv_path: Path, spec: dict | None) -> Iterator[Item]:
                     yield Item(f"{csv_path}:{line}", error=f"empty `{path_col}` cell")
                     continue
                 f = Path(value) if Path(value).is_absolute() else csv_path.parent / value
-                yield Item(str(f), path=f) if f.is_file() else Item(str(f), error="not found")
+                yield Item(str(f), path=f) if f.is_file() else _unreadable(f)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         yield Item(str(csv_path), error=f"cannot read CSV: {err}")
+
+
+def _unreadable(f: Path) -> Item:
+    """A listed path that is not a regular file: a row saying what it is, never read."""
+    return Item(str(f), error=NOT_REGULAR_ERROR if f.exists() else "not found")
 
 
 def _number(cell: str | None) -> float | str | None:
@@ -102,7 +111,9 @@ def _read(item: Item) -> tuple[bytes | str | None, str | None]:
     if item.value is not None:
         return item.value, None
     try:
-        return item.path.read_bytes(), None
+        return read_regular_file(item.path), None
+    except NotRegularFile:
+        return None, NOT_REGULAR_ERROR
     except OSError as err:
         return None, f"cannot read: {err.strerror or err}"
 

@@ -143,3 +143,76 @@ def test_predict_refuses_formats_ingest_refuses(tmp_path):
     rows = Predictor.from_dir(_tiny_model(tmp_path)).predict([_image_bytes("TIFF"), _image_bytes("PNG")])
     assert "not a format ingest accepts" in rows[0]["error"]     # Pillow alone decodes TIFF (and EPS, PSD...)
     assert rows[1]["error"] is None
+
+
+# -- FIFOs and devices: ingest and predict read regular files only (issue 28.6) --------------------
+
+def _fifo_tree(tmp_path):
+    """Two class folders with one real image each, a FIFO in one and a link to a FIFO inside the source."""
+    import os
+
+    root = tmp_path / "src"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        (root / cls / "ok.png").write_bytes(_image_bytes("PNG"))
+    os.mkfifo(root / "a" / "pipe.png")
+    os.symlink(root / "a" / "pipe.png", root / "b" / "link-to-pipe.png")
+    return root
+
+
+def _within(seconds, fn, *, fifos):
+    """fn() in a thread; fails instead of hanging the test run when fn blocks on one of ``fifos``
+    (a FIFO with no writer: opening it for writing lets the reader see EOF)."""
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        return pool.submit(fn).result(timeout=seconds)
+    except concurrent.futures.TimeoutError:
+        import os
+
+        for fifo in fifos:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+        pytest.fail(f"blocked for {seconds} s reading a FIFO")
+    finally:
+        pool.shutdown(wait=False)
+
+
+def test_ingest_sets_fifos_aside_without_reading_them(tmp_path):
+    from components.data.sources import ingest, open_source
+
+    root = _fifo_tree(tmp_path)
+    source = open_source("image_folder", path=str(root), max_image_pixels=10**8, max_file_bytes=1 << 20)
+    manifest = _within(20, lambda: ingest(source, tmp_path / "out", shard_rows=100, shard_bytes=1 << 20,
+                                          progress=False), fifos=[root / "a" / "pipe.png"])
+    assert manifest["rows"] == 2
+    assert manifest["set_aside"] == {"not_a_regular_file": 2}   # the FIFO and the link to it
+
+
+def test_predict_gives_fifos_and_devices_an_error_row(tmp_path):
+    from components.serving.batch import iter_items, predict_items
+    from components.serving.predictor import Predictor
+
+    root = _fifo_tree(tmp_path)
+    predictor = Predictor.from_dir(_tiny_model(tmp_path))
+    rows = _within(20, lambda: list(predict_items(predictor, iter_items([str(root), "/dev/zero"]))),
+                   fifos=[root / "a" / "pipe.png"])
+    by_source = {r["source"]: r for r in rows}
+    assert len(rows) == 5
+    for bad in (root / "a" / "pipe.png", root / "b" / "link-to-pipe.png", "/dev/zero"):
+        assert "not a regular file" in by_source[str(bad)]["error"]
+    assert by_source[str(root / "a" / "ok.png")]["error"] is None
+
+
+@pytest.mark.parametrize("name,source", [("table.csv", "table"), ("pets.tar.gz", "image_folder")])
+def test_ingest_path_that_is_a_fifo_is_refused_unread(tmp_path, name, source):
+    import os
+
+    from components.data.sources import SourceError, open_source
+
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    with pytest.raises(SourceError, match=f"ingest.path: {fifo} is not a regular file"):
+        _within(20, lambda: open_source(source, path=str(fifo), label_column="label", max_image_pixels=10**8,
+                                        max_file_bytes=1 << 20), fifos=[fifo])

@@ -17,7 +17,7 @@ from components.data.contract import SetAside, content_id
 from components.data.sources.base import RowBuffer, Source, SourceError, Tally
 from components.data.sources.imagecheck import Rejected, check_image
 from components.data.sources.cache import IngestCache
-from components.data.sources.trees import HIDDEN, LocalTree, open_tree
+from components.data.sources.trees import HIDDEN, NOT_REGULAR, LocalTree, NotRegularFile, open_tree
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 TEXT_EXTENSIONS = (".txt",)
@@ -117,6 +117,9 @@ def class_folder_source(tree, *, payload: str, extensions: tuple[str, ...],
                     continue
                 try:
                     data = e.read(max_file_bytes + 1)
+                except NotRegularFile as err:  # a link to a FIFO or device inside the source
+                    aside.add(_no_id(e.source), e.source, NOT_REGULAR, error=str(err))
+                    continue
                 except OSError as err:
                     aside.add(_no_id(e.source), e.source, UNREADABLE, error=f"{type(err).__name__}: {err}")
                     continue

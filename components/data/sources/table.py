@@ -99,6 +99,9 @@ def table_source(path: str, *, label_column: str, text_column: str | None = None
         raise FileNotFoundError(f"ingest.path: {path} does not exist; point it at a .csv or .parquet file")
     elif Path(path).is_dir():
         raise SourceError(f"ingest.path: {path} is a folder; the table source reads one .csv or .parquet file")
+    elif not Path(path).is_file():  # a FIFO or device (or a link to one): reading it could hang
+        raise SourceError(f"ingest.path: {path} is not a regular file (a FIFO, socket or device); "
+                          f"point it at a .csv or .parquet file")
     try:
         reader = _Reader(path, name)
         if label_column not in reader.columns:

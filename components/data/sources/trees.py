@@ -118,16 +118,29 @@ class LocalTree:
         pass
 
 
-def _read_file(path: str, limit: int) -> bytes:
-    """The file's bytes, at most ``limit`` of them: a longer file is set aside unread.
+class NotRegularFile(OSError):
+    """A path that is a FIFO, socket or device (directly or through a link): reading it could block
+    forever (a FIFO with no writer) or never end (``/dev/zero``)."""
 
-    Plain ``os`` calls: ``open()`` builds a FileIO and a BufferedReader per file, which is a
-    good part of the cost of reading a small file; and ``f.read(limit)`` would allocate
-    ``limit`` bytes (64 MiB by default) up front for every file.
+
+def read_regular_file(path: str | os.PathLike, limit: int | None = None) -> bytes:
+    """The bytes of the regular file at ``path`` (links followed), at most ``limit`` of them (None:
+    all); anything else raises :class:`NotRegularFile` without reading.
+
+    Opened non-blocking, so that opening a FIFO returns at once instead of waiting for a writer;
+    the type is then checked on the open descriptor (no window between a check and the open).
+    Plain ``os`` calls: ``open()`` builds a FileIO and a BufferedReader per file, which is a good
+    part of the cost of reading a small file; and ``f.read(limit)`` would allocate ``limit`` bytes
+    (64 MiB by default) up front for every file.
     """
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        want = min(os.fstat(fd).st_size + 1, limit)  # +1: see EOF (or a file that grew)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("FIFO" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode)
+                    else "device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a file")
+            raise NotRegularFile(f"not a regular file ({kind}); only regular files are read")
+        want = st.st_size + 1 if limit is None else min(st.st_size + 1, limit)  # +1: see EOF (or a file that grew)
         data = os.read(fd, want)
         if len(data) < want - 1:  # a short read (huge file, or a signal): keep reading
             parts = [data]
@@ -139,6 +152,11 @@ def _read_file(path: str, limit: int) -> bytes:
         return data
     finally:
         os.close(fd)
+
+
+def _read_file(path: str, limit: int) -> bytes:
+    """The file's bytes, at most ``limit`` of them: a longer file is set aside unread."""
+    return read_regular_file(path, limit)
 
 
 class FsspecTree:
@@ -373,6 +391,9 @@ def open_tree(path: str):
     if local.is_dir():
         return LocalTree(local)
     if is_archive(str(local)):
+        if not local.is_file():  # a FIFO or device named like an archive: reading it could hang
+            raise SourceError(f"ingest.path: {local} is not a regular file (a FIFO, socket or device); "
+                              f"point it at a folder or an archive file")
         return open_archive(str(local), str(local))
     raise SourceError(f"ingest.path: {local} is a file but not a .zip/.tar/.tar.gz archive; "
                       f"point it at a folder with one sub-folder per class, or an archive of one")
