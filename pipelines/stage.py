@@ -14,9 +14,10 @@ import time
 import uuid
 from pathlib import Path
 
+from components.credentials import mask_value
 from components.data.contract import DataContractError, read_manifest, write_json_atomic
 from components.runtime import Orphaned, exit_now, stopped_because, watch_parent
-from components.tracking.cost import CostMeter, Rates, nvml_probe
+from components.tracking.cost import CostMeter, Rates, nvml_probe, process_tree_pids
 from components.tracking.mlflow_runs import (dvc_locked_hashes, environment_tags, flatten, git_commit,
                                              pipeline_run_id, resolve_tracking_uri, setup_mlflow)
 from components.tracking.pipeline_runs import find_or_create_pipeline_run, params_hash, update_pipeline_run
@@ -46,9 +47,11 @@ class Stage:
         self.params: Params = load_params(self.root / params_file)
         self.paths = self.params.paths
         c = self.params.cost
-        # A stage holds one process on one node until it reserves more (Ray workers, GPUs).
+        # A stage holds one process on one node until it reserves more (Ray workers, GPUs). Its GPU use
+        # is read on the GPUs its own processes (in-process Ray's workers among them) run on, of those
+        # CUDA_VISIBLE_DEVICES lets it see; not on every GPU of the machine.
         self.meter = CostMeter(rates=Rates(c.cpu_hour_usd, c.gpu_hour_usd, c.gpu_hour_usd_by_type, c.node_hour_usd),
-                               cpus=1.0, nodes=1.0, gpu=nvml_probe())
+                               cpus=1.0, nodes=1.0, gpu=nvml_probe(pids=process_tree_pids))
         self.run_id: str | None = None
         self.parent_run_id: str | None = None   # the pipeline run's MLflow run (see components/tracking/pipeline_runs.py)
         self.experiment_id: str | None = None
@@ -226,7 +229,8 @@ def _run_stage(main) -> None:
             return
         main()
     except USER_ERRORS + (StageError,) as err:
-        print(f"trainwise: error: {stopped_because() or err}", file=sys.stderr)
+        # masked: a message may quote a URL or setting that carries a credential
+        print(f"trainwise: error: {mask_value(str(stopped_because() or err))}", file=sys.stderr)
         sys.exit(2)
     except Orphaned as err:  # `dvc repro` is gone: stop without publishing, like Ctrl-C would
         if stopped_because():

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol
+from typing import Callable, Iterable, Mapping, Protocol
 
 import psutil
 
@@ -67,6 +67,16 @@ def busy_cpu_seconds() -> float:
     return sum(getattr(t, f) for f in ("user", "nice", "system", "irq", "softirq", "steal") if hasattr(t, f))
 
 
+def process_tree_pids(pid: int | None = None) -> list[int]:
+    """A process (default: this one) and all its live descendants: in-process Ray's raylet and workers
+    are the driver's descendants, so these are the stage's processes on this machine."""
+    try:
+        root = psutil.Process(pid)
+        return [root.pid, *(c.pid for c in root.children(recursive=True))]
+    except psutil.Error:
+        return []
+
+
 class ProcessTreeCpu:
     """CPU seconds of a process and all its descendants, including ones that have exited.
 
@@ -111,36 +121,127 @@ class GpuProbe(Protocol):
     def energy_joules(self) -> float | None: ...  # cumulative, summed over GPUs; None if not reported
 
 
-class NvmlProbe:
-    """NVML through ``pynvml`` (package nvidia-ml-py); :func:`nvml_probe` returns None without it."""
+def metered_devices(cuda_visible_devices: str | None, *, ray_gpu_ids: list | None = None) -> list[str] | None:
+    """The GPUs a meter should read, as CUDA names them: ``ray_gpu_ids`` (what Ray assigned this worker,
+    ``ray.get_gpu_ids()``) when given, else the ``CUDA_VISIBLE_DEVICES`` list, else None (every GPU).
 
-    def __init__(self, pynvml):
+    NVML ignores ``CUDA_VISIBLE_DEVICES``: without this a meter read every GPU of the machine, other
+    users' jobs on them included. Entries are indices (``"2"``) or UUIDs (``"GPU-..."``, ``"MIG-..."``);
+    an empty value hides every GPU ([]). Anything from the first invalid entry on is ignored, as CUDA does.
+    """
+    if ray_gpu_ids is not None:
+        return [str(i) for i in ray_gpu_ids]
+    if cuda_visible_devices is None:
+        return None
+    out = []
+    for entry in (e.strip() for e in cuda_visible_devices.split(",")):
+        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+            break
+        out.append(entry)
+    return out
+
+
+def held_devices(processes_by_device: Mapping[int, Iterable[int]], pids: Iterable[int], *,
+                 pid_visible: Callable[[int], bool] = psutil.pid_exists) -> list[int]:
+    """The devices (keys of ``processes_by_device``: device -> pids NVML reports on it) on which one of
+    ``pids`` runs: the GPUs a stage's workers hold, when ``pids`` is its process tree.
+
+    NVML reports the host's pids. In a container with its own pid namespace they match none of ours,
+    and a device cannot be told apart from another user's: then every device given is read (those
+    ``CUDA_VISIBLE_DEVICES`` leaves, usually the container's own), rather than none.
+    """
+    ours = set(pids)
+    held = [d for d, procs in processes_by_device.items() if ours.intersection(procs)]
+    if held:
+        return held
+    foreign = any(procs and not any(pid_visible(p) for p in procs) for procs in processes_by_device.values())
+    return list(processes_by_device) if foreign else []
+
+
+class NvmlProbe:
+    """NVML through ``pynvml`` (package nvidia-ml-py); :func:`nvml_probe` returns None without it.
+
+    ``devices``: CUDA names of the GPUs it may read (:func:`metered_devices`); None: every GPU.
+    ``pids``: when given, a callable returning the pids of the stage's process tree; then only the
+    devices on which one of them runs are read (:func:`held_devices`), at each sample, so another
+    user's job on another GPU of the machine is not metered as this stage's. ``count`` is the number
+    of devices read at the last :meth:`utilisation`; energy is summed over the devices while held.
+    """
+
+    def __init__(self, pynvml, devices: list[str] | None = None, *, pids: Callable[[], Iterable[int]] | None = None):
         self._nv = pynvml
-        n = pynvml.nvmlDeviceGetCount()
-        self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(n)]
-        self.count = n
-        name = pynvml.nvmlDeviceGetName(self._handles[0]) if n else None
+        if devices is None:
+            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        else:  # NVML numbers GPUs by PCI bus: CUDA's order on machines of one GPU model (on any with
+            # CUDA_DEVICE_ORDER=PCI_BUS_ID); UUIDs name one GPU either way
+            self._handles = [pynvml.nvmlDeviceGetHandleByUUID(d) if not d.isdigit()
+                             else pynvml.nvmlDeviceGetHandleByIndex(int(d)) for d in devices]
+        self._pids = pids
+        self.devices = len(self._handles)  # GPUs it may read
+        self.count = self.devices if pids is None else 0
+        name = pynvml.nvmlDeviceGetName(self._handles[0]) if self._handles else None
         self.name = name.decode() if isinstance(name, bytes) else name
+        self._energy_j = 0.0
+        self._last_mj: dict[int, float] = {}
+
+    def _held(self) -> list[int]:
+        if self._pids is None:
+            return list(range(len(self._handles)))
+        on = {}
+        for i, h in enumerate(self._handles):
+            procs = []
+            for query in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+                try:
+                    procs += [p.pid for p in getattr(self._nv, query)(h)]
+                except (self._nv.NVMLError, AttributeError):
+                    pass
+            on[i] = procs
+        return held_devices(on, self._pids())
 
     def utilisation(self) -> float:
-        vals = [self._nv.nvmlDeviceGetUtilizationRates(h).gpu / 100 for h in self._handles]
+        """Mean busy fraction of the devices held now (sets ``count``); adds their energy since the last call."""
+        held = self._held()
+        self.count = len(held)
+        self._add_energy(held)
+        vals = [self._nv.nvmlDeviceGetUtilizationRates(self._handles[i]).gpu / 100 for i in held]
         return sum(vals) / len(vals) if vals else 0.0
 
+    def _add_energy(self, held: list[int]) -> None:
+        now = {}
+        for i in held:
+            try:  # millijoules since the driver loaded (Volta and later)
+                now[i] = float(self._nv.nvmlDeviceGetTotalEnergyConsumption(self._handles[i]))
+            except self._nv.NVMLError:
+                continue
+            if i in self._last_mj:
+                self._energy_j += max(0.0, now[i] - self._last_mj[i]) / 1000
+        self._last_mj = now  # a device given up and taken again counts from its next sample
+
     def energy_joules(self) -> float | None:
-        try:  # millijoules since the driver loaded (Volta and later)
-            return sum(self._nv.nvmlDeviceGetTotalEnergyConsumption(h) for h in self._handles) / 1000
-        except self._nv.NVMLError:
-            return None
+        """Joules drawn by the devices while they were held (between samples), or None if unreported."""
+        if self._pids is None:
+            try:
+                return sum(self._nv.nvmlDeviceGetTotalEnergyConsumption(h) for h in self._handles) / 1000
+            except self._nv.NVMLError:
+                return None
+        return self._energy_j
 
 
-def nvml_probe() -> NvmlProbe | None:
-    """An NVML reader when a GPU and the library are present; None otherwise (never raises)."""
+def nvml_probe(devices: list[str] | None = None, *, pids: Callable[[], Iterable[int]] | None = None
+               ) -> NvmlProbe | None:
+    """An NVML reader when a GPU and the library are present; None otherwise (never raises).
+    ``devices`` default: :func:`metered_devices` of this process's ``CUDA_VISIBLE_DEVICES`` (the GPUs
+    its Ray workers can be given); ``pids``: see :class:`NvmlProbe`."""
+    import os
+
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        probe = NvmlProbe(pynvml)
-        return probe if probe.count else None
+        if devices is None:
+            devices = metered_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        probe = NvmlProbe(pynvml, devices, pids=pids)
+        return probe if probe.devices else None
     except Exception:  # no library, no driver, no GPU: the meter reports CPU only
         return None
 
@@ -207,7 +308,8 @@ class CostMeter:
         now = self._clock()
         self._cpu_clock()  # ProcessTreeCpu remembers children before they exit
         if self.gpu is not None and self._last_sample is not None:
-            self._gpu_busy_s += self.gpu.utilisation() * self.gpu.count * (now - self._last_sample)
+            busy = self.gpu.utilisation()  # first: a probe of held devices counts them as it reads them
+            self._gpu_busy_s += busy * self.gpu.count * (now - self._last_sample)
         self._last_sample = now
 
     def read(self) -> dict[str, float]:

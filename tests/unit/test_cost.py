@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from components.tracking.cost import CostMeter, ProcessTreeCpu, Rates, nvml_probe, reserved_cost
+from components.tracking.cost import (CostMeter, ProcessTreeCpu, Rates, held_devices, metered_devices, nvml_probe,
+                                      process_tree_pids, reserved_cost)
 
 
 class FakeClock:
@@ -117,3 +118,82 @@ def test_a_meter_from_process_start_bills_the_interpreter_start_and_imports():
     assert from_now["cost/wall_s"] < 1.0 < age
     assert since_start["cost/cpu_hours_used"] == pytest.approx(7.2 / 3600)  # CPU from zero, not from now
     assert from_now["cost/cpu_hours_used"] == 0.0
+
+
+def test_the_meter_reads_the_gpus_this_process_may_use_not_every_gpu():
+    """NVML sees every GPU of the machine; CUDA_VISIBLE_DEVICES (and Ray's ids for a worker) say which
+    are this stage's (issue 27: the meter read them all, other users' jobs included)."""
+    assert metered_devices(None) is None                         # unset: every GPU
+    assert metered_devices("2,3") == ["2", "3"]
+    assert metered_devices("") == []                             # set empty: no GPU
+    assert metered_devices("GPU-8e1f-aa, MIG-4c2d") == ["GPU-8e1f-aa", "MIG-4c2d"]
+    assert metered_devices("0,1,-1,3") == ["0", "1"]              # CUDA stops at the first invalid entry
+    assert metered_devices("0,1,2,3", ray_gpu_ids=[3]) == ["3"]  # a Ray worker: what Ray gave it
+
+
+def test_of_the_visible_gpus_the_meter_reads_those_its_processes_run_on():
+    mine = process_tree_pids()
+    assert mine[0] > 0 and all(isinstance(p, int) for p in mine)
+    me, other_user = mine[0], 10**9  # a pid no process has
+    on = {0: [other_user], 1: [me], 2: [], 3: [me, other_user]}
+    assert held_devices(on, mine) == [1, 3]
+    assert held_devices({0: [], 1: []}, mine) == []                                # nothing started yet
+    # NVML's pids from outside a container's pid namespace match none here: read what is visible
+    assert held_devices({0: [other_user], 1: []}, mine, pid_visible=lambda p: False) == [0, 1]
+
+
+class FakeNvml:
+    """pynvml's calls the probe makes, for four GPUs: pids per GPU, 80% busy, 100 J per read."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, procs):
+        self.procs, self.mj = procs, {i: 0.0 for i in range(4)}
+
+    def nvmlDeviceGetCount(self):
+        return 4
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        return int(uuid.rsplit("-", 1)[1])
+
+    def nvmlDeviceGetName(self, h):
+        return b"NVIDIA H200"
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        from types import SimpleNamespace
+        return [SimpleNamespace(pid=p) for p in self.procs.get(h, [])]
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, h):
+        return []
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        from types import SimpleNamespace
+        return SimpleNamespace(gpu=80)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        self.mj[h] += 100_000.0
+        return self.mj[h]
+
+
+def test_a_meter_with_a_process_filter_bills_gpu_use_and_energy_of_held_gpus_only():
+    from components.tracking.cost import NvmlProbe
+
+    me = process_tree_pids()[0]
+    nv = FakeNvml({1: [me], 2: [10**9]})  # GPU 1 ours, GPU 2 someone else's, 0 and 3 idle
+    probe = NvmlProbe(nv, ["GPU-x-1", "2", "3"], pids=process_tree_pids)
+    assert probe.devices == 3 and probe.name == "NVIDIA H200"
+    clock, cpu = FakeClock(), FakeClock()
+    meter = CostMeter(rates=Rates(0.0, 2.0), clock=clock, cpu_clock=cpu, gpu=probe).start()
+    meter.reserve(cpus=1, gpus=1)
+    for _ in range(4):
+        clock.t += 900
+        meter.sample()
+    m = meter.read()
+    assert probe.count == 1
+    assert m["cost/gpu_hours_used"] == pytest.approx(0.8)       # one GPU 80% busy for an hour, not three
+    assert m["cost/gpu_util"] == pytest.approx(0.8)
+    assert m["cost/energy_kwh"] == pytest.approx(4 * 100 / 3.6e6)  # GPU 1's draw between its 5 reads
