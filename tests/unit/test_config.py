@@ -99,3 +99,58 @@ def test_the_registered_model_is_named_after_the_data_unless_named():
     assert parse_params({"ingest": {"source": "image_folder"}}).mlflow.registered_model == "trainwise-image-folder"
     named = {"ingest": {"source": "table", "path": "x.csv"}, "mlflow": {"registered_model": "flowers"}}
     assert parse_params(named).mlflow.registered_model == "flowers"
+
+
+# -- numbers that YAML reads as something else (issue 28.10) --------------------------------------
+
+@pytest.mark.parametrize("text, key, says", [
+    ("train:\n  lr: .inf\n", "train.lr", "finite number"),
+    ("train:\n  dropout: .nan\n", "train.dropout", "finite number"),
+    ("tune:\n  budget_usd: .inf\n", "tune.budget_usd", "finite number"),
+    ("train:\n  batch_size: true\n", "train.batch_size", "not true/false"),
+    ("train:\n  epochs: yes\n", "train.epochs", "not true/false"),
+    ("clean:\n  image_size: [true, 8]\n", "clean.image_size", "not true/false"),
+    ("cost:\n  gpu_hour_usd_by_type: {H100: true}\n", "cost.gpu_hour_usd_by_type", "not true/false"),
+    ("tune:\n  search_space:\n    lr: {type: uniform, low: false, high: 0.1}\n", "tune.search_space.lr.low",
+     "not true/false"),
+])
+def test_non_finite_numbers_and_bools_for_numbers_are_refused(tmp_path, text, key, says):
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_params(tmp_path / "params.yaml")
+    assert key in str(err.value) and says in str(err.value)
+
+
+def test_bools_stay_valid_where_a_bool_is_meant():
+    p = parse_params({"train": {"pretrained": False, "hflip": True, "use_gpu": False},
+                      "tune": {"search_space": {"hflip": {"type": "choice", "values": [True, False]}}}})
+    assert p.train.hflip is True and p.train.pretrained is False
+
+
+# -- YAML alias bombs (issue 28.6) ------------------------------------------------------------------
+
+def test_yaml_alias_bomb_is_refused_fast_with_a_short_message(tmp_path):
+    import time
+
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]  # 9**10 values
+    (tmp_path / "params.yaml").write_text("\n".join(lines) + "\ntrain:\n  epochs: *a9\n")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"aliases \(\*name\) expand to more than 10000 values") as err:
+        load_params(tmp_path / "params.yaml")
+    assert time.perf_counter() - start < 2 and len(str(err.value)) < 400   # was a 722 MB message
+
+
+def test_recursive_alias_is_refused(tmp_path):
+    (tmp_path / "params.yaml").write_text("train: &x\n  epochs: [*x]\n")
+    with pytest.raises(ConfigError, match="recursive"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_a_few_aliases_still_load_and_long_values_are_quoted_short(tmp_path):
+    (tmp_path / "params.yaml").write_text("train:\n  lr: &lr 0.01\ntune:\n  search_space:\n"
+                                          "    lr: {type: choice, values: [*lr, 0.1]}\n")
+    assert load_params(tmp_path / "params.yaml").train.lr == 0.01
+    with pytest.raises(ConfigError) as err:
+        parse_params({"train": {"model": "x" * 100_000}})
+    assert len(str(err.value)) < 600
