@@ -1,4 +1,4 @@
-"""Embed every row of a split dataset with a backbone: Ray Data ``map_batches`` batch inference.
+"""Embed every row of a cleaned dataset with a backbone: Ray Data ``map_batches`` batch inference.
 
 Each replica is a Ray Data actor that builds the backbone once and embeds batches of stored
 images (uint8, as clean wrote them) or texts (tokenized by the backbone's own tokenizer); replicas run on as many CPUs / GPUs as the cluster
@@ -48,13 +48,13 @@ class _Embedder:
             x = images_to_tensor(np.ascontiguousarray(raw).reshape(-1, h, w, c)).to(self.device)
         with torch.inference_mode():
             emb = self.model(x).float().cpu().numpy()
-        return {"id": batch["id"], "split": batch["split"], "embedding": list(emb)}
+        return {"id": batch["id"], "embedding": list(emb)}
 
 
 def embed_images(shards: list[str | Path], *, image_shape: tuple[int, int, int] | None, name: str, pretrained,
                  seed: int, root: str, batch_size: int, replicas: int, cpus_per_replica: int, use_gpu: bool,
                  log: Callable[..., None] = lambda *a: None, payload: str = "image") -> dict[str, np.ndarray]:
-    """id -> embedding (float32) for every row of ``shards`` (Parquet with id, split and the
+    """id -> embedding (float32) for every row of ``shards`` (Parquet with id and the
     ``payload`` column: ``image``, or ``text`` for a text backbone)."""
     import ray.data
 
@@ -76,7 +76,7 @@ def embed_images(shards: list[str | Path], *, image_shape: tuple[int, int, int] 
     refs = []
     for s in shards:
         for b in iter_file_batches(pq.ParquetFile(s), batch_rows=4 * batch_size):
-            refs.append(ray.put(pa.Table.from_batches([b]).select(["id", "split", payload])))
+            refs.append(ray.put(pa.Table.from_batches([b]).select(["id", payload])))
     ds = ray.data.from_arrow_refs(refs)
     ds = ds.map_batches(
         _Embedder, batch_size=batch_size, batch_format="numpy",

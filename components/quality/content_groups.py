@@ -1,0 +1,428 @@
+"""Near-duplicates found by content, for grouping rows before the split.
+
+Pixels at 16x16 (``duplicates.image_embedding``) catch re-encodes and small brightness shifts, but
+not a crop, a mirror image or a resize with another framing: variants of one photo then land in
+train *and* test. Here two rows are near duplicates when
+
+- **images**: their backbone embeddings (``train.backbone``, or EfficientNet-Lite0 features used
+  only for grouping) have cosine similarity >= ``min_cosine``. Pretrained CNN features are
+  nearly invariant to the crops, flips and re-encodes of one photo, while distinct photos of a
+  class stay apart (benchmarks/near_duplicates.py calibrates the threshold, docs/data-quality.md
+  explains it);
+- **text**: their normalised texts (case, whitespace, punctuation and digits folded) share a
+  Jaccard similarity >= ``min_jaccard`` over character 5-gram shingles, found with MinHash + LSH
+  (datasketch) and then checked exactly on the shingle sets.
+
+Search is sub-quadratic where it has to be. Up to ``exact_max_rows`` rows, every pair is scored
+(blocked matrix products over unit vectors: exact). Beyond, the vectors are projected on their top
+principal components (an orthonormal projection never lengthens a distance, so every pair within
+the radius stays a candidate) and faiss' inverted-file index returns the candidates, each then
+checked against its full vectors (kept as float16: 2.5 KiB a 1,280-d row). The only approximation
+is the inverted file's probe count (recall measured against exact search in the benchmark).
+
+Besides the pairs at or above the threshold, the search keeps the pairs a ``margin`` below it: the
+closest pairs that were *not* grouped are what a user needs to judge the threshold by eye.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Pairs this far below the threshold are kept as "near misses" (shown, never grouped).
+COSINE_MARGIN = 0.08
+JACCARD_MARGIN = 0.15
+SHINGLE = 5
+_PUNCT = re.compile(r"[\W_]+", re.UNICODE)
+_DIGITS = re.compile(r"\d+")
+
+
+@dataclass
+class Pairs:
+    """Index pairs (i < j) with their similarity, sorted by similarity (highest first)."""
+
+    pairs: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
+    sims: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
+
+    @classmethod
+    def of(cls, pairs, sims) -> "Pairs":
+        pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+        sims = np.asarray(sims, np.float32).reshape(-1)
+        lo, hi = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
+        pairs = np.stack([lo, hi], axis=1)
+        if len(pairs):  # one entry per pair, highest similarity first (ties: by index, deterministic)
+            order = np.lexsort((pairs[:, 1], pairs[:, 0], -sims))
+            pairs, sims = pairs[order], sims[order]
+            _, first = np.unique(pairs, axis=0, return_index=True)
+            keep = np.sort(first)
+            pairs, sims = pairs[keep], sims[keep]
+        return cls(pairs, sims)
+
+    def at_least(self, threshold: float) -> "Pairs":
+        ok = self.sims >= threshold
+        return Pairs(self.pairs[ok], self.sims[ok])
+
+    def below(self, threshold: float) -> "Pairs":
+        ok = self.sims < threshold
+        return Pairs(self.pairs[ok], self.sims[ok])
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
+class EmbeddingIndex:
+    """Every pair of rows whose embeddings have cosine >= a floor, with bounded memory.
+
+    Rows are added in batches (:meth:`add`); a row whose vector is all zero or not finite cannot
+    be compared: it is counted in :attr:`unusable` and never paired (the caller says so).
+    """
+
+    def __init__(self, *, exact_max_rows: int = 20_000, components: int = 96, nprobe: int = 12, seed: int = 0):
+        self.exact_max_rows, self.components, self.nprobe, self.seed = exact_max_rows, components, nprobe, seed
+        self._full: list[np.ndarray] = []
+        self.rows = 0
+        self.unusable: list[int] = []
+
+    def add(self, vectors: np.ndarray) -> None:
+        x = np.asarray(vectors, dtype=np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"embeddings must be a 2-D array (rows, dim), got shape {x.shape}")
+        norms = np.linalg.norm(x, axis=1)
+        bad = ~np.isfinite(norms) | (norms < 1e-12)
+        self.unusable += (np.flatnonzero(bad) + self.rows).tolist()
+        x = np.where(bad[:, None], 0.0, x / np.where(bad, 1.0, norms)[:, None]).astype(np.float16)
+        self._full.append(x)
+        self.rows += len(x)
+
+    def pairs(self, *, floor: float) -> Pairs:
+        """Pairs with cosine >= ``floor`` (exact up to ``exact_max_rows`` rows, inverted file above)."""
+        if self.rows < 2:
+            return Pairs()
+        full = np.concatenate(self._full) if len(self._full) > 1 else self._full[0]
+        self._full = [full]
+        usable = np.ones(self.rows, bool)
+        usable[self.unusable] = False
+        if self.rows <= self.exact_max_rows:
+            return _exact_pairs(full, usable, floor=floor)
+        return _ivf_pairs(full, usable, floor=floor, components=self.components, nprobe=self.nprobe, seed=self.seed)
+
+
+def _exact_pairs(full: np.ndarray, usable: np.ndarray, *, floor: float, block: int = 2048) -> Pairs:
+    x = full.astype(np.float32)
+    x[~usable] = 0.0
+    found_p, found_s = [], []
+    for start in range(0, len(x), block):
+        sims = x[start:start + block] @ x[start:].T        # only j >= i: each pair once
+        i, j = np.nonzero(sims >= floor)
+        j = j + start
+        i = i + start
+        keep = i < j
+        found_p.append(np.stack([i[keep], j[keep]], axis=1))
+        found_s.append(sims[i[keep] - start, j[keep] - start])
+    return Pairs.of(np.concatenate(found_p), np.concatenate(found_s))
+
+
+def _ivf_pairs(full: np.ndarray, usable: np.ndarray, *, floor: float, components: int, nprobe: int,
+               seed: int, block: int = 8192) -> Pairs:
+    import faiss
+
+    n, dim = full.shape
+    rows = np.flatnonzero(usable)
+    rng = np.random.default_rng(seed)
+    sample = full[np.sort(rng.choice(rows, size=min(len(rows), 8192), replace=False))].astype(np.float32)
+    mean = sample.mean(axis=0)
+    k = min(components, dim)
+    # Top principal directions of a sample (eigenvectors of its covariance): an orthonormal basis,
+    # so projected distances never exceed true ones, whatever the sample.
+    centred = sample - mean
+    _, vecs = np.linalg.eigh(centred.T @ centred)
+    basis = np.ascontiguousarray(vecs[:, ::-1][:, :k], dtype=np.float32)
+    del sample, centred
+    proj = np.empty((len(rows), k), np.float32)
+    for s in range(0, len(rows), block):
+        proj[s:s + block] = (full[rows[s:s + block]].astype(np.float32) - mean) @ basis
+    # ~4 sqrt(n) lists (faiss' rule of thumb), at most 2048, and >= 39 training points a list (faiss' minimum)
+    nlist = int(max(1, min(2048, 4 * np.sqrt(len(rows)), len(rows) // 39)))
+    faiss.omp_set_num_threads(max(1, faiss.omp_get_max_threads()))
+    quantizer = faiss.IndexFlatL2(k)
+    index = faiss.IndexIVFFlat(quantizer, k, nlist)
+    index.cp.seed = seed
+    train = proj[np.sort(rng.choice(len(rows), size=min(len(rows), 30 * nlist), replace=False))]
+    index.train(train)
+    index.add(proj)
+    index.nprobe = min(nprobe, nlist)
+    # unit vectors: cosine >= floor  <=>  squared distance <= 2 (1 - floor); float16 rounding margin
+    radius2 = float(2.0 * (1.0 - floor)) * 1.01 + 1e-4
+    found_p, found_s = [], []
+    for s in range(0, len(rows), block):
+        lims, _, hits = index.range_search(proj[s:s + block], radius2)
+        counts = np.diff(lims).astype(np.int64)
+        i = np.repeat(np.arange(s, s + len(counts)), counts)
+        j = hits.astype(np.int64)
+        keep = i < j
+        i, j = i[keep], j[keep]
+        for c in range(0, len(i), 1 << 16):   # exact check on the full vectors, a bounded block at a time
+            a, b = rows[i[c:c + (1 << 16)]], rows[j[c:c + (1 << 16)]]
+            sims = np.einsum("ij,ij->i", full[a].astype(np.float32), full[b].astype(np.float32))
+            ok = sims >= floor
+            found_p.append(np.stack([a[ok], b[ok]], axis=1))
+            found_s.append(sims[ok])
+    if not found_p:
+        return Pairs()
+    return Pairs.of(np.concatenate(found_p), np.concatenate(found_s))
+
+
+def normalise_text(text: str) -> str:
+    """Case, whitespace, punctuation folded; every run of digits becomes one ``0``."""
+    folded = unicodedata.normalize("NFKC", text or "").casefold()
+    return " ".join(_PUNCT.sub(" ", _DIGITS.sub("0", folded)).split())
+
+
+def shingles(text: str, *, size: int = SHINGLE) -> set[bytes]:
+    """Character ``size``-grams of the normalised text (a text shorter than that: itself)."""
+    t = normalise_text(text)
+    if len(t) <= size:
+        return {t.encode()}
+    return {t[k:k + size].encode() for k in range(len(t) - size + 1)}
+
+
+def text_pairs(texts: list[str], *, floor: float, num_perm: int = 128, seed: int = 0) -> Pairs:
+    """Pairs of texts whose shingle sets have Jaccard >= ``floor``.
+
+    MinHash signatures + LSH banding (datasketch) propose candidates in about linear time; each
+    candidate's Jaccard is then computed exactly, so no pair below ``floor`` is reported.
+    """
+    from datasketch import MinHash, MinHashLSH
+
+    sets = [shingles(t) for t in texts]
+    if len(sets) < 2:
+        return Pairs()
+    # LSH tuned for a threshold a little under the floor: fewer misses, the exact check removes the rest
+    lsh = MinHashLSH(threshold=max(0.05, floor - 0.05), num_perm=num_perm)
+    hashes = MinHash.bulk([list(s) for s in sets], num_perm=num_perm, seed=seed)
+    by_key: dict[int, int] = {}
+    for k, m in enumerate(hashes):
+        lsh.insert(k, m, check_duplication=False)
+        by_key[k] = k
+    found_p, found_s = [], []
+    for k, m in enumerate(hashes):
+        for other in lsh.query(m):
+            if other <= k:
+                continue
+            a, b = sets[k], sets[other]
+            jac = len(a & b) / max(1, len(a | b))
+            if jac >= floor:
+                found_p.append((k, other))
+                found_s.append(jac)
+    return Pairs.of(np.asarray(found_p, np.int64).reshape(-1, 2), np.asarray(found_s, np.float32))
+
+
+def union_find_groups(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Each row's component number (0..n-1 labels, not contiguous) under ``pairs``."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def splitting_threshold(n: int, pairs: Pairs, *, max_group: int) -> float | None:
+    """The lowest threshold at which no group exceeds ``max_group`` rows, or None if none does now.
+
+    Kruskal over the pairs, most similar first: the first pair that would join two groups into one
+    larger than ``max_group`` has similarity s; a threshold just above s forms only the groups built
+    before it, all within the cap.
+    """
+    parent = {}
+    size = {}
+
+    def find(a):
+        root = a
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(a, a) != root:
+            parent[a], a = root, parent[a]
+        return root
+
+    for (a, b), s in zip(pairs.pairs.tolist(), pairs.sims.tolist()):
+        ra, rb = find(a), find(b)
+        if ra == rb:
+            continue
+        sa, sb = size.get(ra, 1), size.get(rb, 1)
+        if sa + sb > max_group:
+            return float(s)
+        parent[rb] = ra
+        size[ra] = sa + sb
+    return None
+
+
+@dataclass
+class Grouping:
+    """Every row's near-duplicate group and what the search saw (for the manifest, log and report)."""
+
+    names: list[str]                 # each row's group name: the smallest id in its group
+    component: np.ndarray            # each row's group number
+    pairs: Pairs                     # content pairs at or above the threshold (row numbers)
+    near_misses: Pairs               # the closest pairs under it whose rows are in different groups
+    checks: list[str]                # what was checked, in words
+    kind: str | None                 # "cosine" | "jaccard" | None (no content search)
+    model: str | None
+    threshold: float | None
+    max_group: int
+    split_at: float | None           # a threshold above this keeps every group within max_group
+    unusable: int = 0                # rows whose vector was NaN / zero (grouped by exact content only)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def method(self) -> str:
+        return "; ".join(self.checks)
+
+    def sizes(self) -> np.ndarray:
+        return np.bincount(self.component) if len(self.component) else np.zeros(0, np.int64)
+
+    def over_cap(self) -> list[tuple[str, int]]:
+        sizes = self.sizes()
+        first = {}
+        for k, c in enumerate(self.component.tolist()):
+            if sizes[c] > self.max_group and c not in first:
+                first[c] = self.names[k]
+        return sorted(((name, int(sizes[c])) for c, name in first.items()), key=lambda t: -t[1])
+
+    def metrics(self) -> dict:
+        sizes = self.sizes()
+        multi = sizes[sizes > 1]
+        return {"split/groups/multi_row": int(len(multi)), "split/groups/rows_in_groups": int(multi.sum()),
+                "split/groups/largest": int(sizes.max()) if len(sizes) else 0,
+                "split/groups/over_max_group": len(self.over_cap()),
+                "split/groups/content_pairs": len(self.pairs),
+                "split/groups/unusable_vectors": self.unusable}
+
+    def summary(self, ids: list[str], splits: list[str], *, sample_groups: int = 8, members: int = 8) -> dict:
+        """The manifest's ``near_duplicate_groups``: method, counts, the pairs nearest the threshold
+        and a sample of the groups the content search formed (weakest links first)."""
+        m = self.metrics()
+        sample, seen = [], set()
+        for (a, b), s in sorted(zip(self.pairs.pairs.tolist(), self.pairs.sims.tolist()), key=lambda t: t[1]):
+            c = int(self.component[a])
+            if c in seen:
+                continue
+            seen.add(c)
+            rows = np.flatnonzero(self.component == c)[:members].tolist()
+            sample.append({"group": self.names[a], "rows": int((self.component == c).sum()), "weakest": round(s, 4),
+                           "ids": [ids[r] for r in rows], "splits": sorted({splits[r] for r in rows})})
+            if len(sample) >= sample_groups:
+                break
+        return {"method": self.method, "kind": self.kind, "model": self.model, "threshold": self.threshold,
+                "max_group": self.max_group, "groups": m["split/groups/multi_row"],
+                "rows_in_groups": m["split/groups/rows_in_groups"], "largest_group": m["split/groups/largest"],
+                "over_max_group": [{"group": g, "rows": n} for g, n in self.over_cap()],
+                "split_threshold": self.split_at, "unusable_vectors": self.unusable, "notes": self.notes,
+                "near_misses": [{"id": ids[a], "other": ids[b], "similarity": round(float(s), 4),
+                                 "splits": [splits[a], splits[b]]}
+                                for (a, b), s in zip(self.near_misses.pairs.tolist(), self.near_misses.sims.tolist())],
+                "sample": sample}
+
+    def describe(self) -> list[str]:
+        """The lines the split stage prints."""
+        m = self.metrics()
+        lines = [f"near-duplicates checked: {self.method}",
+                 f"groups: {m['split/groups/multi_row']} of 2+ rows holding {m['split/groups/rows_in_groups']} rows; "
+                 f"largest {m['split/groups/largest']} rows"]
+        if len(self.near_misses):
+            s = float(self.near_misses.sims[0])
+            lines.append(f"closest pair not grouped: {self.kind} {s:.3f} (threshold {self.threshold}); "
+                         f"{len(self.near_misses)} such pairs in the manifest to judge the threshold by eye")
+        for name, n in self.over_cap()[:3]:
+            how = (f"a {self.kind} threshold above {self.split_at:.4f} would keep every group within {self.max_group}"
+                   if self.split_at is not None else "it is held together by exact or pixel duplicates")
+            lines.append(f"WARNING: group {name} has {n} rows (> split.near_duplicates.max_group {self.max_group}); "
+                         f"kept in one split; {how}")
+        lines += self.notes
+        return lines
+
+
+def find_groups(ids: list[str], *, modality: str, exact_keys: np.ndarray, clean_groups: np.ndarray,
+                texts: list[str] | None, vectors, no_vectors_note: str, pixel_distance: float, params,
+                labels: np.ndarray | None = None) -> Grouping:
+    """Group rows by exact content, clean's groups and near-duplicates by content.
+
+    ``vectors``: None or (model name, iterator of (ids, float32 array) batches) for images;
+    ``texts``: the rows' texts for text; ``params``: ``split.near_duplicates`` (min_cosine,
+    min_jaccard, max_group, near_misses).
+    """
+    from components.data.contract import DataContractError
+    from components.quality.duplicates import key_pairs
+
+    n = len(ids)
+    checks = ["exact copies (content hash)"]
+    notes: list[str] = []
+    content, kind, model, threshold, unusable = Pairs(), None, None, None, 0
+    if modality == "image" and vectors is not None:
+        model, batches = vectors
+        position = {i: k for k, i in enumerate(ids)}
+        order: list[int] = []
+        index = EmbeddingIndex()
+        for batch_ids, x in batches:
+            try:
+                order += [position[i] for i in batch_ids]
+            except KeyError as err:
+                raise DataContractError(f"the embeddings hold row {err.args[0]} that the cleaned data does not: embed "
+                                        "ran on other data; re-run it (`dvc repro embed`)") from None
+            index.add(x)
+        if len(order) != n or len(set(order)) != n:
+            raise DataContractError(f"the embeddings cover {len(set(order))} of the {n} cleaned rows: embed ran on "
+                                    "other data; re-run it (`dvc repro embed`)")
+        kind, threshold = "cosine", float(params.min_cosine)
+        found = index.pairs(floor=max(0.0, threshold - COSINE_MARGIN))
+        back = np.asarray(order, np.int64)
+        content = Pairs.of(back[found.pairs], found.sims) if len(found) else Pairs()
+        unusable = len(index.unusable)
+        checks.append(f"near-duplicates by {model} embeddings (cosine >= {threshold:g})")
+        if unusable:
+            notes.append(f"{unusable} rows have no usable embedding (NaN or all zero): they are grouped by exact "
+                         "content and pixels only")
+    elif modality == "text" and texts is not None:
+        kind, model, threshold = "jaccard", "minhash", float(params.min_jaccard)
+        content = text_pairs(texts, floor=max(0.05, threshold - JACCARD_MARGIN))
+        checks.append(f"near-duplicates by normalised text (case, spacing, punctuation, digits folded; character "
+                      f"{SHINGLE}-gram Jaccard >= {threshold:g}, MinHash + LSH)")
+    if modality == "image" and pixel_distance > 0:
+        checks.append(f"by pixels (16x16 grey, distance <= {pixel_distance:g})")
+    if modality == "image" and vectors is None:
+        notes.append("no content features for images" + (f" ({no_vectors_note})" if no_vectors_note else "") +
+                     ": crops and mirror images of one photo are not found; set train.backbone or embed.grouping")
+    if modality == "text":
+        checks.append("equal normalised texts")
+    grouped = content.at_least(threshold) if threshold is not None else Pairs()
+    fixed = np.concatenate([key_pairs(np.asarray(exact_keys)), key_pairs(np.asarray(clean_groups))])
+    component = union_find_groups(n, np.concatenate([fixed, grouped.pairs]))
+    best: dict[int, str] = {}
+    for k, c in enumerate(component.tolist()):
+        if c not in best or ids[k] < best[c]:
+            best[c] = ids[k]
+    names = [best[c] for c in component.tolist()]
+    misses = content.below(threshold) if threshold is not None else Pairs()
+    if len(misses):
+        cross = component[misses.pairs[:, 0]] != component[misses.pairs[:, 1]]
+        misses = Pairs(misses.pairs[cross][:params.near_misses], misses.sims[cross][:params.near_misses])
+    sizes = np.bincount(component) if n else np.zeros(0, np.int64)
+    split_at = None
+    if len(sizes) and sizes.max() > params.max_group and len(grouped):
+        split_at = splitting_threshold(n, Pairs(np.concatenate([fixed, grouped.pairs]),
+                                                np.concatenate([np.full(len(fixed), np.inf, np.float32),
+                                                                grouped.sims])), max_group=params.max_group)
+        # identical content (similarity 1) cannot be split by any threshold
+        split_at = None if split_at is None or not np.isfinite(split_at) or split_at >= 0.9999 else split_at
+    if labels is not None and len(grouped):
+        mixed = len({int(c) for c in component[grouped.pairs[:, 0]][labels[grouped.pairs[:, 0]] !=
+                                                                    labels[grouped.pairs[:, 1]]].tolist()})
+        if mixed:
+            notes.append(f"{mixed} content groups mix classes (the same picture under two labels, or a threshold "
+                         "too low: see the near misses)")
+    return Grouping(names=names, component=component, pairs=grouped, near_misses=misses, checks=checks, kind=kind,
+                    model=model, threshold=threshold, max_group=params.max_group, split_at=split_at,
+                    unusable=unusable, notes=notes)
