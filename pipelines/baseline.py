@@ -46,14 +46,16 @@ def main() -> None:
         x_train, y_train, train_ids = load_split_features(data, "train", max_pixels=p.max_pixels)
         evals = {s: load_split_features(data, s, max_pixels=p.max_pixels) for s in ("val", "test")}
         scores, preds = fit_baselines(x_train, y_train, {s: (x, y) for s, (x, y, _) in evals.items()},
-                                      models=p.models, seed=p.seed, text=manifest["payload"] == "text",
+                                      models=p.models, seed=p.seed, n_classes=len(manifest["classes"]),
+                                      text=manifest["payload"] == "text",
                                       tfidf_max_features=p.tfidf_max_features, threads=max(1, int(stage.meter.cpus)))
         embedded = read_embeddings(stage.path(stage.paths.embed))
         if embedded is not None:  # train.backbone set: "a linear probe would do" is the honest baseline
             index = {i: k for k, i in enumerate(embedded[0])}
             probe = {s: (embedded[1][[index[i] for i in ids]], y) for s, (_, y, ids) in evals.items()}
             sc, pr = fit_baselines(embedded[1][[index[i] for i in train_ids]], y_train, probe,
-                                   models=["logistic_regression"], seed=p.seed, threads=max(1, int(stage.meter.cpus)))
+                                   models=["logistic_regression"], seed=p.seed, n_classes=len(manifest["classes"]),
+                                   threads=max(1, int(stage.meter.cpus)))
             scores[LINEAR_PROBE], preds[LINEAR_PROBE] = sc["logistic_regression"], pr["logistic_regression"]
         for r in scores.values():
             r["cost/usd"] = fit_cost_usd(r["fit_s"], cpus=stage.meter.cpus, cpu_hour_usd=stage.params.cost.cpu_hour_usd)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
+
+from components.evaluation.scores import macro_f1
 
 
 @torch.inference_mode()  # (not only no_grad: a text backbone skips its padding then, components/models/text_backbones.py)
@@ -21,7 +23,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, *, classes: li
     labels = list(range(len(classes)))
     metrics = {
         f"{prefix}/acc": float(accuracy_score(y_true, y_pred)),
-        f"{prefix}/f1_macro": float(f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0)),
+        f"{prefix}/f1_macro": macro_f1(y_true, y_pred, n_classes=len(classes)),
         f"{prefix}/loss": float(log_loss(y_true, np.clip(proba, 1e-12, 1.0), labels=labels)),
         f"{prefix}/rows": int(len(y_true)),
     }
@@ -102,13 +104,11 @@ def paired_f1_interval(y_true: np.ndarray, net_pred: np.ndarray, base_pred: np.n
     y, a, b = (np.asarray(v) for v in (y_true, net_pred, base_pred))
     if not (y.shape == a.shape == b.shape) or y.ndim != 1 or len(y) == 0:
         raise ValueError(f"need equal-length, non-empty label and prediction arrays, got {y.shape}, {a.shape}, {b.shape}")
-    labels = list(range(n_classes))
     rng = np.random.default_rng(seed)
     diffs = np.empty(resamples)
     for i in range(resamples):
         idx = rng.integers(0, len(y), size=len(y))
-        diffs[i] = (f1_score(y[idx], a[idx], average="macro", labels=labels, zero_division=0)
-                    - f1_score(y[idx], b[idx], average="macro", labels=labels, zero_division=0))
+        diffs[i] = macro_f1(y[idx], a[idx], n_classes=n_classes) - macro_f1(y[idx], b[idx], n_classes=n_classes)
     tail = (1 - confidence) / 2
     low, high = np.quantile(diffs, [tail, 1 - tail])
     return float(low), float(high)

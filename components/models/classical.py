@@ -17,10 +17,12 @@ from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
+
+from components.evaluation.scores import macro_f1
 
 BASELINES = ("majority", "logistic_regression", "decision_tree", "gradient_boosting")
 
@@ -76,9 +78,10 @@ def make_baseline(name: str, *, seed: int, text: bool = False, tfidf_max_feature
 
 
 def fit_baselines(x_train, y_train: np.ndarray, evals: dict[str, tuple], *, models: list[str], seed: int,
-                  text: bool = False, tfidf_max_features: int = 5000, threads: int = 1,
+                  n_classes: int, text: bool = False, tfidf_max_features: int = 5000, threads: int = 1,
                   ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, np.ndarray]]]:
-    """Fit each model on the train split; score it on every split in ``evals``.
+    """Fit each model on the train split; score it on every split in ``evals``; macro F1 over all
+    ``n_classes`` classes (:func:`components.evaluation.scores.macro_f1`, as the network's).
 
     Returns ``(scores, predictions)``: ``scores[model]`` = ``{"val/acc", "val/f1_macro",
     "test/acc", "test/f1_macro", "fit_s"}`` (one pair per split in ``evals``) and
@@ -100,7 +103,7 @@ def fit_baselines(x_train, y_train: np.ndarray, evals: dict[str, tuple], *, mode
         for split, (x, y) in evals.items():
             pred = predictions[name][split]
             s[f"{split}/acc"] = float(accuracy_score(y, pred))
-            s[f"{split}/f1_macro"] = float(f1_score(y, pred, average="macro", zero_division=0))
+            s[f"{split}/f1_macro"] = macro_f1(y, pred, n_classes=n_classes)
         scores[name] = s
     return scores, predictions
 

@@ -45,7 +45,8 @@ def test_every_baseline_beats_majority_on_each_modality(tmp_path, modality):
         assert isinstance(x_tr, list) and isinstance(x_tr[0], str)
     else:
         assert x_tr.ndim == 2 and x_tr.dtype == np.float32
-    scores, preds = fit_baselines(x_tr, y_tr, evals, models=list(BASELINES), seed=0, text=modality == "text")
+    scores, preds = fit_baselines(x_tr, y_tr, evals, models=list(BASELINES), seed=0, n_classes=3,
+                                  text=modality == "text")
     assert set(scores) == set(BASELINES)
     for name, s in scores.items():
         assert {"val/acc", "val/f1_macro", "test/acc", "test/f1_macro", "fit_s"} <= set(s)
@@ -66,10 +67,30 @@ def test_text_tfidf_is_fitted_on_train_only():
 def test_same_seed_same_predictions(digits_split):
     x, y, _ = load_split_features(digits_split, "train")
     xt, yt, _ = load_split_features(digits_split, "test")
-    runs = [fit_baselines(x, y, {"test": (xt, yt)}, models=["decision_tree"], seed=3)[1] for _ in range(2)]
+    runs = [fit_baselines(x, y, {"test": (xt, yt)}, models=["decision_tree"], seed=3, n_classes=10)[1]
+            for _ in range(2)]
     assert (runs[0]["decision_tree"]["test"] == runs[1]["decision_tree"]["test"]).all()
 
 
 def test_unknown_baseline_is_named():
     with pytest.raises(ValueError, match="unknown baselines \\['svm'\\]"):
-        fit_baselines(np.zeros((2, 1)), np.array([0, 1]), {}, models=["svm"], seed=0)
+        fit_baselines(np.zeros((2, 1)), np.array([0, 1]), {}, models=["svm"], seed=0, n_classes=2)
+
+
+def test_baselines_and_the_network_share_one_macro_f1_absent_classes_included():
+    """Three classes, the third absent from the test rows: a perfect baseline and a network making the
+    same predictions get the same macro F1, the absent class counted as 0 (issue 27: the baselines'
+    averaged over present classes only, 1.0 against the network's 0.667)."""
+    from components.evaluation.metrics import classification_metrics
+
+    rng = np.random.default_rng(0)
+    x_tr = np.concatenate([rng.normal(3 * k, 0.1, size=(20, 2)) for k in range(3)]).astype(np.float32)
+    y_tr = np.repeat(np.arange(3), 20)
+    x_te = np.concatenate([rng.normal(3 * k, 0.1, size=(10, 2)) for k in range(2)]).astype(np.float32)
+    y_te = np.repeat(np.arange(2), 10)
+    scores, preds = fit_baselines(x_tr, y_tr, {"test": (x_te, y_te)}, models=["logistic_regression"], seed=0,
+                                  n_classes=3)
+    assert (preds["logistic_regression"]["test"] == y_te).all()
+    proba = np.eye(3)[preds["logistic_regression"]["test"]]
+    network, _, _ = classification_metrics(y_te, proba, classes=["a", "b", "c"])
+    assert scores["logistic_regression"]["test/f1_macro"] == network["test/f1_macro"] == pytest.approx(2 / 3)
