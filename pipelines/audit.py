@@ -29,6 +29,9 @@ def main() -> None:
 
             rp = stage.params.ray
             init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose)
+            # the folds are 1-CPU Ray tasks, `workers` at once (no more than there are folds): the stage
+            # holds that many CPUs, not its own one
+            stage.meter.reserve(cpus=min(li.workers, li.folds))
         embeddings = read_embeddings(stage.path(stage.paths.embed)) if options is not None else None
         with DatasetWriter(out, classes=split["classes"],
                            metadata={k: v for k, v in split.items() if k not in WRITER_KEYS}) as writer:

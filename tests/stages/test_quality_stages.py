@@ -99,4 +99,7 @@ def test_ingest_clean_split_audit_with_injected_noise(tmp_path):
     assert "RAY_STARTED True True" in out and "as Ray tasks" in out
     with_ray = json.loads((tmp_path / "metrics/audit.json").read_text())
     assert with_ray["audit/label_issues/ray"] == 1
+    # billed for what it held: one CPU in-process; with Ray, `workers` (2) 1-CPU fold tasks at once
+    assert audit["cost/cpu_hours"] == pytest.approx(audit["cost/wall_s"] / 3600, rel=1e-6)
+    assert with_ray["cost/cpu_hours"] == pytest.approx(2 * with_ray["cost/wall_s"] / 3600, rel=1e-6)
     assert with_ray["audit/label_issues/found"] == audit["audit/label_issues/found"]
