@@ -15,6 +15,7 @@ from components.tracking.registry import apply_gate, gate_decision
 from components.training.data import load_split
 from components.training.export import load_model
 from components.training.text import vocabulary
+from components.models.backbone_names import network_display_name
 from pipelines.stage import Stage, run_stage
 
 
@@ -54,7 +55,8 @@ def main() -> None:
                                 confidence=p.confidence, seed=p.seed)
         net_cost, base_cost = train["cost/usd"] + tune["cost/usd"], base["cost/usd"]
         cost_ratio = net_cost / base_cost if base_cost > 0 else float("inf")
-        sentence = verdict(net_name=spec["model"].replace("_", " "), baseline_name=best_name.replace("_", " "),
+        net_name = network_display_name(spec["model"], backbone_mode=stage.params.train.backbone_mode)
+        sentence = verdict(net_name=net_name, baseline_name=best_name.replace("_", " "),
                            diff=cmp["diff"], ci_low=cmp["ci_low"], ci_high=cmp["ci_high"], cost_ratio=cost_ratio,
                            confidence=p.confidence)
         metrics.update({f"verdict/{k}": v for k, v in cmp.items()})

@@ -36,3 +36,20 @@ def mismatch(backbone: str, payload: str) -> str | None:
     else:
         fix = f"no backbone takes {payload} rows: set train.backbone: null"
     return f"train.backbone: {backbone!r} embeds {takes}, but this dataset's payload is {payload}; {fix}"
+
+
+# How the verdict and the report name a backbone: its authors' spelling (a timm or hub name as given)
+DISPLAY_NAMES = {"all_minilm_l6_v2": "all-MiniLM-L6-v2", "efficientnet_lite0": "EfficientNet-Lite0"}
+SAVED_BACKBONE_PREFIX = "backbone:"  # model.json's `model` of a backbone network (components/models/networks.py)
+
+
+def network_display_name(model: str, *, backbone_mode: str = "frozen") -> str:
+    """What a person calls the network model.json names ``model``: ``all-MiniLM-L6-v2 + linear head``
+    for ``backbone:all_minilm_l6_v2`` (the verdict once read "the backbone:all minilm l6 v2"), with
+    ``, fine-tuned`` when the backbone learnt too; a plain network by its name (``small cnn``)."""
+    if not model.startswith(SAVED_BACKBONE_PREFIX):
+        return model.replace("_", " ")
+    name = model[len(SAVED_BACKBONE_PREFIX):]
+    shown = DISPLAY_NAMES.get(name) or name.removeprefix(TEXT_HUB_PREFIX)
+    # BackboneClassifier (components/models/backbones.py): the backbone, dropout, one linear layer
+    return f"{shown} + linear head" + (", fine-tuned" if backbone_mode == "finetune" else "")

@@ -24,6 +24,8 @@ import math
 import torch
 from torch import nn
 
+from components.models.backbone_names import SAVED_BACKBONE_PREFIX as BACKBONE_PREFIX
+
 
 class SmallCNN(nn.Module):
     """Two 3x3 conv blocks and a two-layer head; ~100k parameters on 8x8 inputs."""
@@ -212,8 +214,8 @@ MODELS = {
 }
 
 
-# model.json's `model` for a network built on train.backbone: "backbone:<name>" (components.models.backbones)
-BACKBONE_PREFIX = "backbone:"
+# model.json's `model` for a network built on train.backbone: "backbone:<name>" (components.models.backbones);
+# BACKBONE_PREFIX, imported above from backbone_names (torch-free: the verdict's display name reads it too)
 
 
 def build_model(name: str, *, input_shape: tuple[int, ...], n_classes: int, dropout: float = 0.0,

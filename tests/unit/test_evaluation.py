@@ -91,3 +91,21 @@ def test_best_baseline_is_chosen_on_validation_not_test():
 def test_pipeline_totals_sum_stage_costs():
     t = totals({"a": {"cost/usd": 0.5, "cost/wall_s": 10}, "b": {"cost/usd": 0.25, "cost/wall_s": 5}})
     assert t["pipeline/cost/usd"] == 0.75 and t["pipeline/wall_s"] == 15
+
+
+def test_the_verdict_names_a_backbone_network_as_people_do():
+    """model.json names a backbone network `backbone:<train.backbone>` (what resolve_backbone writes);
+    the verdict once printed "the backbone:all minilm l6 v2"."""
+    from components.models.backbone_names import network_display_name
+    from components.models.networks import BACKBONE_PREFIX
+
+    saved = f"{BACKBONE_PREFIX}all_minilm_l6_v2"
+    name = network_display_name(saved)
+    assert name == "all-MiniLM-L6-v2 + linear head"
+    sentence = verdict(net_name=name, baseline_name="linear probe", diff=-0.6, ci_low=-1.2, ci_high=0.1, cost_ratio=30)
+    assert sentence.startswith("the all-MiniLM-L6-v2 + linear head and linear probe differ")
+    assert network_display_name(f"{BACKBONE_PREFIX}efficientnet_lite0", backbone_mode="finetune") == \
+        "EfficientNet-Lite0 + linear head, fine-tuned"
+    assert network_display_name(f"{BACKBONE_PREFIX}sentence-transformers/all-mpnet-base-v2") == \
+        "all-mpnet-base-v2 + linear head"
+    assert network_display_name("small_cnn") == "small cnn"
