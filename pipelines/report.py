@@ -4,11 +4,13 @@ import csv
 import os
 
 import mlflow
+import numpy as np
 
 from components.data.contract import DataContractError, read_manifest, write_text_atomic
 from components.evaluation.figures import png_bytes, thumbnails_figure
 from components.evaluation.report import build_report
-from components.evaluation.report_inputs import image_thumbnails, pipeline_runs, read_label_suspects
+from components.evaluation.report_inputs import (image_thumbnails, near_duplicate_ids, pipeline_runs, read_label_suspects,
+                                                 text_snippets)
 from components.evaluation.summary import (SUMMARY_BY_CLI_ENV, best_baseline, collect, format_summary, read_evaluation,
                                            totals)
 from components.tracking.mlflow_runs import latest_verdict, where_to_look
@@ -53,6 +55,20 @@ def main() -> None:
                 shown = [s for s in suspects if s["id"] in thumbs]
                 images["label_suspects"] = png_bytes(thumbnails_figure(
                     [thumbs[s["id"]] for s in shown], [str(s["id"])[:8] for s in shown]))
+        split_manifest = _manifest(stage.path(p.split))
+        pair_ids, group_ids = near_duplicate_ids(split_manifest)
+        wanted = pair_ids + [i for g in group_ids for i in g]
+        snippets = text_snippets(wanted, clean_dir=stage.path(p.clean))
+        thumbs = {} if snippets else image_thumbnails(wanted, clean_dir=stage.path(p.clean))
+        if thumbs and pair_ids:   # pairs side by side: two columns, a pair a row
+            images["near_misses"] = png_bytes(thumbnails_figure(
+                [thumbs[i] for i in pair_ids if i in thumbs], [i[:8] for i in pair_ids if i in thumbs], cols=2))
+        if thumbs and group_ids:  # a group a row, short rows padded with blanks
+            cols = max(len(g) for g in group_ids)
+            blank = np.zeros_like(next(iter(thumbs.values())))
+            cells = [(thumbs[g[k]], g[k][:8]) if k < len(g) and g[k] in thumbs else (blank, "")
+                     for g in group_ids for k in range(cols)]
+            images["near_groups"] = png_bytes(thumbnails_figure([c[0] for c in cells], [c[1] for c in cells], cols=cols))
         curve = _csv(stage.path(p.plots) / "train_curve.csv")
         run = mlflow.active_run()  # None when mlflow.enabled is false
         runs = run and stage.tracker.call("list this pipeline run's MLflow runs", lambda: pipeline_runs(
@@ -61,6 +77,7 @@ def main() -> None:
         page = build_report(
             title=params.report.title, verdict=verdict, stages=stages, pipeline=pipeline, mlflow_hint=hint,
             manifests={name: _manifest(stage.path(getattr(p, name))) for name in ("ingest", "clean", "split", "audit")},
+            snippets=snippets,
             curve=[{k: float(v) for k, v in r.items()} for r in curve] if curve else None,
             confusion=_csv(stage.path(p.plots) / "confusion.csv"),
             per_class=_csv(stage.path(p.plots) / "per_class.csv"),

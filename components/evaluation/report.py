@@ -148,14 +148,59 @@ def _data_section(manifests: dict[str, dict | None], suspects: list[dict] | None
     return body
 
 
-def _split_section(split: dict | None, split_metrics: dict) -> str | None:
+def _split_section(split: dict | None, split_metrics: dict, images: dict[str, bytes] | None = None,
+                   snippets: dict[str, str] | None = None) -> str | None:
     if not split:
         return None
+    images, snippets = images or {}, snippets or {}
     rows = [{"split": s, **c} for s, c in split.get("split_class_counts", {}).items()]
     body = table(rows) if rows else missing("no per-split class counts in the split manifest")
+    body += _near_duplicate_section(split.get("near_duplicate_groups"), images, snippets)
     leak = _leakage_rows(split, split_metrics)
     body += "<h3>Leakage check</h3>"
     body += table(leak) if leak else missing("not available: the split stage reports no leakage check")
+    return body
+
+
+def _near_duplicate_section(nd: dict | None, images: dict[str, bytes], snippets: dict[str, str]) -> str:
+    """What the split checked for near-duplicates, the pairs nearest the threshold (not grouped) and a
+    sample of the groups it formed (weakest link first), with thumbnails or text snippets: enough to
+    judge the threshold by eye."""
+    body = "<h3>Near-duplicates (grouped before the split)</h3>"
+    if not nd:
+        return body + missing("not available: this split manifest has no near-duplicate record (an older split)")
+    body += (f"<p>checked: {html.escape(str(nd.get('method', '?')))}. {nd.get('groups', 0)} groups of 2+ rows hold "
+             f"{nd.get('rows_in_groups', 0)} rows; the largest has {nd.get('largest_group', 0)} rows. A group never "
+             "crosses splits.</p>")
+    for g in nd.get("over_max_group") or []:
+        how = (f"a threshold above {nd['split_threshold']:.4f} would split it" if nd.get("split_threshold") is not None
+               else "it is held together by identical content")
+        body += (f"<p class='warn'>group {html.escape(str(g['group']))} has {g['rows']} rows, more than max_group "
+                 f"{nd.get('max_group')}: {how}.</p>")
+    for note in nd.get("notes") or []:
+        body += f"<p>{html.escape(str(note))}</p>"
+
+    def text_of(i: str) -> str:
+        t = snippets.get(i)
+        return "" if t is None else (t[:80] + ("…" if len(t) > 80 else ""))
+
+    misses = nd.get("near_misses") or []
+    if misses:
+        body += (f"<h4>Closest pairs left apart ({nd.get('kind')} below {nd.get('threshold')})</h4>"
+                 "<p>If these are copies of one item, lower the threshold; if the grouped pairs below are not, raise it.</p>")
+        body += table([{"id": m["id"], "other": m["other"], "similarity": m["similarity"],
+                        "splits": "/".join(m.get("splits", [])),
+                        **({"text": text_of(m["id"]), "other text": text_of(m["other"])} if snippets else {})}
+                       for m in misses])
+        body += _png("closest pairs left apart", images.get("near_misses"))
+    sample = nd.get("sample") or []
+    if sample:
+        body += "<h4>A sample of the groups found by content (weakest link first)</h4>"
+        body += table([{"group": g["group"], "rows": g["rows"], "weakest link": g["weakest"],
+                        "split": "/".join(g.get("splits", [])),
+                        "members": ", ".join(g["ids"][:6]) if not snippets else " | ".join(text_of(i) for i in g["ids"][:4])}
+                       for g in sample])
+        body += _png("near-duplicate groups", images.get("near_groups"))
     return body
 
 
@@ -301,11 +346,12 @@ def build_report(*, title: str, verdict: str | None, stages: dict[str, dict], ma
                  trials: list[dict] | None, network: str, pipeline: dict[str, float], mlflow_hint: str,
                  evaluation: dict | None = None, images: dict[str, bytes] | None = None,
                  label_suspects: list[dict] | None = None, suspects_file: str = "label_suspects.jsonl",
-                 mlflow_runs: list[dict] | None = None) -> str:
+                 mlflow_runs: list[dict] | None = None, snippets: dict[str, str] | None = None) -> str:
     """The whole page from the pipeline's outputs; a section whose inputs are missing says so.
 
     ``images``: PNG bytes by name (confusion, reliability, confident_wrong, attributions,
-    label_suspects); ``evaluation``: the evaluate stage's evaluation.json.
+    label_suspects, near_misses, near_groups); ``evaluation``: the evaluate stage's evaluation.json;
+    ``snippets``: text rows by id (near-duplicate pairs and groups of a text dataset).
     """
     images = images or {}
     split = manifests.get("split") or {}
@@ -325,7 +371,7 @@ def build_report(*, title: str, verdict: str | None, stages: dict[str, dict], ma
                       "cpu_hours": pipeline["pipeline/cpu_hours"], "usd": pipeline["pipeline/cost/usd"]})
     return render(title, [
         ("Data", _data_section(manifests, label_suspects, images.get("label_suspects"), suspects_file)),
-        ("Split and leakage check", _split_section(split, stages.get("split", {}))),
+        ("Split and leakage check", _split_section(split, stages.get("split", {}), images, snippets)),
         ("Learning curves and overfitting gap", _curve_section(curve, stages.get("train", {}))),
         ("Tuning trials", _trials_section(trials)),
         ("Baselines vs network", _verdict_section(base_rows, evaluation)),

@@ -79,6 +79,29 @@ def image_thumbnails(ids: list[str], *, clean_dir: str | Path, ingest_dir: str |
     return found
 
 
+def text_snippets(ids: list[str], *, clean_dir: str | Path, chars: int = 200) -> dict[str, str]:
+    """The first ``chars`` characters of the text of each of ``ids`` (a text dataset; else {})."""
+    want, found = set(ids), {}
+    try:
+        m = read_manifest(clean_dir)
+    except DataContractError:
+        return {}
+    if m.get("payload") != "text" or not want:
+        return {}
+    for batch in iter_batches(clean_dir):
+        ids_here = batch.column("id").to_pylist()
+        for k in (k for k, i in enumerate(ids_here) if i in want):
+            found[ids_here[k]] = str(batch.column("text")[k].as_py() or "")[:chars]
+    return found
+
+
+def near_duplicate_ids(split_manifest: dict | None, *, members: int = 4) -> tuple[list[str], list[list[str]]]:
+    """(ids of the near misses, pairwise; the sample groups' first ``members`` ids) from the split manifest."""
+    nd = (split_manifest or {}).get("near_duplicate_groups") or {}
+    pairs = [i for m in nd.get("near_misses") or [] for i in (m["id"], m["other"])]
+    return pairs, [g["ids"][:members] for g in nd.get("sample") or []]
+
+
 def pipeline_runs(experiment_id: str, pipeline_run: str, *, tracking_uri: str) -> list[dict]:
     """One row per MLflow run of this pipeline run (its parent run, stage "pipeline", first; then
     the stage runs; not tune trials): stage, run id, status, and a link when the tracking store

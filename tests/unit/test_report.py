@@ -200,3 +200,26 @@ def test_report_says_whether_the_label_audit_changed_training_data_and_why():
                         manifests={"ingest": MANIFEST, "audit": capped}, curve=None, confusion=None, per_class=None,
                         trials=None, network="mlp", pipeline=TOTALS, mlflow_hint="mlflow ui")
     assert "label audit changed no row: no train row changed" in page
+
+
+ND_SPLIT = {**MANIFEST, "near_duplicate_groups": {
+    "method": "exact copies (content hash); near-duplicates by efficientnet_lite0 embeddings (cosine >= 0.92)",
+    "kind": "cosine", "model": "efficientnet_lite0", "threshold": 0.92, "max_group": 3, "groups": 2,
+    "rows_in_groups": 7, "largest_group": 5, "over_max_group": [{"group": "g1", "rows": 5}], "split_threshold": 0.951,
+    "unusable_vectors": 0, "notes": [],
+    "near_misses": [{"id": "a1", "other": "b7", "similarity": 0.9112, "splits": ["train", "test"]}],
+    "sample": [{"group": "g2", "rows": 2, "weakest": 0.931, "ids": ["g2", "c3"], "splits": ["val"]}]}}
+
+
+def test_report_shows_how_near_duplicates_were_checked_and_the_pairs_nearest_the_threshold():
+    page = build_report(title="t", verdict=None, stages={}, manifests={"split": ND_SPLIT}, curve=None, confusion=None,
+                        per_class=None, trials=None, network="mlp", pipeline=TOTALS, mlflow_hint="m",
+                        images={"near_misses": PNG, "near_groups": PNG}, snippets={"a1": "win a prize <b>now</b>"})
+    assert "near-duplicates by efficientnet_lite0 embeddings (cosine &gt;= 0.92)" in page
+    assert "the largest has 5 rows" in page and "a threshold above 0.9510 would split it" in page
+    assert "Closest pairs left apart (cosine below 0.92)" in page and "0.9112" in page and "train/test" in page
+    assert "win a prize &lt;b&gt;now&lt;/b&gt;" in page        # text snippets, escaped
+    assert "alt='closest pairs left apart'" in page and "alt='near-duplicate groups'" in page
+    old = build_report(title="t", verdict=None, stages={}, manifests={"split": MANIFEST}, curve=None, confusion=None,
+                       per_class=None, trials=None, network="mlp", pipeline=TOTALS, mlflow_hint="m")
+    assert "no near-duplicate record (an older split)" in old
