@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -91,13 +92,45 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, verbose
             # own job supervisor does for job drivers). An explicit RAY_worker_niceness wins; a
             # cluster's nodes keep whatever `ray start` gave them.
             os.environ.setdefault("RAY_worker_niceness", "0")
-            _start_local_ray(ray, num_cpus=num_cpus, **kwargs)
+            _local_only()
+            _start_local_ray(ray, num_cpus=num_cpus, dashboard_host=LOOPBACK, **kwargs)
     job = ray.get_runtime_context().get_job_id()
     if schedule_timeout_s and _placement_watch.get(job) is None:
         from components.cluster.placement import watch_placement
 
         _placement_watch[job] = watch_placement(schedule_timeout_s, stop=stop_stage)
     return ray.cluster_resources()
+
+
+LOOPBACK = "127.0.0.1"
+# Ray's switch for nodes that only this machine can reach when "0" (its default on macOS / Windows).
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _local_only() -> None:
+    """Make the in-process Ray reachable from this machine only, and only with a token.
+
+    It serves this one stage, yet on Linux Ray binds its GCS, raylet, workers and agents to every
+    interface (measured, Ray 2.60: `*` / `0.0.0.0`): anyone who can reach the machine could submit
+    code to it. A node whose address is 127.0.0.1 binds all of them to loopback. ``ray.init``
+    turns an explicit ``_node_ip_address="127.0.0.1"`` back into the machine's address; the
+    address Ray picks itself is 127.0.0.1 when its multi-node switch is off. Ray reads the switch
+    when it is imported (here, usually earlier), hence it is also set on the module; Ray hands the
+    node's address to the processes it starts. The environment variable is for other drivers this
+    process starts that join this Ray (they must look for it on 127.0.0.1 too); an explicit
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 keeps Ray's behaviour. Loopback still lets other local
+    users in: Ray 2.60 turns token authentication on for a cluster that ray.init starts, with a
+    token it writes to ~/.ray/auth_token (mode 0644 under the usual umask; shared by every Ray of
+    the account). A fresh token of this process's own, in its environment (/proc/PID/environ is
+    readable by its user only; the processes Ray starts inherit it), is used instead, and nothing
+    is written to the home directory. RAY_AUTH_MODE=disabled still turns authentication off; an
+    explicit RAY_AUTH_TOKEN is kept.
+    """
+    from ray._private import ray_constants
+
+    os.environ.setdefault(LOCAL_ONLY_ENV, "0")
+    ray_constants.ENABLE_RAY_CLUSTER = ray_constants.env_bool(LOCAL_ONLY_ENV, False)
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 
 # Ray gives a new local node a fixed 30 s to register with its GCS (ray/_private/node.py, not

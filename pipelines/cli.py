@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 from components.evaluation.summary import SUMMARY_BY_CLI_ENV, collect, format_summary, read_verdict
+from components.tracking.credentials import mask_value
 from components.tracking.mlflow_runs import PIPELINE_RUN_ENV, latest_verdict, setup_mlflow, where_to_look
 from pipelines.config import SUBMITTABLE, ConfigError, load_params
 from pipelines.stage import run_stage
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             print("params.yaml is valid")
             return 0
     except ConfigError as err:
-        print(f"trainwise: error: {err}", file=sys.stderr)
+        print(f"trainwise: error: {mask_value(str(err))}", file=sys.stderr)  # it may quote a URL with a password
         return 2
     return 1
 

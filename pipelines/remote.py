@@ -22,6 +22,7 @@ import yaml
 from components.cluster import storage
 from components.cluster.jobs import REMOTE_ENV, JobError, run_stage_job, stage_io, stop_waiting_jobs
 from components.runtime import ORPHANED, Orphaned, ray_verbose, watch_parent
+from components.tracking.credentials import strip_credentials
 from components.tracking.mlflow_runs import PIPELINE_RUN_ENV, default_tracking_uri, git_commit, pipeline_run_id
 from pipelines.config import ConfigError, Params
 
@@ -67,14 +68,8 @@ def _tracking_uri(params: Params, root: Path) -> str:
 
 def _without_credentials(uri: str) -> tuple[str, bool]:
     """``uri`` without a user:password part (http://user:pw@host -> http://host); True if it had one."""
-    parts = urlparse(uri)
-    if not (parts.username or parts.password):
-        return uri, False
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return parts._replace(netloc=netloc).geturl(), True
+    bare, user, password = strip_credentials(uri)
+    return bare, bool(user or password)
 
 
 def job_env(params: Params, environ: dict[str, str], *, tracking_uri: str, name: str,

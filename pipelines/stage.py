@@ -14,10 +14,10 @@ import time
 import uuid
 from pathlib import Path
 
-from components.credentials import mask_value
 from components.data.contract import DataContractError, read_manifest, write_json_atomic
 from components.runtime import Orphaned, exit_now, stopped_because, watch_parent
 from components.tracking.cost import CostMeter, Rates, nvml_probe, process_tree_pids
+from components.tracking.credentials import mask_value
 from components.tracking.mlflow_runs import (dvc_locked_hashes, environment_tags, flatten, git_commit,
                                              pipeline_run_id, resolve_tracking_uri, setup_mlflow)
 from components.tracking.pipeline_runs import find_or_create_pipeline_run, params_hash, update_pipeline_run

@@ -13,6 +13,10 @@ from typing import Iterable, Mapping
 
 import psutil
 
+# The masking rules live in credentials.py (one place for the tracker, error messages and
+# submitted jobs); re-exported here for the callers that know them from here.
+from components.tracking.credentials import MASK, is_secret_key, mask_secrets, mask_value  # noqa: F401
+
 PIPELINE_RUN_ENV = "TRAINWISE_PIPELINE_RUN"
 # MLflow 3's UI opens an experiment by its kind: without this tag it guesses, and it guessed the
 # GenAI view (traces, token usage) for trainwise. The value is the one the UI's own kind selector
@@ -115,79 +119,6 @@ def flatten(d: Mapping, prefix: str = "") -> dict[str, str]:
             out.update(flatten(v, f"{key}."))
         else:
             out[key] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
-    return out
-
-
-MASK = "***"
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
-
-# Words that make a key a credential wherever they stand (split on non-letters and camelCase:
-# `db.Password`, `AWS_SECRET_ACCESS_KEY`, `clientSecret`).
-_SECRET_WORDS = {"password", "passwd", "pwd", "passphrase", "secret", "secrets", "credential", "credentials",
-                 "apikey", "authorization", "cookie", "sas", "privatekey"}
-# "key" and "token" are ordinary words in ML params (`max_tokens`, `pad_token`, `sort_key`); they
-# name a credential only after one of these words, or alone (`token`, `KEY` as a whole key).
-_KEY_QUALIFIERS = {"api", "access", "secret", "private", "ssh", "encryption", "signing", "master", "account",
-                   "client", "license", "service", "session", "auth"}
-_NOT_CREDENTIAL_TOKEN = {"max", "min", "num", "n", "pad", "eos", "bos", "unk", "cls", "sep", "mask", "start", "end",
-                         "special", "first", "last", "per", "total"}
-# Values that are credentials whatever their key (well-known formats): OpenAI / Anthropic keys,
-# GitHub and Hugging Face tokens, AWS access key ids, Slack tokens, JWTs, PEM private keys, bearer
-# headers; and the secret parameters of a signed URL (S3 presigned, Azure SAS).
-_SECRET_VALUE = re.compile(
-    r"\b(?:sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}|hf_[A-Za-z0-9]{30,}"
-    r"|(?:AKIA|ASIA)[0-9A-Z]{16}|xox[abprs]-[A-Za-z0-9-]{10,}"
-    r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*)"
-    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----|\bBearer\s+\S{8,}")
-_URL_SECRET_QUERY = re.compile(r"(?P<k>[?&](?:[^=&#\s]*(?:token|signature|sig|password|secret|credential|api[_-]?key)"
-                               r"[^=&#\s]*)=)[^&#\s]+", re.IGNORECASE)
-
-
-def _words(key: str) -> list[str]:
-    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", key)
-    return [w for w in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if w]
-
-
-def is_secret_key(key: str) -> bool:
-    """Whether a (dotted) param or tag key names a credential: by whole words, not substrings,
-    so `train.max_tokens` or `checkpoints_to_keep` are ordinary params while `mlflow.password`,
-    `api_key`, `AWS_SECRET_ACCESS_KEY`, `hf_token` and `RAY_AUTH_TOKEN` are secrets."""
-    words = _words(key)
-    if any(w in _SECRET_WORDS for w in words):
-        return True
-    for i, w in enumerate(words):
-        prev = words[i - 1] if i else None
-        if w == "key" and (prev in _KEY_QUALIFIERS or len(words) == 1):
-            return True
-        if w == "token" and i == len(words) - 1 and prev not in _NOT_CREDENTIAL_TOKEN:
-            return True  # `auth_token`, `hf_token`, `TRAINWISE_API_TOKEN`, `token`; not `pad_token`
-    return False
-
-
-def mask_value(v: str) -> str:
-    """A value with its secret-looking parts replaced: a URL's ``user:password@``, a signed URL's
-    signature / token query parameters, and strings in a well-known credential format."""
-    v = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", v)
-    v = _URL_SECRET_QUERY.sub(lambda m: f"{m['k']}{MASK}", v)
-    return _SECRET_VALUE.sub(MASK, v)
-
-
-def mask_secrets(d: Mapping[str, object]) -> dict[str, object]:
-    """Hide values that may be credentials before they reach the tracking store.
-
-    By key: a key naming a credential (:func:`is_secret_key`) has its value replaced by ``***``.
-    By value: every string value is passed through :func:`mask_value`. Substrings of ordinary
-    names ("token" in `max_tokens`, "key" in `checkpoints_to_keep`) do not count: masking them
-    would hide the very params a run is compared by.
-    """
-    out = {}
-    for k, v in d.items():
-        if is_secret_key(str(k)) and v not in (None, "", "None"):
-            out[k] = MASK
-        elif isinstance(v, str):
-            out[k] = mask_value(v)
-        else:
-            out[k] = v
     return out
 
 

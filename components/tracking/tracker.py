@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from components.tracking.mlflow_runs import mask_secrets
+from components.tracking.credentials import mask_secrets, mask_value, strip_credentials
 
 log = logging.getLogger("trainwise")
 
@@ -50,8 +50,11 @@ def check_reachable(uri: str, *, timeout_s: float = 5.0) -> None:
     """
     if not uri.startswith(("http://", "https://")):
         return
+    # MLflow (requests) sends a URI's user:password as basic auth; urllib would take them for the
+    # host name and call a running server unreachable. Any answer counts, so they are not sent.
+    bare, _, _ = strip_credentials(uri)
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+        urllib.request.urlopen(bare.rstrip("/") + "/health", timeout=timeout_s).close()
     except urllib.error.HTTPError:
         return
     except (urllib.error.URLError, OSError) as err:
@@ -63,7 +66,7 @@ def check_reachable(uri: str, *, timeout_s: float = 5.0) -> None:
 
 
 def _safe_uri(uri: str) -> str:
-    return mask_secrets({"uri": uri})["uri"]
+    return mask_value(uri)
 
 
 def is_outage(err: BaseException) -> bool:

@@ -78,7 +78,10 @@ def local_cluster(tmp: Path, *, head_cpus: int = 1, worker_cpus: int = 1):
     head_dir, worker_dir = tmp / "head", tmp / "worker"
     # A token of our own: token auth is on by default in Ray >= 2.60, and a test must not depend
     # on (or write) ~/.ray/auth_token.
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: left by an in-process Ray of this test process (init_ray);
+    # with it, `ray start --address` refuses to add a node.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), RAY_USAGE_STATS_ENABLED="0",
                # jobs run `python ...`: this interpreter, as on a cluster whose image has the project
                PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
