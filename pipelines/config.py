@@ -99,6 +99,10 @@ class IngestParams(_Section):
     shard_rows: int = Field(50_000, gt=0, description="rows per Parquet shard (at most)")
     shard_mb: int = Field(128, gt=0, description="MiB of payload per Parquet shard (at most, roughly)")
     max_file_mb: int = Field(64, gt=0, description="files larger than this are set aside (file_too_large)")
+    max_archive_mb: int = Field(
+        16384, gt=0, description="an archive (.zip, .tar.gz, ...) whose members add up to more than this, "
+                                 "uncompressed, stops ingest: the zip/tar bomb guard. A compressed tar is "
+                                 "unpacked once to a temp file of at most this size")
     max_image_pixels: int = Field(
         89_478_485, gt=0, description="images whose header declares more pixels are set aside (image_too_large): "
                                       "the decompression-bomb guard; Pillow's default limit")

@@ -168,6 +168,48 @@ def _tar_link_outside(tmp: Path):
     return "image_folder", {"path": str(archive)}
 
 
+def _damaged_zip(tmp: Path):
+    """Two members damaged after zipping: corrupt deflate data, and a central directory that
+    declares a size the data does not have (a forged size)."""
+    archive = tmp / "pets.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for rel in ("cats/a.jpg", "cats/b.jpg", "dogs/c.jpg", "dogs/corrupt.bmp", "dogs/forged.bmp"):
+            zf.writestr(f"pets/{rel}", image_bytes("BMP" if rel.endswith("bmp") else "JPEG", seed=len(rel)))
+        infos = {i.filename: i for i in zf.infolist()}
+    data = bytearray(archive.read_bytes())
+    corrupt = infos["pets/dogs/corrupt.bmp"]
+    start = corrupt.header_offset + 30 + len(corrupt.filename)
+    middle = start + corrupt.compress_size // 2
+    data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
+    name = b"pets/dogs/forged.bmp"
+    central = data.rindex(name) - 46                   # its central-directory record
+    assert data[central:central + 4] == b"PK\x01\x02"
+    struct.pack_into("<I", data, central + 24, 100)     # uncompressed size: 100 bytes, not ~800
+    archive.write_bytes(bytes(data))
+    return "image_folder", {"path": str(archive)}
+
+
+def _tar_bomb(tmp: Path):
+    """A .tar.gz that unpacks to more than the limit the case sets (2 MiB of zeros, ~2 KB packed)."""
+    archive = tmp / "pets.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        for rel, data in (("cats/a.jpg", image_bytes()), ("dogs/b.jpg", image_bytes(seed=1)),
+                          ("dogs/zeros.jpg", bytes(2 << 20))):
+            info = tarfile.TarInfo(rel)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return "image_folder", {"path": str(archive), "max_archive_bytes": 1 << 20}
+
+
+def _zip_bomb(tmp: Path):
+    archive = tmp / "pets.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for rel, data in (("cats/a.jpg", image_bytes()), ("dogs/b.jpg", image_bytes(seed=1)),
+                          ("dogs/zeros.jpg", bytes(2 << 20))):
+            zf.writestr(rel, data)
+    return "image_folder", {"path": str(archive), "max_archive_bytes": 1 << 20}
+
+
 def _empty_class(tmp: Path):
     root = image_tree(tmp / "src")
     (root / "birds").mkdir()
@@ -212,6 +254,11 @@ BAD_INPUTS = [
     ("symlink pointing outside the source", _link_outside, ("set_aside", "link_outside_source", 2)),
     ("zip member escaping the target", _zip_escape, ("set_aside", "unsafe_archive_path", 2)),
     ("tar symlink and ../ member", _tar_link_outside, ("set_aside", "archive_link_not_followed", 1)),
+    ("zip members with corrupt data or a forged size", _damaged_zip, ("set_aside", "damaged_archive_member", 2)),
+    ("tar.gz unpacking past ingest.max_archive_mb", _tar_bomb,
+     ("error", SourceError, "unpacks to more than ingest.max_archive_mb (1 MiB)")),
+    ("zip declaring more than ingest.max_archive_mb", _zip_bomb,
+     ("error", SourceError, "declares members of 2 MiB in all, more than ingest.max_archive_mb (1 MiB)")),
     ("empty class folder", _empty_class, ("error", SourceError, "['birds'] hold no files")),
     ("only one class", _one_class, ("error", SourceError, "only one class folder ('cats')")),
     ("non-UTF-8 text", _not_utf8, ("set_aside", "not_utf8", 1)),
@@ -460,3 +507,36 @@ def test_reingest_reads_only_new_and_changed_files(tmp_path, monkeypatch):
     assert read_table(tmp_path / "again").to_pylist() == read_table(tmp_path / "fresh").to_pylist()
     _, reads = ingest_counting_reads("third", cache_dir=cache, max_image_pixels=10_000_000)  # other options:
     assert len(reads) == 50                                                                    # cache not used
+
+
+def test_tar_gz_is_unpacked_once_and_a_huge_member_skipped(tmp_path, monkeypatch):
+    """A 1 MB tar.gz holding a 1 GiB member took 478 s (issue 28.6): tarfile's stream mode
+    decompressed the archive twice (names, then contents) in small reads. Now it is unpacked once
+    (bounded by max_archive_bytes) and an oversized member is skipped by a seek: the whole ingest
+    costs about one plain gunzip of the file, and leaves no temp file behind."""
+    import gzip
+    import tempfile
+    import time
+
+    archive = tmp_path / "pets.tar.gz"
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tf:
+        for rel, data in (("cats/a.jpg", image_bytes()), ("dogs/b.jpg", image_bytes(seed=1))):
+            info = tarfile.TarInfo(rel)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("dogs/huge.jpg")
+        info.size = 128 << 20
+        tf.addfile(info, io.BytesIO(bytes(info.size)))
+    start = time.perf_counter()
+    with gzip.open(archive) as f:
+        while f.read(1 << 20):
+            pass
+    one_gunzip = time.perf_counter() - start
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    start = time.perf_counter()
+    m = run(tmp_path, "image_folder", path=str(archive), max_file_bytes=1 << 20)
+    took = time.perf_counter() - start
+    assert m["rows"] == 2 and m["set_aside"] == {"file_too_large": 1}
+    assert took < 4 * one_gunzip + 1.0, f"ingest {took:.1f} s vs one gunzip {one_gunzip:.1f} s"
+    assert not list((tmp_path / "tmp").iterdir())

@@ -17,7 +17,7 @@ from components.data.contract import SetAside, content_id
 from components.data.sources.base import RowBuffer, Source, SourceError, Tally
 from components.data.sources.imagecheck import Rejected, check_image
 from components.data.sources.cache import IngestCache
-from components.data.sources.trees import HIDDEN, NOT_REGULAR, LocalTree, NotRegularFile, open_tree
+from components.data.sources.trees import HIDDEN, NOT_REGULAR, DamagedMember, LocalTree, NotRegularFile, open_tree
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 TEXT_EXTENSIONS = (".txt",)
@@ -29,6 +29,7 @@ OUTSIDE_CLASS = "outside_class_folder"
 TOO_LARGE_FILE = "file_too_large"
 UNREADABLE = "unreadable"
 NOT_UTF8 = "not_utf8"
+DAMAGED_MEMBER = "damaged_archive_member"
 
 
 def _no_id(source: str) -> str:
@@ -120,6 +121,9 @@ def class_folder_source(tree, *, payload: str, extensions: tuple[str, ...],
                 except NotRegularFile as err:  # a link to a FIFO or device inside the source
                     aside.add(_no_id(e.source), e.source, NOT_REGULAR, error=str(err))
                     continue
+                except DamagedMember as err:
+                    aside.add(_no_id(e.source), e.source, DAMAGED_MEMBER, error=str(err))
+                    continue
                 except OSError as err:
                     aside.add(_no_id(e.source), e.source, UNREADABLE, error=f"{type(err).__name__}: {err}")
                     continue
@@ -153,7 +157,8 @@ def class_folder_source(tree, *, payload: str, extensions: tuple[str, ...],
 
 
 def image_folder_source(path: str, *, max_image_pixels: int, max_file_bytes: int,
-                        batch_rows: int = 1024, cache_dir: str | None = None) -> Source:
+                        max_archive_bytes: int | None = None, batch_rows: int = 1024,
+                        cache_dir: str | None = None) -> Source:
     """JPEG/PNG/BMP/WebP/GIF files in class folders; bytes stored as given (clean decodes).
 
     Each file's header is checked without decoding (signature, dimensions, end marker; see
@@ -164,7 +169,8 @@ def image_folder_source(path: str, *, max_image_pixels: int, max_file_bytes: int
         check_image(data, max_pixels=max_image_pixels)
         return data
 
-    return class_folder_source(open_tree(path), payload="image", extensions=IMAGE_EXTENSIONS,
+    return class_folder_source(open_tree(path, max_archive_bytes=max_archive_bytes), payload="image",
+                               extensions=IMAGE_EXTENSIONS,
                                convert=convert, max_file_bytes=max_file_bytes, batch_rows=batch_rows,
                                cache_dir=cache_dir, cache_key={"max_image_pixels": max_image_pixels})
 
@@ -176,9 +182,9 @@ def decode_text(data: bytes) -> str:
         raise Rejected(NOT_UTF8, error=f"byte {err.start}: {err.reason}") from None
 
 
-def text_folder_source(path: str, *, max_file_bytes: int, batch_rows: int = 1024,
-                       cache_dir: str | None = None) -> Source:
+def text_folder_source(path: str, *, max_file_bytes: int, max_archive_bytes: int | None = None,
+                       batch_rows: int = 1024, cache_dir: str | None = None) -> Source:
     """UTF-8 ``.txt`` files in class folders; each file is one row (a BOM is dropped)."""
-    return class_folder_source(open_tree(path), payload="text", extensions=TEXT_EXTENSIONS,
+    return class_folder_source(open_tree(path, max_archive_bytes=max_archive_bytes), payload="text", extensions=TEXT_EXTENSIONS,
                                convert=decode_text, max_file_bytes=max_file_bytes, batch_rows=batch_rows,
                                cache_dir=cache_dir)
