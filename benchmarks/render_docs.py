@@ -29,7 +29,14 @@ RESULTS = REPO / "benchmarks" / "results"
 DOC = REPO / "docs" / "benchmarks.md"
 QUOTING = ("README.md", "docs")  # where markers are looked for (docs/: every .md file)
 
-MARKER = re.compile(r"<!-- result: (?P<file>[\w.-]+\.json):(?P<key>[^ ]+?)(?P<pct> pct)? -->(?P<num>[-+]?\d+(?:\.\d+)?)")
+# The key is bare (``rows.4.detect/f1``) or, when the file's keys hold spaces, double-quoted
+# (``"correct_labels.weak auditor (near chance) / default.found"``).
+MARKER = re.compile(r'<!-- result: (?P<file>[\w.-]+\.json):(?:"(?P<qkey>[^"]+)"|(?P<key>[^ "]+?))(?P<pct> pct)? -->'
+                    r"(?P<num>[-+]?\d+(?:\.\d+)?)")
+
+
+def marker_key(m: re.Match) -> str:
+    return m.group("qkey") if m.group("qkey") is not None else m.group("key")
 
 # What each known benchmark measures and against what (same run); a new file gets a generic line.
 ABOUT = {
@@ -321,9 +328,9 @@ def check_marker(m: re.Match, results: dict[str, dict]) -> str | None:
     if not has_provenance(results[name]):
         return f"{m.group(0)}: {name}.json records no commit/date; re-run python -m benchmarks.{script_for(name)} first"
     try:
-        v = float(lookup(results[name], m.group("key")))
+        v = float(lookup(results[name], marker_key(m)))
     except (KeyError, TypeError, ValueError):
-        return f"{m.group(0)}: {name}.json has no number at {m.group('key')!r}"
+        return f"{m.group(0)}: {name}.json has no number at {marker_key(m)!r}"
     if m.group("pct"):
         v *= 100
     num = m.group("num")
@@ -339,7 +346,7 @@ def refresh_markers(text: str, results: dict[str, dict]) -> str:
     def sub(m):
         name = m.group("file")[:-len(".json")]
         try:
-            v = float(lookup(results[name], m.group("key")))
+            v = float(lookup(results[name], marker_key(m)))
         except (KeyError, TypeError, ValueError):
             return m.group(0)
         if m.group("pct"):

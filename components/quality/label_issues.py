@@ -252,7 +252,7 @@ def judge_auditor(labels: np.ndarray, proba: np.ndarray, suspects: np.ndarray, *
       Its errors are a count, and a strong auditor makes few: ``explained`` is then taken at the
       upper end of its 95% interval (Poisson, like the Wilson bound of the first check). On
       sklearn's digits as shipped (no flips), the SVC disagrees with 6 of the 1,268 train labels
-      it does not suspect and finds 13 suspects: 2.2x the point estimate, but the 6 could as well
+      it does not suspect and finds 13 suspects: 2.1x the point estimate (6.1), but the 6 could as well
       be 13, and the suspects include plainly correct labels (a clear 6 read as a 5, a clear 9 as
       an 8): only flagged. With thousands of rows the bound is the point estimate.
     """

@@ -109,7 +109,7 @@ def test_poisson_upper_bound_is_the_exact_garwood_bound():
 
 def test_a_few_suspects_over_a_few_own_errors_are_not_enough_to_act():
     """A strong auditor on correct labels: 1,281 train rows, 6 disagreements among the rows it does
-    not suspect, 13 suspects (sklearn's digits as shipped). 13 is 2.2x the point estimate of its
+    not suspect, 13 suspects (sklearn's digits as shipped). 13 is 2.1x the point estimate of its
     own errors, but 6 errors could as well be 13: only flagged. At 10x the rows the bound is
     within 30% of the point estimate: 160 suspects over 60 errors (2.6x) are enough to act."""
     def case(n, errors, suspects):
