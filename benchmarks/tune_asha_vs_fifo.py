@@ -57,7 +57,7 @@ def sweep(base: LoopConfig, storage: Path, *, scheduler: str, search: str, args,
     out = run_sweep(base, space=SPACE, options=options, scaling=Scaling(num_workers=1), storage_path=str(storage),
                     name=f"bench-{scheduler}-{search}-{seed}-g{grace}-r{rf:g}")
     wall = time.perf_counter() - t0
-    hist = trial_histories(out.grid)
+    hist = trial_histories(out.grid, metric=options.metric, mode=options.mode)
     configs = {os.path.basename(r.path): {k: r.config[k] for k in SPACE} for r in out.grid}
     # the order the searcher proposed them: when each trial's first epoch ended (one at a time)
     order = sorted(hist, key=lambda t: _first_report(out.grid, t))

@@ -63,7 +63,7 @@ def one(base, storage: Path, name: str, args, *, env: dict, reuse: bool = True, 
         wall = time.perf_counter() - t0
     finally:
         tune.TuneConfig.__init__ = original
-    hist = trial_histories(out.grid)
+    hist = trial_histories(out.grid, metric=options.metric, mode=options.mode)
     in_epochs = sum(e["epoch_s"] for h in hist.values() for e in h)
     return {"wall_s": round(wall, 1), "in_epochs_s": round(in_epochs, 2), "trial_epochs": sum(map(len, hist.values())),
             "overhead": round(wall * 2 / in_epochs - 1, 2)}

@@ -81,7 +81,7 @@ def one(base, storage: Path, name: str, args, scheduler: str) -> dict:
     finally:
         for p in patches:
             p.stop()
-    hist = trial_histories(out.grid)
+    hist = trial_histories(out.grid, metric=options.metric, mode=options.mode)
     trials = sorted(((round(r.config["lr"], 10), round(r.config["dropout"], 10)), len(hist[Path(r.path).name]),
                      round(min(h["objective"] for h in hist[Path(r.path).name]), 6)) for r in out.grid)
     winner = min(trials, key=lambda t: t[2])

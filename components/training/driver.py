@@ -233,6 +233,13 @@ def best_checkpoint_state(result) -> dict:
     return _load(result.get_best_checkpoint(metric="val/loss", mode="min"), result)
 
 
+def checkpoint_history(checkpoint) -> list[dict]:
+    """Every epoch's metrics the run trained up to ``checkpoint`` (the loop keeps its history in
+    each checkpoint and carries it across resumes). ``mmap``: the weights stay on disk unread."""
+    with checkpoint.as_directory() as d:
+        return torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=True, mmap=True)["history"]
+
+
 def run_history(result) -> list[dict]:
     """Every epoch's metrics, from the latest checkpoint (Ray always keeps the latest one;
     ``result.metrics_dataframe`` only holds the epochs whose checkpoints were kept)."""

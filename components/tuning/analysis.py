@@ -19,6 +19,32 @@ def is_overfit(history: list[dict], *, patience: int) -> bool:
     return epochs_after_best >= patience and history[-1]["train/loss"] < history[best]["train/loss"]
 
 
+# What a trial's history keeps of a row: its metrics ("train/loss", ...) and these.
+HISTORY_KEYS = ("epoch", "epoch_s", "samples_per_s", "objective", "time_total_s")
+
+
+def trial_history(ran: list[dict], reported: list[dict], *, metric: str, mode: str) -> list[dict]:
+    """One row per epoch the trial trained, each once, in order, with ``objective`` (the best
+    ``metric`` so far, what the sweep reported).
+
+    ``ran``: the history in the trial's latest checkpoint, every epoch it trained across pauses and
+    resumes. ``reported``: what Tune recorded (its result.json). That record is not whole: when
+    ordered ASHA resumes a paused trial, Tune restores the trial's result.json from its last copy
+    in storage, which can predate the epochs before the pause (seen: a trial that ran 8 epochs
+    recorded 3-8 only). Tune-only keys (``time_total_s``) come from the report of that epoch where
+    there is one. Without a checkpoint (none saved, or deleted), the report is all there is.
+    """
+    by_epoch = {int(r["epoch"]): r for r in reported}
+    rows = [{**{k: v for k, v in by_epoch.get(int(h["epoch"]), {}).items() if k == "time_total_s"},
+             **{k: v for k, v in h.items() if "/" in k or k in HISTORY_KEYS}} for h in ran] \
+        if ran else [dict(by_epoch[e]) for e in sorted(by_epoch)]
+    better, best = (min if mode == "min" else max), None
+    for r in rows:
+        best = r[metric] if best is None else better(best, r[metric])
+        r["objective"] = best
+    return rows
+
+
 def stopped_by(*, epochs: int, max_epochs: int, error: bool, budget: bool, scheduler: str) -> str:
     if error:
         return "error"

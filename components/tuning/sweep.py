@@ -283,20 +283,45 @@ def prune_trial_checkpoints(experiment_path: str) -> int:
     return removed
 
 
-def trial_histories(grid) -> dict[str, list[dict]]:
-    """Every trial's reported epochs (one row per epoch; the last report wins if an epoch was
-    reported twice around an interruption), keyed by trial name."""
+def trial_histories(grid, *, metric: str, mode: str) -> dict[str, list[dict]]:
+    """Every trial's epochs, each once, keyed by trial name: from its latest checkpoint (what it
+    trained, across ordered ASHA's pauses), with Tune's own keys from its reports
+    (:func:`components.tuning.analysis.trial_history` says why not from Tune's record alone)."""
+    from components.tuning.analysis import HISTORY_KEYS, trial_history
+
     out = {}
     for r in grid:
         df = r.metrics_dataframe
-        rows = {}
+        reported = {}
         if df is not None and len(df) and "epoch" in df:
-            for rec in df.to_dict("records"):
-                rows[int(rec["epoch"])] = {k: v for k, v in rec.items()
-                                           if "/" in k or k in ("epoch", "epoch_s", "samples_per_s", OBJECTIVE,
-                                                                "time_total_s")}
-        out[os.path.basename(r.path)] = [rows[e] for e in sorted(rows)]
+            for rec in df.to_dict("records"):  # the last report wins if an epoch was reported twice
+                reported[int(rec["epoch"])] = {k: v for k, v in rec.items() if "/" in k or k in HISTORY_KEYS}
+        out[os.path.basename(r.path)] = trial_history(_ran(r), [reported[e] for e in sorted(reported)],
+                                                      metric=metric, mode=mode)
     return out
+
+
+def _ran(result) -> list[dict]:
+    """The history in a trial's latest checkpoint: the Tune trial's own (direct path), or its Train
+    run's latest, whose path the report callback adds to every report (Train path)."""
+    import logging
+
+    from ray.tune import Checkpoint
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+    from components.training.driver import checkpoint_history
+
+    checkpoint = result.checkpoint
+    if checkpoint is None and (result.metrics or {}).get(CHECKPOINT_PATH_KEY):
+        checkpoint = Checkpoint(result.metrics[CHECKPOINT_PATH_KEY], filesystem=result.filesystem)
+    if checkpoint is None:
+        return []
+    try:
+        return checkpoint_history(checkpoint)
+    except FileNotFoundError as err:
+        logging.getLogger("trainwise").warning("%s: its checkpoint is gone (%s); its epochs are Tune's record, "
+                                               "which can miss the epochs before a pause", result.path, err)
+        return []
 
 
 class SweepInterrupted(RuntimeError):
@@ -308,7 +333,8 @@ def sweep_rows(sweep: SweepOutcome, *, space_keys: list[str], options: SweepOpti
     """The trials table (one row per trial, see analysis.trial_row) and every trial's history."""
     from components.tuning.analysis import trial_row
 
-    monitor, histories, rows = sweep.monitor, trial_histories(sweep.grid), []
+    monitor, rows = sweep.monitor, []
+    histories = trial_histories(sweep.grid, metric=options.metric, mode=options.mode)
     number = {t: i + 1 for i, t in enumerate(monitor.created)}
     for r in sweep.grid:
         trial = os.path.basename(r.path.rstrip("/"))
