@@ -78,8 +78,28 @@ def _summary() -> str:
                                                     model=params.mlflow.registered_model, experiment_id=exp_id))
 
 
+# The outputs dvc.yaml declares as whole folders: `dvc repro` deletes each of them before it runs
+# its stage (measured, DVC 3.67), without asking whose it is, so they are checked before DVC starts.
+FOLDER_OUTPUTS = ("ingest", "clean", "embed", "split", "audit", "baseline", "tune", "model", "evaluate")
+
+
+def check_output_folders(params) -> None:
+    """Raise ConfigError if an existing output folder holds what no stage wrote
+    (components.data.contract.check_replaceable): `paths.notes: docs/notes` by mistake."""
+    from components.data.contract import NotOurFolder, check_replaceable
+
+    problems = []
+    for key in FOLDER_OUTPUTS:
+        try:
+            check_replaceable(Path(getattr(params.paths, key)))
+        except NotOurFolder as err:
+            problems.append(f"paths.{key}: {err}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
 def cmd_run(args: list[str]) -> int:
-    load_params()  # fail before DVC starts anything
+    check_output_folders(load_params())  # fail before DVC starts anything (and deletes any output)
     dvc = shutil.which("dvc")
     if dvc is None:
         print("trainwise: error: `dvc` not found on PATH; activate the venv (source .venv/bin/activate)",
@@ -197,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "predict":
             return cmd_predict(args)
         if args.command == "check":
-            load_params()
+            check_output_folders(load_params())
             print("params.yaml is valid")
             return 0
     except ConfigError as err:

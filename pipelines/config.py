@@ -19,6 +19,8 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
+from components.tracking.credentials import mask_value, url_credentials
+
 PARAMS_FILE = "params.yaml"
 # Stages whose work can run as a Ray Job on a cluster (ray.submit): the compute-heavy ones.
 SUBMITTABLE = ("clean", "baseline", "tune", "train", "evaluate")
@@ -126,6 +128,14 @@ class IngestParams(_Section):
         if v is None or v == "":
             raise ValueError("must be a path: dvc.yaml lists it as the ingest stage's dependency, so it must "
                              "exist even for digits and sequences (the default data/raw does)")
+        what = url_credentials(v) if isinstance(v, str) else None
+        if what:  # refused, not masked: DVC writes the dependency's URL, as given, to dvc.lock
+            raise ValueError(
+                f"the URL carries {what}, which would be written in clear to dvc.lock (a file for git: dvc.yaml "
+                "lists ingest.path as a dependency), to the data's manifest and to MLflow. Remove it from the URL "
+                "and give the credentials to fsspec and DVC instead: the provider's environment variables or "
+                "config files (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*), or ~/.netrc for http(s) "
+                "(docs/security.md)")
         return v
 
 
@@ -704,18 +714,81 @@ def _describe(err: ValidationError, source: str) -> str:
         elif not e["loc"]:  # a check across sections (Params' own validators): its message names the keys
             lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {_SHORT.repr(e.get('input'))})")
+            lines.append(f"  {key}: {e['msg']} (got {mask_value(_SHORT.repr(e.get('input')))})")
     return "\n".join(lines)
 
 
-def parse_params(data: dict, *, source: str = PARAMS_FILE) -> Params:
-    """Validate a params mapping; raise :class:`ConfigError` naming every bad key."""
+def parse_params(data: dict, *, source: str = PARAMS_FILE, root: str | os.PathLike | None = None) -> Params:
+    """Validate a params mapping; raise :class:`ConfigError` naming every bad key. With ``root``
+    (the project folder), output paths are checked against it too (:func:`output_path_problems`)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
     try:
-        return Params.model_validate(data)
+        params = Params.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_describe(err, source)) from None
+    problems = output_path_problems(params, root) if root is not None else []
+    if problems:
+        raise ConfigError("\n  ".join([f"{source} is invalid:", *problems]))
+    return params
+
+
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def output_path_problems(params: Params, root: str | os.PathLike) -> list[str]:
+    """Why the output paths could delete what is not theirs, one line each (none: fine).
+
+    A stage replaces its output folder whole (and DVC deletes a stage's outputs before running it),
+    so an output must be a folder of its own: inside the project, not the project itself, not
+    holding or inside another output or something a stage reads (ingest.path, train.pretrained).
+    Paths are compared as written (normalised, links not followed): an output folder that is a
+    link to elsewhere is still protected by the marker check when it is replaced
+    (components.data.contract.check_replaceable).
+    """
+    top = Path(os.path.abspath(root))
+    tops = {top, Path(os.path.realpath(top))}
+
+    def place(value: str) -> Path:
+        return Path(os.path.normpath(value if os.path.isabs(value) else top / value))
+
+    outputs = {f"paths.{k}": v for k, v in params.paths.model_dump().items()}
+    if params.ingest.cache_dir:
+        outputs["ingest.cache_dir"] = params.ingest.cache_dir  # replaced whole too
+    inputs = {}
+    if not _URL.match(params.ingest.path):
+        inputs["ingest.path"] = params.ingest.path
+    if isinstance(params.train.pretrained, str) and not _URL.match(params.train.pretrained):
+        inputs["train.pretrained"] = params.train.pretrained
+    problems, bad = [], set()
+    for key, value in outputs.items():
+        where = place(value)
+        if where in tops:
+            problems.append(f"{key}: {value!r} is the project folder itself: its stage would replace the whole "
+                            "project")
+        elif not any(where.is_relative_to(t) for t in tops):
+            problems.append(f"{key}: {value!r} lies outside the project ({top}), where DVC tracks nothing and "
+                            "its stage would replace whatever is there")
+        else:
+            continue
+        bad.add(key)
+    placed = {k: place(v) for k, v in outputs.items() if k not in bad}
+    keys = list(placed)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            if placed[a].is_relative_to(placed[b]) or placed[b].is_relative_to(placed[a]):
+                problems.append(f"{a} ({outputs[a]}) and {b} ({outputs[b]}) overlap: one stage would replace "
+                                "the other's output")
+    for key, value in inputs.items():
+        src = place(value)
+        for out, where in placed.items():
+            if src.is_relative_to(where) or where.is_relative_to(src):
+                problems.append(f"{out} ({outputs[out]}) overlaps {key} ({value}): its stage would replace what "
+                                "is read from there")
+    if problems:
+        problems.append("A stage replaces its output folder whole: give each output a folder of its own inside "
+                        "the project, apart from the data (nothing was written or deleted)")
+    return problems
 
 
 def load_params(path: str | os.PathLike = PARAMS_FILE) -> Params:
@@ -734,4 +807,4 @@ def load_params(path: str | os.PathLike = PARAMS_FILE) -> Params:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     finally:
         loader.dispose()
-    return parse_params(data, source=str(path))
+    return parse_params(data, source=str(path), root=path.resolve().parent)

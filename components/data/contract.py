@@ -9,6 +9,7 @@ per row that was not carried forward, with its reason). Counts add up:
 from __future__ import annotations
 
 import csv
+import fnmatch
 import hashlib
 import io
 import json
@@ -99,6 +100,7 @@ class DatasetWriter:
         self.metadata = dict(metadata or {})
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         recover_dir(self.out_dir)
+        check_replaceable(self.out_dir)  # before the work, not after it
         self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-{os.getpid()}-", dir=self.out_dir.parent))
         self._shards: list[Path] = []
         self._pending: list[pa.Table] = []
@@ -216,6 +218,51 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# Written in every folder a stage replaces whole; a folder without it is never deleted (a
+# `paths.*` typo pointing at the project root, or at the data the stage reads, deleted them).
+OUTPUT_MARKER = ".trainwise-output"
+MARKER_TEXT = ("This folder is an output of a trainwise stage, which replaces it whole on every run.\n"
+               "trainwise never deletes a folder that does not hold this file.\n")
+# What the stages put in the folders they replace, for outputs written before the marker existed
+# (no sub-folders, nothing else): such a folder is taken as a stage's own and gets the marker.
+LEGACY_OUTPUT_FILES = (
+    "manifest.json", "set_aside.jsonl", "part-*.parquet",        # datasets: ingest, clean, split, audit
+    "label_issues.csv", "near_duplicate_conflicts.json",          # audit, clean
+    "embeddings.parquet",                                        # embed
+    "model.pt", "model.json",                                    # train
+    "stamps.parquet", "meta.json",                               # the ingest cache
+    "best_params.json", "trials.csv",                            # tune  } fetched back whole from a
+    "evaluation.json", "attributions.png", "confident_wrong.png",  # evaluate } cluster (ray.submit)
+    "test_predictions.csv",                                      # baseline }
+)
+
+
+class NotOurFolder(DataContractError):
+    """An output path names a folder that no stage wrote: it is left as it is."""
+
+
+def check_replaceable(dst: str | os.PathLike) -> None:
+    """Raise :class:`NotOurFolder` unless ``dst`` is absent or a folder a stage wrote: it holds
+    the marker, or (an output of a version before the marker) only files a stage writes, or nothing."""
+    dst = Path(dst)
+    if not os.path.lexists(dst) or (dst / OUTPUT_MARKER).is_file():
+        return
+    if dst.is_symlink() or not dst.is_dir():
+        raise NotOurFolder(f"{dst}: the output path is a {'link' if dst.is_symlink() else 'file'}, not a folder a "
+                           "trainwise stage wrote; it was left as it is. Point the output (paths.* in params.yaml) "
+                           "at a folder of its own inside the project")
+    foreign = sorted(p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in dst.iterdir()
+                     if (p.is_dir() and not p.is_symlink())
+                     or not any(fnmatch.fnmatchcase(p.name, pat) for pat in LEGACY_OUTPUT_FILES))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise NotOurFolder(
+            f"{dst}: not replaced: it has no {OUTPUT_MARKER} file (written in every folder a trainwise stage "
+            f"creates) and holds what no stage writes ({shown}); nothing was deleted. If it is an output path by "
+            "mistake, point paths.* in params.yaml at a folder of its own; if it is an old output you no longer "
+            "need, delete it yourself")
+
+
 def recover_dir(dst: str | os.PathLike) -> None:
     """Undo what a writer killed mid-way left beside ``dst``: its temp dirs (``.name.tmp-PID-*``)
     and, if it died between the two renames of :func:`replace_dir`, the previous ``dst``
@@ -230,22 +277,34 @@ def recover_dir(dst: str | os.PathLike) -> None:
             continue
         if kind == "old" and not dst.exists():
             os.replace(p, dst)
-        else:
+        elif kind == "tmp" or _is_ours(p):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def _is_ours(path: Path) -> bool:
+    try:
+        check_replaceable(path)
+    except NotOurFolder:
+        return False
+    return True
 
 
 def replace_dir(src: Path, dst: Path) -> None:
     """Move ``src`` to ``dst``, replacing it; the old ``dst`` is removed only after the move.
 
-    Between the two renames ``dst`` is briefly absent; a crash exactly there leaves the old
-    tree as ``.name.old-PID``, which :func:`recover_dir` (run by the next writer) puts back.
+    ``dst`` is replaced only if a stage wrote it (:func:`check_replaceable`); ``src`` gets the
+    marker that says so. Between the two renames ``dst`` is briefly absent; a crash exactly there
+    leaves the old tree as ``.name.old-PID``, which :func:`recover_dir` (run by the next writer)
+    puts back.
     """
     dst = Path(dst)
     try:
         refuse_if_orphaned(dst)
+        check_replaceable(dst)
     except BaseException:
         shutil.rmtree(src, ignore_errors=True)
         raise
+    (Path(src) / OUTPUT_MARKER).write_text(MARKER_TEXT)
     recover_dir(dst)
     old = None
     if dst.exists():

@@ -8,6 +8,7 @@ import yaml
 
 from components.cluster import storage
 from components.cluster.jobs import WORKING_DIR_EXCLUDES, JobError, _client, job_entrypoint, stage_io
+from components.data.contract import MARKER_TEXT, OUTPUT_MARKER
 from pipelines.config import ConfigError, parse_params
 from pipelines.remote import _job_params, submit
 from pipelines.stage import _stage_name
@@ -45,8 +46,10 @@ def test_put_get_roundtrip_and_atomic_replace(tmp_path):
     dst = tmp_path / "ws" / "models" / "model"
     dst.mkdir(parents=True)
     (dst / "stale.txt").write_text("old")
+    (dst / OUTPUT_MARKER).write_text(MARKER_TEXT)  # an output a stage wrote (others are refused: test_output_dirs)
     storage.get(url, dst)
-    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()) == ["a.txt", "sub/b.bin"]
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()) == [
+        OUTPUT_MARKER, "a.txt", "sub/b.bin"]
     assert (dst / "sub" / "b.bin").read_bytes() == b"\x00\x01"
     # a missing output fails before anything is replaced
     with pytest.raises(FileNotFoundError, match="missing in the shared storage"):
