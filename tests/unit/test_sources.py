@@ -85,6 +85,29 @@ def test_image_folder_rows_labels_and_bytes_as_given(tmp_path):
     assert str(root) == m["path"]
 
 
+@pytest.mark.parametrize("archive", [None, "zip"])
+def test_train_and_test_folders_are_a_split_the_data_came_with(tmp_path, archive):
+    """train/<class>/ and test/<class>/: the classes are one level down and every row records the
+    split it came in (given_split), which the split stage keeps."""
+    root = tmp_path / "src"
+    for k, rel in enumerate(["train/cats/a.jpg", "train/dogs/b.jpg", "train/dogs/c.png", "test/cats/d.jpg",
+                             "test/dogs/e.jpg", "train/notes.txt"]):
+        write(root, rel, image_bytes("PNG" if rel.endswith(".png") else "JPEG", seed=k) if "notes" not in rel else b"x")
+    path = root
+    if archive == "zip":
+        path = tmp_path / "src.zip"
+        with zipfile.ZipFile(path, "w") as zf:
+            for f in sorted(root.rglob("*")):
+                if f.is_file():
+                    zf.write(f, f.relative_to(root).as_posix())
+    m = run(tmp_path, "image_folder", path=str(path))
+    assert m["classes"] == ["cats", "dogs"] and m["given_splits"] == ["test", "train"]
+    assert m["class_counts"] == {"cats": 2, "dogs": 3} and m["set_aside"] == {"outside_class_folder": 1}
+    rows = {r["source"]: r for r in read_table(tmp_path / "out").to_pylist()}
+    assert rows["test/cats/d.jpg"]["given_split"] == "test" and rows["test/cats/d.jpg"]["label"] == 0
+    assert rows["train/dogs/c.png"]["given_split"] == "train" and rows["train/dogs/c.png"]["label"] == 1
+
+
 def test_identical_content_from_two_paths_is_recorded_not_merged(tmp_path):
     root = image_tree(tmp_path / "src")
     write(root, "dogs/copy_of_a.jpg", (root / "cats/a.jpg").read_bytes())
@@ -236,6 +259,13 @@ def _table(tmp: Path, frame: pd.DataFrame, name: str = "t.csv", **options):
     return "table", {"path": str(path), "label_column": "label", **options}
 
 
+def _csv_bytes(content: bytes, **options):
+    def build(tmp: Path):
+        (tmp / "t.csv").write_bytes(content)
+        return "table", {"path": str(tmp / "t.csv"), "label_column": "label", **options}
+    return build
+
+
 def _truncated_jpeg() -> bytes:
     data = image_bytes("JPEG", size=(64, 64))
     return data[: int(len(data) * 0.8)]  # cut inside the image data: no end-of-image marker
@@ -271,6 +301,18 @@ BAD_INPUTS = [
     ("NaN labels in Parquet",
      lambda tmp: _table(tmp, pd.DataFrame({"x": [1.0, 2, 3], "label": [0.0, float("nan"), 1.0]}), "t.parquet"),
      ("set_aside", "missing_label", 1)),
+    ("literal None label",
+     lambda tmp: _table(tmp, pd.DataFrame({"x": [1.0, 2, 3], "label": ["a", "None", "b"]})),
+     ("set_aside", "missing_label", 1)),
+    ("latin-1 row in a text CSV", _csv_bytes(b"text,label\ngood one,a\ncaf\xe9 cr\xe8me,b\nalso good,b\n",
+                                            text_column="text"), ("set_aside", "not_utf8", 1)),
+    ("latin-1 label in a feature CSV", _csv_bytes(b"x,label\n1,a\n2,caf\xe9\n3,b\n"), ("set_aside", "not_utf8", 1)),
+    ("text cell over max_file_mb", _csv_bytes(b"text,label\nshort,a\n" + b"y" * (6 << 20) + b",b\nok,b\n",
+                                              text_column="text", max_file_bytes=4 << 20),
+     ("set_aside", "row_too_large", 1)),
+    ("text cell far over max_file_mb", _csv_bytes(b"text,label\nshort,a\nok,b\n" + b"y" * (12 << 20) + b",b\n",
+                                                  text_column="text", max_file_bytes=1 << 20),
+     ("error", SourceError, "a row at or after row 3 is far longer than ingest.max_file_mb (1 MiB)")),
     ("mixed types in a CSV feature column",
      lambda tmp: _table(tmp, pd.DataFrame({"x": ["1", "2", "three"], "label": ["a", "b", "a"]})),
      ("error", SourceError, "(column 'x')")),

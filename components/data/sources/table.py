@@ -26,6 +26,14 @@ from components.data.sources.trees import fetch_to_temp, is_url
 
 MISSING_LABEL = "missing_label"
 EMPTY_TEXT = "empty_text"
+NOT_UTF8 = "not_utf8"             # the text-folder source's reason for the same problem
+ROW_TOO_LARGE = "row_too_large"   # a text cell over ingest.max_file_mb, the limit a text file has
+# Label cells that mean "no label": pyarrow's CSV reader already reads "", "NA", "NULL", "NaN", ...
+# as null, but not "None" (what str(None) writes), and Parquet strings are taken as they are.
+MISSING_WORDS = frozenset({"none", "null", "nan"})
+# The CSV reader parses blocks of this many bytes; a row longer than a block cannot be parsed, so
+# on such a row the block grows (up to the row limit) and reading resumes after the rows already read.
+CSV_BLOCK = 1 << 22
 CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -53,44 +61,93 @@ class _Reader:
             raise SourceError(f"ingest.path: {name}: a table must be .csv, .tsv (optionally .gz), "
                               f".parquet or .pq")
 
-    def _csv(self, types: dict | None, include: list[str] | None = None):
+    def _csv(self, types: dict | None, include: list[str] | None = None, *, block: int = CSV_BLOCK,
+             skip: int = 0):
         convert = pcsv.ConvertOptions(column_types=types or {}, include_columns=include or [],
                                       strings_can_be_null=True)
-        return pcsv.open_csv(self.path, read_options=pcsv.ReadOptions(block_size=1 << 22),
+        return pcsv.open_csv(self.path, read_options=pcsv.ReadOptions(block_size=block, skip_rows_after_names=skip),
                              parse_options=pcsv.ParseOptions(delimiter=self.delimiter), convert_options=convert)
 
-    def batches(self, columns: list[str], types: dict, batch_rows: int) -> Iterator[pa.RecordBatch]:
-        try:
-            if self.kind == "parquet":
+    def batches(self, columns: list[str], types: dict, batch_rows: int, *, max_row_bytes: int
+                ) -> Iterator[pa.RecordBatch]:
+        if self.kind == "parquet":
+            try:
                 yield from pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows, columns=columns)
-            else:
-                for batch in self._csv(types, columns):
+            except pa.ArrowInvalid as err:
+                raise SourceError(f"ingest.path: {self.name}: {err}") from None
+            return
+        done, block = 0, CSV_BLOCK
+        while True:
+            try:
+                for batch in self._csv(types, columns, block=block, skip=done):
+                    done += batch.num_rows
                     yield batch
-        except pa.ArrowInvalid as err:
-            msg = str(err)
-            m = re.search(r"column #(\d+)", msg)
-            # Arrow numbers CSV columns as they are in the file
-            column = f" (column {self.columns[int(m.group(1))]!r})" if m and int(m.group(1)) < len(self.columns) else ""
-            raise SourceError(f"ingest.path: {self.name}{column}: {msg}; every value of a feature column "
-                              f"must be a number (or empty); fix the file or leave the column out of "
-                              f"ingest.feature_columns") from None
+                return
+            except pa.ArrowInvalid as err:
+                if "straddl" not in str(err):  # "straddling object straddles two block boundaries"
+                    raise SourceError(self._explain(err, types)) from None
+                if block > 2 * max_row_bytes:
+                    raise SourceError(
+                        f"ingest.path: {self.name}: a row at or after row {done + 1} is far longer than "
+                        f"ingest.max_file_mb ({max_row_bytes >> 20} MiB), so the file cannot be read past it; "
+                        f"shorten or remove that row, or raise ingest.max_file_mb") from None
+                # room for any row up to twice the limit: those over it are then set aside by name
+                block = min(block * 4, 2 * max_row_bytes + (1 << 20))
+
+    def _explain(self, err: pa.ArrowInvalid, types: dict) -> str:
+        msg = str(err)
+        m = re.search(r"column #(\d+)", msg)
+        # Arrow numbers CSV columns as they are in the file
+        column = self.columns[int(m.group(1))] if m and int(m.group(1)) < len(self.columns) else None
+        where = f"ingest.path: {self.name}" + (f" (column {column!r})" if column else "")
+        if column is not None and pa.types.is_floating(types.get(column, pa.null())):
+            return (f"{where}: {msg}; every value of a feature column must be a number (or empty); fix the "
+                    f"file or leave the column out of ingest.feature_columns")
+        return f"{where}: {msg}; fix the file (is it a CSV with a header row?)"
 
 
 def _label_name(value) -> str | None:
-    """A label value as a class name; None for a missing one (null, NaN, empty)."""
+    """A label value as a class name; None for a missing one (null, NaN, empty, or a word that
+    means missing: MISSING_WORDS). Bytes (CSV cells are read as bytes) raise UnicodeDecodeError
+    when they are not UTF-8."""
     if value is None:
         return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
     if isinstance(value, float):
         if math.isnan(value):
             return None
         if value.is_integer():
             return str(int(value))
     text = str(value).strip()
-    return text or None
+    return text if text and text.lower() not in MISSING_WORDS else None
+
+
+def _label_is_utf8(value) -> bool:
+    try:
+        _label_name(value)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _class_names(values) -> Iterator[str]:
+    for value in values:
+        try:
+            name = _label_name(value)
+        except UnicodeDecodeError:  # set aside when its row is read
+            continue
+        if name is not None:
+            yield name
 
 
 def table_source(path: str, *, label_column: str, text_column: str | None = None,
-                 feature_columns: list[str] | None = None, batch_rows: int = 8192) -> Source:
+                 feature_columns: list[str] | None = None, max_file_bytes: int = 64 << 20,
+                 batch_rows: int = 8192) -> Source:
+    """Rows of a CSV/Parquet table. Label and text cells are read as bytes and decoded row by
+    row, so one row that is not UTF-8 is set aside (``not_utf8``) instead of failing the file;
+    a text cell over ``max_file_bytes`` (ingest.max_file_mb, the limit a text file has) is set
+    aside ``row_too_large``."""
     cleanup: Callable[[], None] = lambda: None
     name = path
     if is_url(path):
@@ -133,10 +190,10 @@ def table_source(path: str, *, label_column: str, text_column: str | None = None
                 if bad:
                     raise SourceError(f"ingest.path: {name}: feature column(s) are not numeric: {bad}; leave them "
                                       f"out of ingest.feature_columns (or use ingest.text_column for text)")
-        label_types = {label_column: pa.string()}
+        label_types = {label_column: pa.binary()}  # UTF-8 is checked row by row
         classes = order_labels(
-            n for batch in reader.batches([label_column], label_types, batch_rows)
-            for n in map(_label_name, batch.column(0).to_pylist()) if n is not None)
+            n for batch in reader.batches([label_column], label_types, batch_rows, max_row_bytes=max_file_bytes)
+            for n in _class_names(batch.column(0).to_pylist()))
         if len(classes) < 2:
             raise SourceError(f"ingest.path: {name}: label column {label_column!r} holds {len(classes)} "
                               f"class(es) {classes}; a classifier needs at least two")
@@ -148,23 +205,23 @@ def table_source(path: str, *, label_column: str, text_column: str | None = None
     aside, tally = SetAside(), Tally()
     base = Path(name).name
     columns = [label_column, text_column] if payload == "text" else [label_column, *features]
-    types = {label_column: pa.string(), **({text_column: pa.string()} if payload == "text" else
+    types = {label_column: pa.binary(), **({text_column: pa.binary()} if payload == "text" else
                                            {c: pa.float64() for c in features})}
     schema = raw_schema(payload)
 
     def gen() -> Iterator[pa.Table]:
         row = 0
         try:
-            for batch in reader.batches(columns, types, batch_rows):
+            for batch in reader.batches(columns, types, batch_rows, max_row_bytes=max_file_bytes):
                 n = batch.num_rows
                 sources = [f"{base}:{row + i + 1}" for i in range(n)]
                 row += n
                 tally.seen += n
-                labels = [_label_name(v) for v in batch.column(0).to_pylist()]
+                raw_labels = batch.column(0).to_pylist()
+                texts: list[str | None] = []
                 if payload == "text":
-                    values = batch.column(1).to_pylist()
-                    blobs = [v.encode() if v is not None else b"" for v in values]
-                    cells = pa.array(values, pa.string())
+                    # CSV cells come as bytes (read as binary), Parquet strings as str
+                    blobs = [v.encode() if isinstance(v, str) else v or b"" for v in batch.column(1).to_pylist()]
                 else:
                     matrix = np.column_stack([
                         pc.cast(batch.column(j), pa.float64()).to_numpy(zero_copy_only=False)
@@ -173,21 +230,39 @@ def table_source(path: str, *, label_column: str, text_column: str | None = None
                     cells = pa.ListArray.from_arrays(
                         pa.array(np.arange(0, matrix.size + 1, matrix.shape[1], dtype=np.int32)),
                         pa.array(matrix.reshape(-1), pa.float32()))
-                keep = []
-                for i, (label, blob, src) in enumerate(zip(labels, blobs, sources)):
+                keep, labels = [], []
+                for i, (raw, blob, src) in enumerate(zip(raw_labels, blobs, sources)):
+                    try:
+                        label = _label_name(raw)
+                        text = blob.decode("utf-8") if payload == "text" and len(blob) <= max_file_bytes else None
+                    except UnicodeDecodeError as err:
+                        aside.add(content_id(blob, src), src, NOT_UTF8, error=f"byte {err.start}: {err.reason}",
+                                  column=text_column if _label_is_utf8(raw) else label_column)
+                        continue
                     if label is None:
-                        aside.add(content_id(blob, src), src, MISSING_LABEL)
-                    elif payload == "text" and not blob.strip():
+                        given = raw.decode("utf-8").strip() if isinstance(raw, bytes) else raw
+                        # a word meaning "missing" (None, null): say which, it was not an empty cell
+                        aside.add(content_id(blob, src), src, MISSING_LABEL,
+                                  **({"given": given} if isinstance(given, str) and given else {}))
+                    elif payload == "text" and len(blob) > max_file_bytes:
+                        aside.add(content_id(blob, src), src, ROW_TOO_LARGE, bytes=len(blob),
+                                  max_bytes=max_file_bytes)
+                    elif payload == "text" and not text.strip():
                         aside.add(content_id(blob, src), src, EMPTY_TEXT)
                     else:
                         keep.append(i)
+                        labels.append(label)
+                        texts.append(text)
                 if not keep:
                     continue
-                take = pa.array(keep, pa.int64())
+                if payload == "text":
+                    cells, kept_cells = None, pa.array(texts, pa.string())
+                else:
+                    kept_cells = cells.take(pa.array(keep, pa.int64()))
                 yield pa.table({
                     "id": [content_id(blobs[i], sources[i]) for i in keep],
-                    "label": pa.array([index[labels[i]] for i in keep], pa.int64()),
-                    payload: cells.take(take).cast(PAYLOAD_TYPES[payload]),
+                    "label": pa.array([index[name] for name in labels], pa.int64()),
+                    payload: kept_cells.cast(PAYLOAD_TYPES[payload]),
                     "source": [sources[i] for i in keep],
                 }, schema=schema)
         finally:
