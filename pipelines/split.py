@@ -10,8 +10,9 @@ never crosses splits. Memory: a few dozen bytes a row plus the vectors being sea
 import numpy as np
 import pyarrow as pa
 
-from components.data.contract import DataContractError, DatasetWriter, SetAside, iter_batches
-from components.data.splitting import assign_splits, class_fraction_gap, split_counts
+from components.data.contract import DataContractError, DatasetWriter, SetAside, iter_batches, read_manifest, read_table
+from components.data.splitting import (assign_splits, assign_splits_given, class_fraction_gap, contamination,
+                                       split_counts)
 from components.quality.duplicates import cross_split_leaks, key64, keys_in_several_splits, read_near_pairs, row_keys
 from components.embedding.store import grouping_note, iter_grouping_vectors
 from components.quality.content_groups import find_groups
@@ -48,7 +49,10 @@ def main() -> None:
                             no_vectors_note=grouping_note(stage.path(stage.paths.embed)),
                             pixel_distance=(clean.get("near_duplicates") or {}).get("distance", 0.0),
                             params=nd, labels=labels_all)
-        splits = assign_splits(found.names, fractions=fractions, seed=p.seed)
+        given = _given_splits(stage.path(stage.paths.ingest), ids)
+        splits = assign_splits(found.names, fractions=fractions, seed=p.seed) if given is None else \
+            assign_splits_given(found.names, given, fractions=fractions, seed=p.seed)
+        contaminated = contamination(found.names, splits) if given is not None else None
         codes_all = np.fromiter((code_of[s] for s in splits), np.int8, len(splits))
         with DatasetWriter(out, classes=clean["classes"],
                            metadata={k: clean[k] for k in CARRIED if k in clean}) as w:
@@ -75,12 +79,19 @@ def main() -> None:
             w.close(rows_in=clean["rows"], set_aside=SetAside(),
                     extra={"fractions": fractions, "seed": p.seed, "split_class_counts": per_split,
                            "max_class_fraction_gap": gap, "near_duplicate_groups": found.summary(ids, splits),
+                           **({"given_split": {"brought": sorted({g for g in given if g}),
+                                               "contaminated_rows": contaminated}} if given is not None else {}),
                            "leakage": {**leaks, "groups_crossing_splits": crossing_groups}})
         sizes = {s: sum(c.values()) for s, c in per_split.items()}
         ok = leaks["exact_pairs"] == 0 and leaks["near_pairs"] == 0 and crossing_groups == 0
         stage.log("split %s; largest class-fraction gap %.3f", sizes, gap)
         for line in found.describe():
             stage.log("%s", line)
+        if given is not None:
+            stage.log("the data came with a split (%s): kept as given, the rest drawn by group; contamination: %d of %d "
+                      "test rows and %d of %d val rows have a near-duplicate in train (left where the data put them)",
+                      ", ".join(sorted({g for g in given if g})), contaminated["test"], sizes.get("test", 0),
+                      contaminated["val"], sizes.get("val", 0))
         stage.log("leakage check: %s", "no group crosses splits (checked: %s)" % found.method if ok else
                   f"LEAK: {leaks['exact_pairs']} exact and {leaks['near_pairs']} near duplicate pairs cross "
                   f"splits (examples in {out / 'manifest.json'})")
@@ -90,8 +101,20 @@ def main() -> None:
                       "split/leakage/exact_pairs": leaks["exact_pairs"],
                       "split/leakage/near_pairs": leaks["near_pairs"],
                       "split/leakage/groups_crossing": crossing_groups,
-                      "split/leakage/ok": int(ok)},
+                      "split/leakage/ok": int(ok),
+                      **({"split/given/contaminated_test_rows": contaminated["test"],
+                          "split/given/contaminated_val_rows": contaminated["val"]} if given is not None else {})},
                      artifacts=[out / "manifest.json"])
+
+
+def _given_splits(ingest_dir, ids: list[str]) -> list[str | None] | None:
+    """The split each row came with (ingest's ``given_split``: a test/ folder, a split column), or
+    None when the data brought none. Clean does not carry the column; it is joined here by id."""
+    if "given_split" not in read_manifest(ingest_dir).get("schema", {}):
+        return None
+    t = read_table(ingest_dir, columns=["id", "given_split"])
+    by_id = dict(zip(t.column("id").to_pylist(), t.column("given_split").to_pylist()))
+    return [by_id.get(i) for i in ids]
 
 
 def _near_positions(near: pa.Table, ids: list[str], src) -> np.ndarray:

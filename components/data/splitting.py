@@ -64,3 +64,45 @@ def class_fraction_gap(per_split: dict, fractions: dict[str, float]) -> float:
         if total:
             gap = max(gap, *(abs(per_split.get(s, {}).get(c, 0) / total - f) for s, f in fractions.items()))
     return gap
+
+
+def assign_splits_given(keys: Sequence[str], given: Sequence[str | None], *, fractions: dict[str, float],
+                        seed: int) -> list[str]:
+    """Each row's split when the data came with one (a ``test/`` folder, a split column).
+
+    Rows given ``val`` or ``test`` keep it: a fixed test set is never redrawn. Rows given ``train``
+    are cut, by their key as :func:`assign_splits` does, between train and the splits the data did
+    not bring (e.g. val drawn from train), with the fractions renormalised. A row with no given
+    split follows the given rows of its group (the most held-out one: test over val over train),
+    else the hash over all ``fractions``. Rows of one group may then sit in different splits only
+    where the data's own split put them there: that is contamination, counted by the split stage.
+    """
+    rank = {"train": 0, "val": 1, "test": 2}
+    brought = {g for g in given if g}
+    pool = {s: f for s, f in fractions.items() if s == "train" or s not in brought}
+    total = sum(pool.values())
+    pool = {s: f / total for s, f in pool.items()}
+    from_train = assign_splits(keys, fractions=pool, seed=seed) if len(pool) > 1 else ["train"] * len(keys)
+    anywhere = assign_splits(keys, fractions=fractions, seed=seed)
+    group_given: dict[str, str] = {}
+    for k, g in zip(keys, given):
+        if g and rank.get(g, 0) >= rank.get(group_given.get(k, g), 0):
+            group_given[k] = g
+    out = []
+    for k, g, t, a in zip(keys, given, from_train, anywhere):
+        if g == "train":
+            out.append(t)
+        elif g:
+            out.append(g)
+        elif k in group_given:
+            out.append(t if group_given[k] == "train" else group_given[k])
+        else:
+            out.append(a)
+    return out
+
+
+def contamination(keys: Sequence[str], splits: Sequence[str]) -> dict[str, int]:
+    """Rows of each held-out split (val, test) whose group also has a train row: with a split the
+    data came with, the test rows that have a near-duplicate in train."""
+    in_train = {k for k, s in zip(keys, splits) if s == "train"}
+    return {s: sum(1 for k, x in zip(keys, splits) if x == s and k in in_train) for s in ("val", "test")}

@@ -44,3 +44,26 @@ def test_variants_of_a_photo_land_in_one_split(tmp_path: Path):
     assert nd["sample"] and all(len(g["splits"]) == 1 for g in nd["sample"])
     metrics = json.loads((tmp_path / "metrics/split.json").read_text())
     assert metrics["split/groups/rows_in_groups"] == 8 and metrics["split/leakage/ok"] == 1
+
+
+@pytest.mark.slow
+def test_a_given_test_folder_is_kept_and_its_near_duplicates_in_train_are_counted(tmp_path: Path):
+    """train/ and test/ folders: the test set stays as the data gave it (no regrouping across it), and
+    the split says how many test rows have a near-duplicate in train (contamination)."""
+    env = copy_project(tmp_path, params={
+        "ingest": {"source": "image_folder", "path": "data/raw/photos"},
+        "mlflow": {"enabled": False}, "ray": {"num_cpus": 2}})
+    raw = tmp_path / "data/raw/photos"
+    for cls, photo in (("temple", "china.jpg"), ("flower", "flower.jpg")):
+        for k, img in enumerate(variants_of(photo)):
+            folder = raw / ("test" if k == 3 else "train") / cls    # one variant of each photo given as test
+            folder.mkdir(parents=True, exist_ok=True)
+            img.save(folder / f"{k}.jpg", quality=90)
+    out = sh(["dvc", "repro", "split"], tmp_path, env)
+    assert "the data came with a split (test, train)" in out, out[-3000:]
+    assert "contamination: 2 of 2 test rows" in out
+    rows = read_table(tmp_path / "data/split", columns=["source", "split"]).to_pylist()
+    assert {r["split"] for r in rows if r["source"].startswith("test/")} == {"test"}       # kept as given
+    assert {r["split"] for r in rows if r["source"].startswith("train/")} <= {"train", "val"}  # never test
+    metrics = json.loads((tmp_path / "metrics/split.json").read_text())
+    assert metrics["split/given/contaminated_test_rows"] == 2 and metrics["split/leakage/ok"] == 0

@@ -45,3 +45,26 @@ def test_digits_split_is_stratified_within_tolerance(digits_split):
 def test_class_fraction_gap_sees_an_unstratified_split():
     per = {"train": {"a": 70, "b": 100}, "val": {"a": 15, "b": 0}, "test": {"a": 15, "b": 0}}
     assert np.isclose(class_fraction_gap(per, FRACTIONS), 0.3)
+
+
+def test_a_given_test_set_is_kept_and_val_is_drawn_from_train_by_group():
+    from components.data.splitting import assign_splits_given, contamination
+
+    keys = [f"g{k // 2}" for k in range(400)]            # groups of two rows
+    given = ["test" if k % 10 == 0 else "train" for k in range(400)]
+    splits = assign_splits_given(keys, given, fractions={"train": 0.7, "val": 0.15, "test": 0.15}, seed=0)
+    assert all(s == "test" for s, g in zip(splits, given) if g == "test")          # never redrawn
+    drawn = [s for s, g in zip(splits, given) if g == "train"]
+    assert set(drawn) == {"train", "val"}                                         # val carved from train only
+    assert 0.1 < drawn.count("val") / len(drawn) < 0.3                            # 0.15 / 0.85 renormalised
+    for k in range(0, 400, 2):                                                    # a group's drawn rows stay together
+        if given[k] == given[k + 1] == "train":
+            assert splits[k] == splits[k + 1]
+    # a test row whose group partner the data put in train: contamination, counted, not moved
+    c = contamination(keys, splits)
+    partners = sum(1 for k in range(0, 400, 2) if "test" in (given[k], given[k + 1])
+                   and "train" in (splits[k], splits[k + 1]))
+    assert c["test"] == partners > 0
+    # a row with no given split follows the given rows of its group (test over train)
+    assert assign_splits_given(["a", "a", "b"], ["test", None, None], fractions={"train": 0.7, "val": 0.15,
+                                                                               "test": 0.15}, seed=0)[1] == "test"

@@ -30,9 +30,16 @@ PAYLOAD_TYPES = {
 }
 
 
-def raw_schema(payload: str) -> pa.Schema:
+def raw_schema(payload: str, *, given_split: bool = False) -> pa.Schema:
+    """The raw columns; ``given_split`` adds the split the data came with (a ``test/`` folder, a
+    split column), which the split stage keeps instead of assigning one."""
     return pa.schema([("id", pa.string()), ("label", pa.int64()), (payload, PAYLOAD_TYPES[payload]),
-                      ("source", pa.string())])
+                      ("source", pa.string())] + ([("given_split", pa.string())] if given_split else []))
+
+
+# Folder / column values that name a split the data came with -> the split trainwise calls it.
+GIVEN_SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                "dev": "val", "test": "test", "testing": "test"}
 
 
 RAW_IMAGE_SCHEMA = raw_schema("image")
@@ -66,20 +73,24 @@ class RowBuffer:
     """Accumulate raw rows and hand out a table every ``batch_rows`` rows or ``batch_bytes``
     payload bytes, whichever comes first, so a batch of large images stays bounded too."""
 
-    def __init__(self, payload: str, *, batch_rows: int = 1024, batch_bytes: int = 32 << 20):
-        self.payload, self.schema = payload, raw_schema(payload)
+    def __init__(self, payload: str, *, batch_rows: int = 1024, batch_bytes: int = 32 << 20,
+                 given_split: bool = False):
+        self.payload, self.schema = payload, raw_schema(payload, given_split=given_split)
+        self.given_split = given_split
         self.batch_rows, self.batch_bytes = batch_rows, batch_bytes
         self._clear()
 
     def _clear(self) -> None:
-        self.ids, self.labels, self.payloads, self.sources = [], [], [], []
+        self.ids, self.labels, self.payloads, self.sources, self.splits = [], [], [], [], []
         self.nbytes = 0
 
-    def add(self, row_id: str, label: int, payload, source: str, nbytes: int) -> pa.Table | None:
+    def add(self, row_id: str, label: int, payload, source: str, nbytes: int, split: str | None = None
+            ) -> pa.Table | None:
         self.ids.append(row_id)
         self.labels.append(label)
         self.payloads.append(payload)
         self.sources.append(source)
+        self.splits.append(split)
         self.nbytes += nbytes
         if len(self.ids) >= self.batch_rows or self.nbytes >= self.batch_bytes:
             return self.take()
@@ -90,8 +101,11 @@ class RowBuffer:
             return None
         values = (binary_array(self.payloads) if self.payload == "image"
                   else pa.array(self.payloads, PAYLOAD_TYPES[self.payload]))
-        table = pa.table({"id": self.ids, "label": pa.array(self.labels, pa.int64()), self.payload: values,
-                          "source": self.sources}, schema=self.schema)
+        columns = {"id": self.ids, "label": pa.array(self.labels, pa.int64()), self.payload: values,
+                   "source": self.sources}
+        if self.given_split:
+            columns["given_split"] = pa.array(self.splits, pa.string())
+        table = pa.table(columns, schema=self.schema)
         self._clear()
         return table
 

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import pyarrow as pa
 
 from components.data.contract import SetAside, content_id
-from components.data.sources.base import RowBuffer, Source, SourceError, Tally
+from components.data.sources.base import GIVEN_SPLITS, RowBuffer, Source, SourceError, Tally
 from components.data.sources.imagecheck import Rejected, check_image
 from components.data.sources.cache import IngestCache
 from components.data.sources.trees import HIDDEN, NOT_REGULAR, DamagedMember, LocalTree, NotRegularFile, open_tree
@@ -55,6 +55,13 @@ def class_folder_source(tree, *, payload: str, extensions: tuple[str, ...],
         tree.stamps = True
     classes = tree.class_names()
     where = tree.location
+    # train/ and test/ (and val/) folders, each holding the class folders: the data come with a fixed
+    # split, which the split stage keeps (and checks for near-duplicates across it) instead of drawing one.
+    given = classes and len(classes) >= 2 and all(c.lower() in GIVEN_SPLITS for c in classes)
+    if given:
+        split_folders = set(classes)
+        classes = sorted({e.parts[1] for e in tree.entries()
+                          if len(e.parts) >= 3 and e.parts[0] in split_folders and not e.parts[1].startswith(".")})
     if not classes:
         tree.close()
         raise SourceError(f"ingest.path: {where} has no class folders; expected one sub-folder per class "
@@ -76,14 +83,14 @@ def class_folder_source(tree, *, payload: str, extensions: tuple[str, ...],
                 s.clear()
         return table
 
-    def add(row_id: str, label: int, value, e, nbytes: int) -> pa.Table | None:
+    def add(row_id: str, label: int, value, e, nbytes: int, split: str | None) -> pa.Table | None:
         if cache is not None:
             stamps[0].append(e.source)
             stamps[1].append(e.stamp[0] if e.stamp else -1)
             stamps[2].append(e.stamp[1] if e.stamp else -1)
-        return emit(buf.add(row_id, label, value, e.source, nbytes))
+        return emit(buf.add(row_id, label, value, e.source, nbytes, split))
 
-    buf = RowBuffer(payload, batch_rows=batch_rows)
+    buf = RowBuffer(payload, batch_rows=batch_rows, given_split=bool(given))
 
     def gen() -> Iterator[pa.Table]:
         try:
@@ -95,10 +102,12 @@ def class_folder_source(tree, *, payload: str, extensions: tuple[str, ...],
                 if e.source.startswith(".") or "/." in e.source:
                     aside.add(_no_id(e.source), e.source, HIDDEN)
                     continue
-                if len(e.parts) < 2 or e.parts[0] not in index:
+                depth = 2 if given else 1  # split/class/file: the class is one level down
+                if len(e.parts) < depth + 1 or e.parts[depth - 1] not in index:
                     aside.add(_no_id(e.source), e.source, OUTSIDE_CLASS)
                     continue
-                files_per_class[e.parts[0]] += 1
+                cls, split = e.parts[depth - 1], GIVEN_SPLITS[e.parts[0].lower()] if given else None
+                files_per_class[cls] += 1
                 ext = "." + e.parts[-1].rsplit(".", 1)[-1].lower() if "." in e.parts[-1] else ""
                 if ext not in extensions:
                     aside.add(_no_id(e.source), e.source, UNKNOWN_EXTENSION, extension=ext)
@@ -106,7 +115,7 @@ def class_folder_source(tree, *, payload: str, extensions: tuple[str, ...],
                 if previous is not None and e.stamp is not None:
                     hit = previous.get(e.parts, e.stamp)
                     if hit is not None:
-                        table = add(hit[0], index[e.parts[0]], hit[1], e, e.stamp[0])
+                        table = add(hit[0], index[cls], hit[1], e, e.stamp[0], split)
                         if table is not None:
                             yield table
                         continue
@@ -139,7 +148,7 @@ def class_folder_source(tree, *, payload: str, extensions: tuple[str, ...],
                 except Rejected as rej:
                     aside.add(row_id, e.source, rej.reason, **rej.detail)
                     continue
-                table = add(row_id, index[e.parts[0]], value, e, len(data))
+                table = add(row_id, index[cls], value, e, len(data), split)
                 if table is not None:
                     yield table
             last = emit(buf.take())
@@ -153,7 +162,8 @@ def class_folder_source(tree, *, payload: str, extensions: tuple[str, ...],
             tree.close()
 
     return Source(classes=classes, batches=gen(), payload=payload, set_aside=aside, tally=tally,
-                  extra={"path": where}, cache=cache)
+                  extra={"path": where, **({"given_splits": sorted({GIVEN_SPLITS[c.lower()] for c in split_folders})}
+                                           if given else {})}, cache=cache)
 
 
 def image_folder_source(path: str, *, max_image_pixels: int, max_file_bytes: int,
