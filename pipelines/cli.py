@@ -132,7 +132,7 @@ def cmd_submit(stages: list[str]) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Prediction table to stdout or --out; exit 1 only when no input could be predicted."""
-    from components.data.contract import write_csv_atomic
+    from components.data.contract import spreadsheet_safe_row, write_csv_atomic
     from components.serving.batch import TABLE_COLUMNS, iter_items, predict_items
     from components.serving.registry import ModelNotFound, open_predictor
 
@@ -167,7 +167,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         writer.writeheader()
         written = []
         for row in rows:  # streamed: rows appear as their batch is done
-            writer.writerow(row)
+            writer.writerow(spreadsheet_safe_row(row))
             written.append(row)
         rows = written
     failed = [r for r in rows if r["error"] is not None]

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -412,11 +413,32 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     publish_file(path, lambda tmp: tmp.write_text(text))
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection): a class
+# folder named `=HYPERLINK(...)` would become a live link in label_issues.csv or predict's table.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def spreadsheet_safe(value):
+    """A CSV cell a spreadsheet shows as text: a string starting with = + - @ tab or CR gets a
+    leading apostrophe (OWASP's advice for CSV injection). Numbers, and strings that are plain
+    numbers (a class named "-1"), are left as they are."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def spreadsheet_safe_row(row: dict) -> dict:
+    return {k: spreadsheet_safe(v) for k, v in row.items()}
+
+
 def write_csv_atomic(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> None:
+    """Every CSV trainwise writes goes through here (or :func:`spreadsheet_safe_row` when streamed),
+    so every string cell is :func:`spreadsheet_safe`."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(spreadsheet_safe_row(r) for r in rows)
     write_text_atomic(path, buf.getvalue())
 
 

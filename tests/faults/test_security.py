@@ -216,3 +216,40 @@ def test_ingest_path_that_is_a_fifo_is_refused_unread(tmp_path, name, source):
     with pytest.raises(SourceError, match=f"ingest.path: {fifo} is not a regular file"):
         _within(20, lambda: open_source(source, path=str(fifo), label_column="label", max_image_pixels=10**8,
                                         max_file_bytes=1 << 20), fifos=[fifo])
+
+
+# -- CSV outputs opened in a spreadsheet (issue 28.9) -----------------------------------------------
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(tmp_path):
+    import csv as csv_module
+
+    from components.data.contract import write_csv_atomic
+
+    rows = [{"class": "=HYPERLINK(\"http://x\")", "n": -3}, {"class": "+cmd", "n": -0.5},
+            {"class": "-2+3", "n": 1}, {"class": "@SUM(A1)", "n": 2}, {"class": "\tx", "n": 3},
+            {"class": "\rx", "n": 4}, {"class": "-1", "n": 5}, {"class": "cats", "n": 6}]
+    write_csv_atomic(tmp_path / "per_class.csv", rows, ["class", "n"])
+    back = list(csv_module.DictReader(open(tmp_path / "per_class.csv", newline="")))
+    assert [r["class"] for r in back] == ["'=HYPERLINK(\"http://x\")", "'+cmd", "'-2+3", "'@SUM(A1)", "'\tx",
+                                          "'\rx", "-1", "cats"]   # a class named "-1" is a number: kept
+    assert [r["n"] for r in back][:2] == ["-3", "-0.5"]            # negative numbers stay numbers
+
+
+def test_predict_table_neutralises_class_names(tmp_path, monkeypatch, capsys):
+    import csv as csv_module
+    import io
+
+    from pipelines import cli
+
+    model_dir = _tiny_model(tmp_path)
+    spec = json.loads((model_dir / "model.json").read_text())
+    spec["classes"] = ["=cmd|'/C calc'!A0", "@evil"]
+    (model_dir / "model.json").write_text(json.dumps(spec))
+    image = tmp_path / "x.png"
+    image.write_bytes(_image_bytes("PNG"))
+    monkeypatch.chdir(REPO)
+    assert cli.main(["predict", str(image), "--model-dir", str(model_dir), "--out", str(tmp_path / "o.csv")]) == 0
+    assert cli.main(["predict", str(image), "--model-dir", str(model_dir)]) == 0
+    for text in (open(tmp_path / "o.csv", newline="").read(), capsys.readouterr().out):
+        cls = next(csv_module.DictReader(io.StringIO(text)))["predicted_class"]
+        assert cls in ("'=cmd|'/C calc'!A0", "'@evil")
