@@ -513,6 +513,16 @@ class MlflowParams(_Section):
                           "(digits, sequences) or the folder / file ingest.path names (see default_model_name)")
     enabled: bool = Field(True, description="false: no MLflow at all (stages still write DVC metrics)")
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_password_in_git(cls, v):
+        what = url_credentials(v) if v else None
+        if what:  # MLflow accepts it, so a warning: but params.yaml is a file for git
+            warnings.warn(f"params.yaml: mlflow.tracking_uri carries {what}, and params.yaml is committed to git. "
+                          "Put the URI without them in params.yaml and export MLFLOW_TRACKING_USERNAME / "
+                          "MLFLOW_TRACKING_PASSWORD (docs/security.md)", UserWarning, stacklevel=2)
+        return v
+
 
 class RayParams(_Section):
     address: str | None = Field(None, description="cluster to join; RAY_ADDRESS overrides; null: start Ray in-process")

@@ -123,3 +123,11 @@ def test_a_password_in_the_url_never_reaches_dvc_lock_outputs_or_messages(tmp_pa
     assert f"http://{private_server}/pets.zip" in lock
     assert json.loads((root / "data" / "ingest" / "manifest.json").read_text())["rows"] == 4
     assert _files_holding(root, SECRET) == []
+
+
+def test_a_tracking_uri_with_a_password_in_params_yaml_is_accepted_with_a_warning():
+    """MLflow accepts `user:pass@` (it sends them as basic auth), but params.yaml is a file for git."""
+    with pytest.warns(UserWarning, match="mlflow.tracking_uri carries a user name and password") as seen:
+        p = parse_params({"mlflow": {"tracking_uri": f"https://bob:{SECRET}@mlflow.example"}})
+    assert p.mlflow.tracking_uri.endswith("@mlflow.example")
+    assert SECRET not in str(seen[0].message) and "MLFLOW_TRACKING_PASSWORD" in str(seen[0].message)
