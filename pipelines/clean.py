@@ -2,7 +2,7 @@
 data/clean/near_duplicate_conflicts.json). Likely label errors are the audit stage's job (after split)."""
 
 from components.data.contract import DatasetWriter, iter_batches, write_json_atomic
-from components.quality.cleaning import CleanOptions, clean_dataset
+from components.quality.cleaning import CleanOptions, clean_dataset, require_rows_per_class
 from components.quality.duplicates import write_near_pairs
 from pipelines.stage import Stage, run_stage
 
@@ -21,6 +21,7 @@ def main() -> None:
             stats = clean_dataset(iter_batches(src), writer, n_classes=len(raw["classes"]),
                                   modality=raw.get("payload", "image"), options=options, classes=raw["classes"],
                                   feature_names=raw.get("feature_names"))
+            require_rows_per_class(writer.class_counts, raw["classes"])  # before split and the baselines trip on it
             manifest = writer.close(rows_in=stats["rows_in"], set_aside=stats["set_aside"], extra=stats["extra"])
         write_json_atomic(out / "near_duplicate_conflicts.json", stats["conflicts"])
         write_near_pairs(out, stats["near_pairs"])  # split's leakage check reads them: no second search

@@ -19,10 +19,11 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from sklearn.preprocessing import FunctionTransformer
 from sklearn.tree import DecisionTreeClassifier
 
 from components.evaluation.scores import macro_f1
+from components.models.linear_probe import make_linear_probe
 
 BASELINES = ("majority", "logistic_regression", "decision_tree", "gradient_boosting")
 
@@ -54,20 +55,20 @@ def _dense(x):
     return x.toarray() if hasattr(x, "toarray") else x
 
 
-def make_baseline(name: str, *, seed: int, text: bool = False, tfidf_max_features: int = 5000):
-    """An unfitted scikit-learn estimator; for text, TF-IDF is its first step (fitted on train only)."""
+def make_baseline(name: str, *, seed: int, text: bool = False, tfidf_max_features: int = 5000,
+                  early_stopping: bool = True):
+    """An unfitted scikit-learn estimator; for text, TF-IDF is its first step (fitted on train only).
+    ``early_stopping`` (gradient boosting) needs two train rows of every class present."""
     if name == "majority":
         model = DummyClassifier(strategy="most_frequent")
     elif name == "logistic_regression":
         # TF-IDF rows are already normalised and sparse; scaling them would densify for nothing.
-        model = LogisticRegression(max_iter=2000, random_state=seed)
-        if not text:
-            model = make_pipeline(StandardScaler(), model)
+        model = LogisticRegression(max_iter=2000, random_state=seed) if text else make_linear_probe(seed=seed)
     elif name == "decision_tree":
         model = DecisionTreeClassifier(random_state=seed)
     elif name == "gradient_boosting":
         # Early stopping on an internal 10% of train: never looks at val or test.
-        model = HistGradientBoostingClassifier(random_state=seed, early_stopping=True)
+        model = HistGradientBoostingClassifier(random_state=seed, early_stopping=early_stopping)
         if text:  # HistGradientBoosting needs dense input; tfidf_max_features bounds its width
             model = make_pipeline(FunctionTransformer(_dense, accept_sparse=True), model)
     else:
@@ -93,8 +94,14 @@ def fit_baselines(x_train, y_train: np.ndarray, evals: dict[str, tuple], *, mode
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
     scores, predictions = {}, {}
+    counts = np.bincount(np.asarray(y_train, dtype=np.int64))
+    # Gradient boosting's early stopping holds out a stratified 10% of train, which fails with a
+    # scikit-learn traceback when a class has one train row (clean refuses classes of one row, but
+    # a class of a few rows can still get one train row from the id hash): then it runs without.
+    stratifiable = bool(counts.size) and int(counts[counts > 0].min()) >= 2
     for name in models:
-        model = make_baseline(name, seed=seed, text=text, tfidf_max_features=tfidf_max_features)
+        model = make_baseline(name, seed=seed, text=text, tfidf_max_features=tfidf_max_features,
+                              early_stopping=stratifiable)
         with threadpool_limits(limits=threads):
             t0 = time.perf_counter()
             model.fit(x_train, y_train)

@@ -40,7 +40,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from components.data.contract import BATCH_BYTES, DatasetWriter, SetAside, content_hash, iter_file_batches
+from components.data.contract import (BATCH_BYTES, DataContractError, DatasetWriter, SetAside, content_hash,
+                                      iter_file_batches)
 from components.data.images import ANIMATED_FIRST_FRAME, EXIF_ROTATED, SCALED_16BIT, decode_image
 from components.quality.duplicates import (DUPLICATE, LABEL_CONFLICT, NearDuplicateIndex, duplicate_pairs,
                                            exact_duplicate_rows, group_names, group_summary,
@@ -66,6 +67,26 @@ class CleanOptions:
     drop_duplicates: bool
     payload_length: int | None                 # sequences / features; None: the most common length
     near_duplicate_distance: float             # images; 0 turns near-duplicate search off
+
+
+# Rows a class needs after clean: one to train on and one to evaluate on. A class with a single
+# example passed ingest, clean and split, then failed the baselines with a scikit-learn traceback
+# (a stratified split of the train rows needs two per class).
+MIN_ROWS_PER_CLASS = 2
+
+
+def require_rows_per_class(class_counts: dict[int, int], classes: list[str], *,
+                           minimum: int = MIN_ROWS_PER_CLASS) -> None:
+    """Raise :class:`DataContractError` naming every class with rows but fewer than ``minimum``
+    (a class with none was already reported as empty by ingest, and trains no worse for it)."""
+    thin = {classes[k]: n for k, n in sorted(class_counts.items()) if 0 < n < minimum}
+    if thin:
+        shown = dict(list(thin.items())[:20])
+        more = f" and {len(thin) - len(shown)} more" if len(thin) > len(shown) else ""
+        raise DataContractError(
+            f"{len(thin)} class(es) have fewer than {minimum} usable rows after clean: {shown}{more} (rows per "
+            f"class); each class needs at least {minimum} (one to train on, one to evaluate; 10+ to learn it). "
+            f"Add examples of these classes, or merge or remove them in the source")
 
 
 def normalize_text(text: str | bytes) -> str:

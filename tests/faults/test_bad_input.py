@@ -81,6 +81,18 @@ def _model_spec(root: Path, **changes):
     spec_path.write_text(json.dumps(spec))
 
 
+def _one_row_per_class(root: Path) -> None:
+    """data/ingest replaced by a table with one row per class: it passed ingest, clean and split,
+    then the baselines failed with a scikit-learn traceback (issue 28.7)."""
+    from components.data.sources import ingest, open_source
+
+    table = root / "one_each.csv"
+    table.write_text("a,b,label\n" + "".join(f"{k}.5,{-k},c{k}\n" for k in range(8)))
+    shutil.rmtree(root / "data/ingest")
+    ingest(open_source("table", path=str(table), label_column="label"), root / "data/ingest", shard_rows=100,
+           shard_bytes=1 << 20, progress=False)
+
+
 CASES = [
     # -- params.yaml ---------------------------------------------------------------------
     Case("params-unknown-key", "split", lambda r: _params(r, "train", epoch=3), ["train.epoch", "unknown key"]),
@@ -102,6 +114,8 @@ CASES = [
             f"bomb{i}: &b{i} [{', '.join([f'*b{i - 1}'] * 9)}]\n" for i in range(1, 10))),
          ["params.yaml", "expand to more than 10000 values"]),
     # -- stage inputs --------------------------------------------------------------------
+    Case("one-example-per-class", "clean", lambda r: _one_row_per_class(r),
+         ["8 class(es) have fewer than 2 usable rows after clean", "'c0': 1", "needs at least 2"]),
     Case("input-missing", "clean", _remove("data/ingest"), ["data/ingest", "run the stage that writes it"]),
     Case("manifest-not-json", "split", _write("data/clean/manifest.json", "{not json"),
          ["data/clean/manifest.json", "not valid JSON"]),

@@ -94,3 +94,14 @@ def test_baselines_and_the_network_share_one_macro_f1_absent_classes_included():
     proba = np.eye(3)[preds["logistic_regression"]["test"]]
     network, _, _ = classification_metrics(y_te, proba, classes=["a", "b", "c"])
     assert scores["logistic_regression"]["test/f1_macro"] == network["test/f1_macro"] == pytest.approx(2 / 3)
+
+
+def test_a_class_with_one_train_row_does_not_crash_the_baselines():
+    """Clean refuses classes of one row, but the id hash can still give a class of a few rows a
+    single train row: gradient boosting's stratified early-stopping split then raised (issue 28.7)."""
+    rng = np.random.default_rng(0)
+    y_tr = np.array([0] * 15 + [1] * 15 + [2])                      # class 2: one train row
+    x_tr = (rng.normal(size=(len(y_tr), 2)) + 3 * y_tr[:, None]).astype(np.float32)
+    scores, _ = fit_baselines(x_tr, y_tr, {"test": (x_tr, y_tr)}, models=list(BASELINES), seed=0, n_classes=3)
+    assert set(scores) == set(BASELINES) and 0 < scores["gradient_boosting"]["test/acc"] <= 1
+    assert scores["logistic_regression"]["test/acc"] > 0.9
