@@ -13,6 +13,7 @@ from components.evaluation.report_inputs import (image_thumbnails, near_duplicat
                                                  text_snippets)
 from components.evaluation.summary import (SUMMARY_BY_CLI_ENV, best_baseline, collect, format_summary, read_evaluation,
                                            totals)
+from components.models.backbone_names import SAVED_BACKBONE_PREFIX, network_display_name
 from components.tracking.mlflow_runs import latest_verdict, where_to_look
 from pipelines.stage import Stage, run_stage
 
@@ -32,6 +33,13 @@ def _manifest(path):
         return read_manifest(path)
     except DataContractError:
         return None
+
+
+def _network_name(params, evaluation: dict | None) -> str:
+    """The network as the verdict names it: what evaluate scored (model.json's model), else what train.* builds."""
+    t = params.train
+    saved = (evaluation or {}).get("network") or (f"{SAVED_BACKBONE_PREFIX}{t.backbone}" if t.backbone else t.model)
+    return network_display_name(saved, backbone_mode=t.backbone_mode)
 
 
 def main() -> None:
@@ -82,7 +90,7 @@ def main() -> None:
             confusion=_csv(stage.path(p.plots) / "confusion.csv"),
             per_class=_csv(stage.path(p.plots) / "per_class.csv"),
             trials=_csv(stage.path(p.tune) / "trials.csv"),
-            network=params.train.model, evaluation=evaluation, images=images,
+            network=_network_name(params, evaluation), evaluation=evaluation, images=images,
             label_suspects=suspects, suspects_file=f"{p.audit}/{suspects_file}",
             mlflow_runs=runs)
         out = stage.path(p.reports) / "report.html"

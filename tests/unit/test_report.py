@@ -223,3 +223,16 @@ def test_report_shows_how_near_duplicates_were_checked_and_the_pairs_nearest_the
     old = build_report(title="t", verdict=None, stages={}, manifests={"split": MANIFEST}, curve=None, confusion=None,
                        per_class=None, trials=None, network="mlp", pipeline=TOTALS, mlflow_hint="m")
     assert "no near-duplicate record (an older split)" in old
+
+
+def test_the_report_names_the_network_as_the_verdict_does():
+    """The baselines table read "network (small_cnn)" for a frozen MiniLM + linear head (train.model
+    is not what a backbone run trains): the name comes from what evaluate scored."""
+    from pipelines.config import parse_params
+    from pipelines.report import _network_name
+
+    text = parse_params({"ingest": {"source": "table", "path": "x.csv", "text_column": "text"},
+                         "train": {"backbone": "all_minilm_l6_v2"}})
+    assert _network_name(text, {"network": "backbone:all_minilm_l6_v2"}) == "all-MiniLM-L6-v2 + linear head"
+    assert _network_name(text, None) == "all-MiniLM-L6-v2 + linear head"  # before evaluate has run
+    assert _network_name(parse_params({}), {"network": "small_cnn"}) == "small cnn"
