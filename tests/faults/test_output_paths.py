@@ -158,3 +158,21 @@ def test_the_ingest_stage_leaves_a_users_folder_alone(tmp_path):
     proc = _stage(root, env, "stage", "ingest")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (root / "data" / "ingest" / OUTPUT_MARKER).read_text() == MARKER_TEXT
+
+
+def test_recovery_removes_only_leftovers_a_stage_wrote(tmp_path):
+    """recover_dir clears `.NAME.old-PID` folders of dead writers: only those that are a stage's own."""
+    from components.data.contract import recover_dir
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "data"
+    out.mkdir()
+    ours, theirs = tmp_path / f".data.old-{dead.pid}", tmp_path / f".data.old-{dead.pid}-x"
+    for d in (ours, theirs):
+        d.mkdir()
+    (ours / OUTPUT_MARKER).write_text(MARKER_TEXT)
+    (theirs / "diary.txt").write_text("mine")
+    recover_dir(out)
+    assert not ours.exists()
+    assert (theirs / "diary.txt").read_text() == "mine"
