@@ -15,7 +15,7 @@ from components.tracking.registry import apply_gate, gate_decision
 from components.training.data import load_split
 from components.training.export import load_model
 from components.training.text import vocabulary
-from components.models.backbone_names import network_display_name
+from components.models.backbone_names import network_display_name, probe_note
 from pipelines.stage import Stage, run_stage
 
 
@@ -59,6 +59,8 @@ def main() -> None:
         sentence = verdict(net_name=net_name, baseline_name=best_name.replace("_", " "),
                            diff=cmp["diff"], ci_low=cmp["ci_low"], ci_high=cmp["ci_high"], cost_ratio=cost_ratio,
                            confidence=p.confidence)
+        note = probe_note(spec["model"], backbone_mode=stage.params.train.backbone_mode)
+        sentence = f"{sentence}. {note}" if note else sentence
         metrics.update({f"verdict/{k}": v for k, v in cmp.items()})
         metrics["verdict/cost_ratio"] = cost_ratio
         metrics["evaluate/gain_vs_best_baseline"] = metrics["test/acc"] - best_acc

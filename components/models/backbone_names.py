@@ -53,3 +53,15 @@ def network_display_name(model: str, *, backbone_mode: str = "frozen") -> str:
     shown = DISPLAY_NAMES.get(name) or name.removeprefix(TEXT_HUB_PREFIX)
     # BackboneClassifier (components/models/backbones.py): the backbone, dropout, one linear layer
     return f"{shown} + linear head" + (", fine-tuned" if backbone_mode == "finetune" else "")
+
+
+def probe_note(model: str, *, backbone_mode: str) -> str | None:
+    """What a frozen backbone's network can add over the linear probe, said after the verdict
+    (``model``: model.json's name; None for other networks). Its linear head on the frozen
+    vectors is the probe's own model class and starts from the probe's solution
+    (components/models/linear_probe.py), so a tie with the probe is the expected result."""
+    if not model.startswith(SAVED_BACKBONE_PREFIX) or backbone_mode != "frozen":
+        return None
+    return ("A frozen backbone with a linear head is the linear probe's model (it starts from the probe's "
+            "solution and trains on the same vectors), so it can add little over the probe; to add more, "
+            "fine-tune the backbone (train.backbone_mode: finetune).")

@@ -91,6 +91,12 @@ class BackboneClassifier(nn.Module):
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(backbone.info.dim, n_classes)
+        # The head reads standardised features ((f - mean) / scale, set from the train rows by
+        # components/models/linear_probe.py; identity until then): sentence embeddings tell classes
+        # apart along low-variance directions, which a head on raw features reaches only with huge
+        # weights, far from where Adam starts and slow to get to (issue 27). Saved with the model.
+        self.register_buffer("feature_mean", torch.zeros(backbone.info.dim))
+        self.register_buffer("feature_scale", torch.ones(backbone.info.dim))
         if frozen:  # no gradients, no weight decay, and DDP does not wait for them
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
@@ -104,7 +110,7 @@ class BackboneClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # float (N, dim): embeddings; anything else (images, or a text backbone's int64 token ids) is input
         features = x if x.dim() == 2 and x.is_floating_point() else self.backbone(x)
-        return self.head(self.dropout(features))
+        return self.head(self.dropout((features - self.feature_mean) / self.feature_scale))
 
 
 def build_classifier(name: str, pretrained: bool | str, *, n_classes: int, dropout: float = 0.0,

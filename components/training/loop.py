@@ -476,6 +476,14 @@ def run_loop(config: dict, session) -> None:
                             vocab_size=len(cfg.tokenizer["vocab"]) if cfg.tokenizer else None,
                             params={k: v for k, v in cfg.to_dict().items() if k != "tokenizer"},
                             vocab=(cfg.tokenizer or {}).get("vocab"))
+    if cfg.backbone and cfg.backbone_mode == "frozen" and cfg.loader == "memory":
+        # A linear head on frozen embeddings starts where the linear probe ends (fitted here on the
+        # train rows only; every rank fits the same one): from a random start it ended below the
+        # probe, the same model class (components/models/linear_probe.py). Training then moves it
+        # by cross-entropy on the same rows, and early stopping keeps the best val/loss epoch.
+        from components.models.linear_probe import init_from_probe
+
+        init_from_probe(model, x_train.numpy(), y_train.numpy(), seed=cfg.seed)
     model = session.prepare_model(model)
     trainer = Trainer(model, cfg, device=device, steps_per_epoch=optimizer_steps_per_epoch(cfg, world))
     augment_fn = (lambda x, g: augment(x, kind=kind, strength=cfg.augment, generator=g, hflip=cfg.hflip)) \
