@@ -121,8 +121,8 @@ def cmd_submit(stages: list[str]) -> int:
     for name in stages:
         try:
             facts = submit(name)
-        except (StageError, FileNotFoundError) as err:
-            print(f"trainwise: error: {err}", file=sys.stderr)
+        except (StageError, FileNotFoundError) as err:  # may quote a storage or Jobs API URL
+            print(f"trainwise: error: {mask_value(str(err))}", file=sys.stderr)
             return 2
         print(f"[{name}] Ray job {facts['job_id']} {facts['status']} in {facts['wall_s']:.1f}s; outputs fetched")
     print("outputs are in the workspace; `dvc commit` records them (or list the stages in ray.submit and "
@@ -156,7 +156,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                          batch_size=args.batch_size or pp.batch_size,
                                          max_image_pixels=params.ingest.max_image_pixels)
     except (ModelNotFound, ValueError) as err:  # nothing registered; a model.json this version cannot serve
-        print(f"trainwise: error: {err}", file=sys.stderr)
+        print(f"trainwise: error: {mask_value(str(err))}", file=sys.stderr)  # may quote the tracking URI
         return 2
     rows = predict_items(predictor, iter_items(args.paths, spec=predictor.spec))
     if args.out:
