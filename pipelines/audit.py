@@ -12,7 +12,7 @@ SUSPECT_COLUMNS = ["rank", "id", "split", "source", "given_label", "predicted_la
                    "given_label_prob", "action"]
 # What the split stage wrote that the audit output carries unchanged (the writer recomputes the rest).
 WRITER_KEYS = ("rows", "rows_in", "classes", "class_counts", "set_aside", "payload", "schema", "shards",
-               "content_hash", "split_class_counts")
+               "content_hash", "split_class_counts", "extends")
 
 
 def main() -> None:
@@ -33,9 +33,12 @@ def main() -> None:
             # holds that many CPUs, not its own one
             stage.meter.reserve(cpus=min(li.workers, li.folds))
         embeddings = read_embeddings(stage.path(stage.paths.embed)) if options is not None else None
-        with DatasetWriter(out, classes=split["classes"],
+        # data/audit extends data/split: its shards hold id, label and the audit's columns; the payload
+        # stays where clean wrote it (the second pass reads only ids and labels)
+        with DatasetWriter(out, classes=split["classes"], base=src,
                            metadata={k: v for k, v in split.items() if k not in WRITER_KEYS}) as writer:
             stats = audit_dataset(iter_batches(src), lambda: iter_batches(src), writer,
+                                  rewind_rows=lambda: iter_batches(src, columns=["id", "label"]),
                                   modality=split.get("payload", "image"), classes=split["classes"],
                                   image_shape=split.get("image_shape"), options=options,
                                   noise=NoiseOptions(rate=p.noise.rate, seed=p.noise.seed), embeddings=embeddings,

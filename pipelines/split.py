@@ -54,10 +54,11 @@ def main() -> None:
             assign_splits_given(found.names, given, fractions=fractions, seed=p.seed)
         contaminated = contamination(found.names, splits) if given is not None else None
         codes_all = np.fromiter((code_of[s] for s in splits), np.int8, len(splits))
-        with DatasetWriter(out, classes=clean["classes"],
+        # data/split extends data/clean: its shards hold id, label, group and split, not the payload again
+        with DatasetWriter(out, classes=clean["classes"], base=src, replaces=("group",),
                            metadata={k: clean[k] for k in CARRIED if k in clean}) as w:
             rows = 0
-            for batch in iter_batches(src):  # pass 2: the rows with their group and split
+            for batch in iter_batches(src, columns=["id", "label"]):  # pass 2: each row's group and split
                 table = pa.Table.from_batches([batch])
                 if "group" in table.schema.names:
                     table = table.drop_columns(["group"])

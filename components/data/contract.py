@@ -4,6 +4,14 @@ A dataset directory holds ``part-00000.parquet ...``, ``manifest.json`` (rows, c
 class_counts, set_aside per reason, schema, content hash) and ``set_aside.jsonl`` (one line
 per row that was not carried forward, with its reason). Counts add up:
 ``rows_in == rows + sum(set_aside.values())``.
+
+The payload is written once (by clean). A stage that only adds to the rows (split: ``split``
+and ``group``; audit: its label decisions) writes an *extension*: shards holding ``id``, ``label``
+and the columns it adds or changes, and a manifest naming the dataset it extends (``base``, a
+path relative to itself) with that dataset's content hash. Its rows are a subsequence of the
+base's, in the base's order (a stage may drop rows, never reorder them). :func:`iter_batches`
+and :func:`read_table` join the chain by id as they stream, so readers see whole rows; a read of
+the extension's own columns only never touches the payload.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from components.runtime import refuse_if_orphaned
@@ -94,8 +103,15 @@ class DatasetWriter:
     """
 
     def __init__(self, out_dir: str | os.PathLike, *, classes: list[str], shard_rows: int = 50_000,
-                 metadata: dict | None = None):
+                 metadata: dict | None = None, base: str | os.PathLike | None = None,
+                 replaces: tuple[str, ...] = ()):
+        """``base``: write an extension of that dataset (see the module docstring): of each row only
+        ``id``, ``label``, the columns the base does not have, and ``replaces`` (base columns whose
+        values this stage sets anew, e.g. split's ``group``) are kept."""
         self.out_dir = Path(out_dir)
+        self.base = Path(base) if base is not None else None
+        self._base_manifest = read_manifest(self.base) if self.base is not None else None
+        self.replaces = tuple(replaces)
         self.classes = list(classes)
         self.shard_rows = shard_rows
         self.metadata = dict(metadata or {})
@@ -117,6 +133,10 @@ class DatasetWriter:
         """Cast a batch to the dataset's schema (the first batch's) and count it; None if empty."""
         if table.num_rows == 0:
             return None
+        if self._base_manifest is not None:  # an extension: the payload and other base columns stay in the base
+            base_cols = set(self._base_manifest["schema"])
+            table = table.select([c for c in table.schema.names
+                                  if c in ("id", "label", *self.replaces) or c not in base_cols])
         if self._schema is None:
             self._schema = table.schema
         table = table.cast(self._schema)
@@ -174,16 +194,26 @@ class DatasetWriter:
         if rows_in != self.rows + sum(counts.values()):
             raise DataContractError(
                 f"{self.out_dir}: counts do not add up: {rows_in} in, {self.rows} out, set aside {counts}")
+        own = {f.name: str(f.type) for f in self._schema}
+        if self._base_manifest is not None:
+            extension = {"base": os.path.relpath(self.base, self.out_dir), "columns": list(own),
+                         "base_content_hash": self._base_manifest["content_hash"]}
+            schema = {**self._base_manifest["schema"], **own}  # whole rows, as readers see them
+            payload = self._base_manifest["payload"]
+            digest = hashlib.sha256((_table_digest(self._shards) + extension["base_content_hash"]).encode()).hexdigest()
+        else:
+            extension, schema, payload, digest = None, own, payload_column(self._schema), _table_digest(self._shards)
         manifest = {
             "rows": self.rows,
             "rows_in": rows_in,
             "classes": self.classes,
             "class_counts": {self.classes[k]: self.class_counts.get(k, 0) for k in range(len(self.classes))},
             "set_aside": counts,
-            "payload": payload_column(self._schema),
-            "schema": {f.name: str(f.type) for f in self._schema},
+            "payload": payload,
+            "schema": schema,
             "shards": [p.name for p in self._shards],
-            "content_hash": _table_digest(self._shards),
+            "content_hash": digest,
+            **({"extends": extension} if extension else {}),
             **self.metadata,
             **(extra or {}),
         }
@@ -331,10 +361,40 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
     return read_json(Path(data_dir) / MANIFEST)
 
 
+def extension_of(manifest: dict, data_dir: str | os.PathLike) -> tuple[Path, list[str]] | None:
+    """(the base dataset's folder, the columns this dataset's shards hold), or None for a whole dataset."""
+    ext = manifest.get("extends")
+    if not ext:
+        return None
+    return (Path(data_dir) / ext["base"]).resolve(), list(ext["columns"])
+
+
+def payload_dir(data_dir: str | os.PathLike) -> Path:
+    """The dataset at the end of an extension chain: where the payload is stored."""
+    data_dir = Path(data_dir)
+    ext = extension_of(read_manifest(data_dir), data_dir)
+    return data_dir if ext is None else payload_dir(ext[0])
+
+
 def read_table(data_dir: str | os.PathLike, *, columns: list[str] | None = None,
                filter_split: str | None = None) -> pa.Table:
-    """Read every shard listed in the manifest (optionally one split) into one table."""
+    """Read every shard listed in the manifest (optionally one split) into one table; an extension
+    is joined with its base (only when a column it does not hold is asked for)."""
     manifest = read_manifest(data_dir)
+    ext = extension_of(manifest, data_dir)
+    if ext is not None and (columns is None or not {*columns, *(["split"] if filter_split else [])} <= set(ext[1])):
+        parts = []
+        for b in iter_batches(data_dir, columns=columns if columns is None or not filter_split
+                              else list(dict.fromkeys([*columns, "split"]))):
+            t = pa.Table.from_batches([b])
+            if filter_split:
+                t = t.filter(pc.equal(t.column("split"), filter_split))
+                if columns is not None and "split" not in columns:
+                    t = t.drop_columns(["split"])
+            parts.append(t)
+        if parts:
+            return pa.concat_tables(parts)
+        return _empty_joined(Path(data_dir), manifest, ext, columns)
     paths = [Path(data_dir) / s for s in manifest["shards"]]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -344,26 +404,99 @@ def read_table(data_dir: str | os.PathLike, *, columns: list[str] | None = None,
             columns=columns)
 
 
-def iter_batches(data_dir: str | os.PathLike, *, batch_rows: int = 8192,
-                 batch_bytes: int = BATCH_BYTES) -> Iterator[pa.RecordBatch]:
+def iter_batches(data_dir: str | os.PathLike, *, batch_rows: int = 8192, batch_bytes: int = BATCH_BYTES,
+                 columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
     """Stream a dataset shard by shard, so memory is bounded by ``batch_rows`` rows and, for wide
-    rows (images), by about ``batch_bytes`` bytes of them."""
+    rows (images), by about ``batch_bytes`` bytes of them. An extension streams joined with its base
+    (the base's batches, filtered to this dataset's rows, with its columns)."""
     manifest = read_manifest(data_dir)
+    ext = extension_of(manifest, data_dir)
+    if ext is not None and (columns is None or not set(columns) <= set(ext[1])):
+        yield from _joined_batches(Path(data_dir), manifest, ext, columns=columns, batch_rows=batch_rows,
+                                   batch_bytes=batch_bytes)
+        return
     for shard in manifest["shards"]:
         with _unreadable_parquet(Path(data_dir) / shard):
             yield from iter_file_batches(pq.ParquetFile(Path(data_dir) / shard), batch_rows=batch_rows,
-                                         batch_bytes=batch_bytes)
+                                         batch_bytes=batch_bytes, columns=columns)
+
+
+def _empty_joined(data_dir: Path, manifest: dict, ext: tuple[Path, list[str]], columns: list[str] | None) -> pa.Table:
+    """No row matched: an empty table with the joined columns' types."""
+    base, own_cols = ext
+    first = next(iter_batches(base, batch_rows=1), None)
+    if first is None:
+        raise DataContractError(f"{base}: no rows; re-run the stage that writes it (dvc repro)")
+    t = pa.Table.from_batches([first]).slice(0, 0)
+    own = pq.read_table(data_dir / manifest["shards"][0]).slice(0, 0) if manifest["shards"] else None
+    t = t.drop_columns([c for c in t.schema.names if c in own_cols])
+    for c in own_cols:
+        t = t.append_column(c, own.column(c) if own is not None else pa.array([], pa.string()))
+    return t.select(columns) if columns is not None else t
+
+
+def _own_batches(data_dir: Path, manifest: dict) -> Iterator[pa.Table]:
+    for shard in manifest["shards"]:
+        with _unreadable_parquet(data_dir / shard):
+            for b in pq.ParquetFile(data_dir / shard).iter_batches(batch_size=65536):
+                yield pa.Table.from_batches([b])
+
+
+def _joined_batches(data_dir: Path, manifest: dict, ext: tuple[Path, list[str]], *, columns: list[str] | None,
+                    batch_rows: int, batch_bytes: int) -> Iterator[pa.RecordBatch]:
+    """The base's batches, each cut to the rows this extension kept (a subsequence, in order), with
+    this extension's columns in place of the base's of the same name. Memory: one batch of each."""
+    base, own_cols = ext
+    written_from = manifest["extends"].get("base_content_hash")
+    if written_from and read_manifest(base).get("content_hash") != written_from:
+        raise DataContractError(f"{data_dir} extends {base}, but was not written from the data there now (content "
+                                "hash differs): re-run the stages after it (dvc repro), or restore both (dvc checkout)")
+    base_cols = None if columns is None else [c for c in dict.fromkeys(["id", *columns]) if c not in own_cols
+                                                or c == "id"]
+    own = _own_batches(data_dir, manifest)
+    pending = None
+    matched = 0
+    for bb in iter_batches(base, batch_rows=batch_rows, batch_bytes=batch_bytes, columns=base_cols):
+        n = bb.num_rows
+        while pending is None or pending.num_rows < n:  # enough of our rows to cover this batch
+            nxt = next(own, None)
+            if nxt is None:
+                break
+            pending = nxt if pending is None else pa.concat_tables([pending, nxt])
+        if pending is None:
+            break
+        ours = pending.column("id").to_pylist()[:n]
+        theirs = bb.column("id").to_pylist()
+        take, j = [], 0
+        for k, row_id in enumerate(theirs):
+            if j < len(ours) and ours[j] == row_id:
+                take.append(k)
+                j += 1
+        mine, pending = pending.slice(0, j), pending.slice(j)
+        matched += j
+        if not j:
+            continue
+        t = pa.Table.from_batches([bb]).take(pa.array(take, pa.int64()))
+        t = t.drop_columns([c for c in t.schema.names if c in own_cols])
+        for c in own_cols:
+            t = t.append_column(c, mine.column(c))
+        order = [c for c in manifest["schema"] if c in t.schema.names] if columns is None else columns
+        yield from t.select(order).combine_chunks().to_batches()
+    left = (pending.num_rows if pending is not None else 0) + sum(t.num_rows for t in own)
+    if left:
+        raise DataContractError(f"{data_dir}: {left} of its rows are not in {base} in order: the two were not "
+                                "written from the same data; re-run the stage that writes it (dvc repro)")
 
 
 def iter_file_batches(parquet_file: pq.ParquetFile, *, batch_rows: int,
-                      batch_bytes: int = BATCH_BYTES) -> Iterator[pa.RecordBatch]:
+                      batch_bytes: int = BATCH_BYTES, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
     """One Parquet file's batches (see :func:`rows_within`), one row group at a time: a single
     ``iter_batches`` over a file of many row groups kept memory for every row group it had passed
     until it ended (pyarrow 25: +16 MiB per 16 MiB row group; apache/arrow#39808 is the same effect
     in Dataset.to_batches)."""
     size = rows_within(parquet_file, batch_rows=batch_rows, batch_bytes=batch_bytes)
     for k in range(parquet_file.metadata.num_row_groups):
-        yield from parquet_file.iter_batches(batch_size=size, row_groups=[k])
+        yield from parquet_file.iter_batches(batch_size=size, row_groups=[k], columns=columns)
 
 
 def rows_within(parquet_file: pq.ParquetFile, *, batch_rows: int, batch_bytes: int = BATCH_BYTES) -> int:

@@ -175,11 +175,13 @@ def payload_features(rows: _Rows, modality: str, *, fit_rows: np.ndarray) -> tup
 def audit_dataset(batches: Iterable[pa.RecordBatch], rewind, writer: DatasetWriter, *, modality: str,
                   classes: list[str], image_shape: list[int] | None, options: LabelIssueOptions | None,
                   noise: NoiseOptions, embeddings: tuple[list[str], np.ndarray] | None, use_ray: bool,
-                  log=lambda *a: None) -> dict:
+                  log=lambda *a: None, rewind_rows=None) -> dict:
     """Audit a split dataset into ``writer``.
 
     ``batches``: the split dataset's record batches (pass 1); ``rewind()``: the same batches again
-    (pass 2, streamed to the writer). ``options`` None: no label-issue search (every
+    (pass 2, streamed to the writer); ``rewind_rows()``, if given: the same rows with only ``id``
+    and ``label``, for that last pass when the writer keeps only the audit's own columns (an
+    extension of the split: the payload is not read a third time). ``options`` None: no label-issue search (every
     ``label_issue`` false). Returns ``rows_in``, ``set_aside``, ``extra`` (manifest keys),
     ``metrics`` (``audit/...``), ``suspects`` (the ranked table, with each row's split),
     ``decision`` (one sentence: what the audit did and why).
@@ -273,7 +275,7 @@ def audit_dataset(batches: Iterable[pa.RecordBatch], rewind, writer: DatasetWrit
                           predicted_label=int(decisions.predicted[k]),
                           confidence=round(float(decisions.confidence[k]), 4))
     start = 0
-    for batch in rewind():
+    for batch in (rewind_rows or rewind)():
         table = pa.Table.from_batches([batch])
         k = np.arange(start, start + len(table))
         start += len(table)

@@ -30,7 +30,7 @@ def test_tables_hold_each_rows_own_embedding(tmp_path):
     split, _ = _split(tmp_path)
     emb = np.arange(8 * 4, dtype=np.float32).reshape(8, 4)
     order = [3, 1, 0, 2, 7, 6, 5, 4]  # the embed file's order differs from the split's
-    write_embeddings(tmp_path / "embed", ids=[f"r{i}" for i in order], splits=["x"] * 8, embeddings=emb[order],
+    write_embeddings(tmp_path / "embed", ids=[f"r{i}" for i in order], embeddings=emb[order],
                      manifest={"backbone": "efficientnet_lite0"})
     loop = LoopConfig(data_dir=str(split), n_classes=2, input_shape=(3, 16, 16), backbone="efficientnet_lite0",
                       embed_dir=str(tmp_path / "embed"), modality="image")
@@ -45,7 +45,7 @@ def test_tables_hold_each_rows_own_embedding(tmp_path):
 
 def test_embeddings_of_another_backbone_are_refused(tmp_path):
     split, _ = _split(tmp_path)
-    write_embeddings(tmp_path / "embed", ids=["r0"], splits=["train"], embeddings=np.zeros((1, 4)),
+    write_embeddings(tmp_path / "embed", ids=["r0"], embeddings=np.zeros((1, 4)),
                      manifest={"backbone": "resnet18"})
     loop = LoopConfig(data_dir=str(split), n_classes=2, input_shape=(3, 16, 16), backbone="efficientnet_lite0",
                       embed_dir=str(tmp_path / "embed"), modality="image")
@@ -97,7 +97,7 @@ def test_training_loop_trains_the_head_on_vectors(tmp_path, monkeypatch):
     labels = np.array([i % 2 for i in range(40)])
     emb = np.random.default_rng(1).normal(size=(40, 1280)).astype(np.float32)
     emb[:, :64] += labels[:, None] * 3.0  # separable on 64 of the 1280 dimensions
-    write_embeddings(tmp_path / "embed", ids=[f"r{i}" for i in range(40)], splits=["x"] * 40, embeddings=emb,
+    write_embeddings(tmp_path / "embed", ids=[f"r{i}" for i in range(40)], embeddings=emb,
                      manifest={"backbone": "efficientnet_lite0"})
     cfg = LoopConfig(data_dir=str(split), n_classes=2, input_shape=(3, 16, 16), backbone="efficientnet_lite0",
                      embed_dir=str(tmp_path / "embed"), modality="image", epochs=6, patience=6,

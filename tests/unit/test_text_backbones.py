@@ -160,7 +160,7 @@ def test_frozen_head_on_minilm_vectors_beats_chance_and_predicts_raw_text(backbo
     splits = ["train"] * 14 + ["val"] * 10
     split = _text_split(tmp_path, texts, labels, splits)
     emb = _embed(backbone, texts).numpy()
-    write_embeddings(tmp_path / "embed", ids=[f"t{i:02d}" for i in range(24)], splits=splits, embeddings=emb,
+    write_embeddings(tmp_path / "embed", ids=[f"t{i:02d}" for i in range(24)], embeddings=emb,
                      manifest={**backbone.info.manifest()})
     cfg = LoopConfig(data_dir=str(split), n_classes=2, input_shape=(64,), backbone=NAME, modality="text",
                      embed_dir=str(tmp_path / "embed"), epochs=30, patience=30, batch_size=8, lr=0.05, dropout=0.0,
