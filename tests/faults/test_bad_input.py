@@ -81,6 +81,19 @@ def _model_spec(root: Path, **changes):
     spec_path.write_text(json.dumps(spec))
 
 
+def _weights_replaced(root: Path) -> None:
+    """train.pretrained names a local file; the embed stage recorded its sha256; then new weights
+    were saved over the same path (DVC sees the same string and re-runs nothing) (issue 27.3)."""
+    import hashlib
+
+    _params(root, "train", backbone="efficientnet_lite0", pretrained="weights.safetensors")
+    (root / "data/embed").mkdir(parents=True, exist_ok=True)
+    (root / "data/embed/manifest.json").write_text(json.dumps({
+        "backbone": "efficientnet_lite0", "dim": 1280, "weights": "weights.safetensors",
+        "weights_sha256": hashlib.sha256(b"the weights embed read").hexdigest()}))
+    (root / "weights.safetensors").write_bytes(b"other weights, same path")
+
+
 def _one_row_per_class(root: Path) -> None:
     """data/ingest replaced by a table with one row per class: it passed ingest, clean and split,
     then the baselines failed with a scikit-learn traceback (issue 28.7)."""
@@ -89,7 +102,7 @@ def _one_row_per_class(root: Path) -> None:
     table = root / "one_each.csv"
     table.write_text("a,b,label\n" + "".join(f"{k}.5,{-k},c{k}\n" for k in range(8)))
     shutil.rmtree(root / "data/ingest")
-    ingest(open_source("table", path=str(table), label_column="label"), root / "data/ingest", shard_rows=100,
+    ingest(open_source("table", path=str(table), label_column="label", max_file_bytes=1 << 20), root / "data/ingest", shard_rows=100,
            shard_bytes=1 << 20, progress=False)
 
 
@@ -137,6 +150,9 @@ CASES = [
          ["models/model/model.pt", "different runs"]),
     Case("model-spec-not-json", "evaluate", _write("models/model/model.json", "{"),
          ["models/model/model.json", "not valid JSON", "re-run the train stage"]),
+    Case("backbone-weights-replaced", "evaluate", _weights_replaced,
+         ["weights.safetensors", "changed since the embed stage ran", "data/embed/manifest.json",
+          "dvc repro -f embed"]),
 ]
 
 

@@ -142,8 +142,7 @@ def _class_names(values) -> Iterator[str]:
 
 
 def table_source(path: str, *, label_column: str, text_column: str | None = None,
-                 feature_columns: list[str] | None = None, max_file_bytes: int = 64 << 20,
-                 batch_rows: int = 8192) -> Source:
+                 feature_columns: list[str] | None = None, max_file_bytes: int, batch_rows: int = 8192) -> Source:
     """Rows of a CSV/Parquet table. Label and text cells are read as bytes and decoded row by
     row, so one row that is not UTF-8 is set aside (``not_utf8``) instead of failing the file;
     a text cell over ``max_file_bytes`` (ingest.max_file_mb, the limit a text file has) is set
