@@ -4,7 +4,7 @@ confidently wrong examples, attributions, and the verdict against the best basel
 import numpy as np
 import torch
 
-from components.data.contract import (BASELINE_PREDICTIONS, read_json, read_manifest, read_table,
+from components.data.contract import (BASELINE_PREDICTIONS, DataContractError, read_json, read_manifest, read_table,
                                       read_test_predictions, write_csv_atomic, write_json_atomic)
 from components.evaluation import figures
 from components.evaluation.attributions import explain_sample
@@ -16,6 +16,7 @@ from components.training.data import load_split
 from components.training.export import load_model
 from components.training.text import vocabulary
 from components.models.backbone_names import network_display_name, probe_note
+from components.models.backbones import weights_changed
 from pipelines.stage import Stage, run_stage
 
 
@@ -24,6 +25,11 @@ def main() -> None:
         paths, p = stage.paths, stage.params.evaluate
         torch.set_num_threads(1)
         model, spec = load_model(stage.path(paths.model))
+        train, embed_manifest = stage.params.train, stage.path(paths.embed) / "manifest.json"
+        if train.backbone and embed_manifest.is_file():  # the probe baseline and the network: one set of weights
+            why = weights_changed(read_json(embed_manifest), train.backbone, train.pretrained, where=str(embed_manifest))
+            if why:
+                raise DataContractError(why)
         split_dir = stage.path(paths.audit)  # the split after the label audit (test rows as given)
         manifest = read_manifest(split_dir)
         modality = manifest.get("payload", "image")

@@ -30,6 +30,14 @@ def resolve_backbone(loop) -> dict:
         if not max_tokens:  # no embed output to read it from: ask the model (a few seconds)
             max_tokens = build_text_backbone(loop.backbone, updates.get("pretrained", loop.pretrained)).info.max_tokens
         updates.update(tokenizer=tokenizer_spec(loop.backbone, max_tokens=max_tokens), input_shape=(max_tokens,))
+    if loop.embed_dir and (Path(loop.embed_dir) / "manifest.json").is_file():
+        from components.models.backbones import weights_changed
+
+        why = weights_changed(read_json(Path(loop.embed_dir) / "manifest.json"), loop.backbone,
+                              updates.get("pretrained", loop.pretrained),
+                              where=f"{loop.embed_dir}/manifest.json")
+        if why:
+            raise DataContractError(why)
     if loop.backbone_mode == "frozen":
         if not loop.embed_dir:
             raise ValueError("backbone_mode frozen needs embed_dir (the embed stage's output)")

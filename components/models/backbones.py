@@ -341,6 +341,46 @@ def build_backbone(name: str, pretrained: bool | str = True, *, seed: int = 0,
     return Backbone(features, info).eval()
 
 
+def weights_file(name: str, pretrained: bool | str, *, root: str | os.PathLike = ".") -> Path | None:
+    """The file whose sha256 :func:`build_backbone` records as ``weights_sha256`` (a local file, a
+    text model directory's ``model.safetensors``, or the one inside the package), without building
+    the network; None where only loading tells (hub weights, random initialisation)."""
+    from components.models.backbone_names import TEXT_BUILTIN, is_text_backbone
+
+    if isinstance(pretrained, str):
+        p = Path(pretrained)
+        p = p if p.is_absolute() else Path(root) / p
+        return p / "model.safetensors" if is_text_backbone(name) else p
+    if pretrained is not True:
+        return None
+    if name in TEXT_BUILTIN:
+        from components.models.text_backbones import model_source
+
+        return Path(model_source(name)) / "model.safetensors"
+    return packaged_weights_file(name) if name in BUILTIN else None
+
+
+def weights_changed(recorded: dict, name: str, pretrained: bool | str, *, root: str | os.PathLike = ".",
+                    where: str = "the embed stage's manifest") -> str | None:
+    """Why the backbone weights differ from those the embed stage used (``recorded``: its
+    manifest), naming the file and the fix; None when they agree or cannot be told apart without
+    loading them. DVC watches ``train.pretrained`` as a string, not the file it names (nor the
+    package that ships the default weights), so new weights at the same path would otherwise mix
+    old embeddings with a new backbone."""
+    if recorded.get("backbone") != name or not recorded.get("weights_sha256"):
+        return None
+    file = weights_file(name, pretrained, root=root)
+    if file is None or not file.is_file():
+        return None
+    now = sha256_file(file)
+    if now == recorded["weights_sha256"]:
+        return None
+    return (f"train.pretrained: the weights of {name} changed since the embed stage ran: {file} has sha256 "
+            f"{now[:12]}..., {where} recorded {recorded['weights_sha256'][:12]}... (a new file at the same path, "
+            "or another version of the package that ships them). DVC does not watch the file itself: re-embed "
+            "and re-run what follows with `dvc repro -f embed` then `dvc repro`")
+
+
 def expected_input(name: str) -> tuple[int, int] | None:
     """The input size a backbone's weights expect, without building it (None: unknown here)."""
     if name in BUILTIN:
