@@ -35,6 +35,9 @@ def main() -> None:
         reused = source.cache.reused if source.cache is not None else 0
         if source.cache is not None:
             stage.log("%d unchanged files taken from the ingest cache (%s), not read again", reused, p.cache_dir)
+        if manifest.get("labels_read_as_missing"):
+            stage.log("labels read as missing, not as classes (rows set aside missing_label): %s",
+                      manifest["labels_read_as_missing"])
         if manifest.get("empty_classes"):
             stage.log("warning: no usable rows in class(es) %s", manifest["empty_classes"])
         stage.finish({"ingest/rows_in": manifest["rows_in"], "ingest/rows": manifest["rows"],

@@ -375,6 +375,13 @@ def test_every_file_is_accounted_for(tmp_path):
                               "image_too_large": 1, "outside_class_folder": 1}
 
 
+def test_label_words_meaning_missing_are_said(tmp_path):
+    source, options = _table(tmp_path, pd.DataFrame({"x": [1.0, 2, 3, 4, 5], "label": ["a", "None", "b", "none", "b"]}))
+    m = run(tmp_path, source, **options)
+    assert m["classes"] == ["a", "b"] and m["set_aside"] == {"missing_label": 2}
+    assert m["labels_read_as_missing"] == {"None": 1, "none": 1}
+
+
 def test_small_pixel_limit_sets_aside_big_images(tmp_path):
     root = image_tree(tmp_path / "src")
     write(root, "cats/big.png", image_bytes("PNG", size=(200, 100)))

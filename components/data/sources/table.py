@@ -241,8 +241,12 @@ def table_source(path: str, *, label_column: str, text_column: str | None = None
                     if label is None:
                         given = raw.decode("utf-8").strip() if isinstance(raw, bytes) else raw
                         # a word meaning "missing" (None, null): say which, it was not an empty cell
-                        aside.add(content_id(blob, src), src, MISSING_LABEL,
-                                  **({"given": given} if isinstance(given, str) and given else {}))
+                        if isinstance(given, str) and given:
+                            aside.add(content_id(blob, src), src, MISSING_LABEL, given=given)
+                            words = extra.setdefault("labels_read_as_missing", {})  # in the manifest
+                            words[given] = words.get(given, 0) + 1
+                        else:
+                            aside.add(content_id(blob, src), src, MISSING_LABEL)
                     elif payload == "text" and len(blob) > max_file_bytes:
                         aside.add(content_id(blob, src), src, ROW_TOO_LARGE, bytes=len(blob),
                                   max_bytes=max_file_bytes)
