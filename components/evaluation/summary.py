@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 SUMMARY_BY_CLI_ENV = "TRAINWISE_SUMMARY_BY_CLI"
-STAGES = ("ingest", "clean", "split", "embed", "audit", "baseline", "tune", "train", "evaluate")
+STAGES = ("ingest", "clean", "embed", "split", "audit", "baseline", "tune", "train", "evaluate")
 EVALUATION_FILE = "evaluation.json"  # in paths.evaluate: verdict, calibration, confidently wrong, attributions
 
 
