@@ -1,4 +1,17 @@
-"""Near-duplicate search at scale: the KD-tree index (clean's search today) vs the brute force it replaced.
+"""Near-duplicates: clean's pixel index at scale, and the split stage's grouping by content (issue 26).
+
+``--parts`` picks what runs (default: ``photos text scale``, about 10-15 min on 2 busy cores):
+
+- ``pixels``: the pixel-index measurement below (20k/50k/200k; the old brute force makes it long);
+- ``photos``, ``text``, ``scale``: grouping by content, calibrated and checked on real photos with
+  crop / mirror / re-encode variants, real sentences with edited copies, and 200,000 1,280-d
+  embeddings through ``EmbeddingIndex`` (benchmarks/near_duplicates_content.py says how).
+
+Each part's figures go under its own key of benchmarks/results/near_duplicates.json (``photos_64px``,
+``photos_224px``, ``text``, ``embedding_scale``; the pixel part keeps the top-level keys docs quote), each with its
+own ``provenance``; a part not run keeps its figures from the last run.
+
+The pixel part: the KD-tree index (clean's search today) vs the brute force it replaced.
 
 Synthetic but realistic images, generated here: 32x32 grayscale pictures drawn from 100 smooth
 templates (each picture its template shifted by up to 2 pixels, with its own smooth variation and
@@ -23,7 +36,10 @@ cores, recall >= 0.99.
 the KD-tree over 4x4 / 6x6 / 8x8 DCT coefficients, a ball tree, and faiss' exact (flat) and
 IVF range search when faiss is importable (it is not a dependency).
 
-    python -m benchmarks.near_duplicates [--sizes 20000 50000 200000] [--candidates]
+    python -m benchmarks.near_duplicates --parts pixels [--sizes 20000 50000 200000] [--candidates]
+    python -m benchmarks.near_duplicates [--parts photos text scale] --photos-repo FMD --text-repo UCI
+      FMD: a clone (or bare git dir) of github.com/chandrikadeb7/Face-Mask-Detection
+      UCI: a clone of github.com/kvrao/sentiment_analysis (holds 'sentiment labelled sentences/')
 """
 
 from __future__ import annotations
@@ -206,11 +222,7 @@ def _recall(pairs: np.ndarray, planted: np.ndarray) -> float:
     return float(np.mean([(min(a, b), max(a, b)) in found for a, b in planted.tolist()]))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[20_000, 50_000, 200_000])
-    ap.add_argument("--candidates", action="store_true", help="also time the alternatives (smallest size)")
-    args = ap.parse_args()
+def run_pixels(args) -> dict:
     rows, candidates, old_rate = [], None, None
     with tempfile.TemporaryDirectory(prefix="trainwise-near-bench-") as tmp:
         for n in sorted(args.sizes):
@@ -274,9 +286,75 @@ def main() -> None:
         for m in candidates["methods"]:
             wall = f"{m['wall_s']:.2f} s" if m["wall_s"] is not None else "-"
             print(f"  {m['method']:<62}{wall:>10}  candidate pairs {m['candidates']}")
-    write_results(REPO / "benchmarks" / "results" / "near_duplicates.json",
-                  {"radius": RADIUS, "copy_fraction": COPY_FRACTION, "rows": rows, "target": verdict,
-                   "candidates": candidates, "shared_machine": True})
+    return {"radius": RADIUS, "copy_fraction": COPY_FRACTION, "rows": rows, "target": verdict,
+            "candidates": candidates, "shared_machine": True}
+
+
+
+RESULTS_FILE = REPO / "benchmarks" / "results" / "near_duplicates.json"
+PIXEL_KEYS = ("radius", "copy_fraction", "rows", "target", "candidates", "shared_machine")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", nargs="+", choices=["pixels", "photos", "text", "scale"],
+                    default=["photos", "text", "scale"])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[20_000, 50_000, 200_000], help="pixels: rows")
+    ap.add_argument("--candidates", action="store_true", help="pixels: also time the alternatives (smallest size)")
+    ap.add_argument("--photos-repo", type=Path, help="photos: clone or bare git dir of chandrikadeb7/Face-Mask-Detection")
+    ap.add_argument("--photos", type=int, default=300, help="photos: distinct photos (half per class)")
+    ap.add_argument("--variants", type=int, default=4, help="photos: variants per photo")
+    ap.add_argument("--photo-sizes", type=int, nargs="+", default=[64, 224],
+                    help="photos: sides clean decodes to (64: no train.backbone, clean.max_image_side; 224: with "
+                         "an EfficientNet backbone); one result per size")
+    ap.add_argument("--text-repo", type=Path, help="text: clone or bare git dir holding 'sentiment labelled sentences/'")
+    ap.add_argument("--texts", type=int, default=1000, help="text: distinct sentences")
+    ap.add_argument("--copies", type=int, default=3, help="text: edited copies per sentence")
+    ap.add_argument("--scale-rows", type=int, default=200_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--results", type=Path, default=RESULTS_FILE, help="the results file to update")
+    args = ap.parse_args()
+    from benchmarks import near_duplicates_content as content
+    from benchmarks._results import provenance
+
+    for part, flag in (("photos", "photos_repo"), ("text", "text_repo")):
+        if part in args.parts and getattr(args, flag) is None:
+            ap.error(f"--parts {part} needs --{flag.replace('_', '-')} (see this module's docstring for the clone)")
+    previous = json.loads(args.results.read_text()) if args.results.exists() else {}
+    result = {k: v for k, v in previous.items() if k != "provenance"}
+    if "pixels" in args.parts:
+        result.update(run_pixels(args))
+        result["pixels_provenance"] = provenance()
+    elif "pixels_provenance" not in result and "provenance" in previous:
+        result["pixels_provenance"] = previous["provenance"]     # the run that measured the top-level keys
+    if "photos" in args.parts:
+        result.pop("photos", None)      # the key before photos were measured at two sizes
+        for size in args.photo_sizes:
+            result[f"photos_{size}px"] = {**content.run_photos(args.photos_repo, photos=args.photos,
+                                                               variants=args.variants, size=size, seed=args.seed),
+                                          "provenance": provenance()}
+    if "text" in args.parts:
+        result["text"] = {**content.run_text(args.text_repo, texts=args.texts, copies=args.copies, seed=args.seed),
+                          "provenance": provenance()}
+    if "scale" in args.parts:
+        result["embedding_scale"] = {**content.run_scale(rows=args.scale_rows, seed=args.seed,
+                                                         threshold=_threshold(result), sample=20_000),
+                                     "provenance": provenance()}
+    for size in args.photo_sizes if "photos" in args.parts else []:
+        content.print_photos(result[f"photos_{size}px"])
+    for part, key, show in (("text", "text", content.print_text), ("scale", "embedding_scale", content.print_scale)):
+        if part in args.parts:
+            show(result[key])
+    write_results(args.results, result)
+
+
+def _threshold(result: dict) -> float:
+    """The cosine the scale part searches for: the lowest of the photos' recommendations when measured (the
+    lowest threshold is the most pairs to search), else today's default."""
+    from benchmarks.near_duplicates_content import DEFAULT_COSINE
+
+    recs = [r["recommended"]["min_cosine"] for k, r in result.items() if k.startswith("photos_") and "recommended" in r]
+    return float(min(recs, default=DEFAULT_COSINE))
 
 
 if __name__ == "__main__":
