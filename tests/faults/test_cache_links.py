@@ -21,8 +21,8 @@ import psutil
 import pytest
 import yaml
 
+from benchmarks.dvc_cache import disk_bytes  # a hard-linked file counted once, as `du` does
 from tests.project import REPO, copy_project, sh
-
 
 OUTPUTS = ("ingest", "clean", "embed", "split")  # data/<stage>: the stages `dvc repro split` runs
 
@@ -65,18 +65,6 @@ def assert_cache_intact(root: Path) -> None:
     assert objects
     bad = [str(p) for p in objects if _md5(p) != p.parent.name + p.name.removesuffix(".dir")]
     assert not bad, f"cache objects whose content no longer matches their name (written through a link): {bad}"
-
-
-def disk_bytes(*dirs: Path) -> int:
-    """Bytes on disk of the files under ``dirs``, a hard-linked file counted once (as `du` does)."""
-    seen, total = set(), 0
-    for d in dirs:
-        for p in d.rglob("*"):
-            st = p.lstat()
-            if p.is_file() and not p.is_symlink() and (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_size
-    return total
 
 
 def assert_status_clean(root: Path, env: dict) -> None:
