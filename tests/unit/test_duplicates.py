@@ -178,8 +178,15 @@ def test_split_reads_the_near_pairs_clean_found_and_reports_pairs_across_splits(
     st, m, kept = _clean(tmp_path, rows, clean_options(image_size=(32, 32)))
     assert len(st["near_pairs"]) >= 30
     write_near_pairs(tmp_path / "clean", st["near_pairs"])
+    # split also reads embed (no vectors here: grouping by clean's groups and pixels) and ingest (no given split)
+    from components.embedding.store import write_no_backbone
+
+    write_no_backbone(tmp_path / "embed", note="test")
+    (tmp_path / "ingest").mkdir()
+    (tmp_path / "ingest" / "manifest.json").write_text((tmp_path / "clean" / "manifest.json").read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(
-        {"paths": {"clean": "clean", "split": "split"}, "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"}}))
+        {"paths": {"ingest": "ingest", "clean": "clean", "embed": "embed", "split": "split"},
+         "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"}}))
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env["PYTHONPATH"] = str(REPO)
 
