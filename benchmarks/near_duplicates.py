@@ -1,6 +1,7 @@
 """Near-duplicates: clean's pixel index at scale, and the split stage's grouping by content (issue 26).
 
-``--parts`` picks what runs (default: ``photos text scale``, about 10-15 min on 2 busy cores):
+``--parts`` picks what runs (default: ``photos text scale``; 15-25 min on 2 cores shared with other work,
+most of it EfficientNet-Lite0 on 1,200 photos; ``--photo-sizes 64 224`` adds the 224 px decode):
 
 - ``pixels``: the pixel-index measurement below (20k/50k/200k; the old brute force makes it long);
 - ``photos``, ``text``, ``scale``: grouping by content, calibrated and checked on real photos with
@@ -304,7 +305,7 @@ def main() -> None:
     ap.add_argument("--photos-repo", type=Path, help="photos: clone or bare git dir of chandrikadeb7/Face-Mask-Detection")
     ap.add_argument("--photos", type=int, default=300, help="photos: distinct photos (half per class)")
     ap.add_argument("--variants", type=int, default=4, help="photos: variants per photo")
-    ap.add_argument("--photo-sizes", type=int, nargs="+", default=[64, 224],
+    ap.add_argument("--photo-sizes", type=int, nargs="+", default=[64],
                     help="photos: sides clean decodes to (64: no train.backbone, clean.max_image_side; 224: with "
                          "an EfficientNet backbone); one result per size")
     ap.add_argument("--text-repo", type=Path, help="text: clone or bare git dir holding 'sentiment labelled sentences/'")
