@@ -53,7 +53,8 @@ POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 
 def init_ray(*, address: str | None = None, num_cpus: int | None = None, verbose: bool = False,
-             train_poll_s: float | None = None, schedule_timeout_s: float | None = None) -> dict:
+             train_poll_s: float | None = None, schedule_timeout_s: float | None = None,
+             object_store_memory: int | None = None) -> dict:
     """``ray.init`` in-process, or join the cluster named by ``RAY_ADDRESS`` / ``address``.
 
     Returns the cluster's resources. With ``verbose`` false, worker logs stay out of the
@@ -63,6 +64,8 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, verbose
     ``schedule_timeout_s`` (``ray.schedule_timeout_s``) bounds how long any placement group
     of this process's Ray job may wait for resources: then the stage stops with an error naming
     the shape and the cluster's nodes (components.cluster.placement.watch_placement).
+    ``object_store_memory`` (bytes) sizes an in-process Ray's object store (None: Ray's default,
+    30% of the memory); ignored when joining a cluster.
     """
     import ray
 
@@ -93,6 +96,8 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, verbose
             # cluster's nodes keep whatever `ray start` gave them.
             os.environ.setdefault("RAY_worker_niceness", "0")
             _local_only()
+            if object_store_memory:
+                kwargs["object_store_memory"] = int(object_store_memory)
             _start_local_ray(ray, num_cpus=num_cpus, dashboard_host=LOOPBACK, **kwargs)
     job = ray.get_runtime_context().get_job_id()
     if schedule_timeout_s and _placement_watch.get(job) is None:
@@ -111,7 +116,7 @@ def _local_only() -> None:
     """Make the in-process Ray reachable from this machine only, and only with a token.
 
     It serves this one stage, yet on Linux Ray binds its GCS, raylet, workers and agents to every
-    interface (measured, Ray 2.60: `*` / `0.0.0.0`): anyone who can reach the machine could submit
+    interface (measured, Ray 2.60: `*`, every IPv4 address): anyone who can reach the machine could submit
     code to it. A node whose address is 127.0.0.1 binds all of them to loopback. ``ray.init``
     turns an explicit ``_node_ip_address="127.0.0.1"`` back into the machine's address; the
     address Ray picks itself is 127.0.0.1 when its multi-node switch is off. Ray reads the switch

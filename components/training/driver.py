@@ -7,10 +7,10 @@ trains exactly the way the final model does.
 
 Where the data is read. :func:`fit` runs on the driver and is the only place that opens the
 split's files: with the ``memory`` loader it reads the train and val rows once (pyarrow) and
-puts the raw table in Ray's object store; with ``ray_data`` it builds
-``ray.data.read_parquet`` datasets whose read tasks are pinned to the driver's node by Ray
-Data's ``local://`` scheme for local paths (URLs such as ``s3://`` are read where the tasks
-run). Either way workers on other nodes receive rows through the object store, so a split
+puts the raw table in Ray's object store; with ``ray_data`` it builds Ray Data streams of the
+shards' row groups (components/training/streaming.py), never materialised, whose zero-CPU read
+tasks are pinned to the driver's node for local paths (URLs such as ``s3://`` are read where the
+tasks run). Either way workers on other nodes receive rows through the object store, so a split
 that only the driver's disk holds trains on a multi-node cluster. Checkpoints are another
 matter: ``storage_path`` must be storage every node can write (a URL or a shared mount) on a
 cluster; a local path is fine on one machine.
@@ -99,7 +99,7 @@ def run_data(loop: LoopConfig) -> tuple[dict | None, dict | None]:
     ``loop`` is resolved (:func:`resolve`)."""
     import ray
 
-    from components.data.contract import read_manifest, read_table
+    from components.data.contract import read_table
 
     kind = loop.modality
     if loop.backbone and loop.backbone_mode == "frozen":  # the head trains on the embed stage's vectors
@@ -109,19 +109,9 @@ def run_data(loop: LoopConfig) -> tuple[dict | None, dict | None]:
     if loop.loader == "memory":
         return None, {s: ray.put(read_table(loop.data_dir, columns=["label", kind], filter_split=s))
                       for s in ("train", "val")}
-    from ray.data.expressions import col
+    from components.training.streaming import stream_datasets
 
-    base = loop.data_dir
-    shards = [f"{base.rstrip('/')}/{s}" for s in read_manifest(base)["shards"]]
-    if "://" not in base:  # local files: read on the driver's node (other nodes may not see them)
-        shards = [f"local://{os.path.abspath(p)}" for p in shards]
-    ds = ray.data.read_parquet(shards, columns=["label", kind, "split"])
-    # Materialised here, before the workers take their CPUs: a streaming read scheduled
-    # after them waits for a CPU that a small cluster no longer has (observed: a 2-CPU Ray
-    # with 2 workers hung), and each epoch would re-read the Parquet. The object store
-    # spills to disk beyond its memory.
-    return {s: ds.filter(expr=col("split") == s).select_columns(["label", kind]).materialize()
-            for s in ("train", "val")}, None
+    return stream_datasets(loop.data_dir, kind), None
 
 
 def fit(loop: LoopConfig, *, scaling: Scaling, storage_path: str, name: str,
@@ -138,6 +128,8 @@ def fit(loop: LoopConfig, *, scaling: Scaling, storage_path: str, name: str,
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from components.training.streaming import StreamingDataConfig
 
     loop = resolve(replace(loop, use_gpu=scaling.use_gpu, cpus_per_worker=scaling.cpus_per_worker))
     datasets, refs = run_data(loop)
@@ -156,7 +148,7 @@ def fit(loop: LoopConfig, *, scaling: Scaling, storage_path: str, name: str,
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo", timeout_s=collective_timeout_s),
         scaling_config=scaling.scaling_config(),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]) if datasets else None,
+        dataset_config=StreamingDataConfig() if datasets else None,
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=os.path.abspath(storage_path) if "://" not in storage_path else storage_path,

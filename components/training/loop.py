@@ -21,8 +21,9 @@ plus ``lr``, ``epoch_s`` and ``samples_per_s``.
 Data reaches the worker one of two ways (``LoopConfig.loader``): ``memory`` (the driver
 reads the split once and puts the raw Arrow table in Ray's object store; each worker
 decodes it once and shuffles per epoch with a seeded ``DistributedSampler``) or
-``ray_data`` (a Ray Data ``Dataset`` per split, the train one sharded across workers and
-iterated with ``iter_torch_batches``). Either way decoding and augmentation run here, on the
+``ray_data`` (a Ray Data stream per split, read from the Parquet shards each epoch and never
+materialised, the train one split equally across workers, val unequally, iterated with
+``iter_torch_batches``; components/training/streaming.py). Either way decoding and augmentation run here, on the
 worker, and no worker opens the driver's files.
 """
 
@@ -280,11 +281,9 @@ class _RayDataBatches:
             if self.train else {}
         batches = self.it.iter_torch_batches(batch_size=self.batch_size, collate_fn=self.decode_fn, device="cpu",
                                              **kw)
-        if self.train:
-            return batches
-        # validation is not split by Ray (DataConfig): every rank sees it all and scores every
-        # world-th batch, so each row is counted exactly once
-        return (b for i, b in enumerate(batches) if i % self.world == self.rank)
+        # validation is split across ranks too, unequally (streaming.StreamingDataConfig): each rank
+        # scores all of its share, every row exactly once
+        return batches
 
 
 class _SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -524,6 +523,7 @@ def run_loop(config: dict, session) -> None:
             "gap/acc": tr[1] / tr[2] - va[1] / va[2],
             "val/best_loss": best_val, "val/loss_smoothed": smoothed, "lr": lr,
             "epoch_s": seconds, "samples_per_s": tr[2] / seconds,
+            "train/rows": tr[2], "val/rows": va[2],  # rows seen, all ranks: what the loaders delivered
             "restarts": restarts,  # times this run resumed from a checkpoint (worker or driver failure)
             "checkpoint_s": checkpoint_s,  # writing the previous epoch's checkpoint (rank 0; 0 at the first)
         }
