@@ -18,7 +18,7 @@ three content parts; near_duplicates.py keeps the pixel-index measurement, ``--p
   normalised character 5-grams, exact Jaccard >= threshold), for a sweep of thresholds.
 - **scale**: 200,000 synthetic 1,280-d embeddings (non-negative, low-rank + noise, clustered like
   pooled CNN features, 2% planted near copies) fed to ``EmbeddingIndex`` in batches of 8,192 rows
-  (as the split stage does), ``pairs(floor=min_cosine - COSINE_MARGIN)`` (the floor the split stage
+  (as the split stage does), ``pairs(floor=EmbeddingIndex.search_floor(min_cosine))`` (the floor the split stage
   asks for), in its own subprocess (its ru_maxrss is its own); recall against ``_exact_pairs`` on
   every pair among the first 20,000 rows.
 
@@ -591,7 +591,7 @@ def _scale_worker(n: str, seed: str, floor: str, sample: str, out_path: str) -> 
     from components.quality.content_groups import EmbeddingIndex
 
     r0 = resource.getrusage(resource.RUSAGE_SELF)
-    index, gen_s, add_s = EmbeddingIndex(), 0.0, 0.0
+    index, gen_s, add_s = EmbeddingIndex(expected_rows=n_), 0.0, 0.0  # as the split stage builds it
     for s in range(0, n_, 8192):       # batches as the split stage reads the embed file
         t = time.perf_counter()
         x = synthetic_batch(s, min(n_, s + 8192), seed=seed_)
@@ -635,11 +635,13 @@ def _recall(ivf: np.ndarray, ref: np.ndarray, *, sample: int, floor: float) -> t
 
 
 def run_scale(*, rows: int, seed: int, threshold: float, sample: int) -> dict:
-    """EmbeddingIndex at the floor the split stage searches (threshold - COSINE_MARGIN, for the near
-    misses) and, to show what that margin costs, at the threshold itself."""
-    from components.quality.content_groups import COSINE_MARGIN
+    """EmbeddingIndex at the floor the split stage searches (a little under the threshold, for the near
+    misses: ``EmbeddingIndex.search_floor``) and, to show what that margin costs, at the threshold itself."""
+    from components.quality.content_groups import EmbeddingIndex
 
-    floor = round(threshold - COSINE_MARGIN, 4)
+    probe = EmbeddingIndex()
+    probe.rows = rows
+    floor = round(probe.search_floor(threshold), 4)
     load0 = os.getloadavg()
     runs = {}
     with tempfile.TemporaryDirectory(prefix="trainwise-nd-scale-") as tmp:

@@ -202,7 +202,7 @@ class CleanParams(_Section):
 
 class NearDuplicateParams(_Section):
     min_cosine: float = Field(
-        0.92, gt=0, le=1, description="images: rows whose embeddings (train.backbone, or embed.grouping's features) "
+        0.93, gt=0, le=1, description="images: rows whose embeddings (train.backbone, or embed.grouping's features) "
                                       "have cosine similarity >= this are one group (crops, flips, re-encodes "
                                       "of one photo); calibrated in benchmarks/near_duplicates.py")
     min_jaccard: float = Field(

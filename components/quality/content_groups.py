@@ -32,8 +32,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Pairs this far below the threshold are kept as "near misses" (shown, never grouped).
+# Pairs this far below the threshold are kept as "near misses" (shown, never grouped). Beyond
+# exact_max_rows the inverted-file search pays for a wide radius (200k x 1,280-d: 161 s at 0.08 below
+# 0.93, 14 s at the threshold itself; benchmarks/near_duplicates.py), so it looks only a little below.
 COSINE_MARGIN = 0.08
+COSINE_MARGIN_LARGE = 0.02
 JACCARD_MARGIN = 0.15
 SHINGLE = 5
 _PUNCT = re.compile(r"[\W_]+", re.UNICODE)
@@ -80,9 +83,14 @@ class EmbeddingIndex:
     be compared: it is counted in :attr:`unusable` and never paired (the caller says so).
     """
 
-    def __init__(self, *, exact_max_rows: int = 20_000, components: int = 96, nprobe: int = 12, seed: int = 0):
+    def __init__(self, *, exact_max_rows: int = 20_000, components: int = 96, nprobe: int = 12, seed: int = 0,
+                 expected_rows: int | None = None):
+        """``expected_rows``: when known, the float16 store is allocated once (no copy at the end, which
+        briefly held the vectors twice: 512 MB more at 200k rows of 1,280)."""
         self.exact_max_rows, self.components, self.nprobe, self.seed = exact_max_rows, components, nprobe, seed
         self._full: list[np.ndarray] = []
+        self._store: np.ndarray | None = None
+        self._expected = expected_rows
         self.rows = 0
         self.unusable: list[int] = []
 
@@ -94,15 +102,29 @@ class EmbeddingIndex:
         bad = ~np.isfinite(norms) | (norms < 1e-12)
         self.unusable += (np.flatnonzero(bad) + self.rows).tolist()
         x = np.where(bad[:, None], 0.0, x / np.where(bad, 1.0, norms)[:, None]).astype(np.float16)
-        self._full.append(x)
+        if self._expected is not None and self._store is None:
+            self._store = np.empty((max(self._expected, len(x)), x.shape[1]), np.float16)
+        if self._store is not None and self.rows + len(x) <= len(self._store):
+            self._store[self.rows:self.rows + len(x)] = x
+        else:
+            if self._store is not None:  # more rows than announced: fall back to a list of batches
+                self._full, self._store, self._expected = [self._store[:self.rows]], None, None
+            self._full.append(x)
         self.rows += len(x)
+
+    def search_floor(self, threshold: float) -> float:
+        """How far below ``threshold`` to search: near misses cost little in exact search, much in the inverted file."""
+        return threshold - (COSINE_MARGIN if self.rows <= self.exact_max_rows else COSINE_MARGIN_LARGE)
 
     def pairs(self, *, floor: float) -> Pairs:
         """Pairs with cosine >= ``floor`` (exact up to ``exact_max_rows`` rows, inverted file above)."""
         if self.rows < 2:
             return Pairs()
-        full = np.concatenate(self._full) if len(self._full) > 1 else self._full[0]
-        self._full = [full]
+        if self._store is not None:
+            full = self._store[:self.rows]
+        else:
+            full = np.concatenate(self._full) if len(self._full) > 1 else self._full[0]
+            self._full = [full]
         usable = np.ones(self.rows, bool)
         usable[self.unusable] = False
         if self.rows <= self.exact_max_rows:
@@ -146,7 +168,6 @@ def _ivf_pairs(full: np.ndarray, usable: np.ndarray, *, floor: float, components
         proj[s:s + block] = (full[rows[s:s + block]].astype(np.float32) - mean) @ basis
     # ~4 sqrt(n) lists (faiss' rule of thumb), at most 2048, and >= 39 training points a list (faiss' minimum)
     nlist = int(max(1, min(2048, 4 * np.sqrt(len(rows)), len(rows) // 39)))
-    faiss.omp_set_num_threads(max(1, faiss.omp_get_max_threads()))
     quantizer = faiss.IndexFlatL2(k)
     index = faiss.IndexIVFFlat(quantizer, k, nlist)
     index.cp.seed = seed
@@ -164,8 +185,8 @@ def _ivf_pairs(full: np.ndarray, usable: np.ndarray, *, floor: float, components
         j = hits.astype(np.int64)
         keep = i < j
         i, j = i[keep], j[keep]
-        for c in range(0, len(i), 1 << 16):   # exact check on the full vectors, a bounded block at a time
-            a, b = rows[i[c:c + (1 << 16)]], rows[j[c:c + (1 << 16)]]
+        for c in range(0, len(i), 1 << 13):   # exact check on the full vectors: ~84 MB a block at 1,280-d
+            a, b = rows[i[c:c + (1 << 13)]], rows[j[c:c + (1 << 13)]]
             sims = np.einsum("ij,ij->i", full[a].astype(np.float32), full[b].astype(np.float32))
             ok = sims >= floor
             found_p.append(np.stack([a[ok], b[ok]], axis=1))
@@ -365,7 +386,7 @@ def find_groups(ids: list[str], *, modality: str, exact_keys: np.ndarray, clean_
         model, batches = vectors
         position = {i: k for k, i in enumerate(ids)}
         order: list[int] = []
-        index = EmbeddingIndex()
+        index = EmbeddingIndex(expected_rows=n)
         for batch_ids, x in batches:
             try:
                 order += [position[i] for i in batch_ids]
@@ -377,7 +398,7 @@ def find_groups(ids: list[str], *, modality: str, exact_keys: np.ndarray, clean_
             raise DataContractError(f"the embeddings cover {len(set(order))} of the {n} cleaned rows: embed ran on "
                                     "other data; re-run it (`dvc repro embed`)")
         kind, threshold = "cosine", float(params.min_cosine)
-        found = index.pairs(floor=max(0.0, threshold - COSINE_MARGIN))
+        found = index.pairs(floor=max(0.0, index.search_floor(threshold)))
         back = np.asarray(order, np.int64)
         content = Pairs.of(back[found.pairs], found.sims) if len(found) else Pairs()
         unusable = len(index.unusable)

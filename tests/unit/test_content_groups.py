@@ -140,3 +140,20 @@ def test_exact_pairs_score_each_pair_once():
     x[2] = x[0]
     p = _exact_pairs(x, np.ones(3, bool), floor=0.5)
     assert p.pairs.tolist() == [[0, 2]] and float(p.sims[0]) == pytest.approx(1.0)
+
+
+def test_a_preallocated_store_gives_the_same_pairs_and_survives_more_rows_than_announced():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((300, 16)).astype(np.float32)
+    x[1::3] = x[0::3] + 0.05 * rng.standard_normal((100, 16)).astype(np.float32)
+    want = EmbeddingIndex()
+    want.add(x)
+    for expected in (300, 120):  # exact, and fewer than come (falls back to batches)
+        got = EmbeddingIndex(expected_rows=expected)
+        for k in range(0, 300, 100):
+            got.add(x[k:k + 100])
+        a, b = want.pairs(floor=0.9), got.pairs(floor=0.9)
+        assert a.pairs.tolist() == b.pairs.tolist() and len(a) >= 100
+    big = EmbeddingIndex(exact_max_rows=10)
+    big.add(x)
+    assert big.search_floor(0.93) == pytest.approx(0.91) and want.search_floor(0.93) == pytest.approx(0.85)
