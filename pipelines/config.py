@@ -112,7 +112,13 @@ class IngestParams(_Section):
     text_column: str | None = Field(None, description="table: the text column (text classification); "
                                                       "null: the other columns are numeric features")
     feature_columns: list[str] | None = Field(
-        None, description="table: numeric feature columns, in order; null: every column but the label")
+        None, description="table: numeric feature columns, in order; null: every column but the label (and "
+                          "split_column)")
+    split_column: str | None = Field(
+        None, description="table: a column naming the split each row came with (train / val / test; also "
+                          "training, valid, validation, dev, testing): the split stage keeps it and counts the "
+                          "test rows with a near-duplicate in train; rows with another value are set aside "
+                          "(unknown_split); null: the split stage draws every split")
     n_samples: int = Field(4000, gt=0, description="sequences: samples to generate (balanced over 10 classes)")
     sequence_length: int = Field(40, gt=1, description="sequences: points per sequence")
     generator: Literal["builtin", "mnist1d"] = Field(

@@ -13,7 +13,7 @@ def source_from_params(p: IngestParams, root: Path) -> Source:
     """The source params.yaml's `ingest` section names; a relative local path is the repo's."""
     path = p.path if is_url(p.path) or os.path.isabs(p.path) else str(root / p.path)
     source = open_source(
-        p.source, path=path, label_column=p.label_column, text_column=p.text_column,
+        p.source, path=path, label_column=p.label_column, text_column=p.text_column, split_column=p.split_column,
         feature_columns=p.feature_columns, max_image_pixels=p.max_image_pixels,
         max_file_bytes=p.max_file_mb << 20, max_archive_bytes=p.max_archive_mb << 20, n_samples=p.n_samples, length=p.sequence_length,
         seed=p.seed, generator=p.generator, cache_dir=str(root / p.cache_dir) if p.cache_dir else None)

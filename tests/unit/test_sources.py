@@ -108,6 +108,32 @@ def test_train_and_test_folders_are_a_split_the_data_came_with(tmp_path, archive
     assert rows["train/dogs/c.png"]["given_split"] == "train" and rows["train/dogs/c.png"]["label"] == 1
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize("payload", ["features", "text"])
+def test_a_table_split_column_is_a_split_the_data_came_with(tmp_path, fmt, payload):
+    """ingest.split_column: each row records its split (names normalised), the column is no feature,
+    and a value that names no split sets the row aside (unknown_split)."""
+    df = pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "label": ["a", "b", "a", "b", "a", "b"],
+                       "part": ["train", "TEST", "Valid", "train", "holdout", "test"],
+                       "body": [f"text number {k}" for k in range(6)]})
+    path = tmp_path / f"t.{fmt}"
+    df.to_csv(path, index=False) if fmt == "csv" else df.to_parquet(path, index=False)
+    options = {"text_column": "body"} if payload == "text" else {"feature_columns": None}
+    if payload == "features":
+        df.drop(columns=["body"]).to_csv(path, index=False) if fmt == "csv" else \
+            df.drop(columns=["body"]).to_parquet(path, index=False)
+    m = run(tmp_path, "table", path=str(path), label_column="label", split_column="part", **options)
+    assert m["rows"] == 5 and m["set_aside"] == {"unknown_split": 1} and m["split_column"] == "part"
+    rows = read_table(tmp_path / "out").to_pylist()
+    assert [r["given_split"] for r in rows] == ["train", "test", "val", "train", "test"]
+    if payload == "features":
+        assert m["feature_names"] == ["x"] and [r["features"] for r in rows][1] == [2.0]
+    aside = [json.loads(line) for line in (tmp_path / "out" / "set_aside.jsonl").read_text().splitlines()]
+    assert aside[0]["reason"] == "unknown_split" and aside[0]["value"] == "holdout"
+    with pytest.raises(SourceError, match="no split column 'nope'"):
+        run(tmp_path / "again", "table", path=str(path), label_column="label", split_column="nope", **options)
+
+
 def test_identical_content_from_two_paths_is_recorded_not_merged(tmp_path):
     root = image_tree(tmp_path / "src")
     write(root, "dogs/copy_of_a.jpg", (root / "cats/a.jpg").read_bytes())

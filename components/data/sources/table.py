@@ -21,10 +21,12 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from components.data.contract import SetAside, content_id
-from components.data.sources.base import PAYLOAD_TYPES, Source, SourceError, Tally, order_labels, raw_schema
+from components.data.sources.base import (GIVEN_SPLITS, PAYLOAD_TYPES, Source, SourceError, Tally, order_labels,
+                                          raw_schema)
 from components.data.sources.trees import fetch_to_temp, is_url
 
 MISSING_LABEL = "missing_label"
+UNKNOWN_SPLIT = "unknown_split"  # ingest.split_column holds a value that names no split
 EMPTY_TEXT = "empty_text"
 NOT_UTF8 = "not_utf8"             # the text-folder source's reason for the same problem
 ROW_TOO_LARGE = "row_too_large"   # a text cell over ingest.max_file_mb, the limit a text file has
@@ -142,7 +144,8 @@ def _class_names(values) -> Iterator[str]:
 
 
 def table_source(path: str, *, label_column: str, text_column: str | None = None,
-                 feature_columns: list[str] | None = None, max_file_bytes: int, batch_rows: int = 8192) -> Source:
+                 feature_columns: list[str] | None = None, max_file_bytes: int, batch_rows: int = 8192,
+                 split_column: str | None = None) -> Source:
     """Rows of a CSV/Parquet table. Label and text cells are read as bytes and decoded row by
     row, so one row that is not UTF-8 is set aside (``not_utf8``) instead of failing the file;
     a text cell over ``max_file_bytes`` (ingest.max_file_mb, the limit a text file has) is set
@@ -163,6 +166,9 @@ def table_source(path: str, *, label_column: str, text_column: str | None = None
         if label_column not in reader.columns:
             raise SourceError(f"ingest.path: {name} has no label column {label_column!r} "
                               f"(ingest.label_column); its columns are {reader.columns}")
+        if split_column is not None and split_column not in reader.columns:
+            raise SourceError(f"ingest.path: {name} has no split column {split_column!r} "
+                              f"(ingest.split_column); its columns are {reader.columns}")
         if text_column is not None and feature_columns:
             raise SourceError("ingest: set either ingest.text_column (text) or ingest.feature_columns "
                               "(tabular), not both")
@@ -174,7 +180,7 @@ def table_source(path: str, *, label_column: str, text_column: str | None = None
         else:
             payload = "features"
             features = list(feature_columns) if feature_columns else [
-                c for c in reader.columns if c != label_column]
+                c for c in reader.columns if c not in (label_column, split_column)]
             missing = [c for c in features if c not in reader.columns]
             if missing:
                 raise SourceError(f"ingest.path: {name} has no column(s) {missing} (ingest.feature_columns); "
@@ -206,7 +212,9 @@ def table_source(path: str, *, label_column: str, text_column: str | None = None
     columns = [label_column, text_column] if payload == "text" else [label_column, *features]
     types = {label_column: pa.binary(), **({text_column: pa.binary()} if payload == "text" else
                                            {c: pa.float64() for c in features})}
-    schema = raw_schema(payload)
+    if split_column is not None:  # last, so the payload columns keep their positions
+        columns, types = [*columns, split_column], {**types, split_column: pa.string()}
+    schema = raw_schema(payload, given_split=split_column is not None)
 
     def gen() -> Iterator[pa.Table]:
         row = 0
@@ -224,12 +232,15 @@ def table_source(path: str, *, label_column: str, text_column: str | None = None
                 else:
                     matrix = np.column_stack([
                         pc.cast(batch.column(j), pa.float64()).to_numpy(zero_copy_only=False)
-                        for j in range(1, batch.num_columns)]).astype(np.float32)
+                        for j in range(1, 1 + len(features))]).astype(np.float32)
                     blobs = [r.tobytes() for r in matrix]
                     cells = pa.ListArray.from_arrays(
                         pa.array(np.arange(0, matrix.size + 1, matrix.shape[1], dtype=np.int32)),
                         pa.array(matrix.reshape(-1), pa.float32()))
-                keep, labels = [], []
+                row_splits = ([GIVEN_SPLITS.get(str(v).strip().lower()) if v is not None else None
+                          for v in batch.column(batch.schema.get_field_index(split_column)).to_pylist()]
+                         if split_column is not None else [None] * n)
+                keep, labels, splits = [], [], []
                 for i, (raw, blob, src) in enumerate(zip(raw_labels, blobs, sources)):
                     try:
                         label = _label_name(raw)
@@ -252,10 +263,15 @@ def table_source(path: str, *, label_column: str, text_column: str | None = None
                                   max_bytes=max_file_bytes)
                     elif payload == "text" and not text.strip():
                         aside.add(content_id(blob, src), src, EMPTY_TEXT)
+                    elif split_column is not None and row_splits[i] is None:
+                        value = batch.column(batch.schema.get_field_index(split_column))[i].as_py()
+                        aside.add(content_id(blob, src), src, UNKNOWN_SPLIT, column=split_column,
+                                  value=None if value is None else str(value)[:100])
                     else:
                         keep.append(i)
                         labels.append(label)
                         texts.append(text)
+                        splits.append(row_splits[i])
                 if not keep:
                     continue
                 if payload == "text":
@@ -267,11 +283,12 @@ def table_source(path: str, *, label_column: str, text_column: str | None = None
                     "label": pa.array([index[name] for name in labels], pa.int64()),
                     payload: kept_cells.cast(PAYLOAD_TYPES[payload]),
                     "source": [sources[i] for i in keep],
+                    **({"given_split": pa.array(splits, pa.string())} if split_column is not None else {}),
                 }, schema=schema)
         finally:
             cleanup()
 
-    extra = {"path": name, "label_column": label_column}
+    extra = {"path": name, "label_column": label_column, **({"split_column": split_column} if split_column else {})}
     if payload == "features":
         extra["feature_names"] = features
     else:
