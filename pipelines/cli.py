@@ -6,6 +6,7 @@
     trainwise check                     validate params.yaml
     trainwise submit STAGE...           run stages as Ray Jobs on the cluster (ray.jobs_address)
     trainwise predict PATH...           predict files / folders / CSV lists with the registered model
+    trainwise init DIR --data PATH      a new project of your own around your data (then: trainwise run)
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from pipelines.config import SUBMITTABLE, ConfigError, load_params
 from pipelines.stage import run_stage
 
 DVC_FILE = "dvc.yaml"
-_STAGE_CMD = re.compile(r"^\s*python\s+-m\s+(pipelines\.\w+)\s*$")
+_PIPELINES = __package__ or "pipelines"  # this package, however it is installed (also under python -m)
+# `python -m pipelines.ingest` (this repository's dvc.yaml) or `trainwise stage ingest` (a project's)
+_STAGE_CMD = re.compile(r"^\s*(?:python\s+-m\s+((?:\w+\.)*pipelines\.\w+)|trainwise\s+stage\s+(\w+))\s*$")
 
 
 def dvc_stages(path: str | os.PathLike = DVC_FILE) -> dict[str, str]:
@@ -48,8 +51,21 @@ def dvc_stages(path: str | os.PathLike = DVC_FILE) -> dict[str, str]:
     for name, stage in (spec.get("stages") or {}).items():
         m = _STAGE_CMD.match(str((stage or {}).get("cmd", ""))) if isinstance(stage, dict) else None
         if m:
-            stages[name] = m.group(1)
+            stages[name] = m.group(1) or f"{_PIPELINES}.{m.group(2)}"
     return stages
+
+
+def check_version(path: str | os.PathLike = "params.yaml") -> None:
+    """A project made by `trainwise init` names the trainwise it runs (params ``trainwise_version``, which
+    every stage lists): refuse to run a stage with another one, so an upgrade is never silent."""
+    from components.project.init import VERSION_PARAM, installed_version
+
+    wanted = load_params(path).trainwise_version
+    have = installed_version()
+    if wanted is not None and str(wanted) != have:
+        raise ConfigError(f"{path}: {VERSION_PARAM} is {wanted} but trainwise {have} is installed. Set "
+                          f"`{VERSION_PARAM}: \"{have}\"` in params.yaml (every stage lists it, so `dvc status` shows "
+                          f"them changed and `trainwise run` re-runs them), or install trainwise=={wanted}")
 
 
 def cmd_stage(name: str) -> int:
@@ -57,7 +73,39 @@ def cmd_stage(name: str) -> int:
     if name not in stages:
         print(f"trainwise: error: no stage {name!r} in {DVC_FILE}; its stages: {', '.join(stages)}", file=sys.stderr)
         return 2
+    check_version()
     run_stage(importlib.import_module(stages[name]).main)
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from components.project.init import InitError, apply, plan, yaml_value
+
+    try:
+        p = plan(args.dir, args.data, label=args.label)
+    except InitError as err:
+        print(f"trainwise: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{'would create' if args.dry_run else 'creating'} a trainwise project in {p.root} on {p.data}")
+    for note in p.choice.notes:
+        print(f"  {note}")
+    changed = [f"{k}: {yaml_value(v)}" for k, v in p.choice.settings.items()]
+    print(f"  params.yaml: the demo's, every key commented; data-specific: {'; '.join(changed)}")
+    steps = (["git init"] if p.git_init else []) + (["dvc init"] if p.dvc_init else [])
+    for step in steps:
+        print(f"  {'would run' if args.dry_run else 'run'}: {step}")
+    for rel, content in p.files.items():
+        print(f"  {'would write' if args.dry_run else 'write'}: {rel} ({len(content.encode())} bytes)")
+    if args.dry_run:
+        print("nothing written (--dry-run)")
+        return 0
+    try:
+        apply(p)
+    except InitError as err:
+        print(f"trainwise: error: {err}", file=sys.stderr)
+        return 2
+    where = os.path.relpath(p.root)
+    print(f"next: cd {where if not where.startswith('..') else p.root} && trainwise run")
     return 0
 
 
@@ -85,8 +133,8 @@ FOLDER_OUTPUTS = ("ingest", "clean", "embed", "split", "audit", "baseline", "tun
 
 def check_output_folders(params) -> None:
     """Raise ConfigError if an existing output folder holds what no stage wrote
-    (components.data.contract.check_replaceable): `paths.notes: docs/notes` by mistake."""
-    from components.data.contract import NotOurFolder, check_replaceable
+    (components.atomic_io.check_replaceable): `paths.notes: docs/notes` by mistake."""
+    from components.atomic_io import NotOurFolder, check_replaceable
 
     problems = []
     for key in FOLDER_OUTPUTS:
@@ -100,12 +148,15 @@ def check_output_folders(params) -> None:
 
 def cmd_run(args: list[str]) -> int:
     check_output_folders(load_params())  # fail before DVC starts anything (and deletes any output)
-    dvc = shutil.which("dvc")
+    check_version()
+    # the dvc and trainwise beside this interpreter (a venv not activated), else PATH's
+    bindir = Path(sys.executable).parent
+    dvc = str(bindir / "dvc") if (bindir / "dvc").is_file() else shutil.which("dvc")
     if dvc is None:
         print("trainwise: error: `dvc` not found on PATH; activate the venv (source .venv/bin/activate)",
               file=sys.stderr)
         return 2
-    env = {**os.environ, SUMMARY_BY_CLI_ENV: "1",
+    env = {**os.environ, "PATH": os.pathsep.join([str(bindir), os.environ.get("PATH", "")]), SUMMARY_BY_CLI_ENV: "1",
            PIPELINE_RUN_ENV: os.environ.get(PIPELINE_RUN_ENV) or f"run-{uuid.uuid4().hex[:12]}"}
     rc = subprocess.call([dvc, "repro", *args], env=env)
     if rc == 0:
@@ -116,7 +167,7 @@ def cmd_run(args: list[str]) -> int:
 def cmd_submit(stages: list[str]) -> int:
     """Outside `dvc repro`: outputs land in the workspace; `dvc commit` records them."""
     from pipelines.remote import submit
-    from pipelines.stage import StageError
+    from pipelines.stage_error import StageError
 
     for name in stages:
         try:
@@ -132,7 +183,7 @@ def cmd_submit(stages: list[str]) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Prediction table to stdout or --out; exit 1 only when no input could be predicted."""
-    from components.data.contract import spreadsheet_safe_row, write_csv_atomic
+    from components.atomic_io import spreadsheet_safe_row, write_csv_atomic
     from components.serving.batch import TABLE_COLUMNS, iter_items, predict_items
     from components.serving.registry import ModelNotFound, open_predictor
 
@@ -203,6 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--model-dir", metavar="DIR", help="a model directory the train stage wrote (models/model)")
     pr.add_argument("--out", metavar="FILE", help="write the table here (CSV) instead of stdout")
     pr.add_argument("--batch-size", type=int, metavar="N", help="default: predict.batch_size in params.yaml")
+    it = sub.add_parser("init", help="create a project of your own around your data (dvc.yaml, params.yaml, ...)",
+                        description="A new project folder: git init + dvc init (where needed), a dvc.yaml whose "
+                                    "stages run this trainwise, a commented params.yaml chosen from the data, "
+                                    ".gitignore, .dvcignore, README.md. Never overwrites a file.")
+    it.add_argument("dir", metavar="DIR", help="the project folder (created if missing)")
+    it.add_argument("--data", required=True, metavar="PATH_OR_URL",
+                    help="a folder with one sub-folder per class (images or .txt), an archive of one, or a "
+                         ".csv/.tsv/.parquet table; local or a URL")
+    it.add_argument("--label", metavar="COL", help="tables: the label column (default: guessed, and printed)")
+    it.add_argument("--dry-run", action="store_true", help="show what would be written; write nothing")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -216,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_submit(args.stages)
         if args.command == "predict":
             return cmd_predict(args)
+        if args.command == "init":
+            return cmd_init(args)
         if args.command == "check":
             check_output_folders(load_params())
             print("params.yaml is valid")

@@ -1,0 +1,1 @@
+"""A user's own project around trainwise as an installed package (`trainwise init`)."""
