@@ -622,6 +622,9 @@ def default_model_name(source: str, path: str) -> str:
 
 
 class Params(_Section):
+    # a project made by `trainwise init` names the trainwise it runs; every stage of its dvc.yaml lists it
+    # and `trainwise stage` refuses another (pipelines/cli.py check_version). This repository's own: none.
+    trainwise_version: str | None = Field(None, description="the trainwise version a `trainwise init` project runs")
     paths: Paths = Paths()
     ingest: IngestParams = IngestParams()
     clean: CleanParams = CleanParams()
