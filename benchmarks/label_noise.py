@@ -137,7 +137,7 @@ def oof_timing(split: Path, *, repeats: int = 3) -> dict:
     t = read_table(split)
     x = reduce_features(t.column("image").combine_chunks(), "image", shape=[8, 8, 1], max_features=256, seed=0)
     y, train = t.column("label").to_numpy(), np.array(t.column("split").to_pylist()) == "train"
-    from components.runtime import init_ray
+    from components.ray_start import init_ray
 
     t0 = time.perf_counter()
     try:

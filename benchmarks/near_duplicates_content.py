@@ -258,7 +258,7 @@ def _photos_after(images_path: str, out_path: str, batch: str) -> None:
 
     from components.models.backbones import build_backbone
     from components.quality.content_groups import EmbeddingIndex
-    from components.training.data import images_to_tensor
+    from components.data.images import images_to_tensor
 
     torch.set_num_threads(1)
     images = np.load(images_path)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmarks._results import write_results
 from tests.demo_data import write_digits_split
-from components.runtime import init_ray
+from components.ray_start import init_ray
 from components.training.data import input_shape
 from components.training.driver import Scaling, fit, run_history
 from components.training.loop import LoopConfig

@@ -4,7 +4,7 @@ A stage runs as its own Python process (`dvc repro` runs ``python -m pipelines.<
 wall time is imports + the stage's metered work + the exit. A normal Python exit frees every
 object of every imported module one by one after the atexit handlers: with torch, MLflow and
 Ray loaded that took seconds. ``run_stage`` now ends the process with
-``components.runtime.exit_now`` (threads joined, atexit handlers run, streams flushed, then
+``components.stage_exit.exit_now`` (threads joined, atexit handlers run, streams flushed, then
 ``os._exit``); ``TRAINWISE_FAST_EXIT=0`` is the normal exit, the baseline here. Same scratch
 project, same stages, runs interleaved (fast, normal, fast, normal, ...) so both see the same
 load. Per stage: median process wall, median metered wall, and the difference (imports + exit).

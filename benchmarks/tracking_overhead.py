@@ -26,7 +26,7 @@ import yaml
 
 from benchmarks._project import REPO, scratch_project
 from benchmarks._results import write_results
-from components.data.contract import write_json_atomic
+from components.atomic_io import write_json_atomic
 from tests.demo_data import write_digits_split
 
 

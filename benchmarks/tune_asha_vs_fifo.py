@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from benchmarks._results import write_results
-from components.runtime import init_ray
+from components.ray_start import init_ray
 from components.training.data import input_shape, load_split, read_split
 from components.training.driver import Scaling, resolve, run_data
 from components.training.loop import CHECKPOINT_FILE, DATA_REFS, LoopConfig, run_loop

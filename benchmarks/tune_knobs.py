@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks._results import write_results
-from components.runtime import init_ray
+from components.ray_start import init_ray
 from components.training.data import input_shape
 from components.training.driver import Scaling
 from components.training.loop import LoopConfig

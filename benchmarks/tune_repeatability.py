@@ -29,7 +29,7 @@ from pathlib import Path
 from unittest import mock
 
 from benchmarks._results import write_results
-from components.runtime import init_ray
+from components.ray_start import init_ray
 from components.training.data import input_shape
 from components.training.driver import Scaling
 from components.training.loop import LoopConfig

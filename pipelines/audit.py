@@ -1,7 +1,8 @@
 """DVC stage `audit`: likely label errors, found out of fold on the train rows and acted on there only
 (data/split + data/embed -> data/audit, plus data/audit/label_issues.csv)."""
 
-from components.data.contract import DatasetWriter, iter_batches, write_csv_atomic
+from components.atomic_io import write_csv_atomic
+from components.data.contract import DatasetWriter, iter_batches
 from components.embedding.store import read_embeddings
 from components.quality.audit import NoiseOptions, audit_dataset
 from components.quality.label_issues import LabelIssueOptions
@@ -25,7 +26,7 @@ def main() -> None:
         options = LabelIssueOptions(**li.model_dump(exclude={"enabled"})) if li.enabled else None
         use_ray = options is not None and split["rows"] >= li.ray_min_rows
         if use_ray:
-            from components.runtime import init_ray
+            from components.ray_start import init_ray
 
             rp = stage.params.ray
             init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose)

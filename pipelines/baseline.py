@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from components.data.contract import (BASELINE_PREDICTIONS, PAYLOAD_COLUMNS, DataContractError, read_manifest,
-                                      read_table, write_csv_atomic)
+from components.atomic_io import write_csv_atomic
+from components.data.contract import (BASELINE_PREDICTIONS, PAYLOAD_COLUMNS, DataContractError, read_manifest, read_table)
 from components.evaluation.summary import best_baseline
 from components.models.classical import fit_baselines, fit_cost_usd, image_features
 from components.embedding.store import read_embeddings

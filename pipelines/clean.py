@@ -1,7 +1,8 @@
 """DVC stage `clean`: decode, validate, de-duplicate (data/ingest -> data/clean, plus
 data/clean/near_duplicate_conflicts.json). Likely label errors are the audit stage's job (after split)."""
 
-from components.data.contract import DatasetWriter, iter_batches, write_json_atomic
+from components.atomic_io import write_json_atomic
+from components.data.contract import DatasetWriter, iter_batches
 from components.quality.cleaning import CleanOptions, clean_dataset, require_rows_per_class
 from components.quality.duplicates import write_near_pairs
 from pipelines.stage import Stage, run_stage

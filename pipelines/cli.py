@@ -133,8 +133,8 @@ FOLDER_OUTPUTS = ("ingest", "clean", "embed", "split", "audit", "baseline", "tun
 
 def check_output_folders(params) -> None:
     """Raise ConfigError if an existing output folder holds what no stage wrote
-    (components.data.contract.check_replaceable): `paths.notes: docs/notes` by mistake."""
-    from components.data.contract import NotOurFolder, check_replaceable
+    (components.atomic_io.check_replaceable): `paths.notes: docs/notes` by mistake."""
+    from components.atomic_io import NotOurFolder, check_replaceable
 
     problems = []
     for key in FOLDER_OUTPUTS:
@@ -167,7 +167,7 @@ def cmd_run(args: list[str]) -> int:
 def cmd_submit(stages: list[str]) -> int:
     """Outside `dvc repro`: outputs land in the workspace; `dvc commit` records them."""
     from pipelines.remote import submit
-    from pipelines.stage import StageError
+    from pipelines.stage_error import StageError
 
     for name in stages:
         try:
@@ -183,7 +183,7 @@ def cmd_submit(stages: list[str]) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Prediction table to stdout or --out; exit 1 only when no input could be predicted."""
-    from components.data.contract import spreadsheet_safe_row, write_csv_atomic
+    from components.atomic_io import spreadsheet_safe_row, write_csv_atomic
     from components.serving.batch import TABLE_COLUMNS, iter_items, predict_items
     from components.serving.registry import ModelNotFound, open_predictor
 

@@ -763,7 +763,7 @@ def output_path_problems(params: Params, root: str | os.PathLike) -> list[str]:
     holding or inside another output or something a stage reads (ingest.path, train.pretrained).
     Paths are compared as written (normalised, links not followed): an output folder that is a
     link to elsewhere is still protected by the marker check when it is replaced
-    (components.data.contract.check_replaceable).
+    (components.atomic_io.check_replaceable).
     """
     top = Path(os.path.abspath(root))
     tops = {top, Path(os.path.realpath(top))}

@@ -19,7 +19,7 @@ import numpy as np
 
 
 def _no_backbone(params, root: Path, why: str) -> None:
-    from components.data.contract import write_json_atomic
+    from components.atomic_io import write_json_atomic
     from components.embedding.store import write_no_backbone
 
     write_no_backbone(root / params.paths.embed, note=why)
@@ -83,9 +83,11 @@ def _embed() -> None:
     from components.models.backbone_names import mismatch
     from components.embedding.batch import embed_images
     from components.embedding.store import write_embeddings
-    from components.models.backbones import BackboneError, build_backbone
-    from components.runtime import init_ray
-    from pipelines.stage import Stage, StageError
+    from components.models.backbone_names import BackboneError
+    from components.models.backbones import build_backbone
+    from components.ray_start import init_ray
+    from pipelines.stage import Stage
+    from pipelines.stage_error import StageError
 
     with Stage("embed") as stage:
         t, e, rp = stage.params.train, stage.params.embed, stage.params.ray

@@ -4,8 +4,8 @@ confidently wrong examples, attributions, and the verdict against the best basel
 import numpy as np
 import torch
 
-from components.data.contract import (BASELINE_PREDICTIONS, DataContractError, read_json, read_manifest, read_table,
-                                      read_test_predictions, write_csv_atomic, write_json_atomic)
+from components.atomic_io import write_csv_atomic, write_json_atomic
+from components.data.contract import (BASELINE_PREDICTIONS, DataContractError, read_json, read_manifest, read_table, read_test_predictions)
 from components.evaluation import figures
 from components.evaluation.attributions import explain_sample
 from components.evaluation.metrics import (calibration, classification_metrics, confidently_wrong,

@@ -21,10 +21,12 @@ import yaml
 
 from components.cluster import storage
 from components.cluster.jobs import REMOTE_ENV, JobError, run_stage_job, stage_io, stop_waiting_jobs
-from components.runtime import ORPHANED, Orphaned, ray_verbose, watch_parent
+from components.ray_start import ray_verbose
+from components.stage_exit import ORPHANED, Orphaned, watch_parent
 from components.tracking.credentials import strip_credentials
 from components.tracking.mlflow_runs import PIPELINE_RUN_ENV, default_tracking_uri, git_commit, pipeline_run_id
 from pipelines.config import ConfigError, Params
+from pipelines.stage_error import StageError
 
 GIT_COMMIT_ENV = "TRAINWISE_GIT_COMMIT"
 # Settings that travel to the job when set here. Nothing secret: a job's runtime_env is readable
@@ -133,8 +135,6 @@ def submit(name: str, *, root: str | os.PathLike = ".", write=None) -> dict:
                              write=write or (lambda s: print(s, end="", flush=True)),
                              verbose=ray_verbose(params.ray.verbose))
     except JobError as err:
-        from pipelines.stage import StageError
-
         raise StageError(str(err)) from err
     except KeyboardInterrupt:
         if ORPHANED.is_set():

@@ -6,7 +6,8 @@ import os
 import mlflow
 import numpy as np
 
-from components.data.contract import DataContractError, read_manifest, write_text_atomic
+from components.atomic_io import write_text_atomic
+from components.data.contract import DataContractError, read_manifest
 from components.evaluation.figures import png_bytes, thumbnails_figure
 from components.evaluation.report import build_report
 from components.evaluation.report_inputs import (image_thumbnails, near_duplicate_ids, pipeline_runs, read_label_suspects,

@@ -14,8 +14,9 @@ import time
 import uuid
 from pathlib import Path
 
-from components.data.contract import DataContractError, read_manifest, write_json_atomic
-from components.runtime import Orphaned, exit_now, stopped_because, watch_parent
+from components.atomic_io import NotOurFolder, write_json_atomic
+from components.data.contract import DataContractError, read_manifest
+from components.stage_exit import Orphaned, exit_now, stopped_because, watch_parent
 from components.tracking.cost import CostMeter, Rates, nvml_probe, process_tree_pids
 from components.tracking.credentials import mask_value
 from components.tracking.mlflow_runs import (dvc_locked_hashes, environment_tags, flatten, git_commit,
@@ -24,13 +25,10 @@ from components.tracking.pipeline_runs import find_or_create_pipeline_run, param
 from components.tracking.tracker import (Tracker, TrackingUnavailable, check_reachable, replay_spool,
                                          set_fail_fast_http_env)
 from pipelines.config import ConfigError, Params, load_params
+from pipelines.stage_error import StageError
 
 # Errors a user can act on from the message alone (it names the file or key).
-USER_ERRORS = (ConfigError, DataContractError, FileNotFoundError)
-
-
-class StageError(RuntimeError):
-    """A stage cannot go on; the message says what to do."""
+USER_ERRORS = (ConfigError, DataContractError, NotOurFolder, FileNotFoundError)
 
 
 # Where logging is kept while the tracking store is unreachable (replayed by the next stage).
@@ -202,7 +200,7 @@ def run_stage(main, *, exit_process: bool | None = None) -> None:
     """Run a stage's ``main`` and turn user-fixable errors into a clear message, exit 2.
 
     ``exit_process`` (default: ``main`` is the program's own, i.e. ``python -m pipelines.<stage>``
-    as dvc.yaml runs it) ends the process here with :func:`components.runtime.exit_now`: every
+    as dvc.yaml runs it) ends the process here with :func:`components.stage_exit.exit_now`: every
     exit path and code as before, without the interpreter's teardown of torch, MLflow and Ray
     (seconds per stage; benchmarks/stage_exit.py). Called from other code, it returns or raises.
     """

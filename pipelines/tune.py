@@ -11,9 +11,9 @@ import statistics
 import time
 from dataclasses import replace
 
-from components.data.contract import write_csv_atomic, write_json_atomic
+from components.atomic_io import write_csv_atomic, write_json_atomic
 from components.cluster.placement import cannot_fit, cluster_nodes, describe_group, describe_nodes, groups_that_fit
-from components.runtime import init_ray
+from components.ray_start import init_ray
 from components.training.data import input_shape
 from components.training.driver import Scaling
 from components.training.loop_config import LOOP_KEYS, build_loop_config
@@ -25,7 +25,8 @@ from components.tuning.budget import trial_gpu_type, trial_usd_per_hour
 from components.tuning.space import apply_trial_config
 from components.tuning.sweep import SweepInterrupted, SweepOptions, patient_worker_start, run_sweep, sweep_rows
 from pipelines.config import ConfigError
-from pipelines.stage import Stage, StageError, run_stage
+from pipelines.stage import Stage, run_stage
+from pipelines.stage_error import StageError
 
 CURVE_COLUMNS = ["trial", "epoch", "train/loss", "val/loss", "train/acc", "val/acc", "gap/acc"]
 

@@ -99,7 +99,7 @@ def measured_fit(split: str, *, loader: str, workers: int, storage: str, name: s
 
     import psutil
 
-    from components.runtime import init_ray
+    from components.ray_start import init_ray
     from components.training.data import input_shape
     from components.training.driver import Scaling, fit, run_history
     from components.training.loop import LoopConfig

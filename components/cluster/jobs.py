@@ -117,7 +117,7 @@ _WAITING: dict = {}
 def stop_waiting_jobs() -> list[str]:
     """Stop every job this process submitted and still waits for; their ids.
 
-    For the orphan watchdog (components.runtime.watch_parent), from its own thread: its SIGINT
+    For the orphan watchdog (components.stage_exit.watch_parent), from its own thread: its SIGINT
     alone did not always stop a job, because asyncio's handler turns it into a cancellation of the
     log stream, which Ray's log tail can swallow. The job then trained on after `dvc repro` was
     killed (tests/cluster/test_two_nodes.py saw it once)."""

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from components.data.contract import replace_dir
+from components.atomic_io import replace_dir
 
 
 def _fs(url: str):

@@ -1,7 +1,8 @@
 """Image decoding: encoded bytes -> the uint8 pixels every later stage sees.
 
 The one decoder. clean stores what it returns; predict, serving and the report's thumbnails
-call it too, so a model sees at prediction exactly what it was trained on.
+call it too, so a model sees at prediction exactly what it was trained on. ``images_to_tensor``
+is the one scaling of those pixels into what a model takes.
 """
 
 from __future__ import annotations
@@ -73,3 +74,15 @@ def decode_image(data: bytes, *, size: tuple[int, int], channels: int, notes: li
             img = img.resize((w, h), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
     return arr.reshape(h, w, channels)
+
+
+def images_to_tensor(pixels: np.ndarray) -> "torch.Tensor":
+    """Decoded uint8 images (N, H, W, C) -> the float32 (N, C, H, W) in [0, 1] that models take.
+
+    The one place this scaling lives: training (``components.training.data.decode``), embed
+    (``components.embedding.batch``) and serving (components/serving) call it. torch is imported
+    here, not at the top: clean and the report decode images without it.
+    """
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)).astype(np.float32) / 255.0)

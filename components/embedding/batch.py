@@ -33,7 +33,7 @@ class _Embedder:
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        from components.training.data import images_to_tensor
+        from components.data.images import images_to_tensor
 
         raw = batch[self.payload]
         if self.payload == "text":  # the tokenizer serving and evaluate use too (components/training/text.py)

@@ -74,7 +74,8 @@ def embedding_tables(loop) -> dict[str, pa.Table]:
 def network_error(train: dict, *, root: str | Path = ".") -> str | None:
     """Why the network ``train.*`` describes cannot be built (naming the param and the fix), or None.
     Checked by the stages before Ray starts, so a typo fails in a second with exit 2."""
-    from components.models.backbones import BackboneError, build_backbone
+    from components.models.backbone_names import BackboneError
+    from components.models.backbones import build_backbone
     from components.models.custom import CustomModelError, load_factory
 
     try:

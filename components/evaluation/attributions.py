@@ -80,16 +80,6 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor | list[int
     return out
 
 
-def per_position(a: np.ndarray, *, reduce: str = "sum") -> np.ndarray:
-    """(N, L) from (N, L), (N, 1, L), (N, C, L) or (N, L, C): channels are reduced (the smaller axis)."""
-    if a.ndim == 2:
-        return a
-    if a.ndim != 3:
-        raise ValueError(f"expected a sequence batch of 2 or 3 dims, got shape {a.shape}")
-    axis = 1 if a.shape[1] <= a.shape[2] else 2
-    return a.sum(axis) if reduce == "sum" else a.mean(axis)
-
-
 def top_tokens(token_ids: np.ndarray, attr: np.ndarray, *, vocab: list[str] | None = None, k: int = 5,
                pad_id: int = 0) -> list[list[tuple[str, float]]]:
     """The ``k`` tokens of each row with the largest attribution toward the prediction (padding skipped)."""

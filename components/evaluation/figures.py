@@ -98,11 +98,19 @@ def image_attribution_figure(images: np.ndarray, attr: np.ndarray, titles: Seque
     return fig
 
 
+def per_position(a: np.ndarray, *, reduce: str = "sum") -> np.ndarray:
+    """(N, L) from (N, L), (N, 1, L), (N, C, L) or (N, L, C): channels are reduced (the smaller axis)."""
+    if a.ndim == 2:
+        return a
+    if a.ndim != 3:
+        raise ValueError(f"expected a sequence batch of 2 or 3 dims, got shape {a.shape}")
+    axis = 1 if a.shape[1] <= a.shape[2] else 2
+    return a.sum(axis) if reduce == "sum" else a.mean(axis)
+
+
 def sequence_attribution_figure(seqs: np.ndarray, attr: np.ndarray, titles: Sequence[str], *, cols: int = 4):
     """Per example: the signal (line) and each position's attribution (bars, red = toward the
     predicted class, blue = against)."""
-    from components.evaluation.attributions import per_position  # torch: only when drawing attributions
-
     s, a = per_position(np.asarray(seqs), reduce="mean"), per_position(np.asarray(attr))
     n = len(s)
     rows, cols = _grid(n, cols)
@@ -143,8 +151,6 @@ def thumbnails_figure(images: Sequence[np.ndarray], titles: Sequence[str], *, co
 
 
 def sequences_figure(seqs: np.ndarray, titles: Sequence[str], *, cols: int = 4):
-    from components.evaluation.attributions import per_position
-
     s = per_position(np.asarray(seqs), reduce="mean") if np.asarray(seqs).ndim == 3 else np.asarray(seqs)
     rows, cols = _grid(len(s), cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 1.6 * rows), squeeze=False)

@@ -15,6 +15,12 @@ TEXT_HUB_PREFIX = "sentence-transformers/"
 TEXT_INSTALL = "pip install 'trainwise[text]'"
 
 
+class BackboneError(ValueError):
+    """A backbone or its weights cannot be used; the message names train.backbone / train.pretrained.
+
+    Defined here, in the torch-free leaf, because both backbones.py and text_backbones.py raise it."""
+
+
 def is_text_backbone(name: str | None) -> bool:
     return bool(name) and (name in TEXT_BUILTIN or str(name).startswith(TEXT_HUB_PREFIX))
 

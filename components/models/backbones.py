@@ -20,7 +20,6 @@ Every error here is a :class:`BackboneError` whose message names the param and t
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -30,13 +29,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from components.models.backbone_names import TEXT_BUILTIN
+from components.models.backbone_names import TEXT_BUILTIN, BackboneError
+from components.models.weights import sha256_file, state_dict_sha256
 
 BUILTIN = ("efficientnet_lite0",)
-
-
-class BackboneError(ValueError):
-    """A backbone or its weights cannot be used; the message names train.backbone / train.pretrained."""
 
 
 @dataclass(frozen=True)
@@ -167,22 +163,6 @@ _LITE_MEAN, _LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
 
 
 # -- weights files ----------------------------------------------------------------------------
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def state_dict_sha256(state: dict) -> str:
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
 
 def read_weights(path: str | os.PathLike, *, param: str = "train.pretrained") -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or a ``torch.save`` file, never executing code from it."""

@@ -259,15 +259,13 @@ def group_names(ids, pairs) -> dict[int, str]:
     return {r: best[c] for c, r in zip(component.tolist(), rows.tolist())}
 
 
-def connected_groups(ids: Sequence[str], pairs: Iterable[tuple[int, int]]) -> list[str]:
-    """Each row's group name: the smallest id among the rows it is connected to."""
-    names = group_names(ids, np.asarray(list(pairs) if not isinstance(pairs, np.ndarray) else pairs, np.int64))
-    return [names.get(k, _id(ids, k)) for k in range(len(ids))]
-
-
 def exact_duplicate_rows(ids, digests: np.ndarray, labels: np.ndarray, *,
                          rows: np.ndarray | None = None) -> dict[int, tuple[str, dict]]:
-    """:func:`find_exact_duplicates` over arrays: rows (numbers) to set aside, with their reason.
+    """Rows (numbers) to set aside among exact duplicates, with their reason.
+
+    A group whose labels agree keeps its smallest id (deterministic, independent of order); the
+    others are ``duplicate`` of it. A group whose labels disagree cannot be trusted: every member
+    is set aside as ``duplicate_label_conflict``.
 
     ``ids``: encoded or str ids; ``digests``: one content digest per row ((n, 16) uint8 or any
     1-D key array); ``rows``: the candidate rows (default: all). Only rows in a group of 2+
@@ -304,19 +302,6 @@ def exact_duplicate_rows(ids, digests: np.ndarray, labels: np.ndarray, *,
             for _, r in members[1:]:
                 dropped[r] = (DUPLICATE, {"of": members[0][0]})
     return dropped
-
-
-def find_exact_duplicates(records: list[tuple[str, str, int]]) -> dict[str, tuple[str, dict]]:
-    """Rows to set aside among exact duplicates, from ``(id, content hash, label)`` records.
-
-    A group whose labels agree keeps its smallest id (deterministic, independent of order);
-    the others are ``duplicate`` of it. A group whose labels disagree cannot be trusted:
-    every member is set aside as ``duplicate_label_conflict``.
-    """
-    ids = [r[0] for r in records]
-    codes = _codes([r[1] for r in records])[0]
-    found = exact_duplicate_rows(ids, codes, np.array([r[2] for r in records], np.int64))
-    return {ids[r]: reason for r, reason in found.items()}
 
 
 def group_summary(groups, labels: Sequence[int], ids: Sequence[str]) -> dict:
@@ -441,7 +426,7 @@ def write_near_pairs(data_dir: str | os.PathLike, table: pa.Table) -> Path:
     """Write ``near_pairs.parquet`` into a dataset directory atomically (temp, then rename)."""
     import pyarrow.parquet as pq
 
-    from components.data.contract import publish_file
+    from components.atomic_io import publish_file
 
     return publish_file(Path(data_dir) / NEAR_PAIRS_FILE,
                         lambda tmp: pq.write_table(table.cast(NEAR_PAIRS_SCHEMA), tmp))

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from components.data.images import decode_image
 from components.data.sources.imagecheck import NOT_IMAGE, TOO_MANY_PIXELS, Rejected, check_image
-from components.training.data import images_to_tensor
+from components.data.images import images_to_tensor
 
 __all__ = ["DECODE_ERRORS", "PreprocessError", "as_bytes", "batch_tensor", "decode_image", "feature_names",
            "image_shape", "images_to_tensor", "max_image_pixels", "payload_of", "preprocess", "preprocess_image", "preprocess_text",

@@ -61,12 +61,6 @@ def reserved_cost(wall_s: float, *, cpus: float, gpus: float = 0.0, nodes: float
     }
 
 
-def busy_cpu_seconds() -> float:
-    """Machine-wide busy CPU seconds (kept for callers that want the whole machine)."""
-    t = psutil.cpu_times()
-    return sum(getattr(t, f) for f in ("user", "nice", "system", "irq", "softirq", "steal") if hasattr(t, f))
-
-
 def process_tree_pids(pid: int | None = None) -> list[int]:
     """A process (default: this one) and all its live descendants: in-process Ray's raylet and workers
     are the driver's descendants, so these are the stage's processes on this machine."""

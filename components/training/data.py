@@ -16,6 +16,7 @@ import pyarrow as pa
 import torch
 
 from components.data.contract import DataContractError, read_manifest, read_table
+from components.data.images import images_to_tensor
 from components.training.text import encode
 
 MODALITIES = ("image", "text", "sequence", "features")
@@ -131,11 +132,3 @@ def augment(x: torch.Tensor, *, kind: str, strength: float, generator: torch.Gen
         drop = (torch.rand(x.shape, generator=g) < 0.2 * strength) & (x > 1)
         return x.masked_fill(drop, 1)
     return x
-
-
-def images_to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """Decoded uint8 images (N, H, W, C) -> the float32 (N, C, H, W) in [0, 1] that models take.
-
-    The one place this scaling lives: training (``decode``) and serving (components/serving) call it.
-    """
-    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)).astype(np.float32) / 255.0)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from components.data.contract import DataContractError, replace_dir
+from components.atomic_io import replace_dir
+from components.data.contract import DataContractError
 from components.models import build_model
 
 WEIGHTS, SPEC = "model.pt", "model.json"

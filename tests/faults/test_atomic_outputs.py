@@ -7,7 +7,8 @@ import subprocess
 import sys
 import time
 
-from components.data.contract import read_manifest, read_table, recover_dir
+from components.atomic_io import recover_dir
+from components.data.contract import read_manifest, read_table
 
 WRITER = r'''
 import sys, time

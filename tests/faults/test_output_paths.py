@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from components.data.contract import (MARKER_TEXT, OUTPUT_MARKER, DatasetWriter, NotOurFolder, SetAside,
-                                      check_replaceable, replace_dir)
+from components.atomic_io import MARKER_TEXT, OUTPUT_MARKER, NotOurFolder, check_replaceable, replace_dir
+from components.data.contract import DatasetWriter, SetAside
 from pipelines.config import ConfigError, load_params, parse_params
 from tests.conftest import REPO
 
@@ -162,7 +162,7 @@ def test_the_ingest_stage_leaves_a_users_folder_alone(tmp_path):
 
 def test_recovery_removes_only_leftovers_a_stage_wrote(tmp_path):
     """recover_dir clears `.NAME.old-PID` folders of dead writers: only those that are a stage's own."""
-    from components.data.contract import recover_dir
+    from components.atomic_io import recover_dir
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

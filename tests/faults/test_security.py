@@ -223,7 +223,7 @@ def test_ingest_path_that_is_a_fifo_is_refused_unread(tmp_path, name, source):
 def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(tmp_path):
     import csv as csv_module
 
-    from components.data.contract import write_csv_atomic
+    from components.atomic_io import write_csv_atomic
 
     rows = [{"class": "=HYPERLINK(\"http://x\")", "n": -3}, {"class": "+cmd", "n": -0.5},
             {"class": "-2+3", "n": 1}, {"class": "@SUM(A1)", "n": 2}, {"class": "\tx", "n": 3},

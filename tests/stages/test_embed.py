@@ -19,7 +19,8 @@ import yaml
 
 from components.data.contract import DatasetWriter, SetAside
 from components.embedding.store import read_embeddings
-from components.models.backbones import build_backbone, packaged_weights_file, sha256_file
+from components.models.backbones import build_backbone, packaged_weights_file
+from components.models.weights import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from tests.demo_data import write_digits_split
-from pipelines.stage import SPOOL_DIR, Stage, StageError
+from pipelines.stage import SPOOL_DIR, Stage
+from pipelines.stage_error import StageError
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -150,7 +150,7 @@ def test_text_through_ray_data_in_bf16_trains_and_exports_its_tokenizer(ray_sess
 
 DRIVER = textwrap.dedent("""
     import sys
-    from components.runtime import init_ray
+    from components.ray_start import init_ray
     from components.training.driver import Scaling, fit
     from components.training.loop import LoopConfig
     init_ray(address=sys.argv[1], train_poll_s=0.25)

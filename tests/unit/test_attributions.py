@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from components.evaluation.attributions import (attribute, explain_sample, per_position, sample_right_and_wrong,
-                                                top_tokens)
+from components.evaluation.attributions import attribute, explain_sample, sample_right_and_wrong, top_tokens
+from components.evaluation.figures import per_position
 from components.models import build_model
 
 

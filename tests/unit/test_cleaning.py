@@ -1,10 +1,13 @@
+import hashlib
+
 import numpy as np
 import pyarrow as pa
 
 from components.data.contract import DatasetWriter, content_id, read_manifest, read_table
 from components.data.sources import RAW_IMAGE_SCHEMA, encode_png
-from components.quality.cleaning import clean_dataset, decode_image
-from components.quality.duplicates import find_exact_duplicates
+from components.data.images import decode_image
+from components.quality.cleaning import clean_dataset
+from components.quality.duplicates import exact_duplicate_rows
 from tests.demo_data import clean_options
 
 
@@ -41,8 +44,14 @@ def test_clean_quarantines_dedupes_and_accounts_for_every_row(tmp_path):
 
 
 def test_duplicate_keeper_is_independent_of_row_order():
+    def set_aside(recs):
+        ids = [r[0] for r in recs]
+        digests = np.stack([np.frombuffer(hashlib.md5(r[1].encode()).digest(), np.uint8) for r in recs])
+        found = exact_duplicate_rows(ids, digests, np.array([r[2] for r in recs], np.int64))
+        return {ids[r]: reason for r, reason in found.items()}
+
     recs = [("id-b", "h1", 0), ("id-a", "h1", 0), ("id-c", "h2", 1)]
-    assert find_exact_duplicates(recs) == find_exact_duplicates(list(reversed(recs))) == {"id-b": ("duplicate", {"of": "id-a"})}
+    assert set_aside(recs) == set_aside(list(reversed(recs))) == {"id-b": ("duplicate", {"of": "id-a"})}
 
 
 def test_decode_resizes_and_converts_channels():

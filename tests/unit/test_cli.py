@@ -1,6 +1,7 @@
 """`trainwise stage NAME` runs what dvc.yaml runs for NAME: its list of stages is dvc.yaml's (issue 27
 item 8: the CLI kept its own list and refused `audit` and `embed`)."""
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -19,7 +20,8 @@ def test_the_stage_list_is_dvc_yamls():
     assert {"audit", "embed"} <= set(stages)
     for name, module in stages.items():
         assert spec[name]["cmd"] == f"python -m {module}"
-        assert (REPO / (module.replace(".", "/") + ".py")).is_file()
+        spec_ = importlib.util.find_spec(module)  # `pipelines.x` or, installed as one package, `trainwise.pipelines.x`
+        assert spec_ is not None and Path(spec_.origin) == REPO / "pipelines" / f"{name}.py"
 
 
 def test_trainwise_stage_embed_runs_the_stage(tmp_path, monkeypatch, capsys):

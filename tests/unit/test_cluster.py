@@ -8,7 +8,7 @@ import yaml
 
 from components.cluster import storage
 from components.cluster.jobs import WORKING_DIR_EXCLUDES, JobError, _client, job_entrypoint, stage_io
-from components.data.contract import MARKER_TEXT, OUTPUT_MARKER
+from components.atomic_io import MARKER_TEXT, OUTPUT_MARKER
 from pipelines.config import ConfigError, parse_params
 from pipelines.remote import _job_params, submit
 from pipelines.stage import _stage_name
@@ -200,7 +200,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 STUCK_STAGE = """
-from components.runtime import init_ray
+from components.ray_start import init_ray
 from pipelines.stage import run_stage
 
 def main():

@@ -10,7 +10,7 @@ from PIL import Image
 from components.data.contract import DatasetWriter, SetAside, content_id, read_table
 from components.data.sources import RAW_IMAGE_SCHEMA, encode_png
 from components.quality.cleaning import clean_dataset
-from components.quality.duplicates import (NearDuplicateIndex, connected_groups, cross_split_leaks, image_embedding,
+from components.quality.duplicates import (NearDuplicateIndex, cross_split_leaks, group_names, image_embedding,
                                            near_pairs, reduce_embedding, signatures, text_key)
 from tests.demo_data import clean_options
 
@@ -87,9 +87,9 @@ def test_near_duplicate_text_by_normalised_key(tmp_path):
 def test_group_names_do_not_depend_on_row_order():
     ids = ["d", "b", "c", "a"]
     pairs = [(0, 1), (2, 3)]
-    assert connected_groups(ids, pairs) == ["b", "b", "a", "a"]
+    assert group_names(ids, pairs) == {0: "b", 1: "b", 2: "a", 3: "a"}
     rev = list(reversed(ids))
-    assert connected_groups(rev, [(3 - j, 3 - i) for i, j in pairs]) == ["a", "a", "b", "b"]
+    assert group_names(rev, [(3 - j, 3 - i) for i, j in pairs]) == {0: "a", 1: "a", 2: "b", 3: "b"}
 
 
 def test_leakage_check_counts_pairs_across_splits():

@@ -2,7 +2,7 @@ import io
 
 import pytest
 
-from components.runtime import _DropRayletNoise
+from components.ray_start import _DropRayletNoise
 
 NOISE = ("\x1b[33m(raylet)\x1b[0m WARNING: 8 PYTHON worker processes have been started on node: abc with "
          "address: 10.0.0.1, which is 4x the maximum expected startup concurrency (2).")
@@ -15,14 +15,6 @@ def test_filter_drops_only_the_worker_startup_warning_and_its_newline():
     print("(raylet) A worker died or was killed: OOM", file=f)
     print("[train] epoch 1", file=f)
     assert out.getvalue() == "(raylet) A worker died or was killed: OOM\n[train] epoch 1\n"
-
-
-def test_a_worker_bundle_bigger_than_the_cluster_is_reported_not_waited_for():
-    from components.runtime import unschedulable
-
-    assert unschedulable({"CPU": 2.0}, cpus=2) is None
-    assert unschedulable({"CPU": 2.0}, cpus=3) == "needs 3 CPUs but the Ray cluster has 2"
-    assert unschedulable({"CPU": 8.0}, cpus=2, gpus=2) == "needs 2 GPUs but the Ray cluster has 0"
 
 
 def _orphan(child: str, out, *, shell: str | None = None) -> None:
@@ -85,7 +77,7 @@ def _orphan(child: str, out, *, shell: str | None = None) -> None:
 # A stand-in stage: watches its parent, says so, and cleans up when interrupted.
 STOPPING_CHILD = (
     "import sys, time\n"
-    "from components.runtime import watch_parent\n"
+    "from components.stage_exit import watch_parent\n"
     "assert watch_parent(interval_s=0.1, grace_s=5, log=lambda m: print(m, flush=True))\n"
     "print('watching', flush=True)\n"
     "try:\n    time.sleep(120)\n"
@@ -112,7 +104,7 @@ def test_the_orphan_hook_runs_in_the_watcher_before_the_interrupt_even_when_it_f
     out = tmp_path / "child.log"
     _orphan(
         "import sys, threading, time\n"
-        "from components.runtime import watch_parent\n"
+        "from components.stage_exit import watch_parent\n"
         "def hook():\n"
         "    print('hook in', threading.current_thread().name, flush=True)\n"
         "    raise ConnectionError('jobs API down')\n"
@@ -136,8 +128,8 @@ def test_an_orphan_that_swallows_the_interrupt_still_publishes_nothing(tmp_path)
     _orphan(
         "import sys, tempfile, time\n"
         "from pathlib import Path\n"
-        "from components.data.contract import replace_dir, write_json_atomic\n"
-        "from components.runtime import Orphaned, watch_parent\n"
+        "from components.atomic_io import replace_dir, write_json_atomic\n"
+        "from components.stage_exit import Orphaned, watch_parent\n"
         "assert watch_parent(interval_s=0.1, grace_s=5, log=lambda m: print(m, flush=True))\n"
         "print('watching', flush=True)\n"
         "try:\n    time.sleep(120)\n"
@@ -158,7 +150,7 @@ def test_an_orphan_that_swallows_the_interrupt_still_publishes_nothing(tmp_path)
 
 
 def test_a_local_ray_start_that_misses_the_registration_window_is_retried(capsys):
-    from components.runtime import _start_local_ray
+    from components.ray_start import _start_local_ray
 
     class FakeRay:  # stands in for the ray module: its start-up window cannot be made to time out on demand
         def __init__(self, failures: int):

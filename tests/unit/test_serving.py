@@ -22,7 +22,8 @@ import torch
 from components.serving.predictor import Predictor
 from components.serving.preprocess import preprocess_image
 from components.serving.registry import ModelNotFound, load_predictor, resolve_registered
-from components.training.data import images_to_tensor, load_split
+from components.data.images import images_to_tensor
+from components.training.data import load_split
 from tests.conftest import experiment_in
 from tests.serving_helpers import digit_pngs, train_tiny_digits_model, train_tiny_model
 

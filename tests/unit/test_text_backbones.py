@@ -22,9 +22,10 @@ from components.data.contract import DataContractError, DatasetWriter, SetAside 
 from components.embedding.store import write_embeddings  # noqa: E402
 from components.embedding.training import embedding_tables, network_error, resolve_backbone  # noqa: E402
 from components.models import build_model  # noqa: E402
-from components.models.backbone_names import TEXT_BUILTIN, TEXT_HUB_PREFIX  # noqa: E402
-from components.models.backbones import BackboneError, build_backbone, build_classifier, sha256_file  # noqa: E402
+from components.models.backbone_names import TEXT_BUILTIN, TEXT_HUB_PREFIX, BackboneError  # noqa: E402
+from components.models.backbones import build_backbone, build_classifier  # noqa: E402
 from components.models.text_backbones import model_source, tokenize, tokenizer_spec  # noqa: E402
+from components.models.weights import sha256_file  # noqa: E402
 from components.training.loop import LoopConfig  # noqa: E402
 from components.training.text import encode  # noqa: E402
 from tests.inprocess import InProcessSession  # noqa: E402
