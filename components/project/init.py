@@ -31,7 +31,7 @@ import yaml
 
 # What the project gets (relative to its root); any of them existing stops init before it writes anything.
 PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "README.md")
-CODE_DIRS = ("pipelines", "components")   # the demo's dvc.yaml deps on our source: not in a user's project
+CODE_DIRS = ("pipelines", "components", "trainwise")  # the demo's deps on our source: not in a user's project
 VERSION_PARAM = "trainwise_version"
 LABEL_NAMES = ("label", "labels", "class", "classes", "target", "y", "category", "sentiment", "species")
 SPLIT_NAMES = ("split", "subset", "set", "fold")

@@ -39,11 +39,23 @@ def _resolve(text: str, params: dict) -> str:
     return re.sub(r"\$\{([^}]+)\}", lookup, text)
 
 
+# pyproject.toml's package-dir: `trainwise.components` is the components/ folder (issue 31)
+MAPPED = ("components", "pipelines")
+
+
+def _module_base(module: str) -> Path:
+    """`components.tracking.cost` (or `trainwise.components.tracking.cost`) -> REPO/components/tracking/cost."""
+    parts = module.split(".")
+    if parts[0] == "trainwise" and len(parts) > 1 and parts[1] in MAPPED:
+        parts = parts[1:]
+    return REPO.joinpath(*parts)
+
+
 def module_file(module: str) -> Path | None:
     """The file of a project module (`components.tracking.cost`), or None if not one of ours."""
     if module.split(".")[0] not in PACKAGES:
         return None
-    base = REPO.joinpath(*module.split("."))
+    base = _module_base(module)
     for f in (base.with_suffix(".py"), base / "__init__.py"):
         if f.is_file():
             return f
@@ -51,7 +63,7 @@ def module_file(module: str) -> Path | None:
 
 
 def _is_package(module: str) -> bool:
-    return REPO.joinpath(*module.split("."), "__init__.py").is_file()
+    return (_module_base(module) / "__init__.py").is_file()
 
 
 def _only_docstring(f: Path) -> bool:
