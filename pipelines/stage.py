@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 from components.atomic_io import NotOurFolder, write_json_atomic
-from components.data.contract import DataContractError, read_manifest
+from components.data.contract import DISK_FULL_ERRNOS, DataContractError, read_manifest
 from components.stage_exit import Orphaned, exit_now, stopped_because, watch_parent
 from components.tracking.cost import CostMeter, Rates, nvml_probe, process_tree_pids
 from components.tracking.credentials import mask_value
@@ -230,6 +231,11 @@ def _run_stage(main) -> None:
         # masked: a message may quote a URL or setting that carries a credential
         print(f"trainwise: error: {mask_value(str(stopped_because() or err))}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:
+        if err.errno not in DISK_FULL_ERRNOS or stopped_because():
+            raise
+        print(f"trainwise: error: {mask_value(disk_full_message(err))}", file=sys.stderr)
+        sys.exit(2)
     except Orphaned as err:  # `dvc repro` is gone: stop without publishing, like Ctrl-C would
         if stopped_because():
             _exit_stopped()
@@ -241,6 +247,26 @@ def _run_stage(main) -> None:
         _exit_stopped()  # whatever the interrupt turned into, the watchdog's reason is the error
     if stopped_because():
         _exit_stopped()
+
+
+def disk_full_message(err: OSError) -> str:
+    """What a stage says when a write fails for want of room (``DISK_FULL_ERRNOS``): where, that the
+    previous outputs are untouched (outputs are replaced in one rename, only once complete), and what to do."""
+    import errno
+
+    where = err.filename or "a file this stage writes"
+    folder = Path(err.filename).parent if err.filename else Path(".")
+    if err.errno == errno.EFBIG:
+        what = f"a file grew past this process's file-size limit while writing {where}"
+        fix = "raise the limit (`ulimit -f unlimited`), then re-run (dvc repro)"
+    else:
+        what = (f"{'the disk quota is used up' if err.errno == errno.EDQUOT else 'no space left on the device'} "
+                f"while writing {where}")
+        fix = (f"make room on that disk (`df -h {folder}`; old versions in the DVC cache: `dvc gc --workspace`), or "
+               f"move the outputs (params.yaml `paths`) or the temporary files (TMPDIR, now {tempfile.gettempdir()}) "
+               "to a disk with room, then re-run (dvc repro)")
+    return (f"{what} ({err.strerror or err}). The stage's previous outputs are unchanged (an output is replaced in "
+            f"one rename, only once complete, and the partial one was removed): {fix}")
 
 
 def _exit_stopped() -> None:

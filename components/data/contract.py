@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import errno
 import os
 import shutil
 import tempfile
@@ -44,6 +45,11 @@ PAYLOAD_COLUMNS = ("image", "text", "sequence", "features")
 BATCH_BYTES = 16 * 2**20
 ROW_GROUP_BYTES = 16 * 2**20
 
+
+
+# A write that failed for want of room: the disk is full, a quota is used up, or the file-size limit
+# (ulimit -f) is reached. The stage says so, naming the output (pipelines/stage.py).
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class DataContractError(ValueError):
@@ -232,9 +238,11 @@ class DatasetWriter:
     def __enter__(self) -> "DatasetWriter":
         return self
 
-    def __exit__(self, exc_type, *_):
+    def __exit__(self, exc_type, exc, _tb):
         if exc_type is not None:
             self.abort()
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS and not exc.filename:
+                exc.filename = str(self.out_dir)  # pyarrow's "No space left on device" names no file
 
 
 def read_json(path: str | os.PathLike) -> dict:
