@@ -21,7 +21,7 @@ from tests.demo_data import write_digits_split
 from components.ray_start import init_ray
 from components.training.data import input_shape
 from components.training.driver import Scaling, fit, run_history
-from components.training.loop import LoopConfig
+from components.training.loop_config import LoopConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

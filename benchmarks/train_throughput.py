@@ -43,7 +43,8 @@ from components.models import build_model
 from components.ray_start import init_ray
 from components.training.data import input_shape, load_split
 from components.training.driver import Scaling, fit, run_history
-from components.training.loop import LoopConfig, Trainer
+from components.training.loop import Trainer
+from components.training.loop_config import LoopConfig
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH, LR, SEED = 64, 3e-3, 0

@@ -37,7 +37,8 @@ from benchmarks._results import write_results
 from components.ray_start import init_ray
 from components.training.data import input_shape, load_split, read_split
 from components.training.driver import Scaling, resolve, run_data
-from components.training.loop import CHECKPOINT_FILE, DATA_REFS, LoopConfig, run_loop
+from components.training.loop import CHECKPOINT_FILE, DATA_REFS, run_loop
+from components.training.loop_config import LoopConfig
 from components.tuning.space import apply_trial_config
 from components.tuning.sweep import SweepOptions, run_sweep, trial_histories
 from tests.demo_data import write_digits_split

@@ -32,7 +32,7 @@ from benchmarks._results import write_results
 from components.ray_start import init_ray
 from components.training.data import input_shape
 from components.training.driver import Scaling
-from components.training.loop import LoopConfig
+from components.training.loop_config import LoopConfig
 from components.tuning import sweep as sweep_module
 from components.tuning.sweep import SweepOptions, patient_worker_start, run_sweep, trial_histories
 from tests.demo_data import write_digits_split

@@ -85,7 +85,7 @@ def main() -> None:
         for key in tp.search_space:
             if key not in LOOP_KEYS:
                 raise ConfigError(f"params.yaml: tune.search_space.{key}: train.{key} is not a setting of the "
-                                  f"training loop (components.training.loop.LoopConfig), so a trial cannot vary it")
+                                  f"training loop (components.training.loop_config.LoopConfig), so a trial cannot vary it")
 
         data = stage.path(stage.paths.audit)  # the split after the label audit
         manifest = stage.record_input(data)

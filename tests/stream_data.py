@@ -102,7 +102,7 @@ def measured_fit(split: str, *, loader: str, workers: int, storage: str, name: s
     from components.ray_start import init_ray
     from components.training.data import input_shape
     from components.training.driver import Scaling, fit, run_history
-    from components.training.loop import LoopConfig
+    from components.training.loop_config import LoopConfig
 
     init_ray(num_cpus=2, object_store_memory=object_store_mb * 2**20, train_poll_s=0.25)
     rss_after_init = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

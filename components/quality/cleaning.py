@@ -166,10 +166,228 @@ def _as_pixel_list(column: pa.ChunkedArray, width: int) -> pa.FixedSizeListArray
     return pa.FixedSizeListArray.from_arrays(pixels, type=pa.list_(pa.field("element", pa.uint8()), width))
 
 
+@dataclass
+class Decoded:
+    """What the decode pass remembers of the rows it kept, in numpy arrays (~60 bytes a row, no
+    Python object per row). Row k of each array is row k of the staging file ``staged``, where the
+    decoded payloads wait; sources are read back from it when needed."""
+
+    staged: Path                    # the staging Parquet file (decoded payloads, id, label, source)
+    rows_in: int                    # raw rows read, set aside or not
+    ids: np.ndarray                 # encoded (bytes) ids
+    labels: np.ndarray              # int64
+    digests: np.ndarray             # (n, 16) uint8 content digests
+    lengths: np.ndarray             # sequences / features: payload lengths (else empty)
+    keys: np.ndarray                # text: 64-bit normalised-text keys (else empty)
+    notes: Counter                  # decode_image's notes, of kept and set-aside rows alike
+    near_index: NearDuplicateIndex | None  # images: row k's embedding (None: search off)
+
+
+@dataclass
+class Decisions:
+    """What becomes of every decoded row: set aside (``removed``) or kept, in which group."""
+
+    removed: dict[int, tuple[str, dict]]   # row number -> (reason, detail)
+    removed_id: dict[int, str]             # row number -> id, for the rows set aside
+    kept_mask: np.ndarray                  # one bool a decoded row
+    groups: dict[int, str]                 # kept row number -> group name, rows in a group of 2+
+    length: int | None                     # sequences / features: the payload length kept
+    extra: dict                            # manifest keys
+    metrics: dict                          # clean/... numbers
+    conflicts: list                        # near-duplicate groups whose labels disagree
+    near_pairs: pa.Table                   # near-duplicate pairs among the kept (split's leakage check)
+
+
+class _Staging:
+    """Decoded rows buffered, then written to the staging file one row group at a time (memory
+    holds BATCH_BYTES of them), with what is remembered of each row appended to ``parts``."""
+
+    def __init__(self, writer: pq.ParquetWriter, schema: pa.Schema, modality: str, options: CleanOptions):
+        self.writer, self.schema, self.modality, self.options = writer, schema, modality, options
+        self.parts: dict[str, list[np.ndarray]] = {"id": [], "label": [], "digest": [], "length": [], "key": []}
+        self._reset()
+
+    def _reset(self) -> None:
+        self.keep: dict[str, list] = {"id": [], "label": [], self.modality: [], "source": []}
+        self.digests, self.lengths, self.keys, self.decoded_bytes = [], [], [], 0
+
+    def flush(self) -> None:
+        keep = self.keep
+        if keep["id"]:
+            column = _column(keep[self.modality], self.modality, self.options)
+            self.writer.write_table(pa.table({**keep, self.modality: column}, schema=self.schema))
+            self.parts["id"].append(np.array([i.encode() for i in keep["id"]]))
+            self.parts["label"].append(np.array(keep["label"], np.int64))
+            self.parts["digest"].append(np.frombuffer(b"".join(self.digests), np.uint8).reshape(-1, 16))
+            self.parts["length"].append(np.array(self.lengths, np.int64))
+            self.parts["key"].append(np.array(self.keys, np.int64))
+        self._reset()
+
+
+def decode_pass(batches: Iterable[pa.RecordBatch], staged: Path, *, n_classes: int, modality: str,
+                options: CleanOptions, aside: SetAside) -> Decoded:
+    """Pass 1: decode and validate every raw row into the staging file ``staged``; a row that
+    cannot be used is added to ``aside`` with its reason."""
+    rows_in = 0
+    notes: Counter[str] = Counter()
+    row_notes: list[str] = []
+    stage_schema = pa.schema([("id", pa.string()), ("label", pa.int64()),
+                              (modality, _staging_type(modality, options)), ("source", pa.string())])
+    near_distance = options.near_duplicate_distance if modality == "image" else 0.0
+    # image embeddings: 36 numbers a row in memory, the full 1 KiB on disk (bounded memory)
+    near_index = NearDuplicateIndex(radius=near_distance) if near_distance > 0 else None
+    with pq.ParquetWriter(staged, stage_schema, use_dictionary=modality != "image") as writer:
+        stage = _Staging(writer, stage_schema, modality, options)
+        for batch in batches:
+            ids, labels = batch.column("id").to_pylist(), batch.column("label").to_pylist()
+            payloads, sources = batch.column(modality).to_pylist(), batch.column("source").to_pylist()
+            rows_in += len(ids)
+            for row_id, label, payload, source in zip(ids, labels, payloads, sources):
+                if label is None or not 0 <= label < n_classes:
+                    aside.add(row_id, source, BAD_LABEL, label=label)
+                    continue
+                try:
+                    value, raw = _decode(payload, modality, options, row_notes)
+                except _Unusable as err:
+                    aside.add(row_id, source, err.reason, error=str(err))
+                    continue
+                finally:
+                    notes.update(row_notes)
+                    row_notes.clear()
+                stage.digests.append(bytes.fromhex(content_hash(raw)))
+                if modality == "image":
+                    if near_index is not None:  # row k of the index is row k of the staging file
+                        h, w = options.image_size
+                        near_index.add(image_embedding(value.reshape(h, w, options.channels)))
+                elif modality == "text":
+                    stage.keys.append(key64(text_key(value).encode()))
+                else:
+                    stage.lengths.append(len(value))
+                for k, v in (("id", row_id), ("label", label), (modality, value), ("source", source)):
+                    stage.keep[k].append(v)
+                stage.decoded_bytes += len(raw)
+                if stage.decoded_bytes >= BATCH_BYTES:   # a batch of small photos decodes to a lot of pixels
+                    stage.flush()
+        stage.flush()
+    parts = stage.parts
+    # one kind at a time, its batches released as it is joined: never two copies of everything
+    return Decoded(
+        staged=staged, rows_in=rows_in, notes=notes, near_index=near_index,
+        ids=np.concatenate(parts.pop("id")) if parts["id"] else np.empty(0, "S1"),
+        labels=np.concatenate(parts.pop("label")) if parts["label"] else np.empty(0, np.int64),
+        digests=np.concatenate(parts.pop("digest")) if parts["digest"] else np.empty((0, 16), np.uint8),
+        lengths=np.concatenate(parts.pop("length")) if parts["length"] else np.empty(0, np.int64),
+        keys=np.concatenate(parts.pop("key")) if parts["key"] else np.empty(0, np.int64))
+
+
+def decide(decoded: Decoded, *, modality: str, options: CleanOptions,
+           feature_names: list[str] | None = None) -> Decisions:
+    """Over the decoded rows' arrays: wrong lengths, exact duplicates (``drop_duplicates``),
+    near-duplicate pairs and groups; the manifest keys and metrics that report them."""
+    row_ids, row_labels, digest = decoded.ids, decoded.labels, decoded.digests
+    row_lengths, row_keys, notes = decoded.lengths, decoded.keys, decoded.notes
+    n = len(row_ids)
+    extra: dict = {}
+    removed: dict[int, tuple[str, dict]] = {}   # row number -> (reason, detail)
+    length = None
+    if modality == "image":
+        extra["image_shape"] = [*options.image_size, options.channels]
+        # what decoding changed without saying (rows in, not rows kept: a note is about the file)
+        extra["decode_notes"] = {k: notes[k] for k in (EXIF_ROTATED, SCALED_16BIT, ANIMATED_FIRST_FRAME)}
+    elif modality in ("sequence", "features"):
+        length = options.payload_length
+        if length is None and modality == "features" and feature_names:
+            length = len(feature_names)
+        if length is None and n:
+            values, first, counts = np.unique(row_lengths, return_index=True, return_counts=True)
+            tied = np.flatnonzero(counts == counts.max())
+            length = int(values[tied[np.argmin(first[tied])]])  # most common; a tie: the one seen first
+        for k in np.flatnonzero(row_lengths != length).tolist():
+            removed[k] = (WRONG_LENGTH, {"length": int(row_lengths[k]), "expected": length})
+        if modality == "sequence":
+            extra["sequence_length"] = length
+        else:
+            names = list(feature_names or [])
+            extra["feature_names"] = names if len(names) == length else [f"f{i}" for i in range(length or 0)]
+    if options.drop_duplicates:
+        candidates = np.ones(n, bool)
+        candidates[list(removed)] = False
+        removed.update(exact_duplicate_rows(row_ids, digest, row_labels, rows=np.flatnonzero(candidates)))
+    kept_mask = np.ones(n, bool)
+    kept_mask[list(removed)] = False
+    kept_rows = np.flatnonzero(kept_mask)
+    ids, labels = row_ids[kept_rows], row_labels[kept_rows]   # kept row k = row kept_rows[k]
+
+    near, near_dist = np.empty((0, 2), np.int64), np.empty(0, np.float32)
+    if decoded.near_index is not None:  # found once here; split's leakage check reads them (near_pairs.parquet)
+        with decoded.near_index:
+            near, near_dist = decoded.near_index.pairs(keep=kept_mask)
+    # With drop_duplicates every kept digest is unique (one keeper per group, conflicts all
+    # set aside): no exact pairs to look for among the kept.
+    pairs = duplicate_pairs(hashes=np.empty(0, np.int64) if options.drop_duplicates else digest[kept_rows],
+                            near=near, near_keys=row_keys[kept_rows] if modality == "text" else None)
+    del digest, row_lengths, row_keys, row_labels, kept_rows
+    groups = group_names(ids, pairs)   # kept row -> group name, for rows in a group of 2+
+    dup_summary = group_summary(groups, labels, ids)
+    near_distance = options.near_duplicate_distance if modality == "image" else 0.0
+    extra["near_duplicates"] = {"method": {"image": "embedding_distance", "text": "normalised_text"}.get(
+        modality, "exact_only"), "distance": near_distance, "groups": dup_summary["groups"],
+        "rows": dup_summary["rows"], "conflicts": len(dup_summary["conflicts"])}
+
+    metrics = {"clean/exact_duplicates": sum(1 for reason, _ in removed.values() if reason == DUPLICATE),
+               "clean/exact_duplicate_conflicts": sum(1 for reason, _ in removed.values()
+                                                      if reason == LABEL_CONFLICT),
+               "clean/near_duplicate_groups": dup_summary["groups"],
+               "clean/near_duplicate_rows": dup_summary["rows"],
+               "clean/near_duplicate_conflicts": len(dup_summary["conflicts"]),
+               **{f"clean/decode/{k}": n for k, n in extra.get("decode_notes", {}).items()}}
+    return Decisions(removed=removed, removed_id={k: row_ids[k].decode() for k in removed}, kept_mask=kept_mask,
+                     groups=groups, length=length, extra=extra, metrics=metrics,
+                     conflicts=dup_summary["conflicts"], near_pairs=near_pairs_table(ids, near, near_dist))
+
+
+def write_pass(staged: Path, decisions: Decisions, writer: DatasetWriter, aside: SetAside, *, modality: str,
+               options: CleanOptions) -> None:
+    """Pass 2: stream the staging file and write the rows that are kept, each with its ``group``;
+    the rows set aside go to ``aside`` (in id order) with their sources, read back from staging."""
+    kept_mask, groups, removed, length = decisions.kept_mask, decisions.groups, decisions.removed, decisions.length
+    source_of: dict[int, str] = {}           # sources of the rows set aside, read back from staging
+    start = kept_before = 0
+    if len(kept_mask):
+        for batch in iter_file_batches(pq.ParquetFile(staged), batch_rows=4096):
+            table = pa.Table.from_batches([batch])
+            if modality == "image":
+                table = table.set_column(table.schema.get_field_index(modality), modality,
+                                         _as_pixel_list(table.column(modality), _image_width(options)))
+            mask = kept_mask[start:start + table.num_rows]
+            if not mask.all():
+                sources = table.column("source").to_pylist()
+                source_of.update({start + k: sources[k] for k in np.flatnonzero(~mask).tolist()})
+            numbers = kept_before + np.arange(int(mask.sum()))   # these rows' numbers among the kept
+            kept_before += len(numbers)
+            start += table.num_rows
+            table = table.filter(pa.array(mask))
+            if not table.num_rows:
+                continue
+            if modality in ("sequence", "features"):
+                vals = table.column(modality).combine_chunks().flatten()
+                table = table.set_column(table.schema.get_field_index(modality), modality,
+                                         pa.FixedSizeListArray.from_arrays(vals, length))
+            group = table.column("id").to_pylist()
+            if groups:
+                group = [groups.get(k, g) for k, g in zip(numbers.tolist(), group)]
+            table = table.append_column("group", pa.array(group, pa.string()))
+            writer.write(table)
+    removed_id = decisions.removed_id
+    for k, (reason, detail) in sorted(removed.items(), key=lambda item: removed_id[item[0]]):
+        aside.add(removed_id[k], source_of[k], reason, **detail)
+
+
 def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n_classes: int,
                   modality: str, options: CleanOptions, classes: list[str] | None = None,
                   feature_names: list[str] | None = None) -> dict:
-    """Clean raw rows of one modality into ``writer``.
+    """Clean raw rows of one modality into ``writer``: :func:`decode_pass`, :func:`decide`,
+    :func:`write_pass`.
 
     Returns ``rows_in``, ``set_aside`` (a :class:`SetAside`), ``extra`` (manifest keys),
     ``metrics`` (``clean/...`` numbers), ``conflicts`` (near-duplicate groups whose labels
@@ -179,169 +397,12 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
         raise ValueError(f"unknown payload {modality!r}: choose from {MODALITIES}")
     classes = classes or [str(k) for k in range(n_classes)]
     aside = SetAside()
-    rows_in = 0
-    notes: Counter[str] = Counter()   # decode_image's notes, of kept and set-aside rows alike
-    row_notes: list[str] = []
-    # What is remembered of each decoded row, in numpy arrays (~60 bytes a row, no Python object
-    # per row): encoded id, label, 16-byte content digest, payload length, 64-bit text key.
-    # Row k of these is row k of the staging file; sources are read back from it when needed.
-    parts: dict[str, list[np.ndarray]] = {"id": [], "label": [], "digest": [], "length": [], "key": []}
-    stage_schema = pa.schema([("id", pa.string()), ("label", pa.int64()),
-                              (modality, _staging_type(modality, options)), ("source", pa.string())])
-
-    near_distance = options.near_duplicate_distance if modality == "image" else 0.0
-    # image embeddings: 36 numbers a row in memory, the full 1 KiB on disk (bounded memory)
-    near_index = NearDuplicateIndex(radius=near_distance) if near_distance > 0 else None
     with tempfile.TemporaryDirectory(prefix="trainwise-clean-") as tmp:
         staged = Path(tmp) / "decoded.parquet"
-        # -- pass 1: decode and validate ------------------------------------------------------
-        with pq.ParquetWriter(staged, stage_schema, use_dictionary=modality != "image") as staging:
-            keep = {"id": [], "label": [], modality: [], "source": []}
-            digests, lengths, keys = [], [], []
-            decoded_bytes = 0
-
-            def stage_kept() -> None:
-                """Decoded rows to the staging file (one row group): memory holds BATCH_BYTES of them."""
-                nonlocal digests, lengths, keys, decoded_bytes
-                if keep["id"]:
-                    staging.write_table(pa.table({**keep, modality: _column(keep[modality], modality, options)},
-                                                 schema=stage_schema))
-                    parts["id"].append(np.array([i.encode() for i in keep["id"]]))
-                    parts["label"].append(np.array(keep["label"], np.int64))
-                    parts["digest"].append(np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 16))
-                    parts["length"].append(np.array(lengths, np.int64))
-                    parts["key"].append(np.array(keys, np.int64))
-                for v in keep.values():
-                    v.clear()
-                digests, lengths, keys, decoded_bytes = [], [], [], 0
-
-            for batch in batches:
-                ids, labels = batch.column("id").to_pylist(), batch.column("label").to_pylist()
-                payloads, sources = batch.column(modality).to_pylist(), batch.column("source").to_pylist()
-                rows_in += len(ids)
-                for row_id, label, payload, source in zip(ids, labels, payloads, sources):
-                    if label is None or not 0 <= label < n_classes:
-                        aside.add(row_id, source, BAD_LABEL, label=label)
-                        continue
-                    try:
-                        value, raw = _decode(payload, modality, options, row_notes)
-                    except _Unusable as err:
-                        aside.add(row_id, source, err.reason, error=str(err))
-                        continue
-                    finally:
-                        notes.update(row_notes)
-                        row_notes.clear()
-                    digests.append(bytes.fromhex(content_hash(raw)))
-                    if modality == "image":
-                        if near_index is not None:  # row k of the index is row k of the staging file
-                            h, w = options.image_size
-                            near_index.add(image_embedding(value.reshape(h, w, options.channels)))
-                    elif modality == "text":
-                        keys.append(key64(text_key(value).encode()))
-                    else:
-                        lengths.append(len(value))
-                    for k, v in (("id", row_id), ("label", label), (modality, value), ("source", source)):
-                        keep[k].append(v)
-                    decoded_bytes += len(raw)
-                    if decoded_bytes >= BATCH_BYTES:   # a batch of small photos decodes to a lot of pixels
-                        stage_kept()
-                stage_kept()
-        # one kind at a time, its batches released as it is joined: never two copies of everything
-        row_ids = np.concatenate(parts.pop("id")) if parts["id"] else np.empty(0, "S1")
-        row_labels = np.concatenate(parts.pop("label")) if parts["label"] else np.empty(0, np.int64)
-        digest = np.concatenate(parts.pop("digest")) if parts["digest"] else np.empty((0, 16), np.uint8)
-        row_lengths = np.concatenate(parts.pop("length")) if parts["length"] else np.empty(0, np.int64)
-        row_keys = np.concatenate(parts.pop("key")) if parts["key"] else np.empty(0, np.int64)
-        n = len(row_ids)
-
-        # -- decisions over the rows ------------------------------------------------------------
-        extra: dict = {}
-        removed: dict[int, tuple[str, dict]] = {}   # row number -> (reason, detail)
-        if modality == "image":
-            extra["image_shape"] = [*options.image_size, options.channels]
-            # what decoding changed without saying (rows in, not rows kept: a note is about the file)
-            extra["decode_notes"] = {k: notes[k] for k in (EXIF_ROTATED, SCALED_16BIT, ANIMATED_FIRST_FRAME)}
-        elif modality in ("sequence", "features"):
-            length = options.payload_length
-            if length is None and modality == "features" and feature_names:
-                length = len(feature_names)
-            if length is None and n:
-                values, first, counts = np.unique(row_lengths, return_index=True, return_counts=True)
-                tied = np.flatnonzero(counts == counts.max())
-                length = int(values[tied[np.argmin(first[tied])]])  # most common; a tie: the one seen first
-            for k in np.flatnonzero(row_lengths != length).tolist():
-                removed[k] = (WRONG_LENGTH, {"length": int(row_lengths[k]), "expected": length})
-            if modality == "sequence":
-                extra["sequence_length"] = length
-            else:
-                names = list(feature_names or [])
-                extra["feature_names"] = names if len(names) == length else [f"f{i}" for i in range(length or 0)]
-        if options.drop_duplicates:
-            candidates = np.ones(n, bool)
-            candidates[list(removed)] = False
-            removed.update(exact_duplicate_rows(row_ids, digest, row_labels, rows=np.flatnonzero(candidates)))
-        kept_mask = np.ones(n, bool)
-        kept_mask[list(removed)] = False
-        kept_rows = np.flatnonzero(kept_mask)
-        ids, labels = row_ids[kept_rows], row_labels[kept_rows]   # kept row k = row kept_rows[k]
-
-        near, near_dist = np.empty((0, 2), np.int64), np.empty(0, np.float32)
-        if near_index is not None:  # found once here; split's leakage check reads them (near_pairs.parquet)
-            with near_index:
-                near, near_dist = near_index.pairs(keep=kept_mask)
-        # With drop_duplicates every kept digest is unique (one keeper per group, conflicts all
-        # set aside): no exact pairs to look for among the kept.
-        pairs = duplicate_pairs(hashes=np.empty(0, np.int64) if options.drop_duplicates else digest[kept_rows],
-                                near=near, near_keys=row_keys[kept_rows] if modality == "text" else None)
-        del digest, row_lengths, row_keys, row_labels, kept_rows
-        groups = group_names(ids, pairs)   # kept row -> group name, for rows in a group of 2+
-        dup_summary = group_summary(groups, labels, ids)
-        extra["near_duplicates"] = {"method": {"image": "embedding_distance", "text": "normalised_text"}.get(
-            modality, "exact_only"), "distance": near_distance, "groups": dup_summary["groups"],
-            "rows": dup_summary["rows"], "conflicts": len(dup_summary["conflicts"])}
-
-        metrics = {"clean/exact_duplicates": sum(1 for reason, _ in removed.values() if reason == DUPLICATE),
-                   "clean/exact_duplicate_conflicts": sum(1 for reason, _ in removed.values()
-                                                          if reason == LABEL_CONFLICT),
-                   "clean/near_duplicate_groups": dup_summary["groups"],
-                   "clean/near_duplicate_rows": dup_summary["rows"],
-                   "clean/near_duplicate_conflicts": len(dup_summary["conflicts"]),
-                   **{f"clean/decode/{k}": n for k, n in extra.get("decode_notes", {}).items()}}
-
-        near_table = near_pairs_table(ids, near, near_dist)
-        removed_id = {k: row_ids[k].decode() for k in removed}
-        del ids, labels, row_ids   # pass 2 needs one bit a row (kept_mask) and the groups of 2+
-
-        # -- pass 2: write what is kept ---------------------------------------------------------
-        source_of: dict[int, str] = {}           # sources of the rows set aside, read back from staging
-        start = kept_before = 0
-        if n:
-            for batch in iter_file_batches(pq.ParquetFile(staged), batch_rows=4096):
-                table = pa.Table.from_batches([batch])
-                if modality == "image":
-                    table = table.set_column(table.schema.get_field_index(modality), modality,
-                                             _as_pixel_list(table.column(modality), _image_width(options)))
-                mask = kept_mask[start:start + table.num_rows]
-                if not mask.all():
-                    sources = table.column("source").to_pylist()
-                    source_of.update({start + k: sources[k] for k in np.flatnonzero(~mask).tolist()})
-                numbers = kept_before + np.arange(int(mask.sum()))   # these rows' numbers among the kept
-                kept_before += len(numbers)
-                start += table.num_rows
-                table = table.filter(pa.array(mask))
-                if not table.num_rows:
-                    continue
-                if modality in ("sequence", "features"):
-                    vals = table.column(modality).combine_chunks().flatten()
-                    table = table.set_column(table.schema.get_field_index(modality), modality,
-                                             pa.FixedSizeListArray.from_arrays(vals, length))
-                group = table.column("id").to_pylist()
-                if groups:
-                    group = [groups.get(k, g) for k, g in zip(numbers.tolist(), group)]
-                table = table.append_column("group", pa.array(group, pa.string()))
-                writer.write(table)
-        for k, (reason, detail) in sorted(removed.items(), key=lambda item: removed_id[item[0]]):
-            aside.add(removed_id[k], source_of[k], reason, **detail)
-
-    return {"rows_in": rows_in, "set_aside": aside, "extra": extra, "metrics": metrics,
-            "conflicts": dup_summary["conflicts"], "near_pairs": near_table}
+        decoded = decode_pass(batches, staged, n_classes=n_classes, modality=modality, options=options, aside=aside)
+        rows_in = decoded.rows_in
+        decisions = decide(decoded, modality=modality, options=options, feature_names=feature_names)
+        del decoded   # pass 2 needs one bit a row (kept_mask) and the groups of 2+
+        write_pass(staged, decisions, writer, aside, modality=modality, options=options)
+    return {"rows_in": rows_in, "set_aside": aside, "extra": decisions.extra, "metrics": decisions.metrics,
+            "conflicts": decisions.conflicts, "near_pairs": decisions.near_pairs}

@@ -33,8 +33,8 @@ from typing import Callable
 
 import torch
 
-from components.training.loop import (CHECKPOINT_FILE, DATA_REFS, PROGRESS_QUEUE, LoopConfig,
-                                      train_loop_per_worker)
+from components.training.loop import CHECKPOINT_FILE, DATA_REFS, PROGRESS_QUEUE, train_loop_per_worker
+from components.training.loop_config import LoopConfig
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 

@@ -8,23 +8,15 @@ group or worker group to start: Ray's own guide for single-process trials). What
 where rank/world, the checkpoint to resume and ``report`` come from. All ranks compute; only
 rank 0 writes checkpoints.
 
-Batch norm across ranks. ``batch_size`` is global: a 2-worker run takes 32 rows per rank where a
-1-worker trial takes 64. With per-rank batch norm the two would normalise over different
-batches; with more than one rank every BatchNorm layer is synchronised across ranks
-(:func:`sync_batchnorm`), so statistics are over the global batch and a 1-worker trial trains
-like the multi-worker final model (tests/unit/test_training_loop.py checks the parameters and
-running statistics match). Every epoch reports
-``train/loss``, ``train/acc``, ``val/loss``, ``val/acc`` and ``gap/acc`` (train - val
-accuracy, the overfitting signal), computed over the whole split (summed across ranks),
-plus ``lr``, ``epoch_s`` and ``samples_per_s``.
+With more than one rank every BatchNorm layer is synchronised across ranks, so a 1-worker trial
+trains like the multi-worker final model (components/training/sync_batchnorm.py). Every epoch
+reports ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc`` and ``gap/acc`` (train - val
+accuracy, the overfitting signal), computed over the whole split (summed across ranks), plus
+``lr``, ``epoch_s`` and ``samples_per_s``.
 
-Data reaches the worker one of two ways (``LoopConfig.loader``): ``memory`` (the driver
-reads the split once and puts the raw Arrow table in Ray's object store; each worker
-decodes it once and shuffles per epoch with a seeded ``DistributedSampler``) or
-``ray_data`` (a Ray Data stream per split, read from the Parquet shards each epoch and never
-materialised, the train one split equally across workers, val unequally, iterated with
-``iter_torch_batches``; components/training/streaming.py). Either way decoding and augmentation run here, on the
-worker, and no worker opens the driver's files.
+Data reaches the worker one of two ways (``LoopConfig.loader``, components/training/loaders.py):
+``memory`` or ``ray_data``. Either way decoding and augmentation run here, on the worker, and no
+worker opens the driver's files. The config is :class:`components.training.loop_config.LoopConfig`.
 """
 
 from __future__ import annotations
@@ -34,78 +26,18 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from components.training.loaders import MemoryBatches, RayDataBatches
+from components.training.loop_config import LoopConfig
+from components.training.sync_batchnorm import sync_batchnorm
+
 CHECKPOINT_FILE = "checkpoint.pt"
 PROGRESS_QUEUE = "progress_queue"  # optional config key: a ray.util.queue.Queue that rank 0 feeds
 DATA_REFS = "data_refs"            # config key of the memory loader: {"train": ObjectRef, "val": ObjectRef}
-
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "one_cycle")
-PRECISIONS = ("fp32", "bf16", "fp16")
-LOADERS = ("memory", "ray_data")
-
-
-@dataclass
-class LoopConfig:
-    data_dir: str              # split dataset (absolute path, or a URL pyarrow reads)
-    n_classes: int
-    input_shape: tuple         # one example's shape; fit() re-derives it from the data
-    model: str = "small_cnn"
-    epochs: int = 15
-    batch_size: int = 64       # global; each rank takes batch_size // world_size
-    lr: float = 3e-3           # peak learning rate
-    weight_decay: float = 1e-4
-    dropout: float = 0.25
-    patience: int | None = 5   # None: no early stopping (Tune's scheduler decides)
-    seed: int = 0
-    cpus_per_worker: int = 1
-    use_gpu: bool = False
-    optimizer: str = "adamw"   # adamw | sgd (Nesterov, `momentum`)
-    momentum: float = 0.9
-    lr_schedule: str = "constant"  # constant | cosine (to 0 at `epochs`) | one_cycle
-    grad_clip: float | None = None  # max global grad norm; None: no clipping
-    grad_accum_steps: int = 1  # micro-batches per optimiser step (effective batch x this)
-    label_smoothing: float = 0.0
-    augment: float = 0.0       # augmentation strength 0..1 (see components.training.data.augment)
-    precision: str = "fp32"    # fp32 | bf16 (autocast; CPU or GPU) | fp16 (GPU only, with a grad scaler)
-    loader: str = "memory"     # memory | ray_data (see the module docstring)
-    backbone: str | None = None    # pretrained backbone (components.models); None: the network alone
-    pretrained: bool | str = True  # backbone weights: packaged / hub (True), random (False), or a file
-    backbone_mode: str = "frozen"  # frozen | finetune
-    hflip: bool = False            # images: random horizontal flips (photos yes; digits and text in images no)
-    patience_smoothing: float = 0.0  # early stopping on an EMA of val/loss with this weight on the past
-    embed_dir: str | None = None   # frozen: the embed stage's output (the head trains on its vectors)
-    embed_dim: int | None = None   # frozen: filled by fit() from the embed manifest
-    max_tokens: int = 64       # text: tokens kept per example
-    vocab_size: int = 20_000   # text: largest vocabulary (incl. padding and unknown)
-    modality: str | None = None    # filled by fit() from the manifest
-    tokenizer: dict | None = None  # text: fitted on the train split by fit()
-    n_train: int | None = None     # filled by fit(): train rows (sizes the LR schedule)
-
-    def __post_init__(self):
-        for name, allowed in (("optimizer", OPTIMIZERS), ("lr_schedule", SCHEDULES), ("precision", PRECISIONS),
-                              ("loader", LOADERS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"LoopConfig.{name}={getattr(self, name)!r}; choose from {allowed}")
-        if self.grad_accum_steps < 1:
-            raise ValueError(f"LoopConfig.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
-        if self.precision == "fp16" and not self.use_gpu:
-            raise ValueError("precision fp16 needs a GPU (use_gpu); on CPU use bf16")
-        self.input_shape = tuple(self.input_shape)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LoopConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
 
 def amp_dtype(precision: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -248,112 +180,6 @@ def _all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-class _MemoryBatches:
-    """The memory loader: this rank's decoded split, reshuffled each epoch (seeded)."""
-
-    def __init__(self, x, y, *, batch_size: int, rank: int, world: int, seed: int, shuffle: bool):
-        from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-
-        data = TensorDataset(x, y)
-        if shuffle:
-            self.sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-            self.loader = DataLoader(data, batch_size=batch_size, sampler=self.sampler)
-        else:  # validation: a disjoint slice per rank, sums all-reduced: exact, no padding
-            self.sampler = None
-            self.loader = DataLoader(TensorDataset(x[rank::world], y[rank::world]), batch_size=batch_size)
-
-    def epoch(self, epoch: int):
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-        return self.loader
-
-
-class _RayDataBatches:
-    """The ray_data loader: ``iter_torch_batches`` of a Ray Data shard, decoded on the worker."""
-
-    def __init__(self, it, decode_fn, *, batch_size: int, rank: int, world: int, seed: int, train: bool):
-        self.it = it
-        self.decode_fn, self.batch_size, self.seed, self.train = decode_fn, batch_size, seed, train
-        self.rank, self.world = rank, world
-
-    def epoch(self, epoch: int):
-        kw = {"local_shuffle_buffer_size": 4 * self.batch_size, "local_shuffle_seed": self.seed + epoch} \
-            if self.train else {}
-        batches = self.it.iter_torch_batches(batch_size=self.batch_size, collate_fn=self.decode_fn, device="cpu",
-                                             **kw)
-        # validation is split across ranks too, unequally (streaming.StreamingDataConfig): each rank
-        # scores all of its share, every row exactly once
-        return batches
-
-
-class _SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """Batch norm whose training statistics are over the batch of all ranks, for CPU (gloo).
-
-    torch's ``nn.SyncBatchNorm`` refuses CPU tensors. This sums (sum, sum of squares, count)
-    over the ranks with the differentiable ``all_reduce`` of ``torch.distributed.nn``, whose
-    backward all-reduces the gradients too, so forward and backward are those of one batch
-    norm over the global batch. Same parameters and buffers as ``BatchNorm*d``: checkpoints and
-    exported weights load into the plain model.
-    """
-
-    def _check_input_dim(self, input):
-        if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return super().forward(x)
-        import warnings
-
-        from torch.distributed.nn.functional import all_reduce
-
-        dims = [0, *range(2, x.dim())]
-        shape = [1, -1, *([1] * (x.dim() - 2))]
-        # Statistics in float64: var = E[x^2] - mean^2 cancels badly in float32 when the mean is
-        # large against the spread, and torch's own batch norm (what one rank runs) does not.
-        xf = x.double()
-        count = torch.tensor([xf.numel() / xf.shape[1]], dtype=xf.dtype, device=xf.device)
-        with warnings.catch_warnings():  # deprecated in favour of functional collectives, which have no
-            warnings.simplefilter("ignore", FutureWarning)  # autograd for all_reduce (needed here)
-            stats = all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
-        c = xf.shape[1]
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.mul_(1 - m).add_(mean.detach().to(self.running_mean.dtype), alpha=m)
-                self.running_var.mul_(1 - m).add_((var.detach() * n / max(float(n) - 1, 1.0)).to(self.running_var.dtype),
-                                                  alpha=m)
-        y = ((xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)).to(x.dtype)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
-
-
-def sync_batchnorm(model: nn.Module, *, world: int, device: torch.device | None = None) -> nn.Module:
-    """With more than one rank, every BatchNorm layer normalises over the global batch (see the
-    module docstring): torch's ``SyncBatchNorm`` on GPU, :class:`_SyncBatchNorm` on CPU."""
-    if world <= 1:
-        return model
-    if device is not None and device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if isinstance(model, nn.modules.batchnorm._BatchNorm) and not isinstance(model, _SyncBatchNorm):
-        sync = _SyncBatchNorm(model.num_features, model.eps, model.momentum, model.affine, model.track_running_stats)
-        sync.load_state_dict(model.state_dict())
-        sync.train(model.training)
-        # A frozen layer stays frozen: new parameters would require grad, and DDP would wait for
-        # gradients a frozen backbone never produces (the frozen head's 2-worker train failed so).
-        for new, old in zip(sync.parameters(), model.parameters()):
-            new.requires_grad_(old.requires_grad)
-        return sync
-    for name, child in model.named_children():
-        model.add_module(name, sync_batchnorm(child, world=world, device=device))
-    return model
-
-
 class _TrainSession:
     """A rank of a Ray Train ``TorchTrainer``."""
 
@@ -455,14 +281,14 @@ def run_loop(config: dict, session) -> None:
 
     if cfg.loader == "memory":
         (x_train, y_train), (x_val, y_val) = (decode_fn(to_numpy(ray.get(refs[s]), kind)) for s in ("train", "val"))
-        train_batches = _MemoryBatches(x_train, y_train, batch_size=per_rank, rank=rank, world=world,
+        train_batches = MemoryBatches(x_train, y_train, batch_size=per_rank, rank=rank, world=world,
                                        seed=cfg.seed, shuffle=True)
-        val_batches = _MemoryBatches(x_val, y_val, batch_size=1024, rank=rank, world=world, seed=cfg.seed,
+        val_batches = MemoryBatches(x_val, y_val, batch_size=1024, rank=rank, world=world, seed=cfg.seed,
                                      shuffle=False)
     else:
-        train_batches = _RayDataBatches(session.dataset("train"), decode_fn, batch_size=per_rank, rank=rank,
+        train_batches = RayDataBatches(session.dataset("train"), decode_fn, batch_size=per_rank, rank=rank,
                                         world=world, seed=cfg.seed, train=True)
-        val_batches = _RayDataBatches(session.dataset("val"), decode_fn, batch_size=1024, rank=rank, world=world,
+        val_batches = RayDataBatches(session.dataset("val"), decode_fn, batch_size=1024, rank=rank, world=world,
                                       seed=cfg.seed, train=False)
 
     if cfg.backbone:  # pretrained backbone + linear head; frozen: only the head learns (models/backbones.py)

@@ -63,7 +63,7 @@ def test_tune_trials_stream_too_with_every_cpu_held_by_a_trial(ray_session, tmp_
     ray_data streams through zero-CPU tasks: both finish, each row seen once per epoch."""
     from components.training.data import input_shape
     from components.training.driver import Scaling
-    from components.training.loop import LoopConfig
+    from components.training.loop_config import LoopConfig
     from components.tuning.sweep import SweepOptions, run_sweep, trial_histories
 
     split = write_image_chain(tmp_path / "data", n_train=600, n_val=100, n_test=50, side=32)

@@ -17,7 +17,7 @@ from tests.demo_data import write_synthetic_split
 from components.training.data import input_shape, load_split
 from components.training.driver import Scaling, best_checkpoint_state, fit, run_history, run_name
 from components.training.export import load_model_from_state, model_spec
-from components.training.loop import LoopConfig
+from components.training.loop_config import LoopConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -152,7 +152,7 @@ DRIVER = textwrap.dedent("""
     import sys
     from components.ray_start import init_ray
     from components.training.driver import Scaling, fit
-    from components.training.loop import LoopConfig
+    from components.training.loop_config import LoopConfig
     init_ray(address=sys.argv[1], train_poll_s=0.25)
     fit(LoopConfig(**{config}), scaling=Scaling(num_workers=2), storage_path=sys.argv[2], name=sys.argv[3])
 """)

@@ -176,7 +176,7 @@ def test_a_spent_budget_ends_the_running_trial_and_starts_no_new_one(patient_ray
                                                                      tmp_path):
     from components.training.data import input_shape
     from components.training.driver import Scaling
-    from components.training.loop import LoopConfig
+    from components.training.loop_config import LoopConfig
     from components.tuning.sweep import SweepOptions, run_sweep, trial_histories
 
     base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
@@ -204,7 +204,7 @@ def test_both_trial_paths_and_the_final_model_layout_report_the_same_metrics(pat
     the (BN-cancelled) conv biases into full steps; both would blur a comparison of layouts."""
     from components.training.data import input_shape
     from components.training.driver import Scaling, fit, run_history
-    from components.training.loop import LoopConfig
+    from components.training.loop_config import LoopConfig
     from components.tuning.sweep import SweepOptions, run_sweep, trial_histories
 
     from components.training.data import read_split
@@ -249,7 +249,7 @@ def test_optuna_tpe_takes_over_from_random_after_its_startup_trials(patient_ray,
     seeded random ones (the same as random search with that seed), the rest are TPE's own."""
     from components.training.data import input_shape
     from components.training.driver import Scaling
-    from components.training.loop import LoopConfig
+    from components.training.loop_config import LoopConfig
     from components.tuning.sweep import SweepOptions, run_sweep
 
     base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
@@ -332,7 +332,7 @@ def test_a_sweep_at_concurrency_2_picks_the_same_trials_and_winner_as_one_at_a_t
     per trial (ASHA's decisions) and the same metrics; so `dvc repro` twice gives the same model."""
     from components.training.data import input_shape
     from components.training.driver import Scaling
-    from components.training.loop import LoopConfig
+    from components.training.loop_config import LoopConfig
     from components.tuning.sweep import SweepOptions, run_sweep, trial_histories
 
     base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
@@ -360,7 +360,7 @@ def test_a_trial_ordered_asha_paused_and_resumed_reports_every_epoch_once(patien
     histories come from what each trial trained (its latest checkpoint)."""
     from components.training.data import input_shape
     from components.training.driver import Scaling, checkpoint_history
-    from components.training.loop import LoopConfig
+    from components.training.loop_config import LoopConfig
     from components.tuning.sweep import SweepOptions, run_sweep, sweep_rows, trial_histories
 
     base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
@@ -393,7 +393,7 @@ def test_tpe_at_concurrency_2_proposes_the_same_configs_on_a_second_run(patient_
     (tests/unit/test_ordered_asha.py checks the rule itself); two runs propose the same configs."""
     from components.training.data import input_shape
     from components.training.driver import Scaling
-    from components.training.loop import LoopConfig
+    from components.training.loop_config import LoopConfig
     from components.tuning.sweep import SweepOptions, run_sweep
 
     base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")

