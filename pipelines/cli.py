@@ -58,14 +58,11 @@ def dvc_stages(path: str | os.PathLike = DVC_FILE) -> dict[str, str]:
 def check_version(path: str | os.PathLike = "params.yaml") -> None:
     """A project made by `trainwise init` names the trainwise it runs (params ``trainwise_version``, which
     every stage lists): refuse to run a stage with another one, so an upgrade is never silent."""
-    from components.project.init import VERSION_PARAM, installed_version
+    from components.project.version import version_problem
 
-    wanted = load_params(path).trainwise_version
-    have = installed_version()
-    if wanted is not None and str(wanted) != have:
-        raise ConfigError(f"{path}: {VERSION_PARAM} is {wanted} but trainwise {have} is installed. Set "
-                          f"`{VERSION_PARAM}: \"{have}\"` in params.yaml (every stage lists it, so `dvc status` shows "
-                          f"them changed and `trainwise run` re-runs them), or install trainwise=={wanted}")
+    problem = version_problem(load_params(path).trainwise_version, source=str(path))
+    if problem:
+        raise ConfigError(problem)
 
 
 def cmd_stage(name: str) -> int:

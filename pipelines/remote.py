@@ -163,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     for rel in args.inputs:
         storage.get(storage.join(args.base, "in", rel), Path(rel))
     _job_params(args.storage_path)
+    from components.project.version import version_problem  # the cluster's trainwise must be the project's
+
+    problem = version_problem(yaml.safe_load(Path("params.yaml").read_text()).get("trainwise_version"))
+    if problem:
+        print(f"trainwise: error: on the cluster: {problem}", file=sys.stderr)
+        return 2
     stage = subprocess.Popen([sys.executable, "-m", f"pipelines.{args.stage}"], env={**os.environ, REMOTE_ENV: "1"})
     while True:
         try:

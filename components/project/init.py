@@ -29,10 +29,11 @@ from pathlib import Path
 
 import yaml
 
+from components.project.version import VERSION_PARAM, installed_version, version_problem  # noqa: F401
+
 # What the project gets (relative to its root); any of them existing stops init before it writes anything.
 PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "README.md")
 CODE_DIRS = ("pipelines", "components", "trainwise")  # the demo's deps on our source: not in a user's project
-VERSION_PARAM = "trainwise_version"
 LABEL_NAMES = ("label", "labels", "class", "classes", "target", "y", "category", "sentiment", "species")
 SPLIT_NAMES = ("split", "subset", "set", "fold")
 SPLIT_VALUES = {"train", "training", "val", "valid", "validation", "dev", "test", "testing"}
@@ -64,22 +65,6 @@ DVCIGNORE = """\
 
 class InitError(ValueError):
     """The project cannot be created as asked; the message says what to change."""
-
-
-def installed_version() -> str:
-    """The trainwise version running this code (the package's ``__version__``, else its metadata)."""
-    try:
-        from trainwise import __version__  # noqa: PLC0415 - the package; a bare checkout may lack it
-
-        return str(__version__)
-    except ImportError:
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("trainwise")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def template_dir() -> Path:
@@ -288,16 +273,17 @@ def yaml_value(value) -> str:
 
 def set_param(text: str, key: str, value) -> str:
     """``text`` (a commented params.yaml) with ``section.key`` set to ``value``, its comment kept in place."""
-    section, name = key.split(".", 1)
-    if "." in name:
-        raise ValueError(f"{key}: only section.key is supported")
+    section, _, name = key.rpartition(".")
+    if "." in section:
+        raise ValueError(f"{key}: only top-level keys and section.key are supported")
     lines = text.splitlines(keepends=True)
-    inside = False
+    inside = not section
+    indent = "  " if section else ""
     for i, line in enumerate(lines):
-        if line[:1] not in ("", " ", "#", "\n"):
+        if section and line[:1] not in ("", " ", "#", "\n"):
             inside = line.startswith(f"{section}:")
             continue
-        m = re.match(rf"^(  {re.escape(name)}:[ ]*)(.*?)((\s+)(#.*))?$", line.rstrip("\n")) if inside else None
+        m = re.match(rf"^({indent}{re.escape(name)}:[ ]*)(.*?)((\s+)(#.*))?$", line.rstrip("\n")) if inside else None
         if m:
             new = m.group(1) + yaml_value(value)
             if m.group(3):
@@ -309,21 +295,18 @@ def set_param(text: str, key: str, value) -> str:
 
 
 def project_params(template: str, settings: dict[str, object], *, version: str) -> str:
-    text = template
+    text = set_param(template, VERSION_PARAM, version)
     for key, value in settings.items():
         text = set_param(text, key, value)
     data = yaml.safe_load(text)
-    for key, value in settings.items():  # the edit is checked, not trusted
-        section, name = key.split(".")
-        if data[section][name] != (list(value) if isinstance(value, tuple) else value):
-            raise InitError(f"params.yaml template: setting {key} to {value!r} read back {data[section][name]!r}")
-    head, sep, body = text.partition("\n\n")
-    line = f'{VERSION_PARAM}: "{version}"'
-    version_block = (f"# Made by `trainwise init` from trainwise {version}'s own params.yaml: only the data's keys differ.\n"
-                     f"{line}{' ' * max(1, 28 - len(line))}# the trainwise this project runs; every stage lists it "
-                     "(dvc.yaml). After\n"
-                     f"{' ' * 28}# upgrading trainwise, set the new version: `dvc status` shows what re-runs\n")
-    return f"{head}{sep}{version_block}\n{body}"
+    for key, value in {VERSION_PARAM: version, **settings}.items():  # the edit is checked, not trusted
+        got = data
+        for part in key.split("."):
+            got = got[part]
+        if got != (list(value) if isinstance(value, tuple) else value):
+            raise InitError(f"params.yaml template: setting {key} to {value!r} read back {got!r}")
+    return (f"# Made by `trainwise init` from trainwise {version}'s own params.yaml: only the data's keys "
+            f"differ.\n{text}")
 
 
 def _is_code_dep(dep: str) -> bool:

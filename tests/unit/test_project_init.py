@@ -153,3 +153,14 @@ def test_a_stage_refuses_another_trainwise_version(tmp_path, monkeypatch):
     Path("dvc.yaml").write_text("stages:\n  train:\n    cmd: trainwise stage train\n")
     Path("params.yaml").write_text('trainwise_version: "0.0.1"\n')
     assert cli.main(["stage", "train"]) == 2
+
+
+def test_a_cluster_job_refuses_another_trainwise_version(tmp_path, monkeypatch, capsys):
+    """The job side of a submitted stage runs the cluster's installed trainwise: it must be the project's."""
+    from pipelines import remote
+
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text('trainwise_version: "0.0.1"\n')
+    monkeypatch.setattr(remote.subprocess, "Popen", lambda *a, **k: pytest.fail("the stage was started"))
+    assert remote.main(["train", "--base", str(tmp_path / "base"), "--storage-path", str(tmp_path / "ray")]) == 2
+    assert "on the cluster: params.yaml: trainwise_version is 0.0.1 but trainwise" in capsys.readouterr().err
