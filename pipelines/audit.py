@@ -11,6 +11,8 @@ from pipelines.stage import Stage, run_stage
 
 SUSPECT_COLUMNS = ["rank", "id", "split", "source", "given_label", "predicted_label", "confidence",
                    "given_label_prob", "action"]
+# What audit_dataset's first pass reads of each row when it needs no payload (components/quality/audit.py _pass1).
+PASS1_COLUMNS = ["id", "label", "split", "source"]
 # What the split stage wrote that the audit output carries unchanged (the writer recomputes the rest).
 WRITER_KEYS = ("rows", "rows_in", "classes", "class_counts", "set_aside", "payload", "schema", "shards",
                "content_hash", "split_class_counts", "extends")
@@ -38,7 +40,11 @@ def main() -> None:
         # stays where clean wrote it (the second pass reads only ids and labels)
         with DatasetWriter(out, classes=split["classes"], base=src,
                            metadata={k: v for k, v in split.items() if k not in WRITER_KEYS}) as writer:
-            stats = audit_dataset(iter_batches(src), lambda: iter_batches(src), writer,
+            # with embeddings (or no search) pass 1 needs no payload: reading it would cost the photos' pixels
+            # (split's columns joined with clean's payload) for nothing; without, it reduces the payload
+            first = iter_batches(src) if options is not None and embeddings is None else \
+                iter_batches(src, columns=PASS1_COLUMNS)
+            stats = audit_dataset(first, lambda: iter_batches(src), writer,
                                   rewind_rows=lambda: iter_batches(src, columns=["id", "label"]),
                                   modality=split.get("payload", "image"), classes=split["classes"],
                                   image_shape=split.get("image_shape"), options=options,
