@@ -59,6 +59,7 @@ def embed_images(shards: list[str | Path], *, image_shape: tuple[int, int, int] 
     import ray.data
 
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
     import ray
 
@@ -74,7 +75,18 @@ def embed_images(shards: list[str | Path], *, image_shape: tuple[int, int, int] 
     # Read a row group at a time (iter_file_batches): pq.read_table of a whole shard of 224 px
     # photos peaked at 2x the memory of these bounded batches.
     refs = []
-    for s in shards:
+    if payload == "text":
+        # Longest texts first, as SentenceTransformer.encode orders them: a batch is as wide as its
+        # longest text, so batches of mixed lengths pad every short text to a long one. Rows come back
+        # keyed by id. Texts are small: all of them at once is what the object store held anyway.
+        parts = [pa.Table.from_batches([b]).select(["id", payload]) for s in shards
+                 for b in iter_file_batches(pq.ParquetFile(s), batch_rows=4 * batch_size)]
+        table = pa.concat_tables(parts) if parts else pa.table({"id": pa.array([], pa.string()),
+                                                                payload: pa.array([], pa.string())})
+        lengths = pc.fill_null(pc.utf8_length(table.column(payload)), 0).to_numpy()
+        table = table.take(pa.array(np.argsort(-lengths, kind="stable")))
+        refs = [ray.put(table.slice(k, 4 * batch_size)) for k in range(0, table.num_rows, 4 * batch_size)]
+    for s in shards if payload != "text" else ():
         for b in iter_file_batches(pq.ParquetFile(s), batch_rows=4 * batch_size):
             refs.append(ray.put(pa.Table.from_batches([b]).select(["id", payload])))
     ds = ray.data.from_arrow_refs(refs)
