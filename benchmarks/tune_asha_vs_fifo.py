@@ -40,7 +40,8 @@ from components.training.driver import Scaling, resolve, run_data
 from components.training.loop import CHECKPOINT_FILE, DATA_REFS, run_loop
 from components.training.loop_config import LoopConfig
 from components.tuning.space import apply_trial_config
-from components.tuning.sweep import SweepOptions, run_sweep, trial_histories
+from components.tuning.sweep import run_sweep, trial_histories
+from tests.params import sweep_options
 from tests.demo_data import write_digits_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,9 +52,9 @@ SPACE = {"lr": {"type": "loguniform", "low": 1e-4, "high": 3e-2},
 
 def sweep(base: LoopConfig, storage: Path, *, scheduler: str, search: str, args, seed: int,
           grace: int = 1, rf: float = 2.0) -> dict:
-    options = SweepOptions(num_samples=args.trials, max_concurrent_trials=1, scheduler=scheduler, search_alg=search,
-                           optuna_startup_trials=args.startup, max_epochs=args.epochs, grace_period=grace,
-                           reduction_factor=rf, seed=seed, resume=False)
+    options = sweep_options(num_samples=args.trials, max_concurrent_trials=1, scheduler=scheduler, search_alg=search,
+                            optuna_startup_trials=args.startup, max_epochs=args.epochs, grace_period=grace,
+                            reduction_factor=rf, seed=seed, resume=False, budget_usd=None, time_budget_s=None)
     t0 = time.perf_counter()
     out = run_sweep(base, space=SPACE, options=options, scaling=Scaling(num_workers=1), storage_path=str(storage),
                     name=f"bench-{scheduler}-{search}-{seed}-g{grace}-r{rf:g}")

@@ -31,7 +31,8 @@ from components.ray_start import init_ray
 from components.training.data import input_shape
 from components.training.driver import Scaling
 from components.training.loop_config import LoopConfig
-from components.tuning.sweep import SweepOptions, patient_worker_start, run_sweep, trial_histories
+from components.tuning.sweep import patient_worker_start, run_sweep, trial_histories
+from tests.params import sweep_options
 from tests.demo_data import write_digits_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,8 +45,8 @@ def one(base, storage: Path, name: str, args, *, env: dict, reuse: bool = True, 
     for k in ENV:
         os.environ.pop(k, None)
     os.environ.update(env)
-    options = SweepOptions(num_samples=args.trials, max_concurrent_trials=2, scheduler="fifo",
-                           max_epochs=args.epochs, seed=0, resume=False, trial_path=path)
+    options = sweep_options(num_samples=args.trials, max_concurrent_trials=2, scheduler="fifo",
+                            max_epochs=args.epochs, seed=0, resume=False, trial_path=path, budget_usd=None, time_budget_s=None)
     from ray import tune
 
     original = tune.TuneConfig.__init__

@@ -34,7 +34,8 @@ from components.training.data import input_shape
 from components.training.driver import Scaling
 from components.training.loop_config import LoopConfig
 from components.tuning import sweep as sweep_module
-from components.tuning.sweep import SweepOptions, patient_worker_start, run_sweep, trial_histories
+from components.tuning.sweep import patient_worker_start, run_sweep, trial_histories
+from tests.params import sweep_options
 from tests.demo_data import write_digits_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,9 +63,9 @@ class _Unordered:
 
 
 def one(base, storage: Path, name: str, args, scheduler: str) -> dict:
-    options = SweepOptions(num_samples=args.trials, max_concurrent_trials=2, scheduler="asha", search_alg=args.search,
-                           optuna_startup_trials=4, max_epochs=args.epochs, grace_period=2, reduction_factor=2,
-                           seed=0, resume=False)
+    options = sweep_options(num_samples=args.trials, max_concurrent_trials=2, scheduler="asha", search_alg=args.search,
+                            optuna_startup_trials=4, max_epochs=args.epochs, grace_period=2, reduction_factor=2,
+                            seed=0, resume=False, budget_usd=None, time_budget_s=None)
     from components.tuning import budget
 
     patches = []

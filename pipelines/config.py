@@ -325,7 +325,10 @@ class Distribution(_Section):
 # Train params a sweep cannot sample: it sets them itself (epochs: tune.max_epochs; patience:
 # trials run until the scheduler stops them) or they are resources, not hyperparameters.
 NOT_TUNABLE = ("epochs", "patience", "num_workers", "use_gpu", "cpus_per_worker", "max_failures",
-               "checkpoints_to_keep", "seed", "backbone", "pretrained", "backbone_mode")
+               "checkpoints_to_keep", "seed", "backbone", "pretrained", "backbone_mode",
+               # settings of the run around the loop (components.training.loop_config.RUN_KEYS): a trial's
+               # loop cannot vary them (tests/unit/test_tune_space.py checks every other key is a loop key)
+               "gpus_per_worker", "placement_strategy", "collective_timeout_s", "resume")
 
 
 class EmbedParams(_Section):

@@ -29,21 +29,8 @@ def main() -> None:
         modality = clean.get("payload", "image")
         fractions = {"train": p.train, "val": p.val, "test": p.test}
         code_of = {name: k for k, name in enumerate(fractions)}
-        ids, labels, clean_groups, hashes, text_keys, texts = [], [], [], [], [], []
-        for batch in iter_batches(src):  # pass 1: what grouping needs, a few dozen bytes a row
-            ids += batch.column("id").to_pylist()
-            labels.append(batch.column("label").to_numpy())
-            key = "group" if "group" in batch.schema.names else "id"
-            clean_groups.append(np.fromiter((key64(k.encode()) for k in batch.column(key).to_pylist()), np.int64))
-            h, t = row_keys(batch.column(modality), modality)
-            hashes.append(h)
-            if t is not None:
-                text_keys.append(t)
-                texts += batch.column("text").to_pylist()
-        labels_all = np.concatenate(labels) if labels else np.empty(0, np.int64)
-        hashes_all = np.concatenate(hashes) if hashes else np.empty(0, np.int64)
-        found = find_groups(ids, modality=modality, exact_keys=hashes_all,
-                            clean_groups=np.concatenate(clean_groups) if clean_groups else np.empty(0, np.int64),
+        ids, labels_all, clean_groups, hashes_all, text_keys, texts = _grouping_inputs(src, modality)
+        found = find_groups(ids, modality=modality, exact_keys=hashes_all, clean_groups=clean_groups,
                             texts=texts if modality == "text" else None,
                             vectors=iter_grouping_vectors(stage.path(stage.paths.embed)) if modality == "image" else None,
                             no_vectors_note=grouping_note(stage.path(stage.paths.embed)),
@@ -57,25 +44,9 @@ def main() -> None:
         # data/split extends data/clean: its shards hold id, label, group and split, not the payload again
         with DatasetWriter(out, classes=clean["classes"], base=src, replaces=("group",),
                            metadata={k: clean[k] for k in CARRIED if k in clean}) as w:
-            rows = 0
-            for batch in iter_batches(src, columns=["id", "label"]):  # pass 2: each row's group and split
-                table = pa.Table.from_batches([batch])
-                if "group" in table.schema.names:
-                    table = table.drop_columns(["group"])
-                end = rows + batch.num_rows
-                table = table.append_column("group", pa.array(found.names[rows:end], pa.string()))
-                w.write(table.append_column("split", pa.array(splits[rows:end], pa.string())))
-                rows = end
+            _write_rows(w, src, found.names, splits)
             per_split = split_counts(splits, labels_all.tolist(), clean["classes"])
-            near = _near_positions(read_near_pairs(src), ids, src) \
-                if modality == "image" and (clean.get("near_duplicates") or {}).get("distance", 0.0) > 0 else None
-            leaks = cross_split_leaks(codes_all, hashes=hashes_all, near=near,
-                                      near_keys=np.concatenate(text_keys) if text_keys else None)
-            content_crossing = int((codes_all[found.pairs.pairs[:, 0]] != codes_all[found.pairs.pairs[:, 1]]).sum())
-            leaks["near_pairs"] += content_crossing
-            crossing_groups = keys_in_several_splits(np.fromiter((key64(g.encode()) for g in found.names), np.int64,
-                                                                 len(found.names)), codes_all)
-            leaks["examples"] = {k: [[ids[r] for r in g] for g in v] for k, v in leaks["examples"].items()}
+            leaks, crossing_groups = _leakage(src, clean, modality, ids, codes_all, hashes_all, text_keys, found)
             gap = class_fraction_gap(per_split, fractions)
             w.close(rows_in=clean["rows"], set_aside=SetAside(),
                     extra={"fractions": fractions, "seed": p.seed, "split_class_counts": per_split,
@@ -106,6 +77,53 @@ def main() -> None:
                       **({"split/given/contaminated_test_rows": contaminated["test"],
                           "split/given/contaminated_val_rows": contaminated["val"]} if given is not None else {})},
                      artifacts=[out / "manifest.json"])
+
+
+def _grouping_inputs(src, modality: str):
+    """Pass 1: what grouping needs, a few dozen bytes a row: ids, labels, clean's groups (64-bit
+    keys), exact content keys, text keys (text) and the texts."""
+    ids, labels, clean_groups, hashes, text_keys, texts = [], [], [], [], [], []
+    for batch in iter_batches(src):
+        ids += batch.column("id").to_pylist()
+        labels.append(batch.column("label").to_numpy())
+        key = "group" if "group" in batch.schema.names else "id"
+        clean_groups.append(np.fromiter((key64(k.encode()) for k in batch.column(key).to_pylist()), np.int64))
+        h, t = row_keys(batch.column(modality), modality)
+        hashes.append(h)
+        if t is not None:
+            text_keys.append(t)
+            texts += batch.column("text").to_pylist()
+    labels_all = np.concatenate(labels) if labels else np.empty(0, np.int64)
+    hashes_all = np.concatenate(hashes) if hashes else np.empty(0, np.int64)
+    clean_groups_all = np.concatenate(clean_groups) if clean_groups else np.empty(0, np.int64)
+    return ids, labels_all, clean_groups_all, hashes_all, text_keys, texts
+
+
+def _write_rows(w: DatasetWriter, src, names: list[str], splits: list[str]) -> None:
+    """Pass 2: each row's group and split (data/split extends data/clean: no payload again)."""
+    rows = 0
+    for batch in iter_batches(src, columns=["id", "label"]):
+        table = pa.Table.from_batches([batch])
+        if "group" in table.schema.names:
+            table = table.drop_columns(["group"])
+        end = rows + batch.num_rows
+        table = table.append_column("group", pa.array(names[rows:end], pa.string()))
+        w.write(table.append_column("split", pa.array(splits[rows:end], pa.string())))
+        rows = end
+
+
+def _leakage(src, clean: dict, modality: str, ids: list[str], codes_all, hashes_all, text_keys, found):
+    """Pairs of exact or near duplicates across splits, and groups in several splits."""
+    near = _near_positions(read_near_pairs(src), ids, src) \
+        if modality == "image" and (clean.get("near_duplicates") or {}).get("distance", 0.0) > 0 else None
+    leaks = cross_split_leaks(codes_all, hashes=hashes_all, near=near,
+                              near_keys=np.concatenate(text_keys) if text_keys else None)
+    content_crossing = int((codes_all[found.pairs.pairs[:, 0]] != codes_all[found.pairs.pairs[:, 1]]).sum())
+    leaks["near_pairs"] += content_crossing
+    crossing_groups = keys_in_several_splits(np.fromiter((key64(g.encode()) for g in found.names), np.int64,
+                                                         len(found.names)), codes_all)
+    leaks["examples"] = {k: [[ids[r] for r in g] for g in v] for k, v in leaks["examples"].items()}
+    return leaks, crossing_groups
 
 
 def _given_splits(ingest_dir, ids: list[str]) -> list[str | None] | None:

@@ -37,6 +37,30 @@ def _with_tune_result(stage: Stage) -> dict:
     return tuned
 
 
+def _check_fits(tp) -> None:
+    """Per node: each worker needs one node with room for all of it (components/cluster/placement.py)."""
+    worker = {"CPU": tp.cpus_per_worker, **({"GPU": tp.gpus_per_worker} if tp.use_gpu else {})}
+    why = cannot_fit(cluster_nodes(), worker, tp.num_workers, tp.placement_strategy)
+    if why:
+        raise StageError(f"params.yaml: train.num_workers={tp.num_workers} x train.cpus_per_worker="
+                         f"{tp.cpus_per_worker}{' with train.use_gpu' if tp.use_gpu else ''} {why}. Fix: lower "
+                         "them, or join a cluster with bigger nodes (RAY_ADDRESS, ray.submit)")
+
+
+def _run_name(stage: Stage, loop, scaling: Scaling, manifest: dict, storage: str) -> str:
+    """Same params + data -> same name: a re-run after the driver died continues that run."""
+    tp = stage.params.train
+    name = (run_name("train", loop, scaling, data_hash=manifest["content_hash"]) if tp.resume
+            else f"train-{time.strftime('%Y%m%d-%H%M%S')}-{stage.run_id[:8]}")
+    if tp.resume and run_finished(storage, name):  # e.g. `dvc repro -f train`: the user wants it trained again
+        stage.log("run %s already finished with these params and data; training afresh in a new run "
+                  "(train.resume continues only unfinished runs)", name)
+        name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{stage.run_id[:8]}"
+    elif tp.resume and has_checkpoint(storage, name):
+        stage.log("resuming run %s from its latest checkpoint (train.resume: false starts afresh)", name)
+    return name
+
+
 def main() -> None:
     stage = Stage("train")
     tuned = _with_tune_result(stage)
@@ -52,34 +76,19 @@ def main() -> None:
             raise StageError(why)
         loop = build_loop_config(tp.model_dump(), tuned=hp, data_dir=str(data), n_classes=len(classes),
                                  input_shape=input_shape(data), embed_dir=str(stage.path(stage.paths.embed)))
-        scaling = Scaling(tp.num_workers, tp.use_gpu, tp.cpus_per_worker, gpus_per_worker=tp.gpus_per_worker,
-                          placement_strategy=tp.placement_strategy)
+        scaling = Scaling.from_train(tp)
         # train.* (logged by the stage) are the values trained with; hp.* say which came from tune.
         stage.tracker.log_params({f"hp.{k}": v for k, v in hp.items()} | {"hp.source": tuned["source"]})
         gpus = tp.num_workers * tp.gpus_per_worker if tp.use_gpu else 0
         stage.meter.reserve(cpus=tp.num_workers * tp.cpus_per_worker, gpus=gpus)
         init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose, train_poll_s=rp.train_poll_s,
                  schedule_timeout_s=rp.schedule_timeout_s)
-        # per node: each worker needs one node with room for all of it (components/cluster/placement.py)
-        worker = {"CPU": tp.cpus_per_worker, **({"GPU": tp.gpus_per_worker} if tp.use_gpu else {})}
-        why = cannot_fit(cluster_nodes(), worker, tp.num_workers, tp.placement_strategy)
-        if why:
-            raise StageError(f"params.yaml: train.num_workers={tp.num_workers} x train.cpus_per_worker="
-                             f"{tp.cpus_per_worker}{' with train.use_gpu' if tp.use_gpu else ''} {why}. Fix: lower "
-                             "them, or join a cluster with bigger nodes (RAY_ADDRESS, ray.submit)")
+        _check_fits(tp)
         stage.log("training %s on %d worker(s) (%s), up to %d epochs, hp from %s: %s",
                   f"a {tp.backbone_mode} {tp.backbone} backbone + head" if tp.backbone else tp.model, tp.num_workers,
                   "GPU" if tp.use_gpu else "CPU", tp.epochs, tuned["source"], hp)
-        # Same params + data -> same name: a re-run after the driver died continues that run.
         storage = stage.storage()
-        name = (run_name("train", loop, scaling, data_hash=manifest["content_hash"]) if tp.resume
-                else f"train-{time.strftime('%Y%m%d-%H%M%S')}-{stage.run_id[:8]}")
-        if tp.resume and run_finished(storage, name):  # e.g. `dvc repro -f train`: the user wants it trained again
-            stage.log("run %s already finished with these params and data; training afresh in a new run "
-                      "(train.resume continues only unfinished runs)", name)
-            name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{stage.run_id[:8]}"
-        elif tp.resume and has_checkpoint(storage, name):
-            stage.log("resuming run %s from its latest checkpoint (train.resume: false starts afresh)", name)
+        name = _run_name(stage, loop, scaling, manifest, storage)
         result = fit(loop, scaling=scaling, storage_path=storage, name=name,
                      max_failures=tp.max_failures, checkpoints_to_keep=tp.checkpoints_to_keep,
                      collective_timeout_s=tp.collective_timeout_s,

@@ -27,9 +27,9 @@ import hashlib
 import json
 import os
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -50,6 +50,15 @@ class Scaling:
     def __post_init__(self):
         if self.placement_strategy not in PLACEMENT_STRATEGIES:
             raise ValueError(f"placement_strategy={self.placement_strategy!r}; choose from {PLACEMENT_STRATEGIES}")
+
+    @classmethod
+    def from_train(cls, train) -> "Scaling":
+        """The final run's scaling from the ``train`` section of params.yaml whole (its pydantic model
+        or a mapping): every key that is a field here, with the section's values and defaults."""
+        names = [f.name for f in fields(cls)]
+        if isinstance(train, Mapping):
+            return cls(**{k: train[k] for k in names if k in train})
+        return cls(**{k: getattr(train, k) for k in names if hasattr(train, k)})
 
     def scaling_config(self):
         import ray.train

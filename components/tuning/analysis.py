@@ -1,4 +1,5 @@
-"""What a sweep produced, as plain rows: per-trial summary, overfitting verdict, Pareto front.
+"""What a sweep produced, as plain rows: per-trial summary, overfitting verdict, Pareto front, and
+the sweep's summary (the tune stage's log lines and ``tune/*`` metrics).
 
 Pure functions of each trial's per-epoch history (no Ray), so they are tested directly.
 """
@@ -6,6 +7,9 @@ Pure functions of each trial's per-epoch history (no Ray), so they are tested di
 from __future__ import annotations
 
 import math
+import statistics
+
+from components.tracking.cost import Rates, reserved_cost
 
 
 def is_overfit(history: list[dict], *, patience: int) -> bool:
@@ -124,3 +128,78 @@ def plot_pareto(points: list[dict], path, *, metric: str, title: str = "tune: co
     import os
 
     os.replace(tmp, path)
+
+
+# -- the sweep's summary: what the tune stage logs and records -------------------------------------
+
+def add_reserved_cost(rows: list[dict], *, cpus: float, gpus: float, nodes: float, rates: Rates,
+                      gpu_type: str | None) -> None:
+    """Each row gets cost/wall_s, cost/cpu_hours, ... of the resources its trial held, beside the
+    cost/usd it already has (what the budget counted)."""
+    for row in rows:
+        held = reserved_cost(row.get("time_s", 0.0), cpus=cpus, gpus=gpus, nodes=nodes, rates=rates,
+                             gpu_type=gpu_type)
+        row.update({k: v for k, v in held.items() if k != "cost/usd"})
+
+
+def best_trial(rows: list[dict], *, metric: str, mode: str) -> dict | None:
+    """The row of the trial with the best ``best_<metric>`` among those that ran; None if none did."""
+    key = f"best_{metric}"
+    ok = [r for r in rows if r["status"] == "ok" and key in r]
+    return (min if mode == "min" else max)(ok, key=lambda r: r[key]) if ok else None
+
+
+def trial_line(row: dict, *, space_keys: list[str], metric: str) -> str:
+    """One trial, on one line of the stage's log."""
+    r = row
+    return "%s %s epochs=%d stopped_by=%s best %s=%s gap/acc=%s%s $%.6f" % (
+        r["trial"], {k: (f"{r[k]:.3g}" if isinstance(r[k], float) else r[k]) for k in space_keys}, r["epochs"],
+        r["stopped_by"], metric, f"{r.get(f'best_{metric}', float('nan')):.4f}",
+        f"{r.get('gap/acc', float('nan')):+.3f}", "  OVERFIT" if r["overfit"] else "", r["cost/usd"])
+
+
+def spend_line(rows: list[dict], *, num_samples: int, budget_usd: float | None, exhausted_by: str | None) -> str:
+    """What the sweep spent and how many trials the budget stopped or never started."""
+    spent = sum(r["cost/usd"] for r in rows)
+    never = num_samples - sum(1 for r in rows if r["epochs"])
+    by_budget = sum(1 for r in rows if r["stopped_by"] == "budget")
+    return "spent $%.6f on trials%s; %d of %d trials ran, %d stopped by the budget, %d never started%s" % (
+        spent, f" of a ${budget_usd:g} budget" if budget_usd else "", num_samples - never, num_samples, by_budget,
+        never, f" (budget spent: {exhausted_by})" if exhausted_by else "")
+
+
+def startup_metrics(startup_s: list[float]) -> dict[str, float]:
+    if not startup_s:
+        return {}
+    return {"tune/trial_startup_s_median": statistics.median(startup_s), "tune/trial_startup_s_max": max(startup_s),
+            "tune/trial_starts": len(startup_s)}
+
+
+def sweep_metrics(rows: list[dict], histories: dict[str, list[dict]], best: dict, *, metric: str, num_samples: int,
+                  monitor, resumed: bool, repeatable: bool, sweep_wall_s: float, concurrent: int) -> dict:
+    """The tune stage's ``tune/*`` metrics. ``monitor``: the sweep's components.tuning.budget.SweepMonitor;
+    ``repeatable``: no note says the same params can give another sweep."""
+    never = num_samples - sum(1 for r in rows if r["epochs"])
+    by_budget = sum(1 for r in rows if r["stopped_by"] == "budget")
+    return {"tune/trials": len(rows), "tune/failed_trials": sum(r["status"] == "error" for r in rows),
+            "tune/trial_epochs": sum(r["epochs"] for r in rows),
+            "tune/asha_stopped_trials": sum(r["stopped_by"] == "asha" for r in rows),
+            # a trial at a rung before an earlier trial: it waited, paused (components/tuning/ordered_asha.py)
+            "tune/asha_pauses": getattr(monitor.scheduler, "num_paused", 0),
+            "tune/overfit_trials": sum(bool(r["overfit"]) for r in rows),
+            "tune/budget_stopped_trials": by_budget, "tune/skipped_trials": never,
+            "tune/spent_usd": sum(r["cost/usd"] for r in rows),
+            "tune/budget_exhausted": int(monitor.exhausted_by is not None),
+            "tune/resumed": int(resumed),
+            # 1: these params give these trials on every run (the wall and cost figures aside)
+            "tune/repeatable": int(repeatable and not resumed and monitor.exhausted_by is None),
+            # Tune's overhead = sweep wall against the time trials spent in epochs (benchmarks/pipeline_stages.py)
+            "tune/sweep_wall_s": sweep_wall_s,
+            "tune/trial_epochs_s": sum(e.get("epoch_s", 0.0) for h in histories.values() for e in h),
+            "tune/concurrent_trials": concurrent,
+            # per trial start (new actor, reused actor, resume): Tune's start to its first
+            # epoch, less the epoch; the first trials pay a new actor's process and imports
+            **startup_metrics(monitor.startup_s),
+            **({"tune/first_actors_start_s": max(monitor.first_start_wait_s[:concurrent])}
+               if monitor.first_start_wait_s else {}),
+            f"tune/best/{metric}": best[f"best_{metric}"], "tune/best/val/acc": best["val/acc"]}

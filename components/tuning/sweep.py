@@ -26,7 +26,8 @@ each trial's Train run is named after the trial).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from typing import Mapping
 
 from components.training.driver import Scaling, fit, resolve, run_data
 from components.tuning.space import apply_trial_config, to_tune_space
@@ -56,26 +57,41 @@ def patient_worker_start(seconds: int = 600) -> None:
     os.environ.setdefault(WORKER_START_ENV, str(seconds))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SweepOptions:
-    num_samples: int = 8
-    max_concurrent_trials: int = 2
-    search_alg: str = "random"        # random | optuna
-    optuna_startup_trials: int = 4
-    scheduler: str = "asha"           # asha | fifo
-    max_epochs: int = 10
-    grace_period: int = 2
-    reduction_factor: float = 2.0
-    metric: str = "val/loss"
-    mode: str = "min"
-    seed: int = 0
-    budget_usd: float | None = None
-    time_budget_s: float | None = None
-    usd_per_trial_hour: float = 0.0   # what one trial's resources cost per hour
-    resume: bool = True
+    """What a sweep runs with. The keys of params.yaml's ``tune`` section have no default here (the
+    schema holds them: build with :meth:`from_params`); the rest are decided by the caller."""
+
+    num_samples: int
+    max_concurrent_trials: int
+    search_alg: str                   # random | optuna
+    optuna_startup_trials: int
+    scheduler: str                    # asha | fifo
+    max_epochs: int
+    grace_period: int
+    reduction_factor: float
+    metric: str
+    mode: str                         # min | max (TuneParams.mode, from the metric)
+    seed: int
+    budget_usd: float | None
+    time_budget_s: float | None
+    resume: bool
+    usd_per_trial_hour: float = 0.0   # what one trial's resources cost per hour (components/tuning/plan.py)
     # auto: one-worker trials train in their Tune actor, others through a TorchTrainer; train:
     # always a TorchTrainer (tests compare the two paths with it)
     trial_path: str = "auto"
+
+    @classmethod
+    def from_params(cls, tune: Mapping, **overrides) -> "SweepOptions":
+        """From the ``tune`` section of params.yaml whole (a mapping, or its pydantic model): every
+        key that is a field here, then ``overrides``. The section's schema holds the defaults and
+        checked the values; nothing is copied by hand, so a new key cannot be dropped on the way."""
+        names = [f.name for f in fields(cls)]
+        if isinstance(tune, Mapping):
+            picked = {k: tune[k] for k in names if k in tune}
+        else:  # the pydantic section: its derived values (``mode``, from the metric) too
+            picked = {k: getattr(tune, k) for k in names if hasattr(tune, k)}
+        return cls(**{**picked, **overrides})
 
 
 def _report_callback(metric: str, mode: str):

@@ -64,12 +64,13 @@ def test_tune_trials_stream_too_with_every_cpu_held_by_a_trial(ray_session, tmp_
     from components.training.data import input_shape
     from components.training.driver import Scaling
     from components.training.loop_config import LoopConfig
-    from components.tuning.sweep import SweepOptions, run_sweep, trial_histories
+    from components.tuning.sweep import run_sweep, trial_histories
+    from tests.params import sweep_options
 
     split = write_image_chain(tmp_path / "data", n_train=600, n_val=100, n_test=50, side=32)
     base = LoopConfig(data_dir=str(split), n_classes=2, input_shape=input_shape(split), model="tests.stream_data:tiny",
                       batch_size=32, lr=3e-3, dropout=0.0, loader="ray_data")
-    options = SweepOptions(num_samples=2, max_concurrent_trials=2, max_epochs=2, scheduler="fifo")
+    options = sweep_options(num_samples=2, max_concurrent_trials=2, max_epochs=2, scheduler="fifo", budget_usd=None, time_budget_s=None)
     out = run_sweep(base, space={"lr": {"type": "choice", "values": [3e-3, 1e-2]}}, options=options,
                     scaling=Scaling(num_workers=1), storage_path=str(tmp_path / "tune"), name="stream")
     histories = trial_histories(out.grid, metric=options.metric, mode=options.mode)

@@ -177,12 +177,13 @@ def test_a_spent_budget_ends_the_running_trial_and_starts_no_new_one(patient_ray
     from components.training.data import input_shape
     from components.training.driver import Scaling
     from components.training.loop_config import LoopConfig
-    from components.tuning.sweep import SweepOptions, run_sweep, trial_histories
+    from components.tuning.sweep import run_sweep, trial_histories
+    from tests.params import sweep_options
 
     base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
     # $1 per trial-hour and a $1e-6 budget: spent by the first report of the first trial.
-    options = SweepOptions(num_samples=3, max_concurrent_trials=1, max_epochs=3, grace_period=1,
-                           budget_usd=1e-6, usd_per_trial_hour=1.0)
+    options = sweep_options(num_samples=3, max_concurrent_trials=1, max_epochs=3, grace_period=1,
+                            budget_usd=1e-6, usd_per_trial_hour=1.0, time_budget_s=None)
     sweep = run_sweep(base, space={"lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}, options=options,
                       scaling=Scaling(num_workers=1), storage_path=str(tmp_path), name="budget")
     histories = trial_histories(sweep.grid, metric=options.metric, mode=options.mode)
@@ -205,7 +206,8 @@ def test_both_trial_paths_and_the_final_model_layout_report_the_same_metrics(pat
     from components.training.data import input_shape
     from components.training.driver import Scaling, fit, run_history
     from components.training.loop_config import LoopConfig
-    from components.tuning.sweep import SweepOptions, run_sweep, trial_histories
+    from components.tuning.sweep import run_sweep, trial_histories
+    from tests.params import sweep_options
 
     from components.training.data import read_split
     from tests.demo_data import write_digits_split
@@ -222,8 +224,8 @@ def test_both_trial_paths_and_the_final_model_layout_report_the_same_metrics(pat
     space = {"momentum": {"type": "choice", "values": [0.8]}}
 
     def sweep(path: str) -> list[dict]:
-        options = SweepOptions(num_samples=1, max_concurrent_trials=1, max_epochs=2, scheduler="fifo",
-                               trial_path=path)
+        options = sweep_options(num_samples=1, max_concurrent_trials=1, max_epochs=2, scheduler="fifo",
+                                trial_path=path, budget_usd=None, time_budget_s=None)
         out = run_sweep(base, space=space, options=options, scaling=Scaling(num_workers=1),
                         storage_path=str(tmp_path), name=f"paths-{path}")
         (history,) = trial_histories(out.grid, metric=options.metric, mode=options.mode).values()
@@ -250,15 +252,16 @@ def test_optuna_tpe_takes_over_from_random_after_its_startup_trials(patient_ray,
     from components.training.data import input_shape
     from components.training.driver import Scaling
     from components.training.loop_config import LoopConfig
-    from components.tuning.sweep import SweepOptions, run_sweep
+    from components.tuning.sweep import run_sweep
+    from tests.params import sweep_options
 
     base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
     space = {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
              "dropout": {"type": "uniform", "low": 0.0, "high": 0.5}}
 
     def configs(alg: str) -> list[tuple]:
-        options = SweepOptions(num_samples=5, max_concurrent_trials=1, max_epochs=1, scheduler="fifo",
-                               search_alg=alg, optuna_startup_trials=2, seed=4)
+        options = sweep_options(num_samples=5, max_concurrent_trials=1, max_epochs=1, scheduler="fifo",
+                                search_alg=alg, optuna_startup_trials=2, seed=4, budget_usd=None, time_budget_s=None)
         grid = run_sweep(base, space=space, options=options, scaling=Scaling(num_workers=1),
                          storage_path=str(tmp_path), name=f"search-{alg}").grid
         assert not grid.errors and len(grid) == 5
@@ -333,14 +336,15 @@ def test_a_sweep_at_concurrency_2_picks_the_same_trials_and_winner_as_one_at_a_t
     from components.training.data import input_shape
     from components.training.driver import Scaling
     from components.training.loop_config import LoopConfig
-    from components.tuning.sweep import SweepOptions, run_sweep, trial_histories
+    from components.tuning.sweep import run_sweep, trial_histories
+    from tests.params import sweep_options
 
     base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
     space = {"lr": {"type": "loguniform", "low": 1e-4, "high": 3e-2}}
 
     def outcome(concurrent: int) -> dict:
-        options = SweepOptions(num_samples=6, max_concurrent_trials=concurrent, max_epochs=4, grace_period=1,
-                               reduction_factor=2, seed=1)
+        options = sweep_options(num_samples=6, max_concurrent_trials=concurrent, max_epochs=4, grace_period=1,
+                                reduction_factor=2, seed=1, budget_usd=None, time_budget_s=None)
         out = run_sweep(base, space=space, options=options, scaling=Scaling(num_workers=1),
                         storage_path=str(tmp_path), name=f"concurrency-{concurrent}")
         hist = trial_histories(out.grid, metric=options.metric, mode=options.mode)
@@ -361,14 +365,15 @@ def test_a_trial_ordered_asha_paused_and_resumed_reports_every_epoch_once(patien
     from components.training.data import input_shape
     from components.training.driver import Scaling, checkpoint_history
     from components.training.loop_config import LoopConfig
-    from components.tuning.sweep import SweepOptions, run_sweep, sweep_rows, trial_histories
+    from components.tuning.sweep import run_sweep, sweep_rows, trial_histories
+    from tests.params import sweep_options
 
     base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
     # Seed 116 proposes (batch_size, lr) = (8, 1e-5), then (512, 1e-2) three times: the first trial
     # is slow and poor, so the later ones reach the rung (epoch 2) first, wait there paused until it
     # has reported there, and are then resumed (they beat it).
-    options = SweepOptions(num_samples=4, max_concurrent_trials=2, max_epochs=4, grace_period=2,
-                           reduction_factor=2, seed=116)
+    options = sweep_options(num_samples=4, max_concurrent_trials=2, max_epochs=4, grace_period=2,
+                            reduction_factor=2, seed=116, budget_usd=None, time_budget_s=None)
     space = {"batch_size": {"type": "choice", "values": [8, 512]}, "lr": {"type": "choice", "values": [1e-5, 1e-2]}}
     out = run_sweep(base, space=space, options=options, scaling=Scaling(num_workers=1), storage_path=str(tmp_path),
                     name="paused")
@@ -394,14 +399,15 @@ def test_tpe_at_concurrency_2_proposes_the_same_configs_on_a_second_run(patient_
     from components.training.data import input_shape
     from components.training.driver import Scaling
     from components.training.loop_config import LoopConfig
-    from components.tuning.sweep import SweepOptions, run_sweep
+    from components.tuning.sweep import run_sweep
+    from tests.params import sweep_options
 
     base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
     space = {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1}}
 
     def configs(run: int) -> list[float]:
-        options = SweepOptions(num_samples=5, max_concurrent_trials=2, max_epochs=1, scheduler="fifo",
-                               search_alg="optuna", optuna_startup_trials=2, seed=4)
+        options = sweep_options(num_samples=5, max_concurrent_trials=2, max_epochs=1, scheduler="fifo",
+                                search_alg="optuna", optuna_startup_trials=2, seed=4, budget_usd=None, time_budget_s=None)
         out = run_sweep(base, space=space, options=options, scaling=Scaling(num_workers=1),
                         storage_path=str(tmp_path), name=f"tpe-repeat-{run}")
         assert not out.grid.errors and len(out.grid) == 5

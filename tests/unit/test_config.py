@@ -154,3 +154,24 @@ def test_a_few_aliases_still_load_and_long_values_are_quoted_short(tmp_path):
     with pytest.raises(ConfigError) as err:
         parse_params({"train": {"model": "x" * 100_000}})
     assert len(str(err.value)) < 600
+
+
+def test_a_components_default_for_a_params_key_is_the_schemas():
+    """The stages build LoopConfig, Scaling and SweepOptions from their sections whole
+    (build_loop_config, Scaling.from_train, SweepOptions.from_params). A default a component keeps
+    for a key of that section must be the schema's value, or it is a second source that drifts
+    (SweepOptions.max_epochs was 10 while tune.max_epochs was 8)."""
+    from dataclasses import MISSING, fields
+
+    from components.training.driver import Scaling
+    from components.training.loop_config import LoopConfig
+    from components.tuning.sweep import SweepOptions
+    from pipelines.config import TrainParams, TuneParams
+
+    drift = [f"{cls.__name__}.{f.name}: {f.default!r}, the schema {getattr(section, f.name)!r}"
+             for cls, section in ((LoopConfig, TrainParams()), (Scaling, TrainParams()), (SweepOptions, TuneParams()))
+             for f in fields(cls)
+             if f.default is not MISSING and hasattr(section, f.name) and f.default != getattr(section, f.name)]
+    assert drift == []
+    assert SweepOptions.from_params(TuneParams()).max_epochs == TuneParams().max_epochs
+    assert Scaling.from_train(TrainParams()).placement_strategy == TrainParams().placement_strategy

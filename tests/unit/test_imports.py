@@ -146,3 +146,29 @@ def test_no_import_up_a_floor():
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_every_module_has_a_floor(module):
     floor(module)
+
+
+# A stage is glue: params in, components called, outputs written. Past a screen, the logic belongs in
+# a component (docs/architecture.md).
+MAIN_LINES, FUNCTION_LINES = 60, 80
+
+
+def long_functions(path: Path, *, limit: int, main_limit: int) -> list[str]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            lines = node.end_lineno - node.lineno + 1
+            cap = main_limit if node.name == "main" else limit
+            if lines > cap:
+                where = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+                out.append(f"{where}:{node.lineno} {node.name} is {lines} lines (at most {cap})")
+    return out
+
+
+def test_stages_stay_thin(tmp_path):
+    long = sorted(x for f in sorted((REPO / "pipelines").glob("*.py"))
+                  for x in long_functions(f, limit=FUNCTION_LINES, main_limit=MAIN_LINES))
+    assert not long, "functions too long for a stage module (move the logic into a component):\n" + "\n".join(long)
+    planted = tmp_path / "stage.py"  # the check sees a 61-line main
+    planted.write_text("def main():\n" + "    x = 1\n" * 60)
+    assert len(long_functions(planted, limit=FUNCTION_LINES, main_limit=MAIN_LINES)) == 1

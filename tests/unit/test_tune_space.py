@@ -137,7 +137,7 @@ def test_the_monitor_times_each_trial_start_to_its_first_epoch_less_the_epoch():
 
 
 def test_the_tune_stage_says_when_the_same_params_can_give_another_sweep():
-    from pipelines.tune import repeatability_note
+    from components.tuning.plan import repeatability_note
 
     # Ray's ASHA (multi-worker trials) at 2 at a time: it depends on who reports first
     note = repeatability_note(scheduler="asha", workers_per_trial=2, max_concurrent_trials=2)
@@ -271,3 +271,14 @@ def test_a_trial_is_priced_as_a_stage_is_gpu_type_and_node_rate_included():
     mixed = nodes + [({"CPU": 8.0, "GPU": 1.0, "accelerator_type:A10G": 1.0}, 3)]
     assert trial_gpu_type(mixed, rates, fallback=None) == "H100"
     assert trial_gpu_type([({"CPU": 8.0, "GPU": 1.0}, 1)], rates, fallback="NVIDIA A10G") == "NVIDIA A10G"
+
+
+def test_a_key_the_schema_lets_a_trial_sample_is_a_setting_of_the_loop():
+    """The schema is the one check of tune.search_space's keys (the stage trusts it): every train key
+    it lets a trial vary is a LoopConfig field, so apply_trial_config never meets one that is not."""
+    from components.training.loop_config import LOOP_KEYS, RUN_KEYS
+    from pipelines.config import NOT_TUNABLE, TrainParams
+
+    tunable = set(TrainParams.model_fields) - set(NOT_TUNABLE)
+    assert tunable <= LOOP_KEYS, sorted(tunable - LOOP_KEYS)
+    assert RUN_KEYS <= set(NOT_TUNABLE)
