@@ -11,8 +11,8 @@ from components.embedding.training import embedding_tables, network_error, resol
 from components.models import build_model
 from components.models.backbones import build_classifier
 from components.training.data import decode, to_numpy
-from components.training.loop_config import LoopConfig
 from tests.inprocess import InProcessSession
+from tests.params import loop_config
 
 
 def _split(tmp_path, n=8):
@@ -32,8 +32,8 @@ def test_tables_hold_each_rows_own_embedding(tmp_path):
     order = [3, 1, 0, 2, 7, 6, 5, 4]  # the embed file's order differs from the split's
     write_embeddings(tmp_path / "embed", ids=[f"r{i}" for i in order], embeddings=emb[order],
                      manifest={"backbone": "efficientnet_lite0"})
-    loop = LoopConfig(data_dir=str(split), n_classes=2, input_shape=(3, 16, 16), backbone="efficientnet_lite0",
-                      embed_dir=str(tmp_path / "embed"), modality="image")
+    loop = loop_config(data_dir=str(split), n_classes=2, input_shape=(3, 16, 16), backbone="efficientnet_lite0",
+                       embed_dir=str(tmp_path / "embed"), modality="image")
     upd = resolve_backbone(loop)
     assert upd["model"] == "backbone:efficientnet_lite0" and upd["embed_dim"] == 4
     tables = embedding_tables(loop)
@@ -47,8 +47,8 @@ def test_embeddings_of_another_backbone_are_refused(tmp_path):
     split, _ = _split(tmp_path)
     write_embeddings(tmp_path / "embed", ids=["r0"], embeddings=np.zeros((1, 4)),
                      manifest={"backbone": "resnet18"})
-    loop = LoopConfig(data_dir=str(split), n_classes=2, input_shape=(3, 16, 16), backbone="efficientnet_lite0",
-                      embed_dir=str(tmp_path / "embed"), modality="image")
+    loop = loop_config(data_dir=str(split), n_classes=2, input_shape=(3, 16, 16), backbone="efficientnet_lite0",
+                       embed_dir=str(tmp_path / "embed"), modality="image")
     with pytest.raises(DataContractError, match="re-run the embed stage"):
         resolve_backbone(loop)
 
@@ -99,9 +99,9 @@ def test_training_loop_trains_the_head_on_vectors(tmp_path, monkeypatch):
     emb[:, :64] += labels[:, None] * 3.0  # separable on 64 of the 1280 dimensions
     write_embeddings(tmp_path / "embed", ids=[f"r{i}" for i in range(40)], embeddings=emb,
                      manifest={"backbone": "efficientnet_lite0"})
-    cfg = LoopConfig(data_dir=str(split), n_classes=2, input_shape=(3, 16, 16), backbone="efficientnet_lite0",
-                     embed_dir=str(tmp_path / "embed"), modality="image", epochs=6, patience=6,
-                     patience_smoothing=0.5, batch_size=8, lr=0.01, dropout=0.0)
+    cfg = loop_config(data_dir=str(split), n_classes=2, input_shape=(3, 16, 16), backbone="efficientnet_lite0",
+                      embed_dir=str(tmp_path / "embed"), modality="image", epochs=6, patience=6,
+                      patience_smoothing=0.5, batch_size=8, lr=0.01, dropout=0.0)
     cfg = replace(cfg, **resolve_backbone(cfg))
     monkeypatch.setattr(ray, "get", lambda x: x)
     s = InProcessSession()

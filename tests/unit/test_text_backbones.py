@@ -26,9 +26,9 @@ from components.models.backbone_names import TEXT_BUILTIN, TEXT_HUB_PREFIX, Back
 from components.models.backbones import build_backbone, build_classifier  # noqa: E402
 from components.models.text_backbones import model_source, tokenize, tokenizer_spec  # noqa: E402
 from components.models.weights import sha256_file  # noqa: E402
-from components.training.loop_config import LoopConfig  # noqa: E402
 from components.training.text import encode  # noqa: E402
 from tests.inprocess import InProcessSession  # noqa: E402
+from tests.params import loop_config  # noqa: E402
 
 NAME = "all_minilm_l6_v2"
 
@@ -163,9 +163,9 @@ def test_frozen_head_on_minilm_vectors_beats_chance_and_predicts_raw_text(backbo
     emb = _embed(backbone, texts).numpy()
     write_embeddings(tmp_path / "embed", ids=[f"t{i:02d}" for i in range(24)], embeddings=emb,
                      manifest={**backbone.info.manifest()})
-    cfg = LoopConfig(data_dir=str(split), n_classes=2, input_shape=(64,), backbone=NAME, modality="text",
-                     embed_dir=str(tmp_path / "embed"), epochs=30, patience=30, batch_size=8, lr=0.05, dropout=0.0,
-                     seed=0)
+    cfg = loop_config(data_dir=str(split), n_classes=2, input_shape=(64,), backbone=NAME, modality="text",
+                      embed_dir=str(tmp_path / "embed"), epochs=30, patience=30, batch_size=8, lr=0.05, dropout=0.0,
+                      seed=0)
     cfg = replace(cfg, **resolve_backbone(cfg))
     assert cfg.tokenizer == tokenizer_spec(NAME, max_tokens=256) and cfg.embed_dim == 384
     monkeypatch.setattr(ray, "get", lambda x: x)
@@ -227,8 +227,8 @@ def test_backbone_and_data_must_agree(tmp_path):
     assert parse_params({"ingest": {"source": "text_folder"}, "train": {"backbone": NAME}}).train.backbone == NAME
     # the data itself (a table whose text column the params do not reveal until ingest): checked again in training
     split = _text_split(tmp_path, ["a b", "c d"], [0, 1], ["train", "val"])
-    loop = LoopConfig(data_dir=str(split), n_classes=2, input_shape=(64,), backbone="efficientnet_lite0",
-                      modality="text", embed_dir=str(tmp_path / "embed"))
+    loop = loop_config(data_dir=str(split), n_classes=2, input_shape=(64,), backbone="efficientnet_lite0",
+                       modality="text", embed_dir=str(tmp_path / "embed"))
     with pytest.raises(DataContractError, match=r"train\.backbone: 'efficientnet_lite0' embeds image, but this "
                                                  r"dataset's payload is text"):
         resolve_backbone(loop)
@@ -243,8 +243,8 @@ def test_finetune_trains_the_encoder_on_token_ids(backbone, tmp_path, monkeypatc
 
     texts, labels = (FOOD + SPORT)[:6] + (FOOD + SPORT)[12:18], [0] * 6 + [1] * 6
     split = _text_split(tmp_path, texts, labels, ["train", "train", "train", "train", "val", "val"] * 2)
-    cfg = LoopConfig(data_dir=str(split), n_classes=2, input_shape=(64,), backbone=NAME, modality="text",
-                     backbone_mode="finetune", epochs=2, patience=5, batch_size=4, lr=1e-4, dropout=0.0, seed=0)
+    cfg = loop_config(data_dir=str(split), n_classes=2, input_shape=(64,), backbone=NAME, modality="text",
+                      backbone_mode="finetune", epochs=2, patience=5, batch_size=4, lr=1e-4, dropout=0.0, seed=0)
     cfg = replace(cfg, **resolve_backbone(cfg))
     assert cfg.tokenizer["kind"] == "backbone" and cfg.embed_dim is None  # rows are texts, not vectors
     monkeypatch.setattr(ray, "get", lambda x: x)

@@ -8,10 +8,11 @@ import torch
 from tests.demo_data import write_synthetic_split
 from components.models import build_model
 from components.training.data import augment, input_shape, load_split
-from components.training.driver import Scaling, resolve, run_name
+from components.training.driver import resolve, run_name
 from components.training.loop import Trainer
 from components.training.loop_config import LoopConfig
 from components.training.text import encode, fit_tokenizer
+from tests.params import loop_config, scaling
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -153,7 +154,7 @@ def test_augmentation_is_seeded_and_keeps_shapes():
 
 def test_tokenizer_is_fitted_on_the_train_split_only(tmp_path):
     split = write_synthetic_split(tmp_path, "text")
-    loop = resolve(LoopConfig(data_dir=str(split), n_classes=3, input_shape=(), model="gru", max_tokens=8))
+    loop = resolve(loop_config(data_dir=str(split), n_classes=3, input_shape=(), model="gru", max_tokens=8))
     assert loop.modality == "text" and loop.input_shape == (8,)
     train_words = set()
     from components.training.data import read_split
@@ -178,13 +179,13 @@ def test_every_modality_decodes_to_the_model_input_shape(tmp_path, modality, sha
 
 def test_run_name_is_deterministic_and_changes_with_the_config():
     loop = _cfg()
-    a = run_name("train", loop, Scaling(2), data_hash="h")
-    assert a == run_name("train", _cfg(), Scaling(2), data_hash="h")
-    assert a != run_name("train", _cfg(epochs=5), Scaling(2), data_hash="h")
-    assert a != run_name("train", loop, Scaling(1), data_hash="h")
-    assert a != run_name("train", loop, Scaling(2), data_hash="other")
+    a = run_name("train", loop, scaling(num_workers=2), data_hash="h")
+    assert a == run_name("train", _cfg(), scaling(num_workers=2), data_hash="h")
+    assert a != run_name("train", _cfg(epochs=5), scaling(num_workers=2), data_hash="h")
+    assert a != run_name("train", loop, scaling(num_workers=1), data_hash="h")
+    assert a != run_name("train", loop, scaling(num_workers=2), data_hash="other")
     moved = LoopConfig(**{**loop.to_dict(), "data_dir": "/elsewhere"})
-    assert a == run_name("train", moved, Scaling(2), data_hash="h")  # a checkout elsewhere resumes too
+    assert a == run_name("train", moved, scaling(num_workers=2), data_hash="h")  # a checkout elsewhere resumes too
 
 
 def test_a_finished_run_is_marked_in_local_and_url_storage(tmp_path):
@@ -222,8 +223,8 @@ def _bn_run(rank: int, world: int, sync: bool, port: int, out: dict) -> None:
     x, y = torch.randn(128, 1, 8, 8, generator=g), torch.arange(128) % 3
     # SGD: the conv biases in front of a BN get a zero gradient up to rounding noise, which Adam
     # would normalise into full-size random steps on both sides of the comparison.
-    cfg = LoopConfig(data_dir="unused", n_classes=3, input_shape=(1, 8, 8), model="small_cnn", batch_size=32,
-                     lr=5e-2, dropout=0.0, epochs=2, n_train=128, optimizer="sgd")
+    cfg = loop_config(data_dir="unused", n_classes=3, input_shape=(1, 8, 8), model="small_cnn", batch_size=32,
+                      lr=5e-2, dropout=0.0, epochs=2, n_train=128, optimizer="sgd")
     torch.manual_seed(0)
     model = build_model("small_cnn", input_shape=(1, 8, 8), n_classes=3, dropout=0.0)
     if sync:

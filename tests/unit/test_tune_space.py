@@ -9,6 +9,7 @@ from components.tuning.analysis import is_overfit, pareto_rows, stopped_by, tria
 from components.tuning.budget import (BudgetedSearch, BudgetStopper, SweepMonitor, trial_gpu_type,
                                       trial_usd_per_hour)
 from components.tuning.space import apply_trial_config, to_tune_space
+from tests.params import loop_config
 from pipelines.config import ConfigError, parse_params
 
 SPACE = {
@@ -57,7 +58,7 @@ def test_tunable_keys_follow_the_train_params_model():
 
 
 def test_trial_config_is_set_on_the_loop_config_with_field_types():
-    base = LoopConfig(data_dir="d", n_classes=10, input_shape=(1, 8, 8))
+    base = loop_config(data_dir="d", n_classes=10, input_shape=(1, 8, 8))
     cfg = apply_trial_config(base, {"lr": 0.01, "batch_size": 64.0, "model": "mlp"})
     assert cfg.lr == 0.01 and cfg.batch_size == 64 and isinstance(cfg.batch_size, int) and cfg.model == "mlp"
     assert cfg.n_classes == 10 and base.batch_size == 64 and base.model == "small_cnn"

