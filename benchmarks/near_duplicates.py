@@ -298,7 +298,7 @@ PIXEL_KEYS = ("radius", "copy_fraction", "rows", "target", "candidates", "shared
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", nargs="+", choices=["pixels", "photos", "text", "scale"],
+    ap.add_argument("--parts", nargs="+", choices=["pixels", "photos", "text", "scale", "neighbours"],
                     default=["photos", "text", "scale"])
     ap.add_argument("--sizes", type=int, nargs="+", default=[20_000, 50_000, 200_000], help="pixels: rows")
     ap.add_argument("--candidates", action="store_true", help="pixels: also time the alternatives (smallest size)")
@@ -341,6 +341,21 @@ def main() -> None:
         result["embedding_scale"] = {**content.run_scale(rows=args.scale_rows, seed=args.seed,
                                                          threshold=_threshold(result), sample=20_000),
                                      "provenance": provenance()}
+    if "neighbours" in args.parts:   # the image candidates the split aligns, at scale
+        from components.quality.content_groups import ALIGN_THUMB
+        from benchmarks.near_duplicates_content import _split_defaults
+
+        nd = _split_defaults()
+        load0 = os.getloadavg()
+        with tempfile.TemporaryDirectory() as tmp:
+            run = content._worker("neighbours-run", str(args.scale_rows), str(args.seed), str(nd.neighbours),
+                                  str(nd.min_cosine), str(Path(tmp) / "unused"))
+        result["neighbours_scale"] = {
+            "rows": args.scale_rows, "dim": content.SCALE_DIM, "k": nd.neighbours, "min_cosine": nd.min_cosine,
+            **run, "thumbnail_bytes_a_candidate_row": ALIGN_THUMB * ALIGN_THUMB,
+            "load_average_before": [round(v, 1) for v in load0],
+            "load_average_after": [round(v, 1) for v in os.getloadavg()], "provenance": provenance()}
+        print(f"\nNEIGHBOURS: {args.scale_rows} x {content.SCALE_DIM}: {json.dumps(result['neighbours_scale'])}")
     for size in args.photo_sizes if "photos" in args.parts else []:
         content.print_photos(result[f"photos_{size}px"])
     for part, key, show in (("text", "text", content.print_text), ("scale", "embedding_scale", content.print_scale)):

@@ -48,7 +48,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 PIXEL_RADIUS = 0.05                      # params.yaml clean.near_duplicate_distance
-DEFAULT_COSINE, DEFAULT_JACCARD = 0.92, 0.6   # split.near_duplicates before this calibration
+DEFAULT_COSINE, DEFAULT_JACCARD = 0.93, 0.6   # split.near_duplicates with cosine alone (before the alignment check)
 COSINE_SWEEP = (0.80, 0.82, 0.84, 0.86, 0.88, 0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97)
 JACCARD_SWEEP = (0.30, 0.35, 0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.80)
 TARGETS = {"together": 0.99, "merged": 0.02, "spanning": 0.01}
@@ -117,9 +117,18 @@ def _pct(values: np.ndarray, qs=(0, 1, 5, 10, 50)) -> dict:
     return {f"p{q}": round(float(np.percentile(values, q)), 4) for q in qs} if len(values) else {}
 
 
-def _params(*, cosine: float = DEFAULT_COSINE, jaccard: float = DEFAULT_JACCARD):
+def _params(*, cosine: float = DEFAULT_COSINE, jaccard: float = DEFAULT_JACCARD, alignment: float | None = None,
+            neighbours: int = 8):
     # split.near_duplicates: the fields find_groups reads (max_group/near_misses: params.yaml defaults)
-    return SimpleNamespace(min_cosine=cosine, min_jaccard=jaccard, max_group=50, near_misses=20)
+    return SimpleNamespace(min_cosine=cosine, min_jaccard=jaccard, max_group=50, near_misses=20,
+                           min_alignment=alignment, neighbours=neighbours)
+
+
+def _split_defaults():
+    """split.near_duplicates as params.yaml ships it (the schema's defaults; a test keeps them equal)."""
+    from pipelines.config import NearDuplicateParams
+
+    return NearDuplicateParams()
 
 
 def _recommend(sweep: list[dict], key: str) -> dict:
@@ -279,12 +288,50 @@ def _photos_after(images_path: str, out_path: str, batch: str) -> None:
                      "pairs_s": round(t_pairs, 3), "pairs": len(found)})
 
 
-def _photo_after_groups(ids, exact, before, emb, labels, threshold) -> list[str]:
+def _photo_after_groups(ids, exact, before, emb, labels, threshold, *, alignment=None, neighbours=8,
+                        thumbnails=None):
     from components.quality.content_groups import find_groups
 
     return find_groups(ids, modality="image", exact_keys=exact, clean_groups=before, texts=None,
                        vectors=(MODEL, iter([(ids, emb)])), no_vectors_note="", pixel_distance=PIXEL_RADIUS,
-                       params=_params(cosine=threshold), labels=labels)
+                       params=_params(cosine=threshold, alignment=alignment, neighbours=neighbours), labels=labels,
+                       thumbnails=thumbnails)
+
+
+ALIGNMENT_SWEEP = (0.72, 0.74, 0.76, 0.78, 0.80, 0.82, 0.84)
+
+
+def _aligned(ids, exact, before, emb, label, photo, images) -> dict:
+    """The split's default: embedding candidates (min_cosine, neighbours) confirmed by pixel alignment, at
+    params.yaml's values and over a sweep of min_alignment; wall and peak RSS of the default run (thumbnails
+    from the decoded pictures, as the split stage makes them from data/clean)."""
+    from components.quality.content_groups import align_thumbnail
+
+    nd = _split_defaults()
+    cache: dict[int, np.ndarray] = {}
+
+    def thumbnails(rows):
+        for r in rows:
+            if r not in cache:
+                cache[r] = align_thumbnail(images[r])
+        return {r: cache[r] for r in rows}
+
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    g = _photo_after_groups(ids, exact, before, emb, label, nd.min_cosine, alignment=nd.min_alignment,
+                            neighbours=nd.neighbours, thumbnails=thumbnails)
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    default = {"min_cosine": nd.min_cosine, "neighbours": nd.neighbours, "min_alignment": nd.min_alignment,
+               **score(g.names, photo), "candidate_pairs": int(len(g.pairs) + len(g.near_misses)),
+               "grouping_wall_s": round(wall, 2),
+               "grouping_cpu_s": round(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, 2),
+               "method": g.method}
+    sweep = []
+    for a in ALIGNMENT_SWEEP:
+        ga = _photo_after_groups(ids, exact, before, emb, label, nd.min_cosine, alignment=a,
+                                 neighbours=nd.neighbours, thumbnails=thumbnails)
+        sweep.append({"min_alignment": a, **score(ga.names, photo)})
+    return {"default": default, "sweep": sweep, "recommended": _recommend(sweep, "min_alignment")}
 
 
 def run_photos(repo: Path, *, photos: int, variants: int, size: int, seed: int, batch: int = 32) -> dict:
@@ -331,6 +378,7 @@ def run_photos(repo: Path, *, photos: int, variants: int, size: int, seed: int, 
     rec = _recommend(sweep, "min_cosine")
     chosen = next(r for r in sweep if r["min_cosine"] == rec["min_cosine"])
     default = next(r for r in sweep if r["min_cosine"] == DEFAULT_COSINE)
+    aligned = _aligned(ids, exact, before.astype(np.int64), emb, label, photo, images)
     return {
         "source": "github.com/chandrikadeb7/Face-Mask-Detection dataset/ (JPEGs; its own copies, augmented "
                   "copies and all but one photo per RMFD person left out), half with_mask, half without_mask",
@@ -340,10 +388,12 @@ def run_photos(repo: Path, *, photos: int, variants: int, size: int, seed: int, 
         "build_s": round(build_s, 1),
         "before": {"method": f"16x16 grey pixels, NearDuplicateIndex radius {PIXEL_RADIUS} (clean)", **before_score,
                    **{k: before_run[k] for k in ("wall_s", "cpu_s", "peak_rss_mb")}},
-        "after": {"method": f"{MODEL} embeddings cosine >= {rec['min_cosine']} (find_groups, + clean's groups)",
-                  **chosen, **{k: after_run[k] for k in ("wall_s", "cpu_s", "peak_rss_mb", "embed_s",
-                                                         "images_per_s", "pairs_s")}},
-        "after_at_default": {"min_cosine": DEFAULT_COSINE, **default},
+        "after": {**aligned["default"], **{k: after_run[k] for k in ("wall_s", "cpu_s", "peak_rss_mb", "embed_s",
+                                                                      "images_per_s")}},
+        "alignment_sweep": aligned["sweep"], "alignment_recommended": aligned["recommended"],
+        "cosine_only": {"method": f"{MODEL} embeddings, cosine alone (find_groups with min_alignment null, + "
+                                  "clean's groups)", "best": {**chosen, "pairs_s": after_run["pairs_s"]},
+                        "at_previous_default": {"min_cosine": DEFAULT_COSINE, **default}},
         "sweep": sweep, "recommended": rec,
         "variant_pair_min_cosine": _pct(variant_min),
         "variant_pair_all_cosine": _pct(pair_sims),
@@ -610,6 +660,33 @@ def _scale_worker(n: str, seed: str, floor: str, sample: str, out_path: str) -> 
                       "peak_rss_mb": round(r1.ru_maxrss / 1024, 1), "pairs": len(found)}))
 
 
+def _neighbours_worker(n: str, seed: str, k: str, floor: str, out_path: str) -> None:
+    """The split's image candidates at scale: EmbeddingIndex.neighbours (k nearest a row, cosine >= floor)."""
+    n_, seed_ = int(n), int(seed)
+    import faiss  # noqa: F401  (loaded before the clock starts)
+
+    from components.quality.content_groups import EmbeddingIndex
+
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    index, add_s = EmbeddingIndex(expected_rows=n_), 0.0
+    for s in range(0, n_, 8192):
+        x = synthetic_batch(s, min(n_, s + 8192), seed=seed_)
+        t = time.perf_counter()
+        index.add(x)
+        add_s += time.perf_counter() - t
+    t = time.perf_counter()
+    found = index.neighbours(k=int(k), floor=float(floor))
+    nb_s = time.perf_counter() - t
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    planted = {(copy_source(c, seed=seed_), c) for c in range(SCALE_COPY_EVERY - 1, n_, SCALE_COPY_EVERY)}
+    got = {tuple(p) for p in found.pairs.tolist()}
+    print(json.dumps({"wall_s": round(add_s + nb_s, 2), "neighbours_s": round(nb_s, 2),
+                      "cpu_s": round(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, 2),
+                      "peak_rss_mb": round(r1.ru_maxrss / 1024, 1), "candidate_pairs": len(found),
+                      "candidates_a_row": round(2 * len(found) / n_, 2), "planted_copies": len(planted),
+                      "planted_found": round(len(planted & got) / max(1, len(planted)), 4)}))
+
+
 def _scale_exact(n: str, seed: str, floor: str, sample: str, out_path: str) -> None:
     from components.quality.content_groups import _exact_pairs
 
@@ -694,8 +771,21 @@ def run_scale(*, rows: int, seed: int, threshold: float, sample: int) -> dict:
 def print_photos(r: dict) -> None:
     print(f"\nPHOTOS: {r['photos']} real photos x {r['variants']} variants = {r['rows']} rows at "
           f"{r['image_size']}x{r['image_size']} (seed {r['seed']}); targets: together >= 99%, merged <= 2%, spanning <= 1%")
-    _side_by_side(r, "min_cosine")
-    print(f"  cosine sweep ({MODEL}, find_groups with clean's pixel groups):")
+    b, a, c = r["before"], r["after"], r["cosine_only"]
+    print(f"  {'':<58}{'together':>10}{'merged':>9}{'spanning':>10}{'largest':>9}")
+    for name, x in (("before: " + b["method"][:50], b),
+                    (f"cosine alone, min_cosine {c['at_previous_default']['min_cosine']}", c["at_previous_default"]),
+                    (f"after: cosine >= {a['min_cosine']} ({a['neighbours']} nearest) + alignment >= "
+                     f"{a['min_alignment']}", a)):
+        print(f"  {name:<58}{x['together']:>10.1%}{x['merged']:>9.1%}{x['spanning']:>10.1%}{x['largest_group']:>9}")
+    print(f"  before: {b['wall_s']} s wall, {b['peak_rss_mb']:.0f} MB; after: embed {a['embed_s']} s "
+          f"({a['images_per_s']} images/s, peak {a['peak_rss_mb']:.0f} MB), grouping (candidates, thumbnails, "
+          f"alignment of {a['candidate_pairs']} pairs) {a['grouping_wall_s']} s wall, {a['grouping_cpu_s']} CPU-s")
+    print("  min_alignment sweep (at the default min_cosine and neighbours):")
+    _sweep(r["alignment_sweep"], "min_alignment")
+    print(f"  recommended min_alignment: {r['alignment_recommended']['min_alignment']} "
+          f"({r['alignment_recommended']['why']})")
+    print(f"  cosine alone, sweep ({MODEL}, find_groups with clean's pixel groups):")
     _sweep(r["sweep"], "min_cosine")
     v, o = r["variant_pair_min_cosine"], r["same_class_other_photo_max_cosine"]
     print(f"  lowest cosine among a photo's variant pairs, over photos: min {v['p0']}  p1 {v['p1']}  p5 {v['p5']}  "
@@ -771,7 +861,7 @@ def print_scale(r: dict) -> None:
           f"{'OK' if t['ok_at_threshold_floor_by_cpu_time'] else 'MISSED'} by CPU")
 
 
-WORKERS = {"photos-before": _photos_before, "photos-after": _photos_after, "text-run": _text_worker,
+WORKERS = {"neighbours-run": _neighbours_worker, "photos-before": _photos_before, "photos-after": _photos_after, "text-run": _text_worker,
            "scale-run": _scale_worker, "scale-exact": _scale_exact}
 
 if __name__ == "__main__":

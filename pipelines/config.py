@@ -208,9 +208,17 @@ class CleanParams(_Section):
 
 class NearDuplicateParams(_Section):
     min_cosine: float = Field(
-        0.93, gt=0, le=1, description="images: rows whose embeddings (train.backbone, or embed.grouping's features) "
-                                      "have cosine similarity >= this are one group (crops, flips, re-encodes "
-                                      "of one photo); calibrated in benchmarks/near_duplicates.py")
+        0.78, gt=0, le=1, description="images: rows whose embeddings (train.backbone, or embed.grouping's features) "
+                                      "have cosine similarity >= this, among each other's `neighbours` nearest, are "
+                                      "candidates, grouped when their pictures align (min_alignment); with "
+                                      "min_alignment null cosine alone decides (then ~0.93); calibrated in "
+                                      "benchmarks/near_duplicates.py")
+    neighbours: int = Field(8, ge=1, le=100, description="images: candidates a row (its nearest by cosine)")
+    min_alignment: float | None = Field(
+        0.78, gt=0, le=1, description="images: a candidate pair is one group when the centre of one picture is found "
+                                      "in the other (0.8-1.2x, mirrored or not) with this correlation of high-passed "
+                                      "grey (crops, flips, re-encodes of one photo align; distinct photos of one "
+                                      "setting do not); null: cosine alone decides")
     min_jaccard: float = Field(
         0.6, gt=0, le=1, description="text: rows whose normalised texts (case, spacing, punctuation, digits folded) "
                                      "share this Jaccard similarity of character 5-grams are one group (MinHash + LSH)")

@@ -35,7 +35,8 @@ def main() -> None:
                             vectors=iter_grouping_vectors(stage.path(stage.paths.embed)) if modality == "image" else None,
                             no_vectors_note=grouping_note(stage.path(stage.paths.embed)),
                             pixel_distance=(clean.get("near_duplicates") or {}).get("distance", 0.0),
-                            params=nd, labels=labels_all)
+                            params=nd, labels=labels_all,
+                            thumbnails=_thumbnails(src, ids) if modality == "image" else None)
         given = _given_splits(stage.path(stage.paths.ingest), ids)
         splits = assign_splits(found.names, fractions=fractions, seed=p.seed) if given is None else \
             assign_splits_given(found.names, given, fractions=fractions, seed=p.seed)
@@ -97,6 +98,24 @@ def _grouping_inputs(src, modality: str):
     hashes_all = np.concatenate(hashes) if hashes else np.empty(0, np.int64)
     clean_groups_all = np.concatenate(clean_groups) if clean_groups else np.empty(0, np.int64)
     return ids, labels_all, clean_groups_all, hashes_all, text_keys, texts
+
+
+def _thumbnails(src, ids: list[str]):
+    """Row numbers -> {row: grey thumbnail} for the pictures the content search proposes as pairs: one
+    streamed pass over the cleaned pixels, keeping 4 KB a wanted row (components.quality.content_groups)."""
+    from components.quality.content_groups import align_thumbnail
+
+    def read(rows: list[int]) -> dict[int, np.ndarray]:
+        h, w, c = read_manifest(src)["image_shape"]
+        want = {ids[r]: r for r in rows}
+        found: dict[int, np.ndarray] = {}
+        for batch in iter_batches(src, columns=["id", "image"]):
+            col = batch.column("image")
+            for k, i in enumerate(batch.column("id").to_pylist()):
+                if i in want:
+                    found[want[i]] = align_thumbnail(col[k].values.to_numpy(zero_copy_only=False).reshape(h, w, c))
+        return found
+    return read
 
 
 def _write_rows(w: DatasetWriter, src, names: list[str], splits: list[str]) -> None:

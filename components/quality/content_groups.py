@@ -5,10 +5,13 @@ not a crop, a mirror image or a resize with another framing: variants of one pho
 train *and* test. Here two rows are near duplicates when
 
 - **images**: their backbone embeddings (``train.backbone``, or EfficientNet-Lite0 features used
-  only for grouping) have cosine similarity >= ``min_cosine``. Pretrained CNN features are
-  nearly invariant to the crops, flips and re-encodes of one photo, while distinct photos of a
-  class stay apart (benchmarks/near_duplicates.py calibrates the threshold, docs/data-quality.md
-  explains it);
+  only for grouping) are among each other's ``neighbours`` nearest with cosine >= ``min_cosine``
+  (candidates), and their pictures *align*: the centre of one, high-passed 32x32 grey, is found in
+  the other at 0.8-1.2x scale, mirrored or not, with normalised cross-correlation >= ``min_alignment``.
+  Pooled CNN features alone cannot tell the crops of one photo from a photo of a similar scene
+  (cosines overlap: benchmarks/near_duplicates.py); the alignment can, because variants of one photo
+  share their pixels up to a crop, a mirror, a resize and a colour shift. With ``min_alignment: null``
+  cosine alone decides (then ``min_cosine`` ~0.93). docs/data-quality.md explains the calibration;
 - **text**: their normalised texts (case, whitespace, punctuation and digits folded) share a
   Jaccard similarity >= ``min_jaccard`` over character 5-gram shingles, found with MinHash + LSH
   (datasketch) and then checked exactly on the shingle sets.
@@ -132,6 +135,66 @@ class EmbeddingIndex:
         return _ivf_pairs(full, usable, floor=floor, components=self.components, nprobe=self.nprobe, seed=self.seed)
 
 
+    def neighbours(self, *, k: int, floor: float) -> Pairs:
+        """Each row's ``k`` nearest rows with cosine >= ``floor`` (a pair is kept when either row has the
+        other among its ``k``): the candidates that :func:`alignment_scores` then checks. Exact up to
+        ``exact_max_rows`` rows; beyond, the inverted file proposes ``2 k`` a row, checked on the full vectors."""
+        if self.rows < 2 or k < 1:
+            return Pairs()
+        full = self._store[:self.rows] if self._store is not None else \
+            (np.concatenate(self._full) if len(self._full) > 1 else self._full[0])
+        usable = np.ones(self.rows, bool)
+        usable[self.unusable] = False
+        if self.rows <= self.exact_max_rows:
+            return _exact_neighbours(full, usable, k=k, floor=floor)
+        return _ivf_neighbours(full, usable, k=k, floor=floor, components=self.components, nprobe=self.nprobe,
+                               seed=self.seed)
+
+
+def _exact_neighbours(full: np.ndarray, usable: np.ndarray, *, k: int, floor: float, block: int = 1024) -> Pairs:
+    x = full.astype(np.float32)
+    x[~usable] = 0.0
+    k = min(k, len(x) - 1)
+    found_p, found_s = [], []
+    for start in range(0, len(x), block):
+        sims = x[start:start + block] @ x.T
+        rows = np.arange(start, start + len(sims))
+        sims[rows - start, rows] = -np.inf                      # not a row's own neighbour
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else \
+            np.tile(np.arange(sims.shape[1]), (len(sims), 1))
+        s = np.take_along_axis(sims, top, axis=1)
+        i, c = np.nonzero(s >= floor)
+        found_p.append(np.stack([rows[i], top[i, c]], axis=1))
+        found_s.append(s[i, c])
+    return Pairs.of(np.concatenate(found_p), np.concatenate(found_s))
+
+
+def _ivf_neighbours(full: np.ndarray, usable: np.ndarray, *, k: int, floor: float, components: int, nprobe: int,
+                    seed: int, block: int = 8192) -> Pairs:
+    rows = np.flatnonzero(usable)
+    index, proj = _ivf_index(full, rows, components=components, nprobe=nprobe, seed=seed)
+    want = min(2 * k + 1, len(rows))
+    found_p, found_s = [], []
+    for s in range(0, len(rows), block):
+        _, hits = index.search(proj[s:s + block], want)
+        i = np.repeat(np.arange(s, s + len(hits)), want)
+        j = hits.reshape(-1).astype(np.int64)
+        keep = (j >= 0) & (j != i)
+        a, b = rows[i[keep]], rows[j[keep]]
+        sims = np.einsum("ij,ij->i", full[a].astype(np.float32), full[b].astype(np.float32))
+        # the k best by the full vectors among the proposals, then the floor
+        order = np.lexsort((-sims, a))
+        a, b, sims = a[order], b[order], sims[order]
+        first = np.r_[0, np.flatnonzero(np.diff(a)) + 1]
+        rank = np.arange(len(a)) - np.repeat(first, np.diff(np.r_[first, len(a)]))
+        ok = (rank < k) & (sims >= floor)
+        found_p.append(np.stack([a[ok], b[ok]], axis=1))
+        found_s.append(sims[ok])
+    if not found_p:
+        return Pairs()
+    return Pairs.of(np.concatenate(found_p), np.concatenate(found_s))
+
+
 def _exact_pairs(full: np.ndarray, usable: np.ndarray, *, floor: float, block: int = 2048) -> Pairs:
     x = full.astype(np.float32)
     x[~usable] = 0.0
@@ -149,10 +212,34 @@ def _exact_pairs(full: np.ndarray, usable: np.ndarray, *, floor: float, block: i
 
 def _ivf_pairs(full: np.ndarray, usable: np.ndarray, *, floor: float, components: int, nprobe: int,
                seed: int, block: int = 8192) -> Pairs:
+    rows = np.flatnonzero(usable)
+    index, proj = _ivf_index(full, rows, components=components, nprobe=nprobe, seed=seed, block=block)
+    # unit vectors: cosine >= floor  <=>  squared distance <= 2 (1 - floor); float16 rounding margin
+    radius2 = float(2.0 * (1.0 - floor)) * 1.01 + 1e-4
+    found_p, found_s = [], []
+    for s in range(0, len(rows), block):
+        lims, _, hits = index.range_search(proj[s:s + block], radius2)
+        counts = np.diff(lims).astype(np.int64)
+        i = np.repeat(np.arange(s, s + len(counts)), counts)
+        j = hits.astype(np.int64)
+        keep = i < j
+        i, j = i[keep], j[keep]
+        for c in range(0, len(i), 1 << 13):   # exact check on the full vectors: ~84 MB a block at 1,280-d
+            a, b = rows[i[c:c + (1 << 13)]], rows[j[c:c + (1 << 13)]]
+            sims = np.einsum("ij,ij->i", full[a].astype(np.float32), full[b].astype(np.float32))
+            ok = sims >= floor
+            found_p.append(np.stack([a[ok], b[ok]], axis=1))
+            found_s.append(sims[ok])
+    if not found_p:
+        return Pairs()
+    return Pairs.of(np.concatenate(found_p), np.concatenate(found_s))
+
+
+def _ivf_index(full: np.ndarray, rows: np.ndarray, *, components: int, nprobe: int, seed: int, block: int = 8192):
+    """faiss inverted file over the usable rows projected on their top principal components, and the projections."""
     import faiss
 
     n, dim = full.shape
-    rows = np.flatnonzero(usable)
     rng = np.random.default_rng(seed)
     sample = full[np.sort(rng.choice(rows, size=min(len(rows), 8192), replace=False))].astype(np.float32)
     mean = sample.mean(axis=0)
@@ -175,25 +262,88 @@ def _ivf_pairs(full: np.ndarray, usable: np.ndarray, *, floor: float, components
     index.train(train)
     index.add(proj)
     index.nprobe = min(nprobe, nlist)
-    # unit vectors: cosine >= floor  <=>  squared distance <= 2 (1 - floor); float16 rounding margin
-    radius2 = float(2.0 * (1.0 - floor)) * 1.01 + 1e-4
-    found_p, found_s = [], []
-    for s in range(0, len(rows), block):
-        lims, _, hits = index.range_search(proj[s:s + block], radius2)
-        counts = np.diff(lims).astype(np.int64)
-        i = np.repeat(np.arange(s, s + len(counts)), counts)
-        j = hits.astype(np.int64)
-        keep = i < j
-        i, j = i[keep], j[keep]
-        for c in range(0, len(i), 1 << 13):   # exact check on the full vectors: ~84 MB a block at 1,280-d
-            a, b = rows[i[c:c + (1 << 13)]], rows[j[c:c + (1 << 13)]]
-            sims = np.einsum("ij,ij->i", full[a].astype(np.float32), full[b].astype(np.float32))
-            ok = sims >= floor
-            found_p.append(np.stack([a[ok], b[ok]], axis=1))
-            found_s.append(sims[ok])
-    if not found_p:
-        return Pairs()
-    return Pairs.of(np.concatenate(found_p), np.concatenate(found_s))
+    return index, proj
+
+
+# Pixel alignment of two pictures (the check on image candidates). The centre ALIGN_TEMPLATE x
+# ALIGN_TEMPLATE of one picture at ALIGN_GRID x ALIGN_GRID is searched in the other, resized to each of
+# ALIGN_LEVELS (0.8-1.2x: two crops keeping 75-95% of a photo differ by at most ~1.15x) and mirrored or
+# not, at every offset. Both are grey and high-passed (minus a Gaussian blur of 2/32 of the side): the
+# coarse layout that distinct photos of one setting share (a centred face on a plain background) is
+# removed, what remains is the picture's own detail. The score is the best normalised
+# cross-correlation, in [-1, 1]; the higher of the two directions counts.
+ALIGN_GRID = 32
+ALIGN_TEMPLATE = 20
+ALIGN_LEVELS = (26, 27, 29, 30, 32, 34, 35, 37, 38)
+ALIGN_THUMB = 64          # what the caller keeps a row: grey, this many pixels a side, uint8 (4 KB; 48 lost ~1 pt)
+
+
+def align_thumbnail(pixels: np.ndarray) -> np.ndarray:
+    """(h, w, c) uint8 picture -> the ALIGN_THUMB x ALIGN_THUMB grey uint8 that :func:`alignment_scores` reads."""
+    from PIL import Image
+
+    img = Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels)
+    return np.asarray(img.convert("L").resize((ALIGN_THUMB, ALIGN_THUMB), Image.Resampling.BOX), np.uint8)
+
+
+def _level(thumb: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+    from scipy.ndimage import gaussian_filter
+
+    g = np.asarray(Image.fromarray(thumb).resize((size, size), Image.Resampling.BOX), np.float32)
+    return g - gaussian_filter(g, sigma=2.0 * size / ALIGN_GRID, mode="nearest")
+
+
+def _template(thumb: np.ndarray) -> np.ndarray:
+    """The centre of the ALIGN_GRID level, zero mean and unit norm (zeros for a flat picture: it matches nothing)."""
+    o = (ALIGN_GRID - ALIGN_TEMPLATE) // 2
+    t = _level(thumb, ALIGN_GRID)[o:o + ALIGN_TEMPLATE, o:o + ALIGN_TEMPLATE].reshape(-1)
+    t = t - t.mean()
+    norm = float(np.linalg.norm(t))
+    return t / norm if norm > 0.5 * ALIGN_TEMPLATE else np.zeros_like(t)
+
+
+def _best_match(thumb: np.ndarray, templates: np.ndarray) -> np.ndarray:
+    """For each template (m, T*T), its best normalised cross-correlation anywhere in ``thumb`` over the
+    levels and the mirror."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    t2 = ALIGN_TEMPLATE * ALIGN_TEMPLATE
+    best = np.full(len(templates), -1.0, np.float32)
+    for size in ALIGN_LEVELS:
+        g = _level(thumb, size)
+        for view in (g, g[:, ::-1]):
+            w = sliding_window_view(np.ascontiguousarray(view), (ALIGN_TEMPLATE, ALIGN_TEMPLATE)).reshape(-1, t2)
+            s1 = w.sum(axis=1)
+            spread = np.sqrt(np.maximum(np.einsum("ij,ij->i", w, w) - s1 * s1 / t2, 1e-6))
+            best = np.maximum(best, ((w @ templates.T) / spread[:, None]).max(axis=0))
+    return best
+
+
+def alignment_scores(pairs: np.ndarray, thumbs: dict[int, np.ndarray]) -> np.ndarray:
+    """Each pair's alignment score (see ALIGN_*), from ``thumbs`` (row -> :func:`align_thumbnail`).
+    Work is grouped by row: a row's search levels are built once for all its partners."""
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    scores = np.full(len(pairs), -1.0, np.float32)
+    if not len(pairs):
+        return scores
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):   # many small products: BLAS threads only contend (14x slower on 2 busy cores)
+        return _alignment_scores(pairs, thumbs, scores)
+
+
+def _alignment_scores(pairs: np.ndarray, thumbs: dict[int, np.ndarray], scores: np.ndarray) -> np.ndarray:
+    templates = {r: _template(thumbs[r]) for r in np.unique(pairs).tolist()}
+    partners: dict[int, list[tuple[int, int]]] = {}
+    for k, (a, b) in enumerate(pairs.tolist()):
+        partners.setdefault(a, []).append((k, b))
+        partners.setdefault(b, []).append((k, a))
+    for row, found in partners.items():
+        got = _best_match(thumbs[row], np.stack([templates[o] for _, o in found]))
+        ks = np.fromiter((k for k, _ in found), np.int64, len(found))
+        np.maximum.at(scores, ks, got)
+    return scores
 
 
 def normalise_text(text: str) -> str:
@@ -358,7 +508,9 @@ class Grouping:
             lines.append(f"closest pair not grouped: {self.kind} {s:.3f} (threshold {self.threshold}); "
                          f"{len(self.near_misses)} such pairs in the manifest to judge the threshold by eye")
         for name, n in self.over_cap()[:3]:
-            how = (f"a {self.kind} threshold above {self.split_at:.4f} would keep every group within {self.max_group}"
+            param = {"cosine": "min_cosine", "jaccard": "min_jaccard", "alignment": "min_alignment"}.get(self.kind, "")
+            how = (f"split.near_duplicates.{param} above {self.split_at:.4f} would keep every group within "
+                   f"{self.max_group}"
                    if self.split_at is not None else "it is held together by exact or pixel duplicates")
             lines.append(f"WARNING: group {name} has {n} rows (> split.near_duplicates.max_group {self.max_group}); "
                          f"kept in one split; {how}")
@@ -368,12 +520,14 @@ class Grouping:
 
 def find_groups(ids: list[str], *, modality: str, exact_keys: np.ndarray, clean_groups: np.ndarray,
                 texts: list[str] | None, vectors, no_vectors_note: str, pixel_distance: float, params,
-                labels: np.ndarray | None = None) -> Grouping:
+                labels: np.ndarray | None = None, thumbnails=None) -> Grouping:
     """Group rows by exact content, clean's groups and near-duplicates by content.
 
     ``vectors``: None or (model name, iterator of (ids, float32 array) batches) for images;
     ``texts``: the rows' texts for text; ``params``: ``split.near_duplicates`` (min_cosine,
-    min_jaccard, max_group, near_misses).
+    min_alignment, neighbours, min_jaccard, max_group, near_misses); ``thumbnails``: for images,
+    a function from row numbers to {row: :func:`align_thumbnail`} (the pictures the candidates are
+    aligned on); without it, or with ``min_alignment`` None, cosine alone decides.
     """
     from components.data.contract import DataContractError
     from components.quality.duplicates import key_pairs
@@ -397,12 +551,31 @@ def find_groups(ids: list[str], *, modality: str, exact_keys: np.ndarray, clean_
         if len(order) != n or len(set(order)) != n:
             raise DataContractError(f"the embeddings cover {len(set(order))} of the {n} cleaned rows: embed ran on "
                                     "other data; re-run it (`dvc repro embed`)")
-        kind, threshold = "cosine", float(params.min_cosine)
-        found = index.pairs(floor=max(0.0, index.search_floor(threshold)))
         back = np.asarray(order, np.int64)
-        content = Pairs.of(back[found.pairs], found.sims) if len(found) else Pairs()
         unusable = len(index.unusable)
-        checks.append(f"near-duplicates by {model} embeddings (cosine >= {threshold:g})")
+        min_alignment = getattr(params, "min_alignment", None)
+        if min_alignment is not None and thumbnails is not None:
+            k, floor = int(params.neighbours), float(params.min_cosine)
+            found = index.neighbours(k=k, floor=floor)
+            cand = back[found.pairs] if len(found) else np.empty((0, 2), np.int64)
+            thumbs = thumbnails(np.unique(cand).tolist()) if len(cand) else {}
+            missing = sorted({int(r) for r in np.unique(cand).tolist() if r not in thumbs})
+            ok = ~np.isin(cand, missing).any(axis=1) if missing else np.ones(len(cand), bool)
+            scores = np.full(len(cand), -1.0, np.float32)
+            scores[ok] = alignment_scores(cand[ok], thumbs)
+            content = Pairs.of(cand, scores)
+            kind, threshold = "alignment", float(min_alignment)
+            checks.append(f"near-duplicates by {model} embeddings (cosine >= {floor:g}, {k} nearest a row) whose "
+                          f"pictures align (the centre of one found in the other at 0.8-1.2x, mirrored or not: "
+                          f"correlation of high-passed grey >= {threshold:g})")
+            if missing:
+                notes.append(f"{len(missing)} rows had no picture to align (e.g. {ids[missing[0]]}): their "
+                             "embedding candidates were not grouped")
+        else:
+            kind, threshold = "cosine", float(params.min_cosine)
+            found = index.pairs(floor=max(0.0, index.search_floor(threshold)))
+            content = Pairs.of(back[found.pairs], found.sims) if len(found) else Pairs()
+            checks.append(f"near-duplicates by {model} embeddings (cosine >= {threshold:g})")
         if unusable:
             notes.append(f"{unusable} rows have no usable embedding (NaN or all zero): they are grouped by exact "
                          "content and pixels only")

@@ -157,3 +157,74 @@ def test_a_preallocated_store_gives_the_same_pairs_and_survives_more_rows_than_a
     big = EmbeddingIndex(exact_max_rows=10)
     big.add(x)
     assert big.search_floor(0.93) == pytest.approx(0.91) and want.search_floor(0.93) == pytest.approx(0.85)
+
+
+# --- pixel alignment: what confirms an image candidate ----------------------------------------------------
+
+ALIGNED = SimpleNamespace(min_cosine=0.5, neighbours=8, min_alignment=0.78, min_jaccard=0.6, max_group=50,
+                          near_misses=12)
+
+
+def _pixels(images, size=64):
+    return [np.asarray(im.resize((size, size))) for im in images]
+
+
+def test_variants_of_one_photo_align_and_two_photos_do_not():
+    """Crops (75-90% of the frame), mirror images, re-encodes and brightness shifts of one photo score
+    over min_alignment; the other photo scores under it, in both directions."""
+    from components.quality.content_groups import align_thumbnail, alignment_scores
+
+    pics = _pixels(variants_of("china.jpg") + variants_of("flower.jpg"))
+    thumbs = {k: align_thumbnail(p) for k, p in enumerate(pics)}
+    same = np.array([(a, b) for g in (range(4), range(4, 8)) for a in g for b in g if a < b])
+    other = np.array([(a, b) for a in range(4) for b in range(4, 8)])
+    assert alignment_scores(same, thumbs).min() >= 0.78, alignment_scores(same, thumbs)
+    assert alignment_scores(other, thumbs).max() < 0.5, alignment_scores(other, thumbs)
+    # a flat picture has no detail to align: it matches nothing (exact/pixel checks cover flat copies)
+    flat = {0: align_thumbnail(np.full((64, 64, 3), 128, np.uint8)), 1: thumbs[0]}
+    assert alignment_scores(np.array([[0, 1]]), flat)[0] < 0.5
+
+
+def test_embedding_candidates_group_only_when_their_pictures_align():
+    """Every vector the same (cosine 1 for every pair: what a backbone gives distinct photos of one
+    setting at worst): cosine alone would make one group of 8; the alignment keeps the two photos apart,
+    names the check, and the near misses are the rejected pairs (alignment, highest first)."""
+    pics = _pixels(variants_of("china.jpg") + variants_of("flower.jpg"))
+    ids = [f"r{k}" for k in range(8)]
+    vectors = np.ones((8, 16), np.float32)
+    by_cosine = _groups(ids, vectors=vectors)                      # the old rule: one group of 8
+    assert len(set(by_cosine.names)) == 1
+    from components.quality.content_groups import align_thumbnail
+
+    asked = []
+
+    def thumbnails(rows):
+        asked.extend(rows)
+        return {r: align_thumbnail(pics[r]) for r in rows}
+
+    n = len(ids)
+    g = find_groups(ids, modality="image", exact_keys=np.arange(n, dtype=np.int64),
+                    clean_groups=np.arange(n, dtype=np.int64), texts=None,
+                    vectors=("test_model", iter([(ids, vectors)])), no_vectors_note="", pixel_distance=0.0,
+                    params=ALIGNED, thumbnails=thumbnails)
+    assert sorted(asked) == list(range(8))
+    assert len(set(g.names[:4])) == 1 and len(set(g.names[4:])) == 1 and g.names[0] != g.names[4]
+    assert g.kind == "alignment" and "whose pictures align" in g.method and "cosine >= 0.5" in g.method
+    assert len(g.near_misses) and g.near_misses.sims.max() < 0.78
+    assert list(g.near_misses.sims) == sorted(g.near_misses.sims, reverse=True)
+
+
+def test_neighbours_keeps_each_rows_nearest_over_the_floor_exact_and_inverted_file_alike():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(300, 32)).astype(np.float32)
+    x = np.concatenate([base, base[:100] + 0.05 * rng.normal(size=(100, 32)).astype(np.float32)])
+    exact, ivf = EmbeddingIndex(exact_max_rows=10**6), EmbeddingIndex(exact_max_rows=50)
+    exact.add(x)
+    ivf.add(x)
+    a, b = exact.neighbours(k=2, floor=0.9), ivf.neighbours(k=2, floor=0.9)
+    planted = {(k, 300 + k) for k in range(100)}
+    assert planted <= {tuple(p) for p in a.pairs.tolist()}
+    assert len(planted & {tuple(p) for p in b.pairs.tolist()}) >= 99
+    assert (a.sims >= 0.9).all() and (b.sims >= 0.9).all()
+    # at most k a row (a pair counts for both of its rows)
+    assert np.bincount(a.pairs.reshape(-1)).max() <= 2 * 2
