@@ -62,8 +62,6 @@ class LabelIssueOptions:
     def __post_init__(self):
         if self.policy not in POLICIES:
             raise ValueError(f"label-issue policy {self.policy!r}: choose from {POLICIES}")
-        if self.model not in MODELS:
-            raise ValueError(f"label-issue model {self.model!r}: choose from {MODELS}")
         if self.folds < 2:
             raise ValueError(f"label-issue folds must be >= 2, got {self.folds}")
         if not 0 <= self.max_fraction <= 1:
