@@ -26,7 +26,6 @@ together).
 
 from __future__ import annotations
 
-import io
 import re
 import tempfile
 import unicodedata

@@ -47,7 +47,7 @@ import tempfile
 import unicodedata
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
