@@ -45,6 +45,8 @@ KNOWN = {
     "pipelines/stage.py": [(STAGE_NAME_OLD, STAGE_NAME_NEW)],
     "benchmarks/text_pipeline.py": [('if mod.startswith(b"pipelines."):\n            return mod.decode().split(".", 1)[1]',
                                      'if mod.startswith(b"trainwise.pipelines."):\n            return mod.decode().rpartition(".")[2]')],
+    "benchmarks/photo_rows.py": [('c.decode().split(".")[1] for c in _cmd if c.startswith(b"pipelines.")',
+                                  'c.decode().rpartition(".")[2] for c in _cmd if c.startswith(b"trainwise.pipelines.")')],
 }
 
 PYPROJECT_FIND = re.compile(r'(?ms)^\[tool\.setuptools\.packages\.find\]\ninclude = \[[^\]]*\]\n')
@@ -118,13 +120,13 @@ def main(argv: list[str] | None = None) -> int:
             left += leftovers(text, rel)
             continue
         new = rewrite(text, rel)
+        left += leftovers(new, rel)
         if new != text:
             old_lines, new_lines = text.splitlines(), new.splitlines()
             n = sum(a != b for a, b in zip(old_lines, new_lines)) + abs(len(old_lines) - len(new_lines))
             print(f"{rel}: {n} line(s)")
             p.write_text(new, encoding="utf-8")
             changed += 1
-            left += leftovers(new, rel)
     if args.check:
         for line in left:
             print(line)
