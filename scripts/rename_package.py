@@ -34,7 +34,7 @@ SKIP = {"scripts/rename_package.py"}
 # `from components.x import y`, `import pipelines.stage`, `from pipelines import cli` (also inside strings of code)
 IMPORT = re.compile(r"(?m)^(?P<lead>[ \t\"']*(?:from|import)[ \t]+)(?P<pkg>components|pipelines)\b(?=[ \t.\n;,\"'\\])")
 # a dotted module name: not part of a longer name or path (`trainwise.components`, `docs/components.md`)
-DOTTED = re.compile(r"(?<![\w./\\-])(?P<pkg>components|pipelines)\.(?=[a-z_{])")
+DOTTED = re.compile(r"(?<![\w./\\-])(?P<pkg>components|pipelines)\.(?=[A-Za-z_{])")
 # forms this cannot rewrite safely by pattern: reported by --check for a person to look at
 SUSPECT = re.compile(r"""["'](?:components|pipelines)\.["']""")
 
