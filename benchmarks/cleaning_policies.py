@@ -257,6 +257,26 @@ def print_table(rows: list[dict]) -> None:
               + f"{r['acc_minus_none_points']['drop']['mean']:>+11.2f}{r['acc_minus_none_points']['relabel']['mean']:>+11.2f}")
 
 
+def combine(files: list[Path], out: Path) -> None:
+    """One results file from runs of separate parts (run at once on a shared machine): their rows in
+    the order given, the choice over all of them, and each run's own provenance."""
+    import json
+
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    rows = [r for run in runs for r in run["rows"]]
+    if len({run["seeds"] for run in runs}) != 1:
+        raise SystemExit("cleaning_policies --combine: the runs used different --seeds")
+    print_table(rows)
+    chosen = choose(rows)
+    print(f"\nmean accuracy over sets and rates: {chosen['mean_acc_over_sets_and_rates']}; worst mean points vs none: "
+          f"{chosen['worst_mean_points_vs_none']}; best: {chosen['best_mean_points_vs_none']} -> {chosen['best_policy']}")
+    result = {**{k: v for k, v in runs[0].items() if k not in ("rows", "sets", "choice", "provenance")},
+              "rates": sorted({x for run in runs for x in run["rates"]}),
+              "sets": {k: v for run in runs for k, v in run["sets"].items()}, "rows": rows, "choice": chosen,
+              "parts_provenance": {f"{','.join(run['sets'])} {run['rates']}": run["provenance"] for run in runs}}
+    print("->", write_results(out, result))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", nargs="+", default=["digits", "photos", "text"], choices=["digits", "photos", "text"])
@@ -266,7 +286,11 @@ def main() -> None:
     ap.add_argument("--photos-per-class", type=int, default=1000)
     ap.add_argument("--text-repo", type=Path, default=Path("/work/.mirror/kvrao+sentiment_analysis/repo"))
     ap.add_argument("--out", type=Path, default=RESULTS / "cleaning_policies.json")
+    ap.add_argument("--combine", type=Path, nargs="+", default=None,
+                    help="no run: merge results files of separate --parts runs (each keeps its provenance) into --out")
     args = ap.parse_args()
+    if args.combine:
+        return combine(args.combine, args.out)
     rows, sets = [], {}
     with tempfile.TemporaryDirectory(prefix="trainwise-cleaning-") as tmp:
         tmp = Path(tmp)

@@ -122,6 +122,19 @@ NOTES = {
         "CPU), {{embedding_scale.peak_rss_mb}} MB, recall {{embedding_scale.recall_in_sample}} against exact search on "
         "{{embedding_scale.sample_rows}} rows.",
     ],
+    "cleaning_policies": [
+        "Mean linear-probe test accuracy over every set and noise rate: no audit {{choice.mean_acc_over_sets_and_rates.none}}, "
+        "flag {{choice.mean_acc_over_sets_and_rates.flag}}, drop {{choice.mean_acc_over_sets_and_rates.drop}}, relabel "
+        "{{choice.mean_acc_over_sets_and_rates.relabel}}; the worst set and rate cost drop "
+        "{{choice.worst_mean_points_vs_none.drop}} and relabel {{choice.worst_mean_points_vs_none.relabel}} points against "
+        "no audit (mean over seeds); best mean: {{choice.best_policy}}.",
+    ],
+    "text_pipeline": [
+        "The whole `dvc repro` of {{data.rows}} real sentences with all-MiniLM-L6-v2 took {{dvc_repro_wall_s}} s; the "
+        "largest process of any stage peaked at {{max_stage_peak_rss_mb}} MB RSS and the largest stage process tree at "
+        "{{max_stage_tree_pss_mb}} MB PSS (target 4,096 MB); the network scored {{network_test_acc}} on test against the "
+        "linear probe's {{linear_probe_test_acc}} ({{network_minus_probe_points}} points).",
+    ],
     "table_scale": [
         "Peak RSS at 1M rows over that at 100k: ingest {{rss_ratio.ingest}}x, clean {{rss_ratio.clean}}x, split "
         "{{rss_ratio.split}}x; the largest peak was {{largest_peak_rss_mb}} MB (targets 1.5x, 2 GB).",
