@@ -322,7 +322,7 @@ def _aligned(ids, exact, before, emb, label, photo, images) -> dict:
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     default = {"min_cosine": nd.min_cosine, "neighbours": nd.neighbours, "min_alignment": nd.min_alignment,
-               **score(g.names, photo), "candidate_pairs": int(len(g.pairs) + len(g.near_misses)),
+               **score(g.names, photo), "candidate_pairs": g.candidates,
                "grouping_wall_s": round(wall, 2),
                "grouping_cpu_s": round(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, 2),
                "method": g.method}
@@ -780,7 +780,7 @@ def print_photos(r: dict) -> None:
         print(f"  {name:<58}{x['together']:>10.1%}{x['merged']:>9.1%}{x['spanning']:>10.1%}{x['largest_group']:>9}")
     print(f"  before: {b['wall_s']} s wall, {b['peak_rss_mb']:.0f} MB; after: embed {a['embed_s']} s "
           f"({a['images_per_s']} images/s, peak {a['peak_rss_mb']:.0f} MB), grouping (candidates, thumbnails, "
-          f"alignment of {a['candidate_pairs']} pairs) {a['grouping_wall_s']} s wall, {a['grouping_cpu_s']} CPU-s")
+          f"alignment of {a.get('candidate_pairs', '?')} pairs) {a['grouping_wall_s']} s wall, {a['grouping_cpu_s']} CPU-s")
     print("  min_alignment sweep (at the default min_cosine and neighbours):")
     _sweep(r["alignment_sweep"], "min_alignment")
     print(f"  recommended min_alignment: {r['alignment_recommended']['min_alignment']} "

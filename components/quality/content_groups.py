@@ -181,8 +181,10 @@ def _ivf_neighbours(full: np.ndarray, usable: np.ndarray, *, k: int, floor: floa
         j = hits.reshape(-1).astype(np.int64)
         keep = (j >= 0) & (j != i)
         a, b = rows[i[keep]], rows[j[keep]]
-        sims = np.einsum("ij,ij->i", full[a].astype(np.float32), full[b].astype(np.float32))
-        # the k best by the full vectors among the proposals, then the floor
+        sims = np.concatenate([np.einsum("ij,ij->i", full[a[c:c + (1 << 13)]].astype(np.float32),
+                                         full[b[c:c + (1 << 13)]].astype(np.float32))
+                               for c in range(0, len(a), 1 << 13)] or [np.empty(0, np.float32)])
+        # the k best by the full vectors among the proposals (~84 MB a check block at 1,280-d), then the floor
         order = np.lexsort((-sims, a))
         a, b, sims = a[order], b[order], sims[order]
         first = np.r_[0, np.flatnonzero(np.diff(a)) + 1]
@@ -447,6 +449,7 @@ class Grouping:
     split_at: float | None           # a threshold above this keeps every group within max_group
     unusable: int = 0                # rows whose vector was NaN / zero (grouped by exact content only)
     notes: list[str] = field(default_factory=list)
+    candidates: int = 0              # content pairs examined (images with alignment: the pairs aligned)
 
     @property
     def method(self) -> str:
@@ -470,7 +473,7 @@ class Grouping:
                 "split/groups/largest": int(sizes.max()) if len(sizes) else 0,
                 "split/groups/over_max_group": len(self.over_cap()),
                 "split/groups/content_pairs": len(self.pairs),
-                "split/groups/unusable_vectors": self.unusable}
+                "split/groups/unusable_vectors": self.unusable, "split/groups/candidate_pairs": self.candidates}
 
     def summary(self, ids: list[str], splits: list[str], *, sample_groups: int = 8, members: int = 8) -> dict:
         """The manifest's ``near_duplicate_groups``: method, counts, the pairs nearest the threshold
@@ -566,7 +569,7 @@ def find_groups(ids: list[str], *, modality: str, exact_keys: np.ndarray, clean_
             content = Pairs.of(cand, scores)
             kind, threshold = "alignment", float(min_alignment)
             checks.append(f"near-duplicates by {model} embeddings (cosine >= {floor:g}, {k} nearest a row) whose "
-                          f"pictures align (the centre of one found in the other at 0.8-1.2x, mirrored or not: "
+                          f"pictures align (the centre of one found in the other at 0.8 to 1.2 times its scale, mirrored or not: "
                           f"correlation of high-passed grey >= {threshold:g})")
             if missing:
                 notes.append(f"{len(missing)} rows had no picture to align (e.g. {ids[missing[0]]}): their "
@@ -619,4 +622,4 @@ def find_groups(ids: list[str], *, modality: str, exact_keys: np.ndarray, clean_
                          "too low: see the near misses)")
     return Grouping(names=names, component=component, pairs=grouped, near_misses=misses, checks=checks, kind=kind,
                     model=model, threshold=threshold, max_group=params.max_group, split_at=split_at,
-                    unusable=unusable, notes=notes)
+                    unusable=unusable, notes=notes, candidates=len(content))
