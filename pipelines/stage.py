@@ -262,7 +262,7 @@ def disk_full_message(err: OSError) -> str:
     else:
         what = (f"{'the disk quota is used up' if err.errno == errno.EDQUOT else 'no space left on the device'} "
                 f"while writing {where}")
-        fix = (f"make room on that disk (`df -h {folder}`; old versions in the DVC cache: `dvc gc --workspace`), or "
+        fix = (f"make room on that disk (`df --human-readable {folder}`; old versions in the DVC cache: `dvc gc --workspace`), or "
                f"move the outputs (params.yaml `paths`) or the temporary files (TMPDIR, now {tempfile.gettempdir()}) "
                "to a disk with room, then re-run (dvc repro)")
     return (f"{what} ({err.strerror or err}). The stage's previous outputs are unchanged (an output is replaced in "

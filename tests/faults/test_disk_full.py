@@ -75,7 +75,7 @@ def test_full_tmpfs_clear_error_previous_output_intact(tmp_path):
     assert (keep / "rc").read_text().strip() == "2", stderr          # the stage's user-error exit, not a crash
     assert "Traceback" not in stderr, stderr
     assert "no space left on the device" in stderr and f"{disk}/clean" in stderr, stderr
-    assert "previous outputs are unchanged" in stderr and "df -h" in stderr, stderr
+    assert "previous outputs are unchanged" in stderr and "df --human-readable" in stderr, stderr
     # the previous output, byte for byte; the partial new one gone (nothing but `clean` on the disk)
     after = keep / "after"
     assert sorted(p.name for p in after.iterdir()) == ["clean"]
