@@ -29,7 +29,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 OURS = ("trainwise", "__editable__", "components", "pipelines", "__pycache__")  # the checkout's install: not linked
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.package]  # out of the default run: CI's third step (.ci/run)
 
 
 def _run(args, cwd, env, timeout=1800):
