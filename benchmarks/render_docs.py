@@ -71,7 +71,8 @@ ABOUT = {
                        "content (issue 26), each part with its own provenance: real photos with crop / mirror / "
                        "re-encode variants decoded at 64 and 224 px (`photos_64px`, `photos_224px`) and real "
                        "sentences with edited copies (`text`), against today's grouping on the same rows, with a "
-                       "threshold sweep; 200,000 1,280-d embeddings through `EmbeddingIndex` (`embedding_scale`).",
+                       "threshold sweep; 200,000 1,280-d embeddings through `EmbeddingIndex` (`embedding_scale`) "
+                       "and its k-nearest candidates for the alignment check (`neighbours_scale`).",
     "photo_scale": "Disk of data/ + .dvc/cache after `dvc repro audit` of a 1,500-JPEG photo folder at 224x224x3, "
                    "as a multiple of the JPEGs: the commit before split and audit became extensions (payload "
                    "rewritten per stage, DVC copying into its cache) against this one, same photos, same run.",
@@ -113,9 +114,13 @@ NOTES = {
         "and {{rows.2.new_peak_rss_mb}} MB peak RSS, recall of the planted copies {{rows.2.new_recall}} (target: 60 s, "
         "1.5 GB, 0.99); at {{rows.1.rows}} rows it was {{rows.1.speedup}}x faster than the brute force, same pairs.",
         "Photos at 64 px: clean's pixel grouping kept the variants of {{photos_64px.before.together|pct}} of the photos "
-        "together; embeddings at min_cosine {{photos_64px.after.min_cosine}} kept {{photos_64px.after.together|pct}} "
-        "together, merged {{photos_64px.after.merged|pct}} with another photo and left {{photos_64px.after.spanning|pct}} "
-        "spanning splits (targets 99%, 2%, 1%).",
+        "together; embedding candidates (cosine >= {{photos_64px.after.min_cosine}}, {{photos_64px.after.neighbours}} "
+        "nearest a row) confirmed by pixel alignment >= {{photos_64px.after.min_alignment}} kept "
+        "{{photos_64px.after.together|pct}} together, merged {{photos_64px.after.merged|pct}} with another photo and left "
+        "{{photos_64px.after.spanning|pct}} spanning splits (targets 99%, 2%, 1%; at 224 px "
+        "{{photos_224px.after.together|pct}}, {{photos_224px.after.merged|pct}}, {{photos_224px.after.spanning|pct}}); "
+        "cosine alone at {{photos_64px.cosine_only.at_previous_default.min_cosine}}: "
+        "{{photos_64px.cosine_only.at_previous_default.together|pct}} together.",
         "Text: equal normalised text kept {{text.before.together|pct}} of the sentences with their edited copies; "
         "Jaccard >= {{text.after.min_jaccard}} kept {{text.after.together|pct}}, merged {{text.after.merged|pct}}.",
         "EmbeddingIndex at {{embedding_scale.rows}} rows: {{embedding_scale.wall_s}} s wall ({{embedding_scale.cpu_s}} s "

@@ -108,8 +108,9 @@ def test_readme_is_short_and_its_two_commands_are_the_real_ones():
     ci = (REPO / ".ci/run").read_text()
     runs = [line.strip() for line in ci.splitlines() if line.strip().startswith("bash scripts/")]
     test_cmd = "bash scripts/test.sh"
-    # the README's command, then the cluster tests it leaves out (pyproject's addopts: -m 'not cluster')
-    assert runs == [test_cmd, f"{test_cmd} -m cluster"], runs
+    # the README's command, then the cluster and installed-wheel tests it leaves out (pyproject's addopts:
+    # -m 'not cluster and not package')
+    assert runs == [test_cmd, f"{test_cmd} -m cluster", f"{test_cmd} -m package"], runs
     assert re.search(rf"^{re.escape(test_cmd)}(\s|$)", text, re.M), "README's test command is not what .ci/run runs"
     assert re.search(r"^bash scripts/demo\.sh(\s|$)", text, re.M)
     for script in ("scripts/demo.sh", "scripts/test.sh", "scripts/setup.sh"):
