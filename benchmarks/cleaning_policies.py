@@ -227,18 +227,20 @@ def summarise(name: str, rate: float, per_seed: list[dict], wall: float) -> dict
     return out
 
 
-def choose(rows: list[dict]) -> dict:
-    """The policy with the best mean accuracy over every set and noise rate (ties: the one that changes
-    least: flag, then relabel, then drop), and each policy's worst mean loss against ``none``."""
+def choose(rows: list[dict], *, tie_points: float = 0.25) -> dict:
+    """The policy with the best mean accuracy over every set and noise rate; policies within
+    ``tie_points`` of the best count as tied, and a tie goes to the one that asserts least: flag
+    (changes nothing), then drop (writes no label the data did not give), then relabel. Also each
+    policy's worst and best mean difference from ``none`` (points)."""
     mean = {p: float(np.mean([r["acc"][p]["mean"] for r in rows])) for p in POLICIES}
     worst = {p: min(r["acc_minus_none_points"][p]["mean"] for r in rows) for p in POLICIES if p != "none"}
     best_gain = {p: max(r["acc_minus_none_points"][p]["mean"] for r in rows) for p in POLICIES if p != "none"}
-    order = {"flag": 0, "relabel": 1, "drop": 2}
-    pick = max(order, key=lambda p: (round(mean[p], 4), -order[p]))
+    top = max(mean[p] for p in ("flag", "drop", "relabel"))
+    pick = next(p for p in ("flag", "drop", "relabel") if 100 * (top - mean[p]) <= tie_points)
     return {"mean_acc_over_sets_and_rates": {p: round(v, 4) for p, v in mean.items()},
             "worst_mean_points_vs_none": {p: round(v, 2) for p, v in worst.items()},
             "best_mean_points_vs_none": {p: round(v, 2) for p, v in best_gain.items()},
-            "best_policy": pick}
+            "tie_points": tie_points, "best_policy": pick}
 
 
 def print_table(rows: list[dict]) -> None:

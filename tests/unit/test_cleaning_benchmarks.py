@@ -43,6 +43,8 @@ def test_choose_takes_the_best_mean_accuracy_and_on_a_tie_the_policy_that_change
     assert c["worst_mean_points_vs_none"]["drop"] == -10.0
     tie = summarise("t", 0.0, [_seed(0, dict.fromkeys(POLICIES, 0.9))], 1.0)
     assert choose([tie])["best_policy"] == "flag"
+    near = summarise("n", 0.2, [_seed(0, {"none": 0.8, "flag": 0.8, "drop": 0.899, "relabel": 0.9})], 1.0)
+    assert choose([near])["best_policy"] == "drop"  # 0.1 points apart: a tie, and drop writes no label
 
 
 def test_sampler_attributes_a_stage_process_tree_and_its_memory():
