@@ -16,13 +16,13 @@ Photos and texts get their split from ``assign_splits`` with params.yaml's fract
 
 For each noise rate and seed: symmetric label noise injected into the train rows (noise seed =
 the seed: different rows flipped each time), then the audit stage's component
-(``components.quality.audit.audit_dataset``: out-of-fold probabilities over train rows, with the
+(``trainwise.components.quality.audit.audit_dataset``: out-of-fold probabilities over train rows, with the
 embeddings as its features when there are any, cleanlab's ranking, the auditor's judgement, every
 threshold at its params.yaml default) once per policy: ``flag`` (suspects marked, no label
 changed), ``drop`` (train suspects left out), ``relabel`` (train suspects given the auditor's
 prediction); ``none`` is no audit (the noisy labels as they are). Drop and relabel act only when
 the judgement trusts the auditor, as in the pipeline. The head: the project's linear probe
-(``components.models.linear_probe.make_linear_probe``: standardisation + logistic regression, which is
+(``trainwise.components.models.linear_probe.make_linear_probe``: standardisation + logistic regression, which is
 also the frozen-backbone head's starting point, ``init_from_probe``) fitted on the train rows as the
 policy leaves them, scored on the test rows with their true labels (noise never enters val/test).
 Reported per data set and rate: mean and spread (sample standard deviation; every seed's figures are kept in the file) over
@@ -46,12 +46,12 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks._results import RESULTS, write_results
-from components.data.contract import DatasetWriter, SetAside, iter_batches, read_manifest, read_table
-from components.data.splitting import assign_splits
-from components.models.linear_probe import make_linear_probe
-from components.quality.audit import NoiseOptions, audit_dataset
-from components.quality.label_issues import LabelIssueOptions, detection_scores
-from pipelines.config import LabelIssueParams, SplitParams
+from trainwise.components.data.contract import DatasetWriter, SetAside, iter_batches, read_manifest, read_table
+from trainwise.components.data.splitting import assign_splits
+from trainwise.components.models.linear_probe import make_linear_probe
+from trainwise.components.quality.audit import NoiseOptions, audit_dataset
+from trainwise.components.quality.label_issues import LabelIssueOptions, detection_scores
+from trainwise.pipelines.config import LabelIssueParams, SplitParams
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = LabelIssueParams().model_dump(exclude={"enabled"})  # params.yaml's defaults (the schema's)
@@ -60,8 +60,8 @@ CACHE = REPO / ".trainwise" / "bench-cache"
 
 
 def _embed(name: str, payload: str, values: list, *, image_shape=None, batch: int = 64) -> np.ndarray:
-    """The embed stage's replica (components.embedding.batch._Embedder), in this process."""
-    from components.embedding.batch import _Embedder
+    """The embed stage's replica (trainwise.components.embedding.batch._Embedder), in this process."""
+    from trainwise.components.embedding.batch import _Embedder
 
     emb = _Embedder(name=name, pretrained=True, seed=0, root=str(REPO), image_shape=image_shape, threads=2,
                     use_gpu=False, payload=payload)
@@ -88,7 +88,7 @@ def _cached(key: str, make) -> dict:
 
 def photos_data(repo: Path, per_class: int) -> dict:
     from benchmarks.photos_data import prepare
-    from components.data.images import decode_image
+    from trainwise.components.data.images import decode_image
 
     def make():
         with tempfile.TemporaryDirectory() as tmp:
@@ -112,7 +112,7 @@ def photos_data(repo: Path, per_class: int) -> dict:
 
 def text_data(repo: Path) -> dict:
     from benchmarks.near_duplicates_content import load_texts
-    from components.quality.cleaning import normalize_text
+    from trainwise.components.quality.cleaning import normalize_text
 
     def make():
         texts, labels, _ = load_texts(repo, 10**9)
@@ -330,7 +330,7 @@ def main() -> None:
     print(f"\nmean accuracy over sets and rates: {chosen['mean_acc_over_sets_and_rates']}; worst mean points vs none: "
           f"{chosen['worst_mean_points_vs_none']}; best: {chosen['best_mean_points_vs_none']} -> {chosen['best_policy']}")
     result = {"benchmark": "cleaning_policies", "sets": sets, "seeds": args.seeds, "rates": args.rates,
-              "head": "linear probe (components.models.linear_probe: StandardScaler + logistic regression, C=1), the "
+              "head": "linear probe (trainwise.components.models.linear_probe: StandardScaler + logistic regression, C=1), the "
                       "frozen-backbone head's starting point; fitted on the train rows the policy leaves",
               "auditor": "audit_dataset with params.yaml's clean.label_issues defaults (svc, 5 folds over train rows, "
                          "judgement on), policy varied",

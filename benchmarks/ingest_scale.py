@@ -51,7 +51,7 @@ print(json.dumps({"files": n, "bytes": nbytes, "wall_s": wall,
 INGEST = """
 import json, resource, sys, time
 import pandas  # pyarrow imports it on first use (~1 s here); the ingest stage has it loaded already (mlflow)
-from components.data.sources import ingest, open_source
+from trainwise.components.data.sources import ingest, open_source
 r0 = resource.getrusage(resource.RUSAGE_SELF); t0 = time.perf_counter()
 src = open_source("image_folder", path=sys.argv[1], max_image_pixels=89_478_485, max_file_bytes=64 << 20,
                   cache_dir=sys.argv[3] if len(sys.argv) > 3 else None)

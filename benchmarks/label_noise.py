@@ -39,13 +39,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from components.data.contract import DatasetWriter, SetAside, iter_batches, read_manifest, read_table
+from trainwise.components.data.contract import DatasetWriter, SetAside, iter_batches, read_manifest, read_table
 from tests.demo_data import write_digits_split
-from components.data.splitting import assign_splits
-from components.models.networks import build_model
-from components.quality.audit import NoiseOptions, audit_dataset, reduce_features
-from components.quality.label_issues import LabelIssueOptions, detection_scores, oof_probabilities
-from pipelines.config import LabelIssueParams
+from trainwise.components.data.splitting import assign_splits
+from trainwise.components.models.networks import build_model
+from trainwise.components.quality.audit import NoiseOptions, audit_dataset, reduce_features
+from trainwise.components.quality.label_issues import LabelIssueOptions, detection_scores, oof_probabilities
+from trainwise.pipelines.config import LabelIssueParams
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = LabelIssueParams().model_dump(exclude={"enabled"})  # params.yaml's defaults (the schema's)
@@ -137,7 +137,7 @@ def oof_timing(split: Path, *, repeats: int = 3) -> dict:
     t = read_table(split)
     x = reduce_features(t.column("image").combine_chunks(), "image", shape=[8, 8, 1], max_features=256, seed=0)
     y, train = t.column("label").to_numpy(), np.array(t.column("split").to_pylist()) == "train"
-    from components.ray_start import init_ray
+    from trainwise.components.ray_start import init_ray
 
     t0 = time.perf_counter()
     try:

@@ -102,7 +102,7 @@ print(json.dumps({"wall_s": wall, "cpu_s": r1.ru_utime + r1.ru_stime - r0.ru_uti
 RUN_NEW = '''
 import json, resource, sys, time
 import numpy as np
-from components.quality.duplicates import NearDuplicateIndex
+from trainwise.components.quality.duplicates import NearDuplicateIndex
 path, n, radius, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 import sklearn.neighbors  # imported by pairs(); loaded before the clock starts, like the old run's numpy
 r0 = resource.getrusage(resource.RUSAGE_SELF); t0 = time.perf_counter()
@@ -123,7 +123,7 @@ CANDIDATES = '''
 import json, sys, time
 import numpy as np
 from sklearn.neighbors import BallTree, KDTree
-from components.quality.duplicates import EMBED_SIZE
+from trainwise.components.quality.duplicates import EMBED_SIZE
 path, n, radius = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 v = np.fromfile(path, dtype=np.float32).reshape(n, 256)
 from scipy.fft import dctn
@@ -167,7 +167,7 @@ def _templates(rng, k: int, size: int) -> np.ndarray:
 
 def make_embeddings(path: Path, n: int, *, seed: int = 0, size: int = 32) -> np.ndarray:
     """Write n embeddings (float32, n x 256) to ``path``; returns the planted (original, copy) pairs."""
-    from components.quality.duplicates import image_embedding
+    from trainwise.components.quality.duplicates import image_embedding
 
     rng = np.random.default_rng(seed)
     templates = _templates(rng, 100, size)
@@ -342,7 +342,7 @@ def main() -> None:
                                                          threshold=_threshold(result), sample=20_000),
                                      "provenance": provenance()}
     if "neighbours" in args.parts:   # the image candidates the split aligns, at scale
-        from components.quality.content_groups import ALIGN_THUMB
+        from trainwise.components.quality.content_groups import ALIGN_THUMB
         from benchmarks.near_duplicates_content import _split_defaults
 
         nd = _split_defaults()

@@ -103,7 +103,7 @@ def score(names: list[str], truth: np.ndarray, *, seed: int = 0) -> dict:
 
 
 def assign_splits_of(names: list[str], *, seed: int) -> list[str]:
-    from components.data.splitting import assign_splits
+    from trainwise.components.data.splitting import assign_splits
 
     return assign_splits(names, fractions=FRACTIONS, seed=seed)
 
@@ -126,7 +126,7 @@ def _params(*, cosine: float = DEFAULT_COSINE, jaccard: float = DEFAULT_JACCARD,
 
 def _split_defaults():
     """split.near_duplicates as params.yaml ships it (the schema's defaults; a test keeps them equal)."""
-    from pipelines.config import NearDuplicateParams
+    from trainwise.pipelines.config import NearDuplicateParams
 
     return NearDuplicateParams()
 
@@ -226,7 +226,7 @@ def make_variant(raw: bytes, rng: np.random.Generator, *, mirror: bool) -> tuple
 
 def build_photo_set(repo: Path, *, photos: int, variants: int, size: int, seed: int):
     """(images uint8 (photos*variants, size, size, 3), photo of each row, label of each row, file names)."""
-    from components.data.images import decode_image
+    from trainwise.components.data.images import decode_image
 
     data, names, labels = load_photos(repo, photos)
     rng = np.random.default_rng(seed)
@@ -245,8 +245,8 @@ def build_photo_set(repo: Path, *, photos: int, variants: int, size: int, seed: 
 def _photos_before(images_path: str, out_path: str) -> None:
     """Worker: clean's grouping (exact pixels + 16x16 grey embeddings within PIXEL_RADIUS)."""
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    from components.quality.content_groups import union_find_groups
-    from components.quality.duplicates import NearDuplicateIndex, image_embedding, key_pairs, key64
+    from trainwise.components.quality.content_groups import union_find_groups
+    from trainwise.components.quality.duplicates import NearDuplicateIndex, image_embedding, key_pairs, key64
 
     images = np.load(images_path)
     with NearDuplicateIndex(radius=PIXEL_RADIUS) as index:
@@ -265,9 +265,9 @@ def _photos_after(images_path: str, out_path: str, batch: str) -> None:
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     import torch
 
-    from components.models.backbones import build_backbone
-    from components.quality.content_groups import EmbeddingIndex
-    from components.data.images import images_to_tensor
+    from trainwise.components.models.backbones import build_backbone
+    from trainwise.components.quality.content_groups import EmbeddingIndex
+    from trainwise.components.data.images import images_to_tensor
 
     torch.set_num_threads(1)
     images = np.load(images_path)
@@ -290,7 +290,7 @@ def _photos_after(images_path: str, out_path: str, batch: str) -> None:
 
 def _photo_after_groups(ids, exact, before, emb, labels, threshold, *, alignment=None, neighbours=8,
                         thumbnails=None):
-    from components.quality.content_groups import find_groups
+    from trainwise.components.quality.content_groups import find_groups
 
     return find_groups(ids, modality="image", exact_keys=exact, clean_groups=before, texts=None,
                        vectors=(MODEL, iter([(ids, emb)])), no_vectors_note="", pixel_distance=PIXEL_RADIUS,
@@ -305,7 +305,7 @@ def _aligned(ids, exact, before, emb, label, photo, images) -> dict:
     """The split's default: embedding candidates (min_cosine, neighbours) confirmed by pixel alignment, at
     params.yaml's values and over a sweep of min_alignment; wall and peak RSS of the default run (thumbnails
     from the decoded pictures, as the split stage makes them from data/clean)."""
-    from components.quality.content_groups import align_thumbnail
+    from trainwise.components.quality.content_groups import align_thumbnail
 
     nd = _split_defaults()
     cache: dict[int, np.ndarray] = {}
@@ -335,7 +335,7 @@ def _aligned(ids, exact, before, emb, label, photo, images) -> dict:
 
 
 def run_photos(repo: Path, *, photos: int, variants: int, size: int, seed: int, batch: int = 32) -> dict:
-    from components.quality.duplicates import key64
+    from trainwise.components.quality.duplicates import key64
 
     t0 = time.perf_counter()
     images, photo, label, files, how = build_photo_set(repo, photos=photos, variants=variants, size=size, seed=seed)
@@ -413,7 +413,7 @@ _WORD = re.compile(r"[A-Za-z']+")
 
 def load_texts(repo: Path, n: int) -> tuple[list[str], np.ndarray, list[str]]:
     """``n`` sentences (stable pick by hash; distinct by text_key) from the UCI sentiment labelled sentences."""
-    from components.quality.duplicates import text_key
+    from trainwise.components.quality.duplicates import text_key
 
     rows = []
     for name in TEXT_FILES:
@@ -481,15 +481,15 @@ def edit_text(text: str, rng: np.random.Generator, vocab: list[str]) -> tuple[st
 
 
 def _text_groups(texts: list[str], threshold: float | None) -> list[str]:
-    from components.quality.content_groups import find_groups
-    from components.quality.duplicates import key64, text_key
+    from trainwise.components.quality.content_groups import find_groups
+    from trainwise.components.quality.duplicates import key64, text_key
 
     ids = [f"r{k:05d}" for k in range(len(texts))]
     exact = np.fromiter((key64(t.encode()) for t in texts), np.int64, len(texts))
     clean = np.fromiter((key64(text_key(t).encode()) for t in texts), np.int64, len(texts))
     if threshold is None:    # before: clean's groups (equal text_key) and exact copies
-        from components.quality.content_groups import union_find_groups
-        from components.quality.duplicates import key_pairs
+        from trainwise.components.quality.content_groups import union_find_groups
+        from trainwise.components.quality.duplicates import key_pairs
 
         comp = union_find_groups(len(texts), np.concatenate([key_pairs(exact), key_pairs(clean)]))
         return [f"g{c:06d}" for c in comp.tolist()]
@@ -508,7 +508,7 @@ def _text_worker(path: str, mode: str, out_path: str) -> None:
 def run_text(repo: Path, *, texts: int, copies: int, seed: int) -> dict:
     from scipy.sparse import csr_matrix
 
-    from components.quality.content_groups import shingles
+    from trainwise.components.quality.content_groups import shingles
 
     originals, labels, files = load_texts(repo, texts)
     rng = np.random.default_rng(seed)
@@ -638,7 +638,7 @@ def _scale_worker(n: str, seed: str, floor: str, sample: str, out_path: str) -> 
     n_, seed_, floor_, sample_ = int(n), int(seed), float(floor), int(sample)
     import faiss  # imported by pairs(); loaded before the clock starts  # noqa: F401
 
-    from components.quality.content_groups import EmbeddingIndex
+    from trainwise.components.quality.content_groups import EmbeddingIndex
 
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     index, gen_s, add_s = EmbeddingIndex(expected_rows=n_), 0.0, 0.0  # as the split stage builds it
@@ -665,7 +665,7 @@ def _neighbours_worker(n: str, seed: str, k: str, floor: str, out_path: str) -> 
     n_, seed_ = int(n), int(seed)
     import faiss  # noqa: F401  (loaded before the clock starts)
 
-    from components.quality.content_groups import EmbeddingIndex
+    from trainwise.components.quality.content_groups import EmbeddingIndex
 
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     index, add_s = EmbeddingIndex(expected_rows=n_), 0.0
@@ -688,7 +688,7 @@ def _neighbours_worker(n: str, seed: str, k: str, floor: str, out_path: str) -> 
 
 
 def _scale_exact(n: str, seed: str, floor: str, sample: str, out_path: str) -> None:
-    from components.quality.content_groups import _exact_pairs
+    from trainwise.components.quality.content_groups import _exact_pairs
 
     x = synthetic_batch(0, int(sample), seed=int(seed))
     unit = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
@@ -714,7 +714,7 @@ def _recall(ivf: np.ndarray, ref: np.ndarray, *, sample: int, floor: float) -> t
 def run_scale(*, rows: int, seed: int, threshold: float, sample: int) -> dict:
     """EmbeddingIndex at the floor the split stage searches (a little under the threshold, for the near
     misses: ``EmbeddingIndex.search_floor``) and, to show what that margin costs, at the threshold itself."""
-    from components.quality.content_groups import EmbeddingIndex
+    from trainwise.components.quality.content_groups import EmbeddingIndex
 
     probe = EmbeddingIndex()
     probe.rows = rows

@@ -45,7 +45,7 @@ RSS_LIMIT_MB = 2048
 PROBE = r'''
 import atexit, json, os, threading, time
 _cmd = open("/proc/self/cmdline", "rb").read().split(b"\0")
-_stage = next((c.decode().split(".")[1] for c in _cmd if c.startswith(b"pipelines.")), None)
+_stage = next((c.decode().rpartition(".")[2] for c in _cmd if c.startswith(b"trainwise.pipelines.")), None)
 _out = os.environ.get("TRAINWISE_PROBE_DIR")
 if _stage and _out and b"-m" in _cmd:
     _peak = {"single_kb": 0, "tree_kb": 0}

@@ -120,7 +120,7 @@ def plain_script(audit_dir: Path, *, epochs: int = 25, seed: int = 0, threads: i
     import torch
     from torch import nn
 
-    from components.data.contract import read_manifest, read_table
+    from trainwise.components.data.contract import read_manifest, read_table
 
     torch.manual_seed(seed)
     torch.set_num_threads(threads)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from benchmarks._results import write_results
 from tests.demo_data import write_digits_split
-from components.ray_start import init_ray
-from components.training.data import input_shape
-from components.training.driver import Scaling, fit, run_history
-from components.training.loop_config import LoopConfig
+from trainwise.components.ray_start import init_ray
+from trainwise.components.training.data import input_shape
+from trainwise.components.training.driver import Scaling, fit, run_history
+from trainwise.components.training.loop_config import LoopConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

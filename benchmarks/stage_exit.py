@@ -4,7 +4,7 @@ A stage runs as its own Python process (`dvc repro` runs ``python -m pipelines.<
 wall time is imports + the stage's metered work + the exit. A normal Python exit frees every
 object of every imported module one by one after the atexit handlers: with torch, MLflow and
 Ray loaded that took seconds. ``run_stage`` now ends the process with
-``components.stage_exit.exit_now`` (threads joined, atexit handlers run, streams flushed, then
+``trainwise.components.stage_exit.exit_now`` (threads joined, atexit handlers run, streams flushed, then
 ``os._exit``); ``TRAINWISE_FAST_EXIT=0`` is the normal exit, the baseline here. Same scratch
 project, same stages, runs interleaved (fast, normal, fast, normal, ...) so both see the same
 load. Per stage: median process wall, median metered wall, and the difference (imports + exit).
@@ -32,7 +32,7 @@ MODES = {"fast": "1", "normal": "0"}
 def timed_stage(root, env, stage: str, mode: str) -> dict:
     run_env = {**env, "TRAINWISE_FAST_EXIT": MODES[mode]}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", f"pipelines.{stage}"], cwd=root, env=run_env,
+    proc = subprocess.run([sys.executable, "-m", f"trainwise.pipelines.{stage}"], cwd=root, env=run_env,
                           capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:

@@ -5,14 +5,14 @@ Everything runs in a scratch copy of this repository (the working tree), each st
 script in its own process, timed from process start to exit (imports included: that is what a user
 waits for), one after the other on the same machine:
 
-- **ingest + clean** (`python -m pipelines.ingest`, then `pipelines.clean`: read, check, decode,
+- **ingest + clean** (`python -m trainwise.pipelines.ingest`, then `trainwise.pipelines.clean`: read, check, decode,
   resize to 224x224x3, de-duplicate, write Parquet) vs a plain PIL loop over the same JPEGs with the
   same worker count (one process, as clean is): ``Image.open -> convert("RGB") -> resize -> numpy``.
-- **embed** (`pipelines.embed`, `train.backbone: efficientnet_lite0`, Ray Data with ``embed``'s
+- **embed** (`trainwise.pipelines.embed`, `train.backbone: efficientnet_lite0`, Ray Data with ``embed``'s
   replicas x ``cpus_per_replica`` threads) vs a plain ``torch.no_grad`` loop over the same backbone
   (``build_backbone``), the same stored pixels, ``torch.set_num_threads`` = the stage's CPUs, the same
   batch size.
-- **text embed** (`pipelines.embed`, `train.backbone: all_minilm_l6_v2`, on clean's texts) vs
+- **text embed** (`trainwise.pipelines.embed`, `train.backbone: all_minilm_l6_v2`, on clean's texts) vs
   ``SentenceTransformer.encode`` on the same texts, same batch size and threads.
 - **split and audit**: their wall time beyond their own compute. Inside the stage process the compute
   (grouping, split assignment, leakage checks; the audit's features, out-of-fold fits and decisions)
@@ -60,7 +60,7 @@ TIMED_STAGE = r"""
 import atexit, functools, json, runpy, sys, time
 t_start = time.perf_counter()
 out, stage = sys.argv[1], sys.argv[2]
-__import__(f"pipelines.{stage}")  # the stage's imports: start-up, the same at any size
+__import__(f"trainwise.pipelines.{stage}")  # the stage's imports: start-up, the same at any size
 import_s = time.perf_counter() - t_start
 timers = {}
 io = {"read_s": 0.0, "write_s": 0.0}
@@ -101,20 +101,20 @@ def add_to(store, key):
         store[key] = store.get(key, 0.0) + dt
     return add
 COMPUTE = {
-    "split": [("components.data.splitting", n) for n in ("assign_splits", "assign_splits_given", "contamination",
+    "split": [("trainwise.components.data.splitting", n) for n in ("assign_splits", "assign_splits_given", "contamination",
                                                          "split_counts", "class_fraction_gap")]
-             + [("components.quality.duplicates", n) for n in ("cross_split_leaks", "keys_in_several_splits")]
-             + [("components.quality.content_groups", "find_groups")],
-    "audit": [("components.quality.audit", n) for n in ("embedding_features", "payload_features", "oof_probabilities",
+             + [("trainwise.components.quality.duplicates", n) for n in ("cross_split_leaks", "keys_in_several_splits")]
+             + [("trainwise.components.quality.content_groups", "find_groups")],
+    "audit": [("trainwise.components.quality.audit", n) for n in ("embedding_features", "payload_features", "oof_probabilities",
                                                         "decide", "suspects_table", "inject_symmetric_noise")],
 }
 # Patched where they are defined, before runpy runs the stage afresh (its imports then find the timed ones).
 for module, name in COMPUTE.get(stage, []):
     mod = __import__(module, fromlist=[name])
     setattr(mod, name, _timed(getattr(mod, name), add_to(timers, name)))
-import components.data.contract as contract
-import components.embedding.store as store
-import components.quality.duplicates as duplicates
+import trainwise.components.data.contract as contract
+import trainwise.components.embedding.store as store
+import trainwise.components.quality.duplicates as duplicates
 contract.iter_batches = _timed_iter(contract.iter_batches, add_to(io, "read_s"))
 for mod, name in ((contract, "read_table"), (contract, "read_manifest"), (store, "read_embeddings"),
                   (duplicates, "read_near_pairs")):
@@ -126,7 +126,7 @@ def done():
     json.dump({"compute_s": timers, **io, "import_s": import_s, "peak_rss_bytes": hwm * 1024}, open(out, "w"))
 atexit.register(done)
 sys.argv = [f"pipelines/{stage}.py"]
-runpy.run_module(f"pipelines.{stage}", run_name="__main__", alter_sys=True)
+runpy.run_module(f"trainwise.pipelines.{stage}", run_name="__main__", alter_sys=True)
 """
 
 PLAIN_PIL = r"""
@@ -146,9 +146,9 @@ PLAIN_TORCH = r"""
 import sys, time
 t0 = time.perf_counter()
 import numpy as np, pyarrow.parquet as pq, torch
-from components.data.contract import read_manifest
-from components.models.backbones import build_backbone
-from components.data.images import images_to_tensor
+from trainwise.components.data.contract import read_manifest
+from trainwise.components.models.backbones import build_backbone
+from trainwise.components.data.images import images_to_tensor
 src, threads, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)
 m = read_manifest(src)
@@ -170,8 +170,8 @@ import sys, time
 t0 = time.perf_counter()
 import pyarrow.parquet as pq, torch
 from sentence_transformers import SentenceTransformer
-from components.data.contract import read_table
-from components.models.text_backbones import model_source
+from trainwise.components.data.contract import read_table
+from trainwise.components.models.text_backbones import model_source
 src, threads, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)
 texts = read_table(src, columns=["text"]).column("text").to_pylist()

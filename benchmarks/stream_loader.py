@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks._results import RESULTS, write_results
-from components.data.contract import read_table
+from trainwise.components.data.contract import read_table
 from tests.stream_data import write_image_chain
 
 REPO = Path(__file__).resolve().parents[1]

@@ -48,7 +48,7 @@ def peak():
     open(out, "w").write(str(hwm * 1024))
 atexit.register(peak)
 sys.argv = [f"pipelines/{stage}.py"]
-runpy.run_module(f"pipelines.{stage}", run_name="__main__", alter_sys=True)
+runpy.run_module(f"trainwise.pipelines.{stage}", run_name="__main__", alter_sys=True)
 """
 
 

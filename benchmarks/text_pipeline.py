@@ -84,8 +84,8 @@ def _stage_of(pid: int) -> str | None:
         return None
     if b"-m" in cmd:
         mod = cmd[cmd.index(b"-m") + 1] if cmd.index(b"-m") + 1 < len(cmd) else b""
-        if mod.startswith(b"pipelines."):
-            return mod.decode().split(".", 1)[1]
+        if mod.startswith(b"trainwise.pipelines."):
+            return mod.decode().rpartition(".")[2]
     return None
 
 

@@ -1,6 +1,6 @@
 """What MLflow tracking costs the train stage: the same run with `mlflow.enabled` true and false.
 
-The train stage (`python -m pipelines.train`, digits, 2 DDP workers on CPU, the params.yaml
+The train stage (`python -m trainwise.pipelines.train`, digits, 2 DDP workers on CPU, the params.yaml
 epochs) runs in a scratch copy of the repo, alternating tracking on and off so that load on
 the machine hits both alike; the median wall time of each is compared. Tracking on = one
 MLflow run in the repo's SQLite store with params, per-epoch history, dataset inputs, tags,
@@ -26,7 +26,7 @@ import yaml
 
 from benchmarks._project import REPO, scratch_project
 from benchmarks._results import write_results
-from components.atomic_io import write_json_atomic
+from trainwise.components.atomic_io import write_json_atomic
 from tests.demo_data import write_digits_split
 
 
@@ -39,7 +39,7 @@ def _set_tracking(root, enabled: bool) -> None:
 def one_run(root, env, *, tracking: bool) -> dict:
     _set_tracking(root, tracking)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipelines.train"], cwd=root, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "trainwise.pipelines.train"], cwd=root, env=env, capture_output=True,
                           text=True, timeout=900)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -63,7 +63,7 @@ def main() -> None:
         "source": "train", "params": {k: train[k] for k in ("lr", "weight_decay", "dropout", "batch_size")}})
 
     # A user's store exists after the first run: create it (schema migrations take seconds) before timing.
-    from components.tracking.mlflow_runs import setup_mlflow
+    from trainwise.components.tracking.mlflow_runs import setup_mlflow
 
     mlflow_params = yaml.safe_load((root / "params.yaml").read_text())["mlflow"]
     setup_mlflow(tracking_uri=mlflow_params["tracking_uri"], experiment=mlflow_params["experiment"], root=root)

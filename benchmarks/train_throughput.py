@@ -16,7 +16,7 @@ compared with the mean of the plain runs around it). Two figures each:
 And the train stage's model logging: ``log_classifier`` (pinned ``pip_requirements``) against
 MLflow inferring the requirements for the same model (what it does without them).
 
-Part 2, accuracy, with the loop's own per-rank code (``components.training.loop.Trainer``,
+Part 2, accuracy, with the loop's own per-rank code (``trainwise.components.training.loop.Trainer``,
 what every Ray worker runs) in this process: the ``cnn`` on the digits test split (target
 0.992), and ``cnn`` / ``gru`` / ``transformer`` on MNIST-1D (``mnist1d`` package,
 generated offline with its default arguments: 4,000 train / 1,000 test, length 40; target
@@ -39,12 +39,12 @@ import torch
 
 from benchmarks._results import write_results
 from tests.demo_data import write_digits_split
-from components.models import build_model
-from components.ray_start import init_ray
-from components.training.data import input_shape, load_split
-from components.training.driver import Scaling, fit, run_history
-from components.training.loop import Trainer
-from components.training.loop_config import LoopConfig
+from trainwise.components.models import build_model
+from trainwise.components.ray_start import init_ray
+from trainwise.components.training.data import input_shape, load_split
+from trainwise.components.training.driver import Scaling, fit, run_history
+from trainwise.components.training.loop import Trainer
+from trainwise.components.training.loop_config import LoopConfig
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH, LR, SEED = 64, 3e-3, 0
@@ -108,8 +108,8 @@ def model_logging(split: Path, tmp: Path, *, model: str) -> dict:
     and with MLflow inferring them (no pip_requirements), same model, fresh SQLite store."""
     import mlflow
 
-    from components.serving import pyfunc
-    from components.training.export import model_spec
+    from trainwise.components.serving import pyfunc
+    from trainwise.components.training.export import model_spec
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
     exp = mlflow.create_experiment("bench", artifact_location=(tmp / "artifacts").resolve().as_uri())
@@ -142,7 +142,7 @@ def train_and_test(x, y, xv, yv, xt, yt, *, model: str, epochs: int, **kw) -> di
                      n_train=len(x), modality="image" if x.dim() == 4 else "sequence", **kw)
     net = build_model(model, input_shape=cfg.input_shape, n_classes=10, dropout=cfg.dropout)
     tr = Trainer(net, cfg, device=torch.device("cpu"), steps_per_epoch=-(-len(x) // cfg.batch_size))
-    from components.training.data import augment
+    from trainwise.components.training.data import augment
 
     aug = (lambda xb, g: augment(xb, kind=cfg.modality, strength=cfg.augment, generator=g)) if cfg.augment else None
     gen = torch.Generator().manual_seed(SEED)

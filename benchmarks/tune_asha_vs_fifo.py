@@ -34,13 +34,13 @@ import numpy as np
 import torch
 
 from benchmarks._results import write_results
-from components.ray_start import init_ray
-from components.training.data import input_shape, load_split, read_split
-from components.training.driver import Scaling, resolve, run_data
-from components.training.loop import CHECKPOINT_FILE, DATA_REFS, run_loop
-from components.training.loop_config import LoopConfig
-from components.tuning.space import apply_trial_config
-from components.tuning.sweep import run_sweep, trial_histories
+from trainwise.components.ray_start import init_ray
+from trainwise.components.training.data import input_shape, load_split, read_split
+from trainwise.components.training.driver import Scaling, resolve, run_data
+from trainwise.components.training.loop import CHECKPOINT_FILE, DATA_REFS, run_loop
+from trainwise.components.training.loop_config import LoopConfig
+from trainwise.components.tuning.space import apply_trial_config
+from trainwise.components.tuning.sweep import run_sweep, trial_histories
 from tests.params import sweep_options
 from tests.demo_data import write_digits_split
 
@@ -104,7 +104,7 @@ class _Keep:
 
 
 def test_acc(base: LoopConfig, refs: dict, config: dict, epoch: int, split: Path) -> float:
-    from components.models import build_model
+    from trainwise.components.models import build_model
 
     loop = replace(apply_trial_config(base, config), epochs=epoch)
     keep = _Keep(epoch)

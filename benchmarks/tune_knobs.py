@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 
 from benchmarks._results import write_results
-from components.ray_start import init_ray
-from components.training.data import input_shape
-from components.training.driver import Scaling
-from components.training.loop_config import LoopConfig
-from components.tuning.sweep import patient_worker_start, run_sweep, trial_histories
+from trainwise.components.ray_start import init_ray
+from trainwise.components.training.data import input_shape
+from trainwise.components.training.driver import Scaling
+from trainwise.components.training.loop_config import LoopConfig
+from trainwise.components.tuning.sweep import patient_worker_start, run_sweep, trial_histories
 from tests.params import sweep_options
 from tests.demo_data import write_digits_split
 

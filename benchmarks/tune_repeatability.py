@@ -6,7 +6,7 @@ grace 2 / reduction 2, 2 trials at a time, seeded search, one worker per trial) 
 
 - ``ray_asha``: Ray's ``ASHAScheduler``, what trainwise used before: a trial is judged at a
   rung against whatever the other trials have recorded there so far;
-- ``ordered_asha``: :class:`components.tuning.ordered_asha.OrderedASHA` (now ``tune.scheduler:
+- ``ordered_asha``: :class:`trainwise.components.tuning.ordered_asha.OrderedASHA` (now ``tune.scheduler:
   asha``): the same rule, judged against the trials created before it (a trial ahead of an
   earlier one waits paused).
 
@@ -29,12 +29,12 @@ from pathlib import Path
 from unittest import mock
 
 from benchmarks._results import write_results
-from components.ray_start import init_ray
-from components.training.data import input_shape
-from components.training.driver import Scaling
-from components.training.loop_config import LoopConfig
-from components.tuning import sweep as sweep_module
-from components.tuning.sweep import patient_worker_start, run_sweep, trial_histories
+from trainwise.components.ray_start import init_ray
+from trainwise.components.training.data import input_shape
+from trainwise.components.training.driver import Scaling
+from trainwise.components.training.loop_config import LoopConfig
+from trainwise.components.tuning import sweep as sweep_module
+from trainwise.components.tuning.sweep import patient_worker_start, run_sweep, trial_histories
 from tests.params import sweep_options
 from tests.demo_data import write_digits_split
 
@@ -66,12 +66,12 @@ def one(base, storage: Path, name: str, args, scheduler: str) -> dict:
     options = sweep_options(num_samples=args.trials, max_concurrent_trials=2, scheduler="asha", search_alg=args.search,
                             optuna_startup_trials=4, max_epochs=args.epochs, grace_period=2, reduction_factor=2,
                             seed=0, resume=False, budget_usd=None, time_budget_s=None)
-    from components.tuning import budget
+    from trainwise.components.tuning import budget
 
     patches = []
     if scheduler == "ray_asha":
         patches = [mock.patch.object(sweep_module, "_scheduler", _ray_asha),
-                   mock.patch("components.tuning.budget.BudgetedSearch", _Unordered(budget.BudgetedSearch))]
+                   mock.patch("trainwise.components.tuning.budget.BudgetedSearch", _Unordered(budget.BudgetedSearch))]
     for p in patches:
         p.start()
     try:

@@ -4,9 +4,9 @@ Every stage writes through here: :func:`publish_file` and the ``write_*_atomic``
 files, :func:`replace_dir` for a folder written whole (with :func:`recover_dir` undoing what a
 writer killed mid-way left behind). A folder is only ever replaced if a stage wrote it (its
 :data:`OUTPUT_MARKER`). Nothing is published once the stage is orphaned or stopped
-(:func:`components.stage_exit.refuse_if_orphaned`). Every CSV cell is :func:`spreadsheet_safe`.
+(:func:`trainwise.components.stage_exit.refuse_if_orphaned`). Every CSV cell is :func:`spreadsheet_safe`.
 
-A ground-floor module: it imports nothing of trainwise but components.stage_exit.
+A ground-floor module: it imports nothing of trainwise but trainwise.components.stage_exit.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import re
 import shutil
 from pathlib import Path
 
-from components.stage_exit import refuse_if_orphaned
+from trainwise.components.stage_exit import refuse_if_orphaned
 
 
 def _pid_alive(pid: int) -> bool:

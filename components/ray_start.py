@@ -1,7 +1,7 @@
 """Start or join Ray, quietly by default (``init_ray``).
 
 A stage's process lifecycle (the orphan watchdog, stopping from a watchdog, the fast exit) is in
-:mod:`components.stage_exit`.
+:mod:`trainwise.components.stage_exit`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import secrets
 import sys
 import time
 
-from components.stage_exit import stop_stage
+from trainwise.components.stage_exit import stop_stage
 
 
 class _DropRayletNoise:
@@ -67,7 +67,7 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, verbose
     RAY_TRAIN_HEALTH_CHECK_INTERVAL_S in the environment wins); None keeps Ray's default.
     ``schedule_timeout_s`` (``ray.schedule_timeout_s``) bounds how long any placement group
     of this process's Ray job may wait for resources: then the stage stops with an error naming
-    the shape and the cluster's nodes (components.cluster.placement.watch_placement).
+    the shape and the cluster's nodes (trainwise.components.cluster.placement.watch_placement).
     ``object_store_memory`` (bytes) sizes an in-process Ray's object store (None: Ray's default,
     30% of the memory); ignored when joining a cluster.
     """
@@ -105,7 +105,7 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, verbose
             _start_local_ray(ray, num_cpus=num_cpus, dashboard_host=LOOPBACK, **kwargs)
     job = ray.get_runtime_context().get_job_id()
     if schedule_timeout_s and _placement_watch.get(job) is None:
-        from components.cluster.placement import watch_placement
+        from trainwise.components.cluster.placement import watch_placement
 
         _placement_watch[job] = watch_placement(schedule_timeout_s, stop=stop_stage)
     return ray.cluster_resources()

@@ -1,13 +1,13 @@
 """DVC stage `audit`: likely label errors, found out of fold on the train rows and acted on there only
 (data/split + data/embed -> data/audit, plus data/audit/label_issues.csv)."""
 
-from components.atomic_io import write_csv_atomic
-from components.data.contract import DatasetWriter, iter_batches
-from components.embedding.store import read_embeddings
-from components.quality.audit import NoiseOptions, audit_dataset
-from components.quality.label_issues import LabelIssueOptions
-from components.tracking.mlflow_runs import flatten
-from pipelines.stage import Stage, run_stage
+from trainwise.components.atomic_io import write_csv_atomic
+from trainwise.components.data.contract import DatasetWriter, iter_batches
+from trainwise.components.embedding.store import read_embeddings
+from trainwise.components.quality.audit import NoiseOptions, audit_dataset
+from trainwise.components.quality.label_issues import LabelIssueOptions
+from trainwise.components.tracking.mlflow_runs import flatten
+from trainwise.pipelines.stage import Stage, run_stage
 
 SUSPECT_COLUMNS = ["rank", "id", "split", "source", "given_label", "predicted_label", "confidence",
                    "given_label_prob", "action"]
@@ -28,7 +28,7 @@ def main() -> None:
         options = LabelIssueOptions(**li.model_dump(exclude={"enabled"})) if li.enabled else None
         use_ray = options is not None and split["rows"] >= li.ray_min_rows
         if use_ray:
-            from components.ray_start import init_ray
+            from trainwise.components.ray_start import init_ray
 
             rp = stage.params.ray
             init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose)

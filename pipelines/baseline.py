@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from components.atomic_io import write_csv_atomic
-from components.data.contract import (BASELINE_PREDICTIONS, PAYLOAD_COLUMNS, DataContractError, read_manifest, read_table)
-from components.evaluation.summary import best_baseline
-from components.models.classical import fit_baselines, fit_cost_usd, image_features
-from components.embedding.store import read_embeddings
-from pipelines.stage import Stage, run_stage
+from trainwise.components.atomic_io import write_csv_atomic
+from trainwise.components.data.contract import (BASELINE_PREDICTIONS, PAYLOAD_COLUMNS, DataContractError, read_manifest, read_table)
+from trainwise.components.evaluation.summary import best_baseline
+from trainwise.components.models.classical import fit_baselines, fit_cost_usd, image_features
+from trainwise.components.embedding.store import read_embeddings
+from trainwise.pipelines.stage import Stage, run_stage
 
 LINEAR_PROBE = "linear_probe"  # logistic regression on the backbone's embeddings (the embed stage's)
 

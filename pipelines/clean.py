@@ -1,11 +1,11 @@
 """DVC stage `clean`: decode, validate, de-duplicate (data/ingest -> data/clean, plus
 data/clean/near_duplicate_conflicts.json). Likely label errors are the audit stage's job (after split)."""
 
-from components.atomic_io import write_json_atomic
-from components.data.contract import DatasetWriter, iter_batches
-from components.quality.cleaning import CleanOptions, clean_dataset, require_rows_per_class
-from components.quality.duplicates import write_near_pairs
-from pipelines.stage import Stage, run_stage
+from trainwise.components.atomic_io import write_json_atomic
+from trainwise.components.data.contract import DatasetWriter, iter_batches
+from trainwise.components.quality.cleaning import CleanOptions, clean_dataset, require_rows_per_class
+from trainwise.components.quality.duplicates import write_near_pairs
+from trainwise.pipelines.stage import Stage, run_stage
 
 
 def main() -> None:
@@ -49,11 +49,11 @@ def _image_shape(stage, src, raw) -> tuple[tuple[int, int], int, dict]:
     p = stage.params.clean
     if raw.get("payload", "image") != "image":
         return (1, 1), 1, {}
-    from components.data.image_stats import choose_shape, survey_images
+    from trainwise.components.data.image_stats import choose_shape, survey_images
 
     backbone = stage.params.train.backbone
     if backbone:  # torch: only when a backbone decides the input
-        from components.models.backbones import expected_input
+        from trainwise.components.models.backbones import expected_input
     survey = survey_images(iter_batches(src))
     size, channels, warnings = choose_shape(survey, image_size=p.image_size, channels=p.channels,
                                             max_side=p.max_image_side,

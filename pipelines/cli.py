@@ -22,15 +22,15 @@ import sys
 import uuid
 from pathlib import Path
 
-from components.evaluation.summary import SUMMARY_BY_CLI_ENV, collect, format_summary, read_verdict
-from components.tracking.credentials import mask_value
-from components.tracking.mlflow_runs import PIPELINE_RUN_ENV, latest_verdict, setup_mlflow, where_to_look
-from pipelines.config import SUBMITTABLE, ConfigError, load_params
-from pipelines.stage import run_stage
+from trainwise.components.evaluation.summary import SUMMARY_BY_CLI_ENV, collect, format_summary, read_verdict
+from trainwise.components.tracking.credentials import mask_value
+from trainwise.components.tracking.mlflow_runs import PIPELINE_RUN_ENV, latest_verdict, setup_mlflow, where_to_look
+from trainwise.pipelines.config import SUBMITTABLE, ConfigError, load_params
+from trainwise.pipelines.stage import run_stage
 
 DVC_FILE = "dvc.yaml"
 _PIPELINES = __package__ or "pipelines"  # this package, however it is installed (also under python -m)
-# `python -m pipelines.ingest` (this repository's dvc.yaml) or `trainwise stage ingest` (a project's)
+# `python -m trainwise.pipelines.ingest` (this repository's dvc.yaml) or `trainwise stage ingest` (a project's)
 _STAGE_CMD = re.compile(r"^\s*(?:python\s+-m\s+((?:\w+\.)*pipelines\.\w+)|trainwise\s+stage\s+(\w+))\s*$")
 
 
@@ -58,7 +58,7 @@ def dvc_stages(path: str | os.PathLike = DVC_FILE) -> dict[str, str]:
 def check_version(path: str | os.PathLike = "params.yaml") -> None:
     """A project made by `trainwise init` names the trainwise it runs (params ``trainwise_version``, which
     every stage lists): refuse to run a stage with another one, so an upgrade is never silent."""
-    from components.project.version import version_problem
+    from trainwise.components.project.version import version_problem
 
     problem = version_problem(load_params(path).trainwise_version, source=str(path))
     if problem:
@@ -76,7 +76,7 @@ def cmd_stage(name: str) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from components.project.init import InitError, apply, plan, yaml_value
+    from trainwise.components.project.init import InitError, apply, plan, yaml_value
 
     try:
         p = plan(args.dir, args.data, label=args.label)
@@ -130,8 +130,8 @@ FOLDER_OUTPUTS = ("ingest", "clean", "embed", "split", "audit", "baseline", "tun
 
 def check_output_folders(params) -> None:
     """Raise ConfigError if an existing output folder holds what no stage wrote
-    (components.atomic_io.check_replaceable): `paths.notes: docs/notes` by mistake."""
-    from components.atomic_io import NotOurFolder, check_replaceable
+    (trainwise.components.atomic_io.check_replaceable): `paths.notes: docs/notes` by mistake."""
+    from trainwise.components.atomic_io import NotOurFolder, check_replaceable
 
     problems = []
     for key in FOLDER_OUTPUTS:
@@ -163,8 +163,8 @@ def cmd_run(args: list[str]) -> int:
 
 def cmd_submit(stages: list[str]) -> int:
     """Outside `dvc repro`: outputs land in the workspace; `dvc commit` records them."""
-    from pipelines.remote import submit
-    from pipelines.stage_error import StageError
+    from trainwise.pipelines.remote import submit
+    from trainwise.pipelines.stage_error import StageError
 
     for name in stages:
         try:
@@ -180,9 +180,9 @@ def cmd_submit(stages: list[str]) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Prediction table to stdout or --out; exit 1 only when no input could be predicted."""
-    from components.atomic_io import spreadsheet_safe_row, write_csv_atomic
-    from components.serving.batch import TABLE_COLUMNS, iter_items, predict_items
-    from components.serving.registry import ModelNotFound, open_predictor
+    from trainwise.components.atomic_io import spreadsheet_safe_row, write_csv_atomic
+    from trainwise.components.serving.batch import TABLE_COLUMNS, iter_items, predict_items
+    from trainwise.components.serving.registry import ModelNotFound, open_predictor
 
     params = load_params()
     pp = params.predict
@@ -193,7 +193,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.model_dir is None:
         import mlflow
 
-        from components.tracking.mlflow_runs import default_tracking_uri
+        from trainwise.components.tracking.mlflow_runs import default_tracking_uri
 
         # Only point at the store (same precedence as the stages): predicting creates no experiment.
         mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri

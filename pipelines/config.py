@@ -19,7 +19,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
-from components.tracking.credentials import mask_value, url_credentials
+from trainwise.components.tracking.credentials import mask_value, url_credentials
 
 PARAMS_FILE = "params.yaml"
 # Stages whose work can run as a Ray Job on a cluster (ray.submit): the compute-heavy ones.
@@ -334,7 +334,7 @@ class Distribution(_Section):
 # trials run until the scheduler stops them) or they are resources, not hyperparameters.
 NOT_TUNABLE = ("epochs", "patience", "num_workers", "use_gpu", "cpus_per_worker", "max_failures",
                "checkpoints_to_keep", "seed", "backbone", "pretrained", "backbone_mode",
-               # settings of the run around the loop (components.training.loop_config.RUN_KEYS): a trial's
+               # settings of the run around the loop (trainwise.components.training.loop_config.RUN_KEYS): a trial's
                # loop cannot vary them (tests/unit/test_tune_space.py checks every other key is a loop key)
                "gpus_per_worker", "placement_strategy", "collective_timeout_s", "resume")
 
@@ -423,7 +423,7 @@ TEXT_BACKBONE_HUB_PREFIX = "sentence-transformers/"
 
 class TrainParams(_Section):
     model: str = Field(
-        "small_cnn", description="network from components.models: images small_cnn / cnn (ResNet-style) / mlp; "
+        "small_cnn", description="network from trainwise.components.models: images small_cnn / cnn (ResNet-style) / mlp; "
                                  "sequences cnn / gru / transformer / mlp; text gru / transformer / mlp; features mlp; "
                                  "or your own, package.module:factory (docs/byo-model.md); ignored with train.backbone")
     backbone: str | None = Field(
@@ -774,7 +774,7 @@ def output_path_problems(params: Params, root: str | os.PathLike) -> list[str]:
     holding or inside another output or something a stage reads (ingest.path, train.pretrained).
     Paths are compared as written (normalised, links not followed): an output folder that is a
     link to elsewhere is still protected by the marker check when it is replaced
-    (components.atomic_io.check_replaceable).
+    (trainwise.components.atomic_io.check_replaceable).
     """
     top = Path(os.path.abspath(root))
     tops = {top, Path(os.path.realpath(top))}

@@ -19,8 +19,8 @@ import numpy as np
 
 
 def _no_backbone(params, root: Path, why: str) -> None:
-    from components.atomic_io import write_json_atomic
-    from components.embedding.store import write_no_backbone
+    from trainwise.components.atomic_io import write_json_atomic
+    from trainwise.components.embedding.store import write_no_backbone
 
     write_no_backbone(root / params.paths.embed, note=why)
     write_json_atomic(root / params.paths.metrics / "embed.json", {"embed/rows": 0, "cost/usd": 0.0})
@@ -55,8 +55,8 @@ def grouping_model(choice: str, clean_manifest: dict) -> tuple[str | None, str]:
 def main() -> None:
     """Nothing to embed: done here, importing neither torch, Ray nor MLflow (the stage runs in every
     `dvc repro`). Otherwise the full stage (:func:`_embed`) under run_stage's error handling."""
-    from components.data.contract import read_json
-    from pipelines.config import ConfigError, load_params
+    from trainwise.components.data.contract import read_json
+    from trainwise.pipelines.config import ConfigError, load_params
 
     root = Path(".").resolve()
     try:
@@ -71,7 +71,7 @@ def main() -> None:
         if model is None:
             _no_backbone(params, root, why)
             return
-    from pipelines.stage import run_stage
+    from trainwise.pipelines.stage import run_stage
 
     run_stage(_embed)
 
@@ -79,15 +79,15 @@ def main() -> None:
 def _embed() -> None:
     import time
 
-    from components.data.contract import read_table
-    from components.models.backbone_names import mismatch
-    from components.embedding.batch import embed_images
-    from components.embedding.store import write_embeddings
-    from components.models.backbone_names import BackboneError
-    from components.models.backbones import build_backbone
-    from components.ray_start import init_ray
-    from pipelines.stage import Stage
-    from pipelines.stage_error import StageError
+    from trainwise.components.data.contract import read_table
+    from trainwise.components.models.backbone_names import mismatch
+    from trainwise.components.embedding.batch import embed_images
+    from trainwise.components.embedding.store import write_embeddings
+    from trainwise.components.models.backbone_names import BackboneError
+    from trainwise.components.models.backbones import build_backbone
+    from trainwise.components.ray_start import init_ray
+    from trainwise.pipelines.stage import Stage
+    from trainwise.pipelines.stage_error import StageError
 
     with Stage("embed") as stage:
         t, e, rp = stage.params.train, stage.params.embed, stage.params.ray

@@ -4,21 +4,21 @@ confidently wrong examples, attributions, and the verdict against the best basel
 import numpy as np
 import torch
 
-from components.atomic_io import write_csv_atomic, write_json_atomic
-from components.data.contract import (BASELINE_PREDICTIONS, DataContractError, read_json, read_manifest, read_table,
+from trainwise.components.atomic_io import write_csv_atomic, write_json_atomic
+from trainwise.components.data.contract import (BASELINE_PREDICTIONS, DataContractError, read_json, read_manifest, read_table,
                                       read_test_predictions)
-from components.evaluation import figures
-from components.evaluation.attributions import explain_sample
-from components.evaluation.metrics import calibration, classification_metrics, confidently_wrong, predict_proba
-from components.evaluation.summary import EVALUATION_FILE, best_baseline
-from components.evaluation.verdict import judge, registry_gate
-from components.tracking.registry import apply_gate
-from components.training.data import load_split
-from components.training.export import load_model
-from components.training.text import vocabulary
-from components.models.backbone_names import network_display_name, probe_note
-from components.models.backbones import weights_changed
-from pipelines.stage import Stage, run_stage
+from trainwise.components.evaluation import figures
+from trainwise.components.evaluation.attributions import explain_sample
+from trainwise.components.evaluation.metrics import calibration, classification_metrics, confidently_wrong, predict_proba
+from trainwise.components.evaluation.summary import EVALUATION_FILE, best_baseline
+from trainwise.components.evaluation.verdict import judge, registry_gate
+from trainwise.components.tracking.registry import apply_gate
+from trainwise.components.training.data import load_split
+from trainwise.components.training.export import load_model
+from trainwise.components.training.text import vocabulary
+from trainwise.components.models.backbone_names import network_display_name, probe_note
+from trainwise.components.models.backbones import weights_changed
+from trainwise.pipelines.stage import Stage, run_stage
 
 
 def _check_weights(stage: Stage) -> None:

@@ -3,10 +3,10 @@
 import os
 from pathlib import Path
 
-from components.data.sources import Source, ingest, open_source
-from components.data.sources.trees import is_url
-from pipelines.config import IngestParams
-from pipelines.stage import Stage, run_stage
+from trainwise.components.data.sources import Source, ingest, open_source
+from trainwise.components.data.sources.trees import is_url
+from trainwise.pipelines.config import IngestParams
+from trainwise.pipelines.stage import Stage, run_stage
 
 
 def source_from_params(p: IngestParams, root: Path) -> Source:

@@ -1,6 +1,6 @@
 """A stage on a Ray cluster: the submitting side (`submit`, used by `trainwise submit` and by any
 stage listed in ``ray.submit`` when `dvc repro` runs it) and the job side (`python -m
-pipelines.remote STAGE ...`, the Ray Job's entrypoint on the cluster).
+trainwise.pipelines.remote STAGE ...`, the Ray Job's entrypoint on the cluster).
 
 On the cluster the job fetches the stage's inputs from the shared storage into its working
 dir, points ``ray.storage_path`` at shared storage (checkpoints and Tune state must survive
@@ -19,14 +19,14 @@ from urllib.parse import urlparse
 
 import yaml
 
-from components.cluster import storage
-from components.cluster.jobs import REMOTE_ENV, JobError, run_stage_job, stage_io, stop_waiting_jobs
-from components.ray_start import ray_verbose
-from components.stage_exit import ORPHANED, Orphaned, watch_parent
-from components.tracking.credentials import strip_credentials
-from components.tracking.mlflow_runs import PIPELINE_RUN_ENV, default_tracking_uri, git_commit, pipeline_run_id
-from pipelines.config import ConfigError, Params
-from pipelines.stage_error import StageError
+from trainwise.components.cluster import storage
+from trainwise.components.cluster.jobs import REMOTE_ENV, JobError, run_stage_job, stage_io, stop_waiting_jobs
+from trainwise.components.ray_start import ray_verbose
+from trainwise.components.stage_exit import ORPHANED, Orphaned, watch_parent
+from trainwise.components.tracking.credentials import strip_credentials
+from trainwise.components.tracking.mlflow_runs import PIPELINE_RUN_ENV, default_tracking_uri, git_commit, pipeline_run_id
+from trainwise.pipelines.config import ConfigError, Params
+from trainwise.pipelines.stage_error import StageError
 
 GIT_COMMIT_ENV = "TRAINWISE_GIT_COMMIT"
 # Settings that travel to the job when set here. Nothing secret: a job's runtime_env is readable
@@ -46,7 +46,7 @@ def submitted_here(name: str) -> bool:
     if os.environ.get(REMOTE_ENV):
         return False
     try:
-        from pipelines.config import load_params
+        from trainwise.pipelines.config import load_params
 
         return name in load_params().ray.submit
     except (ConfigError, FileNotFoundError):
@@ -99,7 +99,7 @@ def job_env(params: Params, environ: dict[str, str], *, tracking_uri: str, name:
 
 def submit(name: str, *, root: str | os.PathLike = ".", write=None) -> dict:
     """Run stage ``name`` on the Ray cluster of params ``ray.jobs_address``; outputs land here."""
-    from pipelines.config import load_params
+    from trainwise.pipelines.config import load_params
 
     root = Path(root).resolve()
     params = load_params(root / "params.yaml")
@@ -153,7 +153,7 @@ def _job_params(storage_path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The job side: inputs in, the stage, outputs out. Runs in the job's working dir."""
-    ap = argparse.ArgumentParser(prog="python -m pipelines.remote")
+    ap = argparse.ArgumentParser(prog="python -m trainwise.pipelines.remote")
     ap.add_argument("stage")
     ap.add_argument("--base", required=True, help="this job's folder in the shared storage")
     ap.add_argument("--storage-path", required=True)
@@ -163,19 +163,19 @@ def main(argv: list[str] | None = None) -> int:
     for rel in args.inputs:
         storage.get(storage.join(args.base, "in", rel), Path(rel))
     _job_params(args.storage_path)
-    from components.project.version import version_problem  # the cluster's trainwise must be the project's
+    from trainwise.components.project.version import version_problem  # the cluster's trainwise must be the project's
 
     problem = version_problem(yaml.safe_load(Path("params.yaml").read_text()).get("trainwise_version"))
     if problem:
         print(f"trainwise: error: on the cluster: {problem}", file=sys.stderr)
         return 2
-    stage = subprocess.Popen([sys.executable, "-m", f"pipelines.{args.stage}"], env={**os.environ, REMOTE_ENV: "1"})
+    stage = subprocess.Popen([sys.executable, "-m", f"trainwise.pipelines.{args.stage}"], env={**os.environ, REMOTE_ENV: "1"})
     while True:
         try:
             rc = stage.wait()
             break
         except KeyboardInterrupt:
-            # The job was stopped (components.cluster.jobs.STOP_ENV: SIGINT to every process of the
+            # The job was stopped (trainwise.components.cluster.jobs.STOP_ENV: SIGINT to every process of the
             # job): the stage got it too and is ending its MLflow run and Ray work; wait for that
             # rather than kill it (subprocess.call would, 0.25 s later).
             continue

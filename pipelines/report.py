@@ -6,17 +6,17 @@ import os
 import mlflow
 import numpy as np
 
-from components.atomic_io import write_text_atomic
-from components.data.contract import DataContractError, read_manifest
-from components.evaluation.figures import png_bytes, thumbnails_figure
-from components.evaluation.report import build_report
-from components.evaluation.report_inputs import (image_thumbnails, near_duplicate_ids, pipeline_runs, read_label_suspects,
+from trainwise.components.atomic_io import write_text_atomic
+from trainwise.components.data.contract import DataContractError, read_manifest
+from trainwise.components.evaluation.figures import png_bytes, thumbnails_figure
+from trainwise.components.evaluation.report import build_report
+from trainwise.components.evaluation.report_inputs import (image_thumbnails, near_duplicate_ids, pipeline_runs, read_label_suspects,
                                                  text_snippets)
-from components.evaluation.summary import (SUMMARY_BY_CLI_ENV, best_baseline, collect, format_summary, read_evaluation,
+from trainwise.components.evaluation.summary import (SUMMARY_BY_CLI_ENV, best_baseline, collect, format_summary, read_evaluation,
                                            totals)
-from components.models.backbone_names import SAVED_BACKBONE_PREFIX, network_display_name
-from components.tracking.mlflow_runs import latest_verdict, where_to_look
-from pipelines.stage import Stage, run_stage
+from trainwise.components.models.backbone_names import SAVED_BACKBONE_PREFIX, network_display_name
+from trainwise.components.tracking.mlflow_runs import latest_verdict, where_to_look
+from trainwise.pipelines.stage import Stage, run_stage
 
 IMAGES = {"confusion": ("plots", "confusion.png"), "reliability": ("plots", "reliability.png"),
           "attributions": ("evaluate", "attributions.png"), "confident_wrong": ("evaluate", "confident_wrong.png")}

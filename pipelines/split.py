@@ -2,7 +2,7 @@
 `split` column and check for leakage (data/clean + data/embed -> data/split).
 
 Groups join what clean found (exact copies; pixel near-duplicates; equal normalised texts) with
-near-duplicates by content (:mod:`components.quality.content_groups`): embedding cosine for images,
+near-duplicates by content (:mod:`trainwise.components.quality.content_groups`): embedding cosine for images,
 MinHash-checked Jaccard for text. A row's split is derived from its group's name, so a group
 never crosses splits. Memory: a few dozen bytes a row plus the vectors being searched (float16).
 """
@@ -10,13 +10,13 @@ never crosses splits. Memory: a few dozen bytes a row plus the vectors being sea
 import numpy as np
 import pyarrow as pa
 
-from components.data.contract import DataContractError, DatasetWriter, SetAside, iter_batches, read_manifest, read_table
-from components.data.splitting import (assign_splits, assign_splits_given, class_fraction_gap, contamination,
+from trainwise.components.data.contract import DataContractError, DatasetWriter, SetAside, iter_batches, read_manifest, read_table
+from trainwise.components.data.splitting import (assign_splits, assign_splits_given, class_fraction_gap, contamination,
                                        split_counts)
-from components.quality.duplicates import cross_split_leaks, key64, keys_in_several_splits, read_near_pairs, row_keys
-from components.embedding.store import grouping_note, iter_grouping_vectors
-from components.quality.content_groups import find_groups
-from pipelines.stage import Stage, run_stage
+from trainwise.components.quality.duplicates import cross_split_leaks, key64, keys_in_several_splits, read_near_pairs, row_keys
+from trainwise.components.embedding.store import grouping_note, iter_grouping_vectors
+from trainwise.components.quality.content_groups import find_groups
+from trainwise.pipelines.stage import Stage, run_stage
 
 CARRIED = ("source", "image_shape", "sequence_length", "feature_names", "near_duplicates")
 
@@ -102,8 +102,8 @@ def _grouping_inputs(src, modality: str):
 
 def _thumbnails(src, ids: list[str]):
     """Row numbers -> {row: grey thumbnail} for the pictures the content search proposes as pairs: one
-    streamed pass over the cleaned pixels, keeping 4 KB a wanted row (components.quality.content_groups)."""
-    from components.quality.content_groups import align_thumbnail
+    streamed pass over the cleaned pixels, keeping 4 KB a wanted row (trainwise.components.quality.content_groups)."""
+    from trainwise.components.quality.content_groups import align_thumbnail
 
     def read(rows: list[int]) -> dict[int, np.ndarray]:
         h, w, c = read_manifest(src)["image_shape"]

@@ -15,18 +15,18 @@ import time
 import uuid
 from pathlib import Path
 
-from components.atomic_io import NotOurFolder, write_json_atomic
-from components.data.contract import DISK_FULL_ERRNOS, DataContractError, read_manifest
-from components.stage_exit import Orphaned, exit_now, stopped_because, watch_parent
-from components.tracking.cost import CostMeter, Rates, nvml_probe, process_tree_pids
-from components.tracking.credentials import mask_value
-from components.tracking.mlflow_runs import (dvc_locked_hashes, environment_tags, flatten, git_commit,
+from trainwise.components.atomic_io import NotOurFolder, write_json_atomic
+from trainwise.components.data.contract import DISK_FULL_ERRNOS, DataContractError, read_manifest
+from trainwise.components.stage_exit import Orphaned, exit_now, stopped_because, watch_parent
+from trainwise.components.tracking.cost import CostMeter, Rates, nvml_probe, process_tree_pids
+from trainwise.components.tracking.credentials import mask_value
+from trainwise.components.tracking.mlflow_runs import (dvc_locked_hashes, environment_tags, flatten, git_commit,
                                              pipeline_run_id, resolve_tracking_uri, setup_mlflow)
-from components.tracking.pipeline_runs import find_or_create_pipeline_run, params_hash, update_pipeline_run
-from components.tracking.tracker import (Tracker, TrackingUnavailable, check_reachable, replay_spool,
+from trainwise.components.tracking.pipeline_runs import find_or_create_pipeline_run, params_hash, update_pipeline_run
+from trainwise.components.tracking.tracker import (Tracker, TrackingUnavailable, check_reachable, replay_spool,
                                          set_fail_fast_http_env)
-from pipelines.config import ConfigError, Params, load_params
-from pipelines.stage_error import StageError
+from trainwise.pipelines.config import ConfigError, Params, load_params
+from trainwise.pipelines.stage_error import StageError
 
 # Errors a user can act on from the message alone (it names the file or key).
 USER_ERRORS = (ConfigError, DataContractError, NotOurFolder, FileNotFoundError)
@@ -191,17 +191,17 @@ class Stage:
 
 
 def _stage_name(main) -> str | None:
-    """`pipelines.train` -> "train", also when run as ``python -m pipelines.train`` (module __main__)."""
+    """`trainwise.pipelines.train` -> "train", also when run as ``python -m trainwise.pipelines.train`` (module __main__)."""
     spec = getattr(sys.modules.get(main.__module__), "__spec__", None)
     name = spec.name if spec else main.__module__
-    return name.split(".", 1)[1] if name.startswith("pipelines.") else None
+    return name.rpartition(".")[2] if name.rpartition(".")[0].split(".")[-1] == "pipelines" else None
 
 
 def run_stage(main, *, exit_process: bool | None = None) -> None:
     """Run a stage's ``main`` and turn user-fixable errors into a clear message, exit 2.
 
     ``exit_process`` (default: ``main`` is the program's own, i.e. ``python -m pipelines.<stage>``
-    as dvc.yaml runs it) ends the process here with :func:`components.stage_exit.exit_now`: every
+    as dvc.yaml runs it) ends the process here with :func:`trainwise.components.stage_exit.exit_now`: every
     exit path and code as before, without the interpreter's teardown of torch, MLflow and Ray
     (seconds per stage; benchmarks/stage_exit.py). Called from other code, it returns or raises.
     """
@@ -219,7 +219,7 @@ def run_stage(main, *, exit_process: bool | None = None) -> None:
 
 
 def _run_stage(main) -> None:
-    from pipelines.remote import submit, submitted_here
+    from trainwise.pipelines.remote import submit, submitted_here
 
     try:
         name = _stage_name(main)

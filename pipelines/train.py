@@ -4,21 +4,21 @@ import time
 
 import numpy as np
 
-from components.atomic_io import write_csv_atomic
-from components.data.contract import read_json
-from components.cluster.placement import cannot_fit, cluster_nodes
-from components.ray_start import init_ray
-from components.stage_exit import refuse_if_orphaned
-from components.training.data import input_shape
-from components.serving.pyfunc import log_classifier
-from components.training.driver import (Scaling, best_checkpoint_state, fit, has_checkpoint, mark_finished,
+from trainwise.components.atomic_io import write_csv_atomic
+from trainwise.components.data.contract import read_json
+from trainwise.components.cluster.placement import cannot_fit, cluster_nodes
+from trainwise.components.ray_start import init_ray
+from trainwise.components.stage_exit import refuse_if_orphaned
+from trainwise.components.training.data import input_shape
+from trainwise.components.serving.pyfunc import log_classifier
+from trainwise.components.training.driver import (Scaling, best_checkpoint_state, fit, has_checkpoint, mark_finished,
                                         run_finished, run_history, run_name)
-from components.training.export import model_spec, save_model
-from components.training.loop_config import build_loop_config, merged_train_params
-from components.embedding.training import network_error
-from pipelines.config import ConfigError
-from pipelines.stage import Stage, run_stage
-from pipelines.stage_error import StageError
+from trainwise.components.training.export import model_spec, save_model
+from trainwise.components.training.loop_config import build_loop_config, merged_train_params
+from trainwise.components.embedding.training import network_error
+from trainwise.pipelines.config import ConfigError
+from trainwise.pipelines.stage import Stage, run_stage
+from trainwise.pipelines.stage_error import StageError
 
 CURVE_COLUMNS = ["epoch", "train/loss", "val/loss", "train/acc", "val/acc", "gap/acc", "lr", "epoch_s",
                  "samples_per_s"]

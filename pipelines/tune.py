@@ -9,22 +9,22 @@ import hashlib
 import json
 import time
 
-from components.atomic_io import write_csv_atomic, write_json_atomic
-from components.cluster.placement import cluster_nodes, describe_group, describe_nodes
-from components.ray_start import init_ray
-from components.training.data import input_shape
-from components.training.driver import Scaling
-from components.training.loop_config import build_loop_config
-from components.embedding.training import network_error
-from components.tracking.mlflow_runs import log_trial_runs
-from components.tuning.analysis import (add_reserved_cost, best_trial, curve_rows, pareto_rows, plot_pareto,
+from trainwise.components.atomic_io import write_csv_atomic, write_json_atomic
+from trainwise.components.cluster.placement import cluster_nodes, describe_group, describe_nodes
+from trainwise.components.ray_start import init_ray
+from trainwise.components.training.data import input_shape
+from trainwise.components.training.driver import Scaling
+from trainwise.components.training.loop_config import build_loop_config
+from trainwise.components.embedding.training import network_error
+from trainwise.components.tracking.mlflow_runs import log_trial_runs
+from trainwise.components.tuning.analysis import (add_reserved_cost, best_trial, curve_rows, pareto_rows, plot_pareto,
                                         spend_line, sweep_metrics, trial_line)
-from components.tuning.plan import SweepDoesNotFit, SweepPlan, plan_sweep
-from components.tuning.space import apply_trial_config
-from components.tuning.sweep import SweepInterrupted, SweepOptions, patient_worker_start, run_sweep, sweep_rows
-from pipelines.config import ConfigError
-from pipelines.stage import Stage, run_stage
-from pipelines.stage_error import StageError
+from trainwise.components.tuning.plan import SweepDoesNotFit, SweepPlan, plan_sweep
+from trainwise.components.tuning.space import apply_trial_config
+from trainwise.components.tuning.sweep import SweepInterrupted, SweepOptions, patient_worker_start, run_sweep, sweep_rows
+from trainwise.pipelines.config import ConfigError
+from trainwise.pipelines.stage import Stage, run_stage
+from trainwise.pipelines.stage_error import StageError
 
 CURVE_COLUMNS = ["trial", "epoch", "train/loss", "val/loss", "train/acc", "val/acc", "gap/acc"]
 

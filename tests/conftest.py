@@ -41,7 +41,7 @@ def ray_session():
     global _ray_from_fixture
     import ray
 
-    from components.ray_start import init_ray
+    from trainwise.components.ray_start import init_ray
 
     if ray.is_initialized() and not _ray_from_fixture:
         ray.shutdown()  # left by something else, with other settings: init_ray would silently join it

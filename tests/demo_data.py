@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from components.data.contract import DatasetWriter, SetAside, content_id, iter_batches, read_manifest
-from components.data.sources import digits_source
-from components.data.splitting import assign_splits, split_keys
-from components.quality.audit import NoiseOptions, audit_dataset
-from components.quality.cleaning import CleanOptions, clean_dataset
-from pipelines.config import CleanParams
+from trainwise.components.data.contract import DatasetWriter, SetAside, content_id, iter_batches, read_manifest
+from trainwise.components.data.sources import digits_source
+from trainwise.components.data.splitting import assign_splits, split_keys
+from trainwise.components.quality.audit import NoiseOptions, audit_dataset
+from trainwise.components.quality.cleaning import CleanOptions, clean_dataset
+from trainwise.pipelines.config import CleanParams
 
 
 def clean_options(**changes) -> CleanOptions:

@@ -6,10 +6,10 @@ habit). A component's own dataclass defaults are not used here.
 
 from __future__ import annotations
 
-from components.training.driver import Scaling
-from components.training.loop_config import LoopConfig, build_loop_config
-from components.tuning.sweep import SweepOptions
-from pipelines.config import Params, TrainParams, TuneParams
+from trainwise.components.training.driver import Scaling
+from trainwise.components.training.loop_config import LoopConfig, build_loop_config
+from trainwise.components.tuning.sweep import SweepOptions
+from trainwise.pipelines.config import Params, TrainParams, TuneParams
 
 
 def params(**sections: dict) -> Params:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from components.data.contract import read_manifest
-from components.data.sources import encode_png
-from components.models import build_model
-from components.training.data import input_shape, load_split, modality, read_split
-from components.training.text import fit_tokenizer
-from components.training.export import save_model
+from trainwise.components.data.contract import read_manifest
+from trainwise.components.data.sources import encode_png
+from trainwise.components.models import build_model
+from trainwise.components.training.data import input_shape, load_split, modality, read_split
+from trainwise.components.training.text import fit_tokenizer
+from trainwise.components.training.export import save_model
 
 
 def train_tiny_digits_model(split_dir: Path, out_dir: Path, *, model_name: str = "mlp",

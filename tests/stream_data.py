@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 from torch import nn
 
-from components.data.contract import DatasetWriter, SetAside
+from trainwise.components.data.contract import DatasetWriter, SetAside
 
 CLASSES = ["top", "bottom"]
 
@@ -99,15 +99,15 @@ def measured_fit(split: str, *, loader: str, workers: int, storage: str, name: s
 
     import psutil
 
-    from components.ray_start import init_ray
-    from components.training.data import input_shape
-    from components.training.driver import Scaling, fit, run_history
-    from components.training.loop_config import LoopConfig
+    from trainwise.components.ray_start import init_ray
+    from trainwise.components.training.data import input_shape
+    from trainwise.components.training.driver import Scaling, fit, run_history
+    from trainwise.components.training.loop_config import LoopConfig
 
     init_ray(num_cpus=2, object_store_memory=object_store_mb * 2**20, train_poll_s=0.25)
     rss_after_init = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if materialise:
-        from components.training import streaming
+        from trainwise.components.training import streaming
 
         lazy = streaming.stream_datasets
         streaming.stream_datasets = lambda d, k: {s: ds.materialize() for s, ds in lazy(d, k).items()}

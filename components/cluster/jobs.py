@@ -4,7 +4,7 @@ DVC runs a stage's command where `dvc repro` was typed and has no remote executi
 bridges the two: the stage's data inputs (its non-code DVC deps) are copied to storage every
 node reads, the code travels as the job's ``working_dir`` (without data, outputs, .git or the
 venv: Ray caps a working_dir at 100 MiB), the job runs the stage on the cluster
-(``python -m pipelines.remote``), and its DVC outputs come back into the local workspace, so
+(``python -m trainwise.pipelines.remote``), and its DVC outputs come back into the local workspace, so
 ``dvc repro`` records them as if the stage had run here.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from components.cluster import storage
+from trainwise.components.cluster import storage
 
 # Deps under these paths are code or config: they reach the job inside its working_dir.
 CODE_PATHS = ("pipelines", "components", "params.yaml", "dvc.yaml", "pyproject.toml")
@@ -70,7 +70,7 @@ def stage_io(root: str | Path, name: str) -> StageIO:
 
 
 def job_entrypoint(io: StageIO, *, base: str, storage_path: str) -> str:
-    args = ["python", "-m", "pipelines.remote", io.name, "--base", base, "--storage-path", storage_path]
+    args = ["python", "-m", "trainwise.pipelines.remote", io.name, "--base", base, "--storage-path", storage_path]
     for flag, paths in (("--inputs", io.inputs), ("--outputs", io.outputs)):
         if paths:
             args += [flag, *paths]
@@ -117,7 +117,7 @@ _WAITING: dict = {}
 def stop_waiting_jobs() -> list[str]:
     """Stop every job this process submitted and still waits for; their ids.
 
-    For the orphan watchdog (components.stage_exit.watch_parent), from its own thread: its SIGINT
+    For the orphan watchdog (trainwise.components.stage_exit.watch_parent), from its own thread: its SIGINT
     alone did not always stop a job, because asyncio's handler turns it into a cancellation of the
     log stream, which Ray's log tail can swallow. The job then trained on after `dvc repro` was
     killed (tests/cluster/test_two_nodes.py saw it once)."""

@@ -10,7 +10,7 @@ forever). So everything here counts per node:
   autoscaler may start (Ray publishes them in the GCS) or, without one, the nodes alive now;
 - :func:`groups_that_fit` is how many groups of ``n`` identical bundles fit at once under a
   placement strategy; :func:`cannot_fit` says why one group never fits, or None;
-- :func:`watch_placement` stops the stage (``components.stage_exit.stop_stage``) when a placement
+- :func:`watch_placement` stops the stage (``trainwise.components.stage_exit.stop_stage``) when a placement
   group of this Ray job has been pending longer than ``ray.schedule_timeout_s``, naming the
   shape it asked for, the cluster's nodes, and the fixes.
 """

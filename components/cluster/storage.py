@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from components.atomic_io import replace_dir
+from trainwise.components.atomic_io import replace_dir
 
 
 def _fs(url: str):

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from components.atomic_io import check_replaceable, recover_dir, replace_dir
+from trainwise.components.atomic_io import check_replaceable, recover_dir, replace_dir
 
 MANIFEST = "manifest.json"
 SET_ASIDE = "set_aside.jsonl"

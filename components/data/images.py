@@ -79,8 +79,8 @@ def decode_image(data: bytes, *, size: tuple[int, int], channels: int, notes: li
 def images_to_tensor(pixels: np.ndarray) -> "torch.Tensor":
     """Decoded uint8 images (N, H, W, C) -> the float32 (N, C, H, W) in [0, 1] that models take.
 
-    The one place this scaling lives: training (``components.training.data.decode``), embed
-    (``components.embedding.batch``) and serving (components/serving) call it. torch is imported
+    The one place this scaling lives: training (``trainwise.components.training.data.decode``), embed
+    (``trainwise.components.embedding.batch``) and serving (components/serving) call it. torch is imported
     here, not at the top: clean and the report decode images without it.
     """
     import torch

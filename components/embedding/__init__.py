@@ -1,5 +1,5 @@
 """Embeddings of every row by a pretrained backbone (the `embed` stage's output) and its reader."""
 
-from components.embedding.store import EMBEDDINGS, read_embeddings, write_embeddings
+from trainwise.components.embedding.store import EMBEDDINGS, read_embeddings, write_embeddings
 
 __all__ = ["EMBEDDINGS", "read_embeddings", "write_embeddings"]

@@ -22,7 +22,7 @@ class _Embedder:
                  threads: int, use_gpu: bool, payload: str = "image"):
         import torch
 
-        from components.models.backbones import build_backbone
+        from trainwise.components.models.backbones import build_backbone
 
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -33,11 +33,11 @@ class _Embedder:
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        from components.data.images import images_to_tensor
+        from trainwise.components.data.images import images_to_tensor
 
         raw = batch[self.payload]
         if self.payload == "text":  # the tokenizer serving and evaluate use too (components/training/text.py)
-            from components.models.text_backbones import tokenize, tokenizer_spec
+            from trainwise.components.models.text_backbones import tokenize, tokenizer_spec
 
             spec = tokenizer_spec(self.model.info.name, max_tokens=self.model.info.max_tokens)
             x = torch.from_numpy(tokenize([str(t) if t is not None else "" for t in raw], spec)).to(self.device)
@@ -63,7 +63,7 @@ def embed_images(shards: list[str | Path], *, image_shape: tuple[int, int, int] 
     import pyarrow.parquet as pq
     import ray
 
-    from components.data.contract import iter_file_batches
+    from trainwise.components.data.contract import iter_file_batches
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the stage logs its own progress

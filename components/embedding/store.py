@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.atomic_io import recover_dir, replace_dir, write_json_atomic
-from components.data.contract import MANIFEST, DataContractError, read_json
+from trainwise.components.atomic_io import recover_dir, replace_dir, write_json_atomic
+from trainwise.components.data.contract import MANIFEST, DataContractError, read_json
 
 EMBEDDINGS = "embeddings.parquet"
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from components.data.contract import DataContractError, read_json, read_table
-from components.models.backbone_names import is_text_backbone, mismatch
-from components.embedding.store import read_embeddings
-from components.models.networks import BACKBONE_PREFIX
+from trainwise.components.data.contract import DataContractError, read_json, read_table
+from trainwise.components.models.backbone_names import is_text_backbone, mismatch
+from trainwise.components.embedding.store import read_embeddings
+from trainwise.components.models.networks import BACKBONE_PREFIX
 
 
 def resolve_backbone(loop) -> dict:
@@ -23,7 +23,7 @@ def resolve_backbone(loop) -> dict:
     if why:
         raise DataContractError(why)
     if is_text_backbone(loop.backbone):  # ids from the model's own tokenizer, not the word vocabulary
-        from components.models.text_backbones import build_text_backbone, tokenizer_spec
+        from trainwise.components.models.text_backbones import build_text_backbone, tokenizer_spec
 
         manifest = read_json(Path(loop.embed_dir) / "manifest.json") if loop.embed_dir else {}
         max_tokens = manifest.get("max_tokens") if manifest.get("backbone") == loop.backbone else None
@@ -31,7 +31,7 @@ def resolve_backbone(loop) -> dict:
             max_tokens = build_text_backbone(loop.backbone, updates.get("pretrained", loop.pretrained)).info.max_tokens
         updates.update(tokenizer=tokenizer_spec(loop.backbone, max_tokens=max_tokens), input_shape=(max_tokens,))
     if loop.embed_dir and (Path(loop.embed_dir) / "manifest.json").is_file():
-        from components.models.backbones import weights_changed
+        from trainwise.components.models.backbones import weights_changed
 
         why = weights_changed(read_json(Path(loop.embed_dir) / "manifest.json"), loop.backbone,
                               updates.get("pretrained", loop.pretrained),
@@ -74,9 +74,9 @@ def embedding_tables(loop) -> dict[str, pa.Table]:
 def network_error(train: dict, *, root: str | Path = ".") -> str | None:
     """Why the network ``train.*`` describes cannot be built (naming the param and the fix), or None.
     Checked by the stages before Ray starts, so a typo fails in a second with exit 2."""
-    from components.models.backbone_names import BackboneError
-    from components.models.backbones import build_backbone
-    from components.models.custom import CustomModelError, load_factory
+    from trainwise.components.models.backbone_names import BackboneError
+    from trainwise.components.models.backbones import build_backbone
+    from trainwise.components.models.custom import CustomModelError, load_factory
 
     try:
         if train.get("backbone"):

@@ -100,7 +100,7 @@ def explain_sample(model: nn.Module, x: torch.Tensor, y_true: np.ndarray, proba:
     correct; ``top_tokens`` for token inputs); the figure is an image overlay grid or per-position
     plots (features and text get a table only).
     """
-    from components.evaluation import figures
+    from trainwise.components.evaluation import figures
 
     pred = proba.argmax(1)
     idx = sample_right_and_wrong(y_true, pred, n=n, seed=seed)

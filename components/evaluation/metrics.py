@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
 
-from components.evaluation.scores import macro_f1
+from trainwise.components.evaluation.scores import macro_f1
 
 
 # Token-id inputs: at most this many tokens (rows x longest row) per forward pass. A batch of 512

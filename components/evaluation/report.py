@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from components.evaluation.figures import confusion_figure  # noqa: E402  (re-exported)
+from trainwise.components.evaluation.figures import confusion_figure  # noqa: E402  (re-exported)
 
 
 def png_data_uri(fig) -> str:
@@ -249,7 +249,7 @@ def _trials_section(trials: list[dict] | None) -> str | None:
         except (KeyError, TypeError, ValueError):  # a trial that failed or never reported an epoch
             continue
     if len(pts) >= 2:
-        from components.evaluation.figures import pareto_figure
+        from trainwise.components.evaluation.figures import pareto_figure
 
         maximize = "loss" not in metric
         body += _img("tune pareto", pareto_figure([c for c, _ in pts], [m for _, m in pts],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.data.contract import DataContractError, iter_batches, read_manifest
+from trainwise.components.data.contract import DataContractError, iter_batches, read_manifest
 
 # Written by the audit stage beside its manifest (`label_issues.csv`, ranked: least self-confident
 # first): one row per likely label error with at least `id`; the report shows every other column it
@@ -39,7 +39,7 @@ def read_label_suspects(audit_dir: str | Path, *, k: int) -> tuple[list[dict] | 
 
 
 def _decode(payload: bytes, shape) -> np.ndarray | None:
-    from components.data.images import decode_image  # the one decoder: thumbnails look as clean saw them
+    from trainwise.components.data.images import decode_image  # the one decoder: thumbnails look as clean saw them
 
     try:
         return decode_image(payload, size=(shape[0], shape[1]), channels=shape[2])
@@ -108,7 +108,7 @@ def pipeline_runs(experiment_id: str, pipeline_run: str, *, tracking_uri: str) -
     is a server (opening MLflow's Model training view)."""
     import mlflow
 
-    from components.tracking.mlflow_runs import ui_url
+    from trainwise.components.tracking.mlflow_runs import ui_url
 
     runs = mlflow.MlflowClient().search_runs(
         [experiment_id], f"tags.`trainwise.pipeline_run` = '{pipeline_run}'", order_by=["attributes.start_time ASC"],

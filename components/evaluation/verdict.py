@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.evaluation.metrics import paired_comparison, paired_f1_interval, verdict
-from components.tracking.registry import GateDecision, gate_decision
+from trainwise.components.evaluation.metrics import paired_comparison, paired_f1_interval, verdict
+from trainwise.components.tracking.registry import GateDecision, gate_decision
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ __all__ = ["MODELS", "build_model"]
 
 def __getattr__(name: str):
     if name in __all__:
-        from components.models import networks
+        from trainwise.components.models import networks
 
         return getattr(networks, name)
-    raise AttributeError(f"module 'components.models' has no attribute {name!r}")
+    raise AttributeError(f"module 'trainwise.components.models' has no attribute {name!r}")

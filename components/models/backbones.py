@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from components.models.backbone_names import TEXT_BUILTIN, BackboneError
-from components.models.weights import sha256_file, state_dict_sha256
+from trainwise.components.models.backbone_names import TEXT_BUILTIN, BackboneError
+from trainwise.components.models.weights import sha256_file, state_dict_sha256
 
 BUILTIN = ("efficientnet_lite0",)
 
@@ -286,10 +286,10 @@ def build_backbone(name: str, pretrained: bool | str = True, *, seed: int = 0,
     """
     if not name or not isinstance(name, str):
         raise BackboneError(f"train.backbone: expected a model name, got {name!r}")
-    from components.models.backbone_names import is_text_backbone  # torch-free name check
+    from trainwise.components.models.backbone_names import is_text_backbone  # torch-free name check
 
     if is_text_backbone(name):  # sentence encoders (components/models/text_backbones.py)
-        from components.models.text_backbones import build_text_backbone
+        from trainwise.components.models.text_backbones import build_text_backbone
 
         return build_text_backbone(name, pretrained, seed=seed, root=root)
     if isinstance(pretrained, str):
@@ -325,7 +325,7 @@ def weights_file(name: str, pretrained: bool | str, *, root: str | os.PathLike =
     """The file whose sha256 :func:`build_backbone` records as ``weights_sha256`` (a local file, a
     text model directory's ``model.safetensors``, or the one inside the package), without building
     the network; None where only loading tells (hub weights, random initialisation)."""
-    from components.models.backbone_names import TEXT_BUILTIN, is_text_backbone
+    from trainwise.components.models.backbone_names import TEXT_BUILTIN, is_text_backbone
 
     if isinstance(pretrained, str):
         p = Path(pretrained)
@@ -334,7 +334,7 @@ def weights_file(name: str, pretrained: bool | str, *, root: str | os.PathLike =
     if pretrained is not True:
         return None
     if name in TEXT_BUILTIN:
-        from components.models.text_backbones import model_source
+        from trainwise.components.models.text_backbones import model_source
 
         return Path(model_source(name)) / "model.safetensors"
     return packaged_weights_file(name) if name in BUILTIN else None

@@ -22,8 +22,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.tree import DecisionTreeClassifier
 
-from components.evaluation.scores import macro_f1
-from components.models.linear_probe import make_linear_probe
+from trainwise.components.evaluation.scores import macro_f1
+from trainwise.components.models.linear_probe import make_linear_probe
 
 BASELINES = ("majority", "logistic_regression", "decision_tree", "gradient_boosting")
 
@@ -82,7 +82,7 @@ def fit_baselines(x_train, y_train: np.ndarray, evals: dict[str, tuple], *, mode
                   n_classes: int, text: bool = False, tfidf_max_features: int = 5000, threads: int = 1,
                   ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, np.ndarray]]]:
     """Fit each model on the train split; score it on every split in ``evals``; macro F1 over all
-    ``n_classes`` classes (:func:`components.evaluation.scores.macro_f1`, as the network's).
+    ``n_classes`` classes (:func:`trainwise.components.evaluation.scores.macro_f1`, as the network's).
 
     Returns ``(scores, predictions)``: ``scores[model]`` = ``{"val/acc", "val/f1_macro",
     "test/acc", "test/f1_macro", "fit_s"}`` (one pair per split in ``evals``) and

@@ -4,7 +4,7 @@ The factory is imported from the project (or any installed package) and called a
 ``factory(n_classes=..., input_shape=..., params={...})`` where ``params`` are the train params
 the run uses (dropout, lr, ... and whatever the tune stage chose; for text also ``vocab_size`` and
 ``vocab``, the word of each token id); it returns an ``nn.Module``
-that takes what the table in :mod:`components.models.networks` says for the data's modality
+that takes what the table in :mod:`trainwise.components.models.networks` says for the data's modality
 and returns logits ``(N, n_classes)``. Errors name ``train.model`` and what to fix.
 """
 

@@ -27,7 +27,7 @@ def make_linear_probe(*, seed: int) -> Pipeline:
 @torch.no_grad()
 def init_from_probe(model: nn.Module, x: np.ndarray, y: np.ndarray, *, seed: int) -> Pipeline:
     """Fit the probe on (``x``, ``y``), the train rows only, and make ``model`` (a
-    :class:`~components.models.backbones.BackboneClassifier`) compute the same function of the
+    :class:`~trainwise.components.models.backbones.BackboneClassifier`) compute the same function of the
     features: its standardisation is the probe's scaler, its head the probe's logistic regression,
     so softmax(model(x)) equals the probe's predicted probabilities. Returns the fitted probe.
     Classes absent from ``y`` get a weight of 0 and a bias well below the others (the probe never

@@ -1,7 +1,7 @@
 """The model zoo: one ``nn.Module`` per name, for every modality trainwise ships with.
 
 Modules take typed arguments only (no I/O, no config files). What each consumes, by the
-``input_shape`` :mod:`components.training.data` derives from the split's manifest:
+``input_shape`` :mod:`trainwise.components.training.data` derives from the split's manifest:
 
 =========  ==================  ==========================================
 modality   input_shape          tensor a model receives
@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from components.models.backbone_names import SAVED_BACKBONE_PREFIX as BACKBONE_PREFIX
+from trainwise.components.models.backbone_names import SAVED_BACKBONE_PREFIX as BACKBONE_PREFIX
 
 
 class SmallCNN(nn.Module):
@@ -214,7 +214,7 @@ MODELS = {
 }
 
 
-# model.json's `model` for a network built on train.backbone: "backbone:<name>" (components.models.backbones);
+# model.json's `model` for a network built on train.backbone: "backbone:<name>" (trainwise.components.models.backbones);
 # BACKBONE_PREFIX, imported above from backbone_names (torch-free: the verdict's display name reads it too)
 
 
@@ -223,14 +223,14 @@ def build_model(name: str, *, input_shape: tuple[int, ...], n_classes: int, drop
                 vocab: list[str] | None = None) -> nn.Module:
     """A fresh model by name. ``input_shape`` is one example's shape (see the table above);
     ``vocab_size`` is set for text (token ids) and None otherwise. ``package.module:factory``
-    builds a user's own network (components.models.custom), which also receives ``params``
+    builds a user's own network (trainwise.components.models.custom), which also receives ``params``
     (the train params of the run) and, for text, ``params["vocab"]``: the words the ids stand for."""
     if name.startswith(BACKBONE_PREFIX):  # a saved train.backbone model: weights come from its state dict
-        from components.models.backbones import build_classifier
+        from trainwise.components.models.backbones import build_classifier
 
         return build_classifier(name[len(BACKBONE_PREFIX):], False, n_classes=n_classes, dropout=dropout)
     if ":" in name:  # bring your own: package.module:factory
-        from components.models.custom import build_custom
+        from trainwise.components.models.custom import build_custom
 
         return build_custom(name, input_shape=tuple(int(d) for d in input_shape), n_classes=n_classes,
                             dropout=dropout, vocab_size=vocab_size, params=params, vocab=vocab)

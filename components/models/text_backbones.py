@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from components.models.backbone_names import (TEXT_BUILTIN, TEXT_HUB_PREFIX, TEXT_INSTALL, BackboneError,
+from trainwise.components.models.backbone_names import (TEXT_BUILTIN, TEXT_HUB_PREFIX, TEXT_INSTALL, BackboneError,
                                               is_text_backbone)
-from components.models.weights import sha256_file, state_dict_sha256
+from trainwise.components.models.weights import sha256_file, state_dict_sha256
 
 __all__ = ["TextBackbone", "TextBackboneInfo", "build_text_backbone", "is_text_backbone", "model_source",
            "tokenize", "tokenizer_spec", "vocabulary"]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from components.project.version import VERSION_PARAM, installed_version, version_problem  # noqa: F401
+from trainwise.components.project.version import VERSION_PARAM, installed_version, version_problem  # noqa: F401
 
 # What the project gets (relative to its root); any of them existing stops init before it writes anything.
 PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "README.md")
@@ -202,7 +202,7 @@ def _text_model() -> dict[str, object]:
 
 
 def _folder_choice(path: str) -> DataChoice:
-    from components.data.sources.trees import open_tree
+    from trainwise.components.data.sources.trees import open_tree
 
     try:
         tree = open_tree(path)
@@ -403,7 +403,7 @@ def plan(root: str | os.PathLike, data: str, *, label: str | None = None) -> Pla
         "README.md": project_readme(root.name, data, choice, version),
     }
     # the generated params must load as any stage loads them
-    from pipelines.config import parse_params
+    from trainwise.pipelines.config import parse_params
 
     try:
         parse_params(yaml.safe_load(files["params.yaml"]), source="params.yaml", root=root)

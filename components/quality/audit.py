@@ -6,7 +6,7 @@ embeddings (data/embed) as the auditor's features. Output: the same rows and col
 - ``given_label`` (int): the label as given (after injected noise, if any);
 - ``true_label`` (int), with noise injection only: the label before it (read by scoring code only);
 with train rows dropped (set aside, reason ``label_issue``) or relabelled only when the policy
-says so *and* the auditor was judged good enough (components.quality.label_issues). Val and
+says so *and* the auditor was judged good enough (trainwise.components.quality.label_issues). Val and
 test rows are never dropped or changed: the test set is the user's, and test/acc is measured
 on the labels they gave.
 
@@ -26,10 +26,10 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from components.data.contract import DatasetWriter, SetAside
-from components.quality.label_issues import (LabelIssueOptions, TooFewRows, decide, detection_scores, fold_indices,
+from trainwise.components.data.contract import DatasetWriter, SetAside
+from trainwise.components.quality.label_issues import (LabelIssueOptions, TooFewRows, decide, detection_scores, fold_indices,
                                              oof_probabilities, suspects_table)
-from components.quality.noise import inject_symmetric_noise
+from trainwise.components.quality.noise import inject_symmetric_noise
 
 LABEL_ISSUE = "label_issue"  # set-aside reason of dropped train rows
 TEXT_HASH_FEATURES = 2**16

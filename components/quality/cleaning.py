@@ -39,10 +39,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from components.data.contract import (BATCH_BYTES, DataContractError, DatasetWriter, SetAside, content_hash,
+from trainwise.components.data.contract import (BATCH_BYTES, DataContractError, DatasetWriter, SetAside, content_hash,
                                       iter_file_batches)
-from components.data.images import ANIMATED_FIRST_FRAME, EXIF_ROTATED, SCALED_16BIT, decode_image
-from components.quality.duplicates import (DUPLICATE, LABEL_CONFLICT, NearDuplicateIndex, duplicate_pairs,
+from trainwise.components.data.images import ANIMATED_FIRST_FRAME, EXIF_ROTATED, SCALED_16BIT, decode_image
+from trainwise.components.quality.duplicates import (DUPLICATE, LABEL_CONFLICT, NearDuplicateIndex, duplicate_pairs,
                                            exact_duplicate_rows, group_names, group_summary,
                                            image_embedding, key64, near_pairs_table, text_key)
 

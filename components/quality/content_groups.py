@@ -537,8 +537,8 @@ def find_groups(ids: list[str], *, modality: str, exact_keys: np.ndarray, clean_
     a function from row numbers to {row: :func:`align_thumbnail`} (the pictures the candidates are
     aligned on); without it, or with ``min_alignment`` None, cosine alone decides.
     """
-    from components.data.contract import DataContractError
-    from components.quality.duplicates import key_pairs
+    from trainwise.components.data.contract import DataContractError
+    from trainwise.components.quality.duplicates import key_pairs
 
     n = len(ids)
     checks = ["exact copies (content hash)"]

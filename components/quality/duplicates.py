@@ -426,7 +426,7 @@ def write_near_pairs(data_dir: str | os.PathLike, table: pa.Table) -> Path:
     """Write ``near_pairs.parquet`` into a dataset directory atomically (temp, then rename)."""
     import pyarrow.parquet as pq
 
-    from components.atomic_io import publish_file
+    from trainwise.components.atomic_io import publish_file
 
     return publish_file(Path(data_dir) / NEAR_PAIRS_FILE,
                         lambda tmp: pq.write_table(table.cast(NEAR_PAIRS_SCHEMA), tmp))
@@ -436,7 +436,7 @@ def read_near_pairs(data_dir: str | os.PathLike) -> pa.Table:
     """The near pairs clean found; a missing file is an error that says how to make it."""
     import pyarrow.parquet as pq
 
-    from components.data.contract import DataContractError
+    from trainwise.components.data.contract import DataContractError
 
     path = Path(data_dir) / NEAR_PAIRS_FILE
     if not path.exists():
@@ -466,7 +466,7 @@ def signatures(column, modality: str, *, image_shape: list[int] | None = None):
     The same signatures clean computes, recomputed from the cleaned data (the split stage's
     leakage check uses them).
     """
-    from components.data.contract import content_hash
+    from trainwise.components.data.contract import content_hash
 
     if hasattr(column, "combine_chunks"):
         column = column.combine_chunks()

@@ -127,7 +127,7 @@ def oof_probabilities(x, y: np.ndarray, *, n_classes: int, model: str, folds: in
     Folds are cut over ``fit_rows`` (a bool mask; all rows when None): each of those rows is
     predicted by the one fold model that did not see it; every other row by the mean of the
     fold models (none of which saw it). ``use_ray``: each fold a Ray task (Ray must already be
-    initialised, ``components.ray_start.init_ray``), at most ``workers`` at once; otherwise the
+    initialised, ``trainwise.components.ray_start.init_ray``), at most ``workers`` at once; otherwise the
     folds run one after another here, without importing Ray. Both give the same numbers.
     """
     y = np.asarray(y, dtype=np.int64)

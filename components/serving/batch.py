@@ -15,10 +15,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from components.data.contract import content_id
-from components.data.sources.trees import NotRegularFile, read_regular_file
-from components.serving.predictor import PREDICTION_COLUMNS, Predictor
-from components.serving.preprocess import feature_names, payload_of
+from trainwise.components.data.contract import content_id
+from trainwise.components.data.sources.trees import NotRegularFile, read_regular_file
+from trainwise.components.serving.predictor import PREDICTION_COLUMNS, Predictor
+from trainwise.components.serving.preprocess import feature_names, payload_of
 
 TABLE_COLUMNS = ["id", "source", *PREDICTION_COLUMNS]
 NOT_REGULAR_ERROR = "not a regular file (FIFO, socket or device): not read"

@@ -3,6 +3,6 @@ when it loads it, so nothing is unpickled. The weights and spec come in as artif
 
 import mlflow
 
-from components.serving.pyfunc import TrainwiseClassifier
+from trainwise.components.serving.pyfunc import TrainwiseClassifier
 
 mlflow.models.set_model(TrainwiseClassifier())

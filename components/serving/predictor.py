@@ -15,8 +15,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from components.serving.preprocess import PreprocessError, batch_tensor, payload_of, preprocess
-from components.training.export import load_model, load_model_from_state
+from trainwise.components.serving.preprocess import PreprocessError, batch_tensor, payload_of, preprocess
+from trainwise.components.training.export import load_model, load_model_from_state
 
 # Columns of every prediction row (the CLI adds id and source in front).
 PREDICTION_COLUMNS = ["predicted_class", "class_index", "probability", "error"]
@@ -44,7 +44,7 @@ class Predictor:
 
     @classmethod
     def from_dir(cls, model_dir: str | os.PathLike, **kwargs) -> "Predictor":
-        """A model directory written by ``components.training.export.save_model``."""
+        """A model directory written by ``trainwise.components.training.export.save_model``."""
         model, spec = load_model(model_dir)
         return cls(model, spec, **kwargs)
 

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from components.data.images import decode_image
-from components.data.sources.imagecheck import NOT_IMAGE, TOO_MANY_PIXELS, Rejected, check_image
-from components.data.images import images_to_tensor
+from trainwise.components.data.images import decode_image
+from trainwise.components.data.sources.imagecheck import NOT_IMAGE, TOO_MANY_PIXELS, Rejected, check_image
+from trainwise.components.data.images import images_to_tensor
 
 __all__ = ["DECODE_ERRORS", "PreprocessError", "as_bytes", "batch_tensor", "decode_image", "feature_names",
            "image_shape", "images_to_tensor", "max_image_pixels", "payload_of", "preprocess", "preprocess_image", "preprocess_text",
@@ -55,7 +55,7 @@ def _missing(value) -> bool:
 def preprocess_text(value, *, spec: dict) -> np.ndarray:
     """One raw text (str, or UTF-8 bytes such as a .txt file) -> int64 token ids (max_tokens,),
     through the tokenizer fitted on the train split and saved in ``model.json``."""
-    from components.training.text import encode
+    from trainwise.components.training.text import encode
 
     tokenizer = spec.get("tokenizer")
     if not tokenizer:

@@ -22,9 +22,9 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from components.serving.predictor import PREDICTION_COLUMNS, Predictor
-from components.serving.preprocess import feature_names, image_shape, payload_of
-from components.training.export import SPEC, WEIGHTS, save_model
+from trainwise.components.serving.predictor import PREDICTION_COLUMNS, Predictor
+from trainwise.components.serving.preprocess import feature_names, image_shape, payload_of
+from trainwise.components.training.export import SPEC, WEIGHTS, save_model
 
 ARTIFACT_WEIGHTS, ARTIFACT_SPEC = "weights", "spec"
 
@@ -94,7 +94,7 @@ def example_input(spec: dict) -> pd.DataFrame:
         return pd.DataFrame({"sequence": [[0.0] * int(np.prod(spec["input_shape"]))]})
     if payload == "features":
         return pd.DataFrame({name: [0.0] for name in input_columns(spec)})
-    from components.data.sources import encode_png
+    from trainwise.components.data.sources import encode_png
 
     h, w, c = image_shape(spec)
     blank = np.zeros((h, w, c), np.uint8)
@@ -111,7 +111,7 @@ def log_classifier(state_dict: dict, spec: dict, *, name: str = "model", registe
                                 "pillow", "numpy", "pandas"]
     if not pip_requirements and str(spec.get("model", "")).startswith("backbone:"):
         # a train.backbone model: its architecture's package (the weights travel in the state dict)
-        from components.models.backbone_names import TEXT_BUILTIN, is_text_backbone
+        from trainwise.components.models.backbone_names import TEXT_BUILTIN, is_text_backbone
 
         name = spec["model"].split(":", 1)[1]
         if is_text_backbone(name):  # the architecture and the tokenizer come from the model's package / hub

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from components.serving.predictor import Predictor
+from trainwise.components.serving.predictor import Predictor
 
 
 class ModelNotFound(FileNotFoundError):

@@ -15,7 +15,7 @@ import psutil
 
 # The masking rules live in credentials.py (one place for the tracker, error messages and
 # submitted jobs); re-exported here for the callers that know them from here.
-from components.tracking.credentials import MASK, is_secret_key, mask_secrets, mask_value  # noqa: F401
+from trainwise.components.tracking.credentials import MASK, is_secret_key, mask_secrets, mask_value  # noqa: F401
 
 PIPELINE_RUN_ENV = "TRAINWISE_PIPELINE_RUN"
 # MLflow 3's UI opens an experiment by its kind: without this tag it guesses, and it guessed the
@@ -210,7 +210,7 @@ def pipeline_run_id() -> str:
     - else the nearest ``dvc`` process the stage descends from (its pid + start time, and
       ``DVC_EXP_NAME`` under ``dvc exp run``): every stage of one ``dvc repro`` agrees, a later
       repro, even of a single stage (``dvc repro -s X``), is a different process and gets a new id;
-    - else (``trainwise stage X``, ``python -m pipelines.X``) a fresh id for this process alone.
+    - else (``trainwise stage X``, ``python -m trainwise.pipelines.X``) a fresh id for this process alone.
     So a stage never attaches to the parent of an older repro.
     """
     if os.environ.get(PIPELINE_RUN_ENV):

@@ -2,7 +2,7 @@
 
 The MLflow runs table then shows one row per ``dvc repro`` that opens onto its stages (and the
 tune run onto its trials), instead of eight unrelated rows per repro. The parent carries what
-identifies the pipeline run: its id (:func:`~components.tracking.mlflow_runs.pipeline_run_id`
+identifies the pipeline run: its id (:func:`~trainwise.components.tracking.mlflow_runs.pipeline_run_id`
 says when a new one starts), the git commit, a hash of the validated params, and the total cost
 of the stage runs under it, updated by every stage as it ends.
 

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from components.tracking.credentials import mask_secrets, mask_value, strip_credentials
+from trainwise.components.tracking.credentials import mask_secrets, mask_value, strip_credentials
 
 log = logging.getLogger("trainwise")
 

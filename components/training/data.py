@@ -6,7 +6,7 @@ loader, Ray Data's ``iter_torch_batches`` and inference. Shapes per modality (ma
 from docs/architecture.md): image -> float32 (C, H, W) in [0, 1] from ``image_shape`` [h, w, c];
 sequence -> float32 (1, L) from ``sequence_length``; features -> float32 (F,) from
 ``feature_names``; text -> int64 token ids (T,) from a tokenizer fitted on the train split
-(:mod:`components.training.text`).
+(:mod:`trainwise.components.training.text`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from components.data.contract import DataContractError, read_manifest, read_table
-from components.data.images import images_to_tensor
-from components.training.text import encode
+from trainwise.components.data.contract import DataContractError, read_manifest, read_table
+from trainwise.components.data.images import images_to_tensor
+from trainwise.components.training.text import encode
 
 MODALITIES = ("image", "text", "sequence", "features")
 

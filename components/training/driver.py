@@ -33,8 +33,8 @@ from typing import Callable, Mapping
 
 import torch
 
-from components.training.loop import CHECKPOINT_FILE, DATA_REFS, PROGRESS_QUEUE, train_loop_per_worker
-from components.training.loop_config import LoopConfig
+from trainwise.components.training.loop import CHECKPOINT_FILE, DATA_REFS, PROGRESS_QUEUE, train_loop_per_worker
+from trainwise.components.training.loop_config import LoopConfig
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
@@ -71,9 +71,9 @@ class Scaling:
 def resolve(loop: LoopConfig) -> LoopConfig:
     """Fill what the data determines: modality, input shape, train row count and, for text,
     the tokenizer (fitted on the train split only). Deterministic: same data, same result."""
-    from components.data.contract import read_table
-    from components.training.data import input_shape, modality
-    from components.training.text import fit_tokenizer
+    from trainwise.components.data.contract import read_table
+    from trainwise.components.training.data import input_shape, modality
+    from trainwise.components.training.text import fit_tokenizer
 
     kind = modality(loop.data_dir)
     train = read_table(loop.data_dir, columns=["label", *(["text"] if kind == "text" else [])],
@@ -87,7 +87,7 @@ def resolve(loop: LoopConfig) -> LoopConfig:
     loop = replace(loop, modality=kind, input_shape=input_shape(loop.data_dir, max_tokens=loop.max_tokens),
                    n_train=train.num_rows, tokenizer=tokenizer)
     if loop.backbone:  # model name, embedding size, weights path (components/embedding/training.py)
-        from components.embedding.training import resolve_backbone
+        from trainwise.components.embedding.training import resolve_backbone
 
         loop = replace(loop, **resolve_backbone(loop))
     return loop
@@ -108,17 +108,17 @@ def run_data(loop: LoopConfig) -> tuple[dict | None, dict | None]:
     ``loop`` is resolved (:func:`resolve`)."""
     import ray
 
-    from components.data.contract import read_table
+    from trainwise.components.data.contract import read_table
 
     kind = loop.modality
     if loop.backbone and loop.backbone_mode == "frozen":  # the head trains on the embed stage's vectors
-        from components.embedding.training import embedding_tables
+        from trainwise.components.embedding.training import embedding_tables
 
         return None, {s: ray.put(t) for s, t in embedding_tables(loop).items()}
     if loop.loader == "memory":
         return None, {s: ray.put(read_table(loop.data_dir, columns=["label", kind], filter_split=s))
                       for s in ("train", "val")}
-    from components.training.streaming import stream_datasets
+    from trainwise.components.training.streaming import stream_datasets
 
     return stream_datasets(loop.data_dir, kind), None
 
@@ -138,7 +138,7 @@ def fit(loop: LoopConfig, *, scaling: Scaling, storage_path: str, name: str,
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from components.training.streaming import StreamingDataConfig
+    from trainwise.components.training.streaming import StreamingDataConfig
 
     loop = resolve(replace(loop, use_gpu=scaling.use_gpu, cpus_per_worker=scaling.cpus_per_worker))
     datasets, refs = run_data(loop)

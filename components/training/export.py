@@ -2,7 +2,7 @@
 
 ``model.json`` holds ``model``, ``input_shape``, ``classes``, ``dropout``, ``modality`` and,
 for text, the ``tokenizer`` fitted on the train split (vocabulary + ``max_tokens``): what
-:func:`components.training.data.decode` needs to turn raw rows into the model's input.
+:func:`trainwise.components.training.data.decode` needs to turn raw rows into the model's input.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from components.atomic_io import replace_dir
-from components.data.contract import DataContractError
-from components.models import build_model
+from trainwise.components.atomic_io import replace_dir
+from trainwise.components.data.contract import DataContractError
+from trainwise.components.models import build_model
 
 WEIGHTS, SPEC = "model.pt", "model.json"
 

@@ -16,7 +16,7 @@ accuracy, the overfitting signal), computed over the whole split (summed across 
 
 Data reaches the worker one of two ways (``LoopConfig.loader``, components/training/loaders.py):
 ``memory`` or ``ray_data``. Either way decoding and augmentation run here, on the worker, and no
-worker opens the driver's files. The config is :class:`components.training.loop_config.LoopConfig`.
+worker opens the driver's files. The config is :class:`trainwise.components.training.loop_config.LoopConfig`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from components.training.loaders import MemoryBatches, RayDataBatches
-from components.training.loop_config import LoopConfig
-from components.training.sync_batchnorm import sync_batchnorm
+from trainwise.components.training.loaders import MemoryBatches, RayDataBatches
+from trainwise.components.training.loop_config import LoopConfig
+from trainwise.components.training.sync_batchnorm import sync_batchnorm
 
 CHECKPOINT_FILE = "checkpoint.pt"
 PROGRESS_QUEUE = "progress_queue"  # optional config key: a ray.util.queue.Queue that rank 0 feeds
@@ -260,8 +260,8 @@ def run_loop(config: dict, session) -> None:
     """The loop body, for a Ray Train rank or a Tune trial actor (``session``, see above)."""
     import ray
 
-    from components.models import build_model
-    from components.training.data import augment, decode, to_numpy
+    from trainwise.components.models import build_model
+    from trainwise.components.training.data import augment, decode, to_numpy
 
     config = dict(config)
     progress = config.pop(PROGRESS_QUEUE, None)
@@ -292,7 +292,7 @@ def run_loop(config: dict, session) -> None:
                                       seed=cfg.seed, train=False)
 
     if cfg.backbone:  # pretrained backbone + linear head; frozen: only the head learns (models/backbones.py)
-        from components.models.backbones import build_classifier
+        from trainwise.components.models.backbones import build_classifier
 
         model = build_classifier(cfg.backbone, cfg.pretrained, n_classes=cfg.n_classes, dropout=cfg.dropout,
                                  frozen=cfg.backbone_mode == "frozen", seed=cfg.seed)
@@ -306,7 +306,7 @@ def run_loop(config: dict, session) -> None:
         # train rows only; every rank fits the same one): from a random start it ended below the
         # probe, the same model class (components/models/linear_probe.py). Training then moves it
         # by cross-entropy on the same rows, and early stopping keeps the best val/loss epoch.
-        from components.models.linear_probe import init_from_probe
+        from trainwise.components.models.linear_probe import init_from_probe
 
         init_from_probe(model, x_train.numpy(), y_train.numpy(), seed=cfg.seed)
     model = session.prepare_model(model)

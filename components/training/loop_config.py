@@ -46,10 +46,10 @@ class LoopConfig:
     grad_clip: float | None = None  # max global grad norm; None: no clipping
     grad_accum_steps: int = 1  # micro-batches per optimiser step (effective batch x this)
     label_smoothing: float = 0.0
-    augment: float = 0.0       # augmentation strength 0..1 (see components.training.data.augment)
+    augment: float = 0.0       # augmentation strength 0..1 (see trainwise.components.training.data.augment)
     precision: str = "fp32"    # fp32 | bf16 (autocast; CPU or GPU) | fp16 (GPU only, with a grad scaler)
     loader: str = "memory"     # memory | ray_data (see the module docstring)
-    backbone: str | None = None    # pretrained backbone (components.models); None: the network alone
+    backbone: str | None = None    # pretrained backbone (trainwise.components.models); None: the network alone
     pretrained: bool | str = True  # backbone weights: packaged / hub (True), random (False), or a file
     backbone_mode: str = "frozen"  # frozen | finetune
     hflip: bool = False            # images: random horizontal flips (photos yes; digits and text in images no)
@@ -96,7 +96,7 @@ def merged_train_params(train: Mapping, tuned: Mapping | None = None) -> dict:
     unknown = sorted(set(tuned) - LOOP_KEYS)
     if unknown:
         raise ValueError(f"best_params.json: {unknown} are not settings of the training loop "
-                         f"(components.training.loop_config.LoopConfig); re-run the tune stage")
+                         f"(trainwise.components.training.loop_config.LoopConfig); re-run the tune stage")
     return {**dict(train), **tuned}
 
 
@@ -109,8 +109,8 @@ def build_loop_config(train: Mapping, *, tuned: Mapping | None = None, data_dir:
     stray = sorted(set(merged) - LOOP_KEYS - RUN_KEYS)
     if stray:
         raise ValueError(f"train.{stray[0]} is neither a setting of the training loop "
-                         f"(components.training.loop_config.LoopConfig) nor of the run "
-                         f"(components.training.loop_config.RUN_KEYS); add it to one of them")
+                         f"(trainwise.components.training.loop_config.LoopConfig) nor of the run "
+                         f"(trainwise.components.training.loop_config.RUN_KEYS); add it to one of them")
     bad = sorted(set(overrides) - LOOP_KEYS)
     if bad:
         raise ValueError(f"{bad} are not fields of LoopConfig")

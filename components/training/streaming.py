@@ -77,7 +77,7 @@ def read_pieces(batch: pa.Table, *, columns: list[str], kind: str, rows=None, sp
     """A batch of pieces -> tables of ``label`` and ``kind``, about ``BLOCK_BYTES`` each (a
     generator: Ray Data makes each a block as it comes). ``rows``: (id, label) of the rows to keep
     (an extension); else ``split``: keep the rows of that split."""
-    from components.data.contract import rows_within
+    from trainwise.components.data.contract import rows_within
 
     if isinstance(rows, ray.ObjectRef):  # Ray Data passes fn_kwargs as they are: fetch it (zero-copy)
         rows = ray.get(rows)
@@ -98,7 +98,7 @@ def stream_datasets(data_dir: str, kind: str) -> dict:
     """{"train": Dataset, "val": Dataset} of ``label`` and the ``kind`` payload column, lazy (not executed)."""
     from ray.util.placement_group import NODE_ID_LABEL_KEY
 
-    from components.data.contract import payload_dir, read_manifest, read_table
+    from trainwise.components.data.contract import payload_dir, read_manifest, read_table
 
     base = data_dir
     local = "://" not in base

@@ -34,7 +34,7 @@ def fit_tokenizer(texts: Iterable[str], *, max_tokens: int, vocab_size: int, min
 def vocabulary(tokenizer: dict | None) -> list[str] | None:
     """Tokens by id (to name them in attributions): the fitted vocabulary, or a text backbone's own."""
     if tokenizer and tokenizer.get("kind") == "backbone":
-        from components.models.text_backbones import vocabulary as backbone_vocabulary
+        from trainwise.components.models.text_backbones import vocabulary as backbone_vocabulary
 
         return backbone_vocabulary(tokenizer)
     return (tokenizer or {}).get("vocab")
@@ -46,7 +46,7 @@ def encode(texts: Iterable[str], tokenizer: dict) -> np.ndarray:
     A text backbone's model.json holds ``{"kind": "backbone", ...}`` instead of a vocabulary:
     its ids come from that model's own tokenizer (components/models/text_backbones.py)."""
     if tokenizer.get("kind") == "backbone":
-        from components.models.text_backbones import tokenize
+        from trainwise.components.models.text_backbones import tokenize
 
         return tokenize(list(texts), tokenizer)
     index = {w: i for i, w in enumerate(tokenizer["vocab"])}

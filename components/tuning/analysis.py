@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from components.tracking.cost import Rates, reserved_cost
+from trainwise.components.tracking.cost import Rates, reserved_cost
 
 
 def is_overfit(history: list[dict], *, patience: int) -> bool:
@@ -177,7 +177,7 @@ def startup_metrics(startup_s: list[float]) -> dict[str, float]:
 
 def sweep_metrics(rows: list[dict], histories: dict[str, list[dict]], best: dict, *, metric: str, num_samples: int,
                   monitor, resumed: bool, repeatable: bool, sweep_wall_s: float, concurrent: int) -> dict:
-    """The tune stage's ``tune/*`` metrics. ``monitor``: the sweep's components.tuning.budget.SweepMonitor;
+    """The tune stage's ``tune/*`` metrics. ``monitor``: the sweep's trainwise.components.tuning.budget.SweepMonitor;
     ``repeatable``: no note says the same params can give another sweep."""
     never = num_samples - sum(1 for r in rows if r["epochs"])
     by_budget = sum(1 for r in rows if r["stopped_by"] == "budget")

@@ -25,14 +25,14 @@ import time
 from ray import tune
 from ray.tune.search import Searcher
 
-from components.tracking.cost import Rates, reserved_cost
-from components.tuning.cleanup import reap_orphaned_train_groups
+from trainwise.components.tracking.cost import Rates, reserved_cost
+from trainwise.components.tuning.cleanup import reap_orphaned_train_groups
 
 log = logging.getLogger("trainwise")
 
 _LIVE: dict[str, "SweepMonitor"] = {}
 UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
-REAP_EVERY_S = 10.0  # how often to look for placement groups of stopped trials (components.tuning.cleanup)
+REAP_EVERY_S = 10.0  # how often to look for placement groups of stopped trials (trainwise.components.tuning.cleanup)
 
 
 ACCELERATOR_PREFIX = "accelerator_type:"  # the resource Ray gives a GPU node, e.g. accelerator_type:H100

@@ -1,6 +1,6 @@
 """The sweep's plan once the cluster is known: how many trials run at once, what one costs.
 
-The tune stage builds :class:`~components.tuning.sweep.SweepOptions` from params, starts Ray, and
+The tune stage builds :class:`~trainwise.components.tuning.sweep.SweepOptions` from params, starts Ray, and
 hands the cluster's nodes here; :func:`plan_sweep` fits the trials to the nodes (a trial's workers
 each need a node with room for a whole worker: one worker is the trial actor itself; more are their
 Train placement group, beside a trial actor that holds no CPU, see components/tuning/sweep.py) and
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from components.cluster.placement import cannot_fit, groups_that_fit
-from components.tracking.cost import Rates
-from components.tuning.budget import trial_gpu_type, trial_usd_per_hour
-from components.tuning.sweep import SweepOptions
+from trainwise.components.cluster.placement import cannot_fit, groups_that_fit
+from trainwise.components.tracking.cost import Rates
+from trainwise.components.tuning.budget import trial_gpu_type, trial_usd_per_hour
+from trainwise.components.tuning.sweep import SweepOptions
 
 
 class SweepDoesNotFit(ValueError):
@@ -48,7 +48,7 @@ def repeatability_note(*, scheduler: str, workers_per_trial: int, max_concurrent
 def plan_sweep(options: SweepOptions, nodes: list[tuple[dict[str, float], int]], *, workers_per_trial: int,
                cpus_per_worker: float, use_gpu: bool, rates: Rates, nodes_reserved: float,
                fallback_gpu_type: str | None) -> SweepPlan:
-    """Fit ``options`` to ``nodes`` (components.cluster.placement.cluster_nodes): at most as many
+    """Fit ``options`` to ``nodes`` (trainwise.components.cluster.placement.cluster_nodes): at most as many
     trials at once as the nodes hold (more would only queue for workers, and run into
     ray.schedule_timeout_s), each priced per hour. Raises :class:`SweepDoesNotFit` when not one fits.
     ``nodes_reserved``: the nodes the stage is billed for; ``fallback_gpu_type``: the stage

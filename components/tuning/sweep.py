@@ -1,21 +1,21 @@
 """Ray Tune sweep whose trials run the same training loop as the `train` stage.
 
-Two trial paths, one loop (:func:`components.training.loop.run_loop`):
+Two trial paths, one loop (:func:`trainwise.components.training.loop.run_loop`):
 
 - one worker per trial (``tune.workers_per_trial: 1``, the default): the trial's own Tune actor
-  runs the loop directly (:class:`~components.training.loop.TuneSession`), reporting every epoch
+  runs the loop directly (:class:`~trainwise.components.training.loop.TuneSession`), reporting every epoch
   to Tune with its checkpoint; actors are reused between trials. No Train controller, placement
   group or worker group is built, which on 2 cores cost ~9 s per trial for ~1 s of training.
   The data is read and resolved once per sweep, not once per trial.
 - more workers: each Tune trial is a function that builds a ``TorchTrainer`` through
-  :func:`components.training.driver.fit` with a Tune report callback (the Ray Train v2
+  :func:`trainwise.components.training.driver.fit` with a Tune report callback (the Ray Train v2
   Train-in-Tune pattern); the trial itself holds almost no resources (the Train workers do).
 
 Either way a trial trains like the final model (batch norm is synchronised across ranks, see
 components/training/loop.py); tests/stages/test_tune.py checks both paths report the same metrics. The search algorithm (random or Optuna TPE,
 both seeded) proposes configs, the scheduler (ASHA or FIFO) stops weak trials at rungs (ASHA
 judged in trial-creation order, so concurrency does not change its decisions), and
-:mod:`components.tuning.budget` stops the sweep when its dollar or time budget is spent.
+:mod:`trainwise.components.tuning.budget` stops the sweep when its dollar or time budget is spent.
 
 An interrupted sweep resumes: the experiment lives at ``storage_path/name``; run_sweep with
 the same name restores it (``Tuner.restore``), finished trials are kept and unfinished ones
@@ -29,8 +29,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Mapping
 
-from components.training.driver import Scaling, fit, resolve, run_data
-from components.tuning.space import apply_trial_config, to_tune_space
+from trainwise.components.training.driver import Scaling, fit, resolve, run_data
+from trainwise.components.tuning.space import apply_trial_config, to_tune_space
 
 # A multi-worker trial's own actor only waits on its Train workers, which Ray Train places in a
 # placement group of their own. It holds no CPU, so it never takes a slice of a node its workers
@@ -124,7 +124,7 @@ def _trial(config: dict, *, base, scaling: Scaling, storage_path: str, metric: s
 
 def _direct_trial(config: dict, *, base, refs: dict | None, datasets: dict | None, metric: str, mode: str) -> None:
     """A one-worker trial: the training loop itself, in this Tune trial actor."""
-    from components.training.loop import DATA_REFS, TuneSession, run_loop
+    from trainwise.components.training.loop import DATA_REFS, TuneSession, run_loop
 
     loop = apply_trial_config(base, config)
     better = min if mode == "min" else max
@@ -160,7 +160,7 @@ def _search_alg(options: SweepOptions):
 def _scheduler(options: SweepOptions, *, key: str, monitor, direct: bool):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from components.tuning.ordered_asha import OrderedASHA
+    from trainwise.components.tuning.ordered_asha import OrderedASHA
 
     if options.scheduler == "asha" and not direct:
         # Multi-worker trials: a pause would tear down the trial's Train worker group and start a
@@ -183,7 +183,7 @@ def _scheduler(options: SweepOptions, *, key: str, monitor, direct: bool):
 @dataclass
 class SweepOutcome:
     grid: object            # Tune's ResultGrid
-    monitor: object         # components.tuning.budget.SweepMonitor
+    monitor: object         # trainwise.components.tuning.budget.SweepMonitor
     resumed: bool           # restored an interrupted sweep instead of starting one
     experiment_path: str
 
@@ -198,8 +198,8 @@ def run_sweep(base, *, space: dict[str, dict], options: SweepOptions, scaling: S
     """
     from ray import tune
 
-    from components.tuning.budget import BudgetedSearch, BudgetStopper, SweepMonitor
-    from components.tuning.cleanup import reap_after_sweep
+    from trainwise.components.tuning.budget import BudgetedSearch, BudgetStopper, SweepMonitor
+    from trainwise.components.tuning.cleanup import reap_after_sweep
 
     storage_path = os.path.abspath(storage_path) if "://" not in storage_path else storage_path
     experiment_path = f"{storage_path}/{name}"
@@ -302,8 +302,8 @@ def prune_trial_checkpoints(experiment_path: str) -> int:
 def trial_histories(grid, *, metric: str, mode: str) -> dict[str, list[dict]]:
     """Every trial's epochs, each once, keyed by trial name: from its latest checkpoint (what it
     trained, across ordered ASHA's pauses), with Tune's own keys from its reports
-    (:func:`components.tuning.analysis.trial_history` says why not from Tune's record alone)."""
-    from components.tuning.analysis import HISTORY_KEYS, trial_history
+    (:func:`trainwise.components.tuning.analysis.trial_history` says why not from Tune's record alone)."""
+    from trainwise.components.tuning.analysis import HISTORY_KEYS, trial_history
 
     out = {}
     for r in grid:
@@ -325,7 +325,7 @@ def _ran(result) -> list[dict]:
     from ray.tune import Checkpoint
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
-    from components.training.driver import checkpoint_history
+    from trainwise.components.training.driver import checkpoint_history
 
     checkpoint = result.checkpoint
     if checkpoint is None and (result.metrics or {}).get(CHECKPOINT_PATH_KEY):
@@ -347,7 +347,7 @@ class SweepInterrupted(RuntimeError):
 def sweep_rows(sweep: SweepOutcome, *, space_keys: list[str], options: SweepOptions,
                patience: int) -> tuple[list[dict], dict[str, list[dict]]]:
     """The trials table (one row per trial, see analysis.trial_row) and every trial's history."""
-    from components.tuning.analysis import trial_row
+    from trainwise.components.tuning.analysis import trial_row
 
     monitor, rows = sweep.monitor, []
     histories = trial_histories(sweep.grid, metric=options.metric, mode=options.mode)

@@ -108,7 +108,7 @@ def test_wheel_claims_no_generic_top_level_names(wheel):
 
 
 def test_init_run_predict_from_the_installed_wheel(wheel, tmp_path):
-    from components.project.init import set_param
+    from trainwise.components.project.init import set_param
 
     venv, env = _venv(tmp_path / "venv", wheel)
     data = _images(tmp_path / "photos")

@@ -100,7 +100,7 @@ def test_mlflow_holds_stage_runs_trial_children_and_registered_model(project):
     assert float(versions[0].tags["test/acc"]) == pytest.approx(_metrics(root, "evaluate")["test/acc"], abs=1e-4)
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     served = mlflow.pyfunc.load_model("models:/trainwise-digits/1")  # raw image bytes in, classes out
-    from components.data.sources import encode_png
+    from trainwise.components.data.sources import encode_png
 
     pred = served.predict(pd.DataFrame({"image": [encode_png(np.zeros((8, 8), np.uint8))] * 5}))
     assert len(pred) == 5 and pred["predicted_class"].isin([str(d) for d in range(10)]).all()
@@ -209,7 +209,7 @@ def test_more_workers_than_the_machine_has_is_an_error_not_a_hang(project):
     params["train"]["num_workers"] = 64
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        proc = subprocess.run([sys.executable, "-m", "pipelines.train"], cwd=root, env=env, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "trainwise.pipelines.train"], cwd=root, env=env, capture_output=True,
                               text=True, timeout=300)
     finally:
         (root / "params.yaml").write_text(original)

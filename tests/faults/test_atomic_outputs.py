@@ -7,13 +7,13 @@ import subprocess
 import sys
 import time
 
-from components.atomic_io import recover_dir
-from components.data.contract import read_manifest, read_table
+from trainwise.components.atomic_io import recover_dir
+from trainwise.components.data.contract import read_manifest, read_table
 
 WRITER = r'''
 import sys, time
 import numpy as np, pyarrow as pa
-from components.data.contract import DatasetWriter, SetAside
+from trainwise.components.data.contract import DatasetWriter, SetAside
 out, rows, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 with DatasetWriter(out, classes=["a", "b"], shard_rows=100) as w:
     for i in range(0, rows, 100):

@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from tests.demo_data import write_digits_split
-from components.models import build_model
-from components.training.export import save_model
-from pipelines.stage import run_stage
+from trainwise.components.models import build_model
+from trainwise.components.training.export import save_model
+from trainwise.pipelines.stage import run_stage
 from tests.conftest import REPO
 
 STAGE_OUTPUTS = {  # what each stage would write: none of it may exist after a failure
@@ -97,7 +97,7 @@ def _weights_replaced(root: Path) -> None:
 def _one_row_per_class(root: Path) -> None:
     """data/ingest replaced by a table with one row per class: it passed ingest, clean and split,
     then the baselines failed with a scikit-learn traceback (issue 28.7)."""
-    from components.data.sources import ingest, open_source
+    from trainwise.components.data.sources import ingest, open_source
 
     table = root / "one_each.csv"
     table.write_text("a,b,label\n" + "".join(f"{k}.5,{-k},c{k}\n" for k in range(8)))
@@ -172,7 +172,7 @@ def pristine(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root.parent / 'catalogue-mlflow.db'}")
-        run_stage(importlib.import_module("pipelines.tune").main)  # tune.enabled false: writes train's params
+        run_stage(importlib.import_module("trainwise.pipelines.tune").main)  # tune.enabled false: writes train's params
     assert (root / "models/tune/best_params.json").exists()
     return root
 
@@ -187,7 +187,7 @@ def project(pristine, tmp_path, monkeypatch) -> Path:
 
 
 def _run(stage: str, capsys) -> tuple[int, str]:
-    main = importlib.import_module(f"pipelines.{stage}").main
+    main = importlib.import_module(f"trainwise.pipelines.{stage}").main
     with pytest.raises(SystemExit) as exit_info:
         run_stage(main)
     return exit_info.value.code, capsys.readouterr().err

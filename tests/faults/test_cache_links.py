@@ -136,7 +136,7 @@ def _stage_procs(root: Path, stage: str) -> list[psutil.Process]:
     out = []
     for p in psutil.process_iter(["cmdline", "cwd"]):
         try:
-            if f"pipelines.{stage}" in " ".join(p.info["cmdline"] or []) and p.info["cwd"] == str(root):
+            if f"trainwise.pipelines.{stage}" in " ".join(p.info["cmdline"] or []) and p.info["cwd"] == str(root):
                 out.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass

@@ -17,16 +17,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components.data.contract import DatasetWriter, SetAside, read_manifest, read_table
-from pipelines.stage import run_stage
+from trainwise.components.data.contract import DatasetWriter, SetAside, read_manifest, read_table
+from trainwise.pipelines.stage import run_stage
 
 # One stage-like program: writes `rows` rows of 4 KiB random features to OUT through DatasetWriter,
 # as a stage does, under run_stage's error handling.
 STAGE = r'''
 import sys
 import numpy as np, pyarrow as pa
-from components.data.contract import DatasetWriter, SetAside
-from pipelines.stage import run_stage
+from trainwise.components.data.contract import DatasetWriter, SetAside
+from trainwise.pipelines.stage import run_stage
 out, rows = sys.argv[1], int(sys.argv[2])
 def main():
     rng = np.random.default_rng(rows)

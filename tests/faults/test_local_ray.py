@@ -14,8 +14,8 @@ from tests.conftest import REPO
 # What a stage does (pipelines/train.py, tune.py, embed.py, audit.py): init_ray inside run_stage.
 STAGE = """
 import os, sys
-from components.ray_start import init_ray
-from pipelines.stage import run_stage
+from trainwise.components.ray_start import init_ray
+from trainwise.pipelines.stage import run_stage
 
 def main():
     import ray

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.data.contract import read_manifest
+from trainwise.components.data.contract import read_manifest
 from tests.project import copy_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -49,7 +49,7 @@ def peak():
         f.write(str(kib * 1024))
 atexit.register(peak)
 sys.argv = [f"pipelines/{stage}.py"]
-runpy.run_module(f"pipelines.{stage}", run_name="__main__", alter_sys=True)
+runpy.run_module(f"trainwise.pipelines.{stage}", run_name="__main__", alter_sys=True)
 """
 
 
@@ -107,10 +107,10 @@ import json, sys
 import numpy as np, torch
 torch.set_num_threads(1)
 torch.manual_seed(0)
-from components.evaluation.attributions import explain_sample
-from components.evaluation.metrics import predict_proba
-from components.models.backbones import build_classifier
-from components.models.text_backbones import tokenize, tokenizer_spec, vocabulary
+from trainwise.components.evaluation.attributions import explain_sample
+from trainwise.components.evaluation.metrics import predict_proba
+from trainwise.components.models.backbones import build_classifier
+from trainwise.components.models.text_backbones import tokenize, tokenizer_spec, vocabulary
 def peak():
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) * 1024
 model = build_classifier("all_minilm_l6_v2", True, n_classes=2, frozen=True).eval()

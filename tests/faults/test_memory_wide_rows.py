@@ -27,8 +27,8 @@ import io, sys, tempfile
 from pathlib import Path
 import numpy as np, pyarrow as pa
 from PIL import Image
-from components.data.contract import DatasetWriter
-from components.quality.cleaning import clean_dataset
+from trainwise.components.data.contract import DatasetWriter
+from trainwise.components.quality.cleaning import clean_dataset
 from tests.demo_data import clean_options
 
 rows, side = int(sys.argv[1]), int(sys.argv[2])

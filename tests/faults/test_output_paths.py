@@ -13,9 +13,9 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from components.atomic_io import MARKER_TEXT, OUTPUT_MARKER, NotOurFolder, check_replaceable, replace_dir
-from components.data.contract import DatasetWriter, SetAside
-from pipelines.config import ConfigError, load_params, parse_params
+from trainwise.components.atomic_io import MARKER_TEXT, OUTPUT_MARKER, NotOurFolder, check_replaceable, replace_dir
+from trainwise.components.data.contract import DatasetWriter, SetAside
+from trainwise.pipelines.config import ConfigError, load_params, parse_params
 from tests.conftest import REPO
 
 
@@ -56,7 +56,7 @@ def test_ordinary_paths_pass(tmp_path):
 
 def test_trainwise_check_refuses_the_project_root_as_an_output(tmp_path):
     _params_file(tmp_path, paths={"split": "."})
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "check"], cwd=tmp_path, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "trainwise.pipelines.cli", "check"], cwd=tmp_path, capture_output=True,
                           text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "paths.split: '.' is the project folder itself" in proc.stderr
@@ -131,7 +131,7 @@ def test_the_dataset_writer_refuses_before_it_works(tmp_path):
 
 
 def _stage(root, env, *args):
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=root, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "trainwise.pipelines.cli", *args], cwd=root, env=env, capture_output=True,
                           text=True, timeout=600)
 
 
@@ -162,7 +162,7 @@ def test_the_ingest_stage_leaves_a_users_folder_alone(tmp_path):
 
 def test_recovery_removes_only_leftovers_a_stage_wrote(tmp_path):
     """recover_dir clears `.NAME.old-PID` folders of dead writers: only those that are a stage's own."""
-    from components.atomic_io import recover_dir
+    from trainwise.components.atomic_io import recover_dir
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

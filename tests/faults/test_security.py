@@ -8,8 +8,8 @@ import subprocess
 import pytest
 import torch
 
-from components.data.contract import DataContractError
-from components.training.export import WEIGHTS, load_model, save_model
+from trainwise.components.data.contract import DataContractError
+from trainwise.components.training.export import WEIGHTS, load_model, save_model
 from tests.conftest import REPO
 
 SOURCE_DIRS = ("components", "pipelines", "benchmarks", "scripts")
@@ -24,7 +24,7 @@ class _Exploit:
 
 
 def _tiny_model(tmp_path):
-    from components.models import build_model
+    from trainwise.components.models import build_model
 
     spec = {"model": "mlp", "input_shape": [1, 8, 8], "classes": ["a", "b"], "dropout": 0.0}
     model = build_model("mlp", input_shape=(1, 8, 8), n_classes=2, dropout=0.0)
@@ -126,7 +126,7 @@ def _image_bytes(fmt: str, side: int = 8) -> bytes:
 
 
 def test_predict_checks_image_size_before_decoding(tmp_path):
-    from components.serving.predictor import Predictor
+    from trainwise.components.serving.predictor import Predictor
 
     model_dir = _tiny_model(tmp_path)
     big = _image_bytes("PNG", side=64)    # 4,096 pixels
@@ -138,7 +138,7 @@ def test_predict_checks_image_size_before_decoding(tmp_path):
 
 
 def test_predict_refuses_formats_ingest_refuses(tmp_path):
-    from components.serving.predictor import Predictor
+    from trainwise.components.serving.predictor import Predictor
 
     rows = Predictor.from_dir(_tiny_model(tmp_path)).predict([_image_bytes("TIFF"), _image_bytes("PNG")])
     assert "not a format ingest accepts" in rows[0]["error"]     # Pillow alone decodes TIFF (and EPS, PSD...)
@@ -180,7 +180,7 @@ def _within(seconds, fn, *, fifos):
 
 
 def test_ingest_sets_fifos_aside_without_reading_them(tmp_path):
-    from components.data.sources import ingest, open_source
+    from trainwise.components.data.sources import ingest, open_source
 
     root = _fifo_tree(tmp_path)
     source = open_source("image_folder", path=str(root), max_image_pixels=10**8, max_file_bytes=1 << 20)
@@ -191,8 +191,8 @@ def test_ingest_sets_fifos_aside_without_reading_them(tmp_path):
 
 
 def test_predict_gives_fifos_and_devices_an_error_row(tmp_path):
-    from components.serving.batch import iter_items, predict_items
-    from components.serving.predictor import Predictor
+    from trainwise.components.serving.batch import iter_items, predict_items
+    from trainwise.components.serving.predictor import Predictor
 
     root = _fifo_tree(tmp_path)
     predictor = Predictor.from_dir(_tiny_model(tmp_path))
@@ -209,7 +209,7 @@ def test_predict_gives_fifos_and_devices_an_error_row(tmp_path):
 def test_ingest_path_that_is_a_fifo_is_refused_unread(tmp_path, name, source):
     import os
 
-    from components.data.sources import SourceError, open_source
+    from trainwise.components.data.sources import SourceError, open_source
 
     fifo = tmp_path / name
     os.mkfifo(fifo)
@@ -223,7 +223,7 @@ def test_ingest_path_that_is_a_fifo_is_refused_unread(tmp_path, name, source):
 def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(tmp_path):
     import csv as csv_module
 
-    from components.atomic_io import write_csv_atomic
+    from trainwise.components.atomic_io import write_csv_atomic
 
     rows = [{"class": "=HYPERLINK(\"http://x\")", "n": -3}, {"class": "+cmd", "n": -0.5},
             {"class": "-2+3", "n": 1}, {"class": "@SUM(A1)", "n": 2}, {"class": "\tx", "n": 3},
@@ -239,7 +239,7 @@ def test_predict_table_neutralises_class_names(tmp_path, monkeypatch, capsys):
     import csv as csv_module
     import io
 
-    from pipelines import cli
+    from trainwise.pipelines import cli
 
     model_dir = _tiny_model(tmp_path)
     spec = json.loads((model_dir / "model.json").read_text())

@@ -19,7 +19,7 @@ def _train_stage_procs(root):
     out = []
     for p in psutil.process_iter(["cmdline", "cwd"]):
         try:
-            if "pipelines.train" in " ".join(p.info["cmdline"] or []) and p.info["cwd"] == str(root):
+            if "trainwise.pipelines.train" in " ".join(p.info["cmdline"] or []) and p.info["cwd"] == str(root):
                 out.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass

@@ -19,7 +19,7 @@ import zipfile
 
 import pytest
 
-from pipelines.config import ConfigError, parse_params
+from trainwise.pipelines.config import ConfigError, parse_params
 from tests.unit.test_sources import image_bytes
 
 SECRET = f"hunter2-{secrets.token_hex(4)}"  # drawn now: the project copy holds this file too
@@ -97,7 +97,7 @@ def test_a_password_in_the_url_never_reaches_dvc_lock_outputs_or_messages(tmp_pa
                                      "mlflow": {"enabled": False}})
     env["HOME"] = str(tmp_path / "home")
     (tmp_path / "home").mkdir()
-    trainwise = [sys.executable, "-m", "pipelines.cli"]
+    trainwise = [sys.executable, "-m", "trainwise.pipelines.cli"]
     for cmd in (trainwise + ["check"], trainwise + ["run", "ingest"], trainwise + ["stage", "ingest"],
                 ["dvc", "repro", "ingest"]):
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pytest
 import yaml
 
-import components.data.contract as contract
-from components.data.contract import DatasetWriter, SetAside, read_manifest
-from components.embedding.store import write_embeddings
-from pipelines.stage import run_stage
+import trainwise.components.data.contract as contract
+from trainwise.components.data.contract import DatasetWriter, SetAside, read_manifest
+from trainwise.components.embedding.store import write_embeddings
+from trainwise.pipelines.stage import run_stage
 
 REPO = Path(__file__).resolve().parents[2]
 H = W = 16
@@ -57,7 +57,7 @@ def test_audit_with_embeddings_never_reads_the_payload(tmp_path, monkeypatch):
         return real(parquet_file, **kw)
 
     monkeypatch.setattr(contract, "iter_file_batches", spy)
-    from pipelines import audit
+    from trainwise.pipelines import audit
 
     run_stage(audit.main, exit_process=False)
     assert read_manifest(tmp_path / "data" / "audit")["rows"] == ROWS

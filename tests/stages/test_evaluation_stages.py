@@ -14,11 +14,11 @@ import pytest
 import torch
 import yaml
 
-from components.embedding.store import write_no_backbone
+from trainwise.components.embedding.store import write_no_backbone
 from tests.demo_data import write_digits_split
-from components.models import build_model
-from components.training.data import load_split
-from components.training.export import save_model
+from trainwise.components.models import build_model
+from trainwise.components.training.data import load_split
+from trainwise.components.training.export import save_model
 from tests.browser import render_in_chromium, require_chromium
 from tests.conftest import REPO
 
@@ -66,7 +66,7 @@ def project(tmp_path_factory):
     os.environ.pop("TRAINWISE_SUMMARY_BY_CLI", None)
     os.chdir(root)
     try:
-        from pipelines import baseline, evaluate, report
+        from trainwise.pipelines import baseline, evaluate, report
 
         for stage in (baseline, evaluate, report):
             stage.main()
@@ -89,7 +89,7 @@ def test_baselines_cover_four_models_with_accuracy_f1_time_and_cost(project):
     assert m["baseline/majority/test/acc"] < 0.2  # 10 balanced classes
     assert m["baseline/gradient_boosting/test/acc"] > 0.9 and m["baseline/logistic_regression/test/acc"] > 0.9
     rows = list(csv.DictReader(open(project / "models/baseline/test_predictions.csv")))
-    from components.data.contract import read_table
+    from trainwise.components.data.contract import read_table
 
     assert len(rows) == read_table(project / "data/split", columns=["id"], filter_split="test").num_rows
     assert {"id", "label", "gradient_boosting"} <= set(rows[0])
@@ -165,7 +165,7 @@ def test_label_suspects_appear_with_thumbnails_when_the_audit_writes_them(projec
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
     monkeypatch.setenv("TRAINWISE_SUMMARY_BY_CLI", "1")
     try:
-        from pipelines import report
+        from trainwise.pipelines import report
 
         report.main()
         page = (project / "reports/report.html").read_text()
@@ -176,7 +176,7 @@ def test_label_suspects_appear_with_thumbnails_when_the_audit_writes_them(projec
 
 
 def test_terminal_summary_prints_the_verdict(project, monkeypatch, capsys):
-    from pipelines.cli import main
+    from trainwise.pipelines.cli import main
 
     monkeypatch.chdir(project)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
@@ -205,7 +205,7 @@ def test_report_renders_in_headless_chromium(project, tmp_path):
 
 
 def test_stale_or_missing_baseline_predictions_name_the_stage_to_rerun(project):
-    from components.data.contract import DataContractError, read_test_predictions
+    from trainwise.components.data.contract import DataContractError, read_test_predictions
 
     path = project / "models/baseline/test_predictions.csv"
     ids = [r["id"] for r in csv.DictReader(open(path))]

@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from components.data.contract import DatasetWriter, iter_batches, read_table
-from components.data.sources import ingest
-from components.quality.cleaning import clean_dataset
+from trainwise.components.data.contract import DatasetWriter, iter_batches, read_table
+from trainwise.components.data.sources import ingest
+from trainwise.components.quality.cleaning import clean_dataset
 from tests.demo_data import clean_options
-from pipelines.config import parse_params
-from pipelines.ingest import source_from_params
+from trainwise.pipelines.config import parse_params
+from trainwise.pipelines.ingest import source_from_params
 from tests.conftest import REPO
 from tests.unit.test_sources import image_bytes, image_tree, write
 
@@ -59,7 +59,7 @@ def test_every_source_is_selectable_from_params(tmp_path, section, payload, rows
 
 
 def test_unknown_ingest_key_and_source_are_config_errors():
-    from pipelines.config import ConfigError
+    from trainwise.pipelines.config import ConfigError
 
     with pytest.raises(ConfigError, match="ingest.sauce: unknown key"):
         parse_params({"ingest": {"sauce": "x"}})
@@ -70,7 +70,7 @@ def test_unknown_ingest_key_and_source_are_config_errors():
 def _stage(cwd: Path, section: dict) -> subprocess.CompletedProcess:
     params = {"ingest": section, "mlflow": {"tracking_uri": f"sqlite:///{cwd / 'mlflow.db'}"}}
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
-    return subprocess.run([sys.executable, "-m", "pipelines.ingest"], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "trainwise.pipelines.ingest"], cwd=cwd, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
@@ -158,7 +158,7 @@ def test_dvc_reruns_ingest_only_when_its_source_or_params_change(tmp_path):
 
 
 def test_a_null_ingest_path_is_a_config_error_not_a_dvc_crash():
-    from pipelines.config import ConfigError
+    from trainwise.pipelines.config import ConfigError
 
     with pytest.raises(ConfigError, match="ingest.path: .*dvc.yaml lists it as the ingest stage's dependency"):
         parse_params({"ingest": {"source": "digits", "path": None}})

@@ -7,9 +7,9 @@ import io
 
 import pytest
 
-from components.data.contract import content_id
-from pipelines import cli
-from pipelines.config import load_params
+from trainwise.components.data.contract import content_id
+from trainwise.pipelines import cli
+from trainwise.pipelines.config import load_params
 from tests.conftest import REPO, experiment_in
 from tests.serving_helpers import digit_pngs, train_tiny_digits_model
 
@@ -103,7 +103,7 @@ def test_predict_uses_the_registered_model_by_default_or_a_given_run(inputs, tin
     import mlflow
     import torch
 
-    from components.serving.pyfunc import log_classifier
+    from trainwise.components.serving.pyfunc import log_classifier
 
     name = load_params(REPO / "params.yaml").mlflow.registered_model
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -128,7 +128,7 @@ def test_predict_text_files_and_a_csv_of_feature_columns(tmp_path, capsys, monke
     """Text models read .txt files (and a CSV's `text` column); tabular models read a CSV whose
     columns are the features the model was trained on, in any order; bad rows get an error each."""
     from tests.demo_data import write_synthetic_split
-    from components.training.data import read_split
+    from trainwise.components.training.data import read_split
     from tests.serving_helpers import train_tiny_model
 
     models, truth = {}, {}

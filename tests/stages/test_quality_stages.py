@@ -11,8 +11,8 @@ import sys
 import pytest
 import yaml
 
-from components.data.contract import read_manifest, read_table
-from pipelines.config import CleanParams
+from trainwise.components.data.contract import read_manifest, read_table
+from trainwise.pipelines.config import CleanParams
 from tests.conftest import REPO
 
 DOWNSTREAM = ("baseline", "tune", "train", "evaluate")
@@ -41,9 +41,9 @@ def test_dvc_yaml_declares_quality_params_and_metrics():
 def _run(stage, cwd, env, *, probe=False):
     """Run a stage as DVC would; with ``probe``, in a wrapper that reports whether Ray was imported
     or started in the stage's process."""
-    cmd = [sys.executable, "-m", f"pipelines.{stage}"]
+    cmd = [sys.executable, "-m", f"trainwise.pipelines.{stage}"]
     if probe:
-        cmd = [sys.executable, "-c", f"import sys, pipelines.{stage} as s; s.main(); ray = sys.modules.get('ray'); "
+        cmd = [sys.executable, "-c", f"import sys, trainwise.pipelines.{stage} as s; s.main(); ray = sys.modules.get('ray'); "
                                      "print('RAY_STARTED', bool(ray and ray.is_initialized()), 'ray' in sys.modules)"]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -90,7 +90,7 @@ def test_ingest_clean_split_audit_with_injected_noise(tmp_path):
     # the marker and true-label columns travel with the data; training reads only what it names
     t = read_table(tmp_path / "data/audit")
     assert {"id", "label", "image", "split", "group", "true_label", "label_issue", "given_label"} <= set(t.schema.names)
-    from components.training.data import load_split
+    from trainwise.components.training.data import load_split
     x, y, _ = load_split(str(tmp_path / "data/audit"), "train")
     assert x.shape[1:] == (1, 8, 8) and len(y) == split["split/train_rows"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from components.data.contract import read_table
+from trainwise.components.data.contract import read_table
 from tests.photo_variants import variants_of
 from tests.project import copy_project, sh
 

@@ -15,7 +15,7 @@ from tests.conftest import REPO
 ])
 def test_stage_rejects_bad_params_before_doing_work(tmp_path, params, expected):
     (tmp_path / "params.yaml").write_text(params)
-    proc = subprocess.run([sys.executable, "-m", "pipelines.ingest"], cwd=tmp_path, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "trainwise.pipelines.ingest"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2
     assert expected in proc.stderr
@@ -25,7 +25,7 @@ def test_stage_rejects_bad_params_before_doing_work(tmp_path, params, expected):
 
 def test_missing_upstream_output_names_the_stage_to_run(tmp_path):
     (tmp_path / "params.yaml").write_text("mlflow:\n  tracking_uri: sqlite:///" + str(tmp_path / "m.db") + "\n")
-    proc = subprocess.run([sys.executable, "-m", "pipelines.clean"], cwd=tmp_path, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "trainwise.pipelines.clean"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2
     assert "data/ingest/manifest.json: missing; run the stage that writes" in proc.stderr

@@ -10,7 +10,7 @@ import sys
 import pyarrow as pa
 import pytest
 
-from components.data.contract import read_manifest, read_table
+from trainwise.components.data.contract import read_manifest, read_table
 from tests.conftest import REPO
 from tests.stream_data import write_image_chain
 
@@ -18,7 +18,7 @@ STORE_MB = 100
 
 
 def test_join_rows_keeps_the_batch_order_and_the_chain_labels():
-    from components.training.streaming import join_rows
+    from trainwise.components.training.streaming import join_rows
 
     batch = pa.table({"id": ["a", "b", "c", "d"], "image": [[1], [2], [3], [4]]})
     rows = pa.table({"id": ["d", "b", "x"], "label": [7, 5, 9]})  # relabelled by the chain, "a"/"c" not kept
@@ -61,10 +61,10 @@ def test_a_split_five_times_the_object_store_streams_through_a_two_worker_fit(tm
 def test_tune_trials_stream_too_with_every_cpu_held_by_a_trial(ray_session, tmp_path):
     """Two one-CPU trials at once on the 2-CPU Ray (the trial actors hold every CPU) read their
     ray_data streams through zero-CPU tasks: both finish, each row seen once per epoch."""
-    from components.training.data import input_shape
-    from components.training.driver import Scaling
-    from components.training.loop_config import LoopConfig
-    from components.tuning.sweep import run_sweep, trial_histories
+    from trainwise.components.training.data import input_shape
+    from trainwise.components.training.driver import Scaling
+    from trainwise.components.training.loop_config import LoopConfig
+    from trainwise.components.tuning.sweep import run_sweep, trial_histories
     from tests.params import sweep_options
 
     split = write_image_chain(tmp_path / "data", n_train=600, n_val=100, n_test=50, side=32)

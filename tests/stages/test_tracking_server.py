@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from tests.demo_data import write_digits_split
-from pipelines.stage import SPOOL_DIR, Stage
-from pipelines.stage_error import StageError
+from trainwise.pipelines.stage import SPOOL_DIR, Stage
+from trainwise.pipelines.stage_error import StageError
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -89,7 +89,7 @@ def _params(root: Path, uri: str) -> None:
 def test_an_unreachable_server_stops_the_stage_at_start_in_seconds(project):
     _params(project, f"http://127.0.0.1:{_free_port()}")  # nothing listens there
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "pipelines.baseline"], cwd=project, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "trainwise.pipelines.baseline"], cwd=project, capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "is unreachable" in proc.stderr and "mlflow.enabled: false" in proc.stderr
@@ -150,8 +150,8 @@ def test_a_stage_refuses_to_start_without_the_server_and_says_so_in_process(proj
 # also logs two trial runs the way the tune stage does.
 _TINY_STAGE = '''
 import sys
-from components.tracking.mlflow_runs import log_trial_runs
-from pipelines.stage import Stage
+from trainwise.components.tracking.mlflow_runs import log_trial_runs
+from trainwise.pipelines.stage import Stage
 
 name = sys.argv[1]
 with Stage(name) as stage:
@@ -225,7 +225,7 @@ def _ui_opens_on_the_pipeline_runs(uri: str, experiment_id: str, parent_names: l
     repro. Without `?workflowType=machine_learning` MLflow 3.17's UI shows its GenAI overview."""
     import re
 
-    from components.tracking.mlflow_runs import ui_url
+    from trainwise.components.tracking.mlflow_runs import ui_url
     from tests.browser import _chromium, find_chromium, in_ci
 
     binary = find_chromium()

@@ -12,12 +12,12 @@ import psutil
 import pytest
 import torch
 
-from components.data.contract import read_manifest
+from trainwise.components.data.contract import read_manifest
 from tests.demo_data import write_synthetic_split
-from components.training.data import input_shape, load_split
-from components.training.driver import Scaling, best_checkpoint_state, fit, run_history, run_name
-from components.training.export import load_model_from_state, model_spec
-from components.training.loop_config import LoopConfig
+from trainwise.components.training.data import input_shape, load_split
+from trainwise.components.training.driver import Scaling, best_checkpoint_state, fit, run_history, run_name
+from trainwise.components.training.export import load_model_from_state, model_spec
+from trainwise.components.training.loop_config import LoopConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -139,8 +139,8 @@ def test_text_through_ray_data_in_bf16_trains_and_exports_its_tokenizer(ray_sess
     with torch.no_grad():
         assert (model(x).argmax(1) == y).float().mean() > 0.9
     # served from raw strings through the exported tokenizer: the same answers as on the test tensors
-    from components.serving.predictor import Predictor
-    from components.training.data import read_split
+    from trainwise.components.serving.predictor import Predictor
+    from trainwise.components.training.data import read_split
 
     texts = read_split(str(split), "test").column("text").to_pylist()
     rows = Predictor(model, spec).predict(texts)
@@ -150,9 +150,9 @@ def test_text_through_ray_data_in_bf16_trains_and_exports_its_tokenizer(ray_sess
 
 DRIVER = textwrap.dedent("""
     import sys
-    from components.ray_start import init_ray
-    from components.training.driver import Scaling, fit
-    from components.training.loop_config import LoopConfig
+    from trainwise.components.ray_start import init_ray
+    from trainwise.components.training.driver import Scaling, fit
+    from trainwise.components.training.loop_config import LoopConfig
     init_ray(address=sys.argv[1], train_poll_s=0.25)
     fit(LoopConfig(**{config}), scaling=Scaling(num_workers=2), storage_path=sys.argv[2], name=sys.argv[3])
 """)
@@ -216,7 +216,7 @@ def test_the_train_stage_trains_with_every_key_tune_chose(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db", TRAINWISE_PIPELINE_RUN="t")
     for stage in ("tune", "train"):
-        proc = subprocess.run([sys.executable, "-m", f"pipelines.{stage}"], cwd=root, env=env, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", f"trainwise.pipelines.{stage}"], cwd=root, env=env, capture_output=True,
                               text=True, timeout=900)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
         assert "Downloading artifacts" not in proc.stdout + proc.stderr  # no MLflow progress bars in the log

@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 @pytest.fixture(scope="module")
 def patient_ray():
     """Before ray_session starts Ray: give Train worker groups time to start on a busy machine."""
-    from components.tuning.sweep import WORKER_START_ENV, patient_worker_start
+    from trainwise.components.tuning.sweep import WORKER_START_ENV, patient_worker_start
 
     had = os.environ.get(WORKER_START_ENV)
     patient_worker_start()
@@ -107,7 +107,7 @@ def test_killed_tune_stage_resumes_without_rerunning_finished_trials(tmp_path):
     import mlflow
 
     root, env = _scratch_project(tmp_path)
-    cmd = [sys.executable, "-m", "pipelines.tune"]
+    cmd = [sys.executable, "-m", "trainwise.pipelines.tune"]
     first = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, finished, saved = [], [], None
     try:
@@ -154,7 +154,7 @@ def test_killed_tune_stage_resumes_without_rerunning_finished_trials(tmp_path):
     for f in ("tune_pareto.csv", "tune_curves.csv", "tune_pareto.png"):
         assert (root / "plots" / f).stat().st_size > 0
     # every checkpoint was kept while the sweep could still be resumed; once it ended, each
-    # trial keeps its latest only (components.tuning.sweep.prune_trial_checkpoints)
+    # trial keeps its latest only (trainwise.components.tuning.sweep.prune_trial_checkpoints)
     trial_dirs = [d for d in (root / ".trainwise/ray").glob("tune-*/trial_*") if d.is_dir()]
     assert len(trial_dirs) == 3 and all(len(list(d.glob("checkpoint_*"))) == 1 for d in trial_dirs), trial_dirs
 
@@ -174,10 +174,10 @@ def test_killed_tune_stage_resumes_without_rerunning_finished_trials(tmp_path):
 
 def test_a_spent_budget_ends_the_running_trial_and_starts_no_new_one(patient_ray, ray_session, digits_split,
                                                                      tmp_path):
-    from components.training.data import input_shape
-    from components.training.driver import Scaling
-    from components.training.loop_config import LoopConfig
-    from components.tuning.sweep import run_sweep, trial_histories
+    from trainwise.components.training.data import input_shape
+    from trainwise.components.training.driver import Scaling
+    from trainwise.components.training.loop_config import LoopConfig
+    from trainwise.components.tuning.sweep import run_sweep, trial_histories
     from tests.params import sweep_options
 
     base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
@@ -203,13 +203,13 @@ def test_both_trial_paths_and_the_final_model_layout_report_the_same_metrics(pat
 
     SGD and no dropout: dropout draws its masks per rank, and Adam turns the rounding noise of
     the (BN-cancelled) conv biases into full steps; both would blur a comparison of layouts."""
-    from components.training.data import input_shape
-    from components.training.driver import Scaling, fit, run_history
-    from components.training.loop_config import LoopConfig
-    from components.tuning.sweep import run_sweep, trial_histories
+    from trainwise.components.training.data import input_shape
+    from trainwise.components.training.driver import Scaling, fit, run_history
+    from trainwise.components.training.loop_config import LoopConfig
+    from trainwise.components.tuning.sweep import run_sweep, trial_histories
     from tests.params import sweep_options
 
-    from components.training.data import read_split
+    from trainwise.components.training.data import read_split
     from tests.demo_data import write_digits_split
 
     # An even number of train rows: with an odd one DistributedSampler repeats a row to even out
@@ -249,10 +249,10 @@ def test_optuna_tpe_takes_over_from_random_after_its_startup_trials(patient_ray,
                                                                    tmp_path):
     """search_alg optuna runs Optuna's TPE: its first `optuna_startup_trials` configs are the
     seeded random ones (the same as random search with that seed), the rest are TPE's own."""
-    from components.training.data import input_shape
-    from components.training.driver import Scaling
-    from components.training.loop_config import LoopConfig
-    from components.tuning.sweep import run_sweep
+    from trainwise.components.training.data import input_shape
+    from trainwise.components.training.driver import Scaling
+    from trainwise.components.training.loop_config import LoopConfig
+    from trainwise.components.tuning.sweep import run_sweep
     from tests.params import sweep_options
 
     base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
@@ -280,7 +280,7 @@ def test_asha_pauses_a_trial_ahead_of_an_earlier_one_and_decides_like_sequential
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from components.tuning.ordered_asha import OrderedASHA
+    from trainwise.components.tuning.ordered_asha import OrderedASHA
     from tests.unit.test_ordered_asha import simulate
 
     # Objective (best val/loss so far) per trial and epoch: trial 0 is the slow one, so the others
@@ -333,10 +333,10 @@ def test_a_sweep_at_concurrency_2_picks_the_same_trials_and_winner_as_one_at_a_t
                                                                                    digits_split, tmp_path):
     """tune.max_concurrent_trials does not change the result: the same configs, the same epochs
     per trial (ASHA's decisions) and the same metrics; so `dvc repro` twice gives the same model."""
-    from components.training.data import input_shape
-    from components.training.driver import Scaling
-    from components.training.loop_config import LoopConfig
-    from components.tuning.sweep import run_sweep, trial_histories
+    from trainwise.components.training.data import input_shape
+    from trainwise.components.training.driver import Scaling
+    from trainwise.components.training.loop_config import LoopConfig
+    from trainwise.components.tuning.sweep import run_sweep, trial_histories
     from tests.params import sweep_options
 
     base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
@@ -362,10 +362,10 @@ def test_a_trial_ordered_asha_paused_and_resumed_reports_every_epoch_once(patien
     (metrics_dataframe, from result.json) held only the epochs after the resume here (a trial that
     ran 8 epochs listed 3-8), and trials.csv said it ran 6 and was stopped by ASHA. The sweep's
     histories come from what each trial trained (its latest checkpoint)."""
-    from components.training.data import input_shape
-    from components.training.driver import Scaling, checkpoint_history
-    from components.training.loop_config import LoopConfig
-    from components.tuning.sweep import run_sweep, sweep_rows, trial_histories
+    from trainwise.components.training.data import input_shape
+    from trainwise.components.training.driver import Scaling, checkpoint_history
+    from trainwise.components.training.loop_config import LoopConfig
+    from trainwise.components.tuning.sweep import run_sweep, sweep_rows, trial_histories
     from tests.params import sweep_options
 
     base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
@@ -396,10 +396,10 @@ def test_tpe_at_concurrency_2_proposes_the_same_configs_on_a_second_run(patient_
                                                                        tmp_path):
     """Ordered TPE with real Tune: the k-th proposal waits for trial k-2 and sees trials 0..k-2
     (tests/unit/test_ordered_asha.py checks the rule itself); two runs propose the same configs."""
-    from components.training.data import input_shape
-    from components.training.driver import Scaling
-    from components.training.loop_config import LoopConfig
-    from components.tuning.sweep import run_sweep
+    from trainwise.components.training.data import input_shape
+    from trainwise.components.training.driver import Scaling
+    from trainwise.components.training.loop_config import LoopConfig
+    from trainwise.components.tuning.sweep import run_sweep
     from tests.params import sweep_options
 
     base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")

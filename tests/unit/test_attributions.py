@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from components.evaluation.attributions import attribute, explain_sample, sample_right_and_wrong, top_tokens
-from components.evaluation.figures import per_position
-from components.models import build_model
+from trainwise.components.evaluation.attributions import attribute, explain_sample, sample_right_and_wrong, top_tokens
+from trainwise.components.evaluation.figures import per_position
+from trainwise.components.models import build_model
 
 
 def test_sample_is_half_right_half_wrong_and_fixed_by_seed():
@@ -106,7 +106,7 @@ def test_token_inputs_without_an_embedding_layer_say_why():
 
 
 def test_image_sample_draws_an_overlay_figure(digits_split):
-    from components.training.data import load_split
+    from trainwise.components.training.data import load_split
 
     x, y, ids = load_split(digits_split, "test")
     model = build_model("mlp", input_shape=(1, 8, 8), n_classes=10).eval()

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from components.models.backbone_names import BackboneError
-from components.models.backbones import build_backbone, packaged_weights_file, read_weights, timm_available
-from components.models.weights import sha256_file
+from trainwise.components.models.backbone_names import BackboneError
+from trainwise.components.models.backbones import build_backbone, packaged_weights_file, read_weights, timm_available
+from trainwise.components.models.weights import sha256_file
 
 # ImageNet-1k class indices: buildings a temple roof can be taken for, and `daisy`.
 BUILDINGS = {442, 449, 483, 497, 498, 538, 663, 668, 698, 832, 858}  # bell cote, boathouse, castle, church,

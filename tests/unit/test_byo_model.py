@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from components.models import build_model
-from components.models.custom import CustomModelError
-from components.training.export import load_model, model_spec, save_model
-from pipelines.config import ConfigError, parse_params
+from trainwise.components.models import build_model
+from trainwise.components.models.custom import CustomModelError
+from trainwise.components.training.export import load_model, model_spec, save_model
+from trainwise.pipelines.config import ConfigError, parse_params
 
 
 def test_factory_gets_shape_classes_and_params():

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from tests.demo_data import write_synthetic_split
-from components.models.classical import BASELINES, downsample_images, fit_baselines, image_features, make_baseline
-from pipelines.baseline import load_split_features
+from trainwise.components.models.classical import BASELINES, downsample_images, fit_baselines, image_features, make_baseline
+from trainwise.pipelines.baseline import load_split_features
 
 
 def test_downsample_averages_blocks_until_under_the_budget():
@@ -19,7 +19,7 @@ def test_downsample_averages_blocks_until_under_the_budget():
 
 def test_models_take_arrays_and_do_no_io():
     """The model module reads no files: the stage reads the split and hands it arrays."""
-    import components.models.classical as classical
+    import trainwise.components.models.classical as classical
     source = open(classical.__file__).read()
     for reader in ("read_manifest", "read_table", "open(", "pyarrow", "csv"):
         assert reader not in source, reader
@@ -81,7 +81,7 @@ def test_baselines_and_the_network_share_one_macro_f1_absent_classes_included():
     """Three classes, the third absent from the test rows: a perfect baseline and a network making the
     same predictions get the same macro F1, the absent class counted as 0 (issue 27: the baselines'
     averaged over present classes only, 1.0 against the network's 0.667)."""
-    from components.evaluation.metrics import classification_metrics
+    from trainwise.components.evaluation.metrics import classification_metrics
 
     rng = np.random.default_rng(0)
     x_tr = np.concatenate([rng.normal(3 * k, 0.1, size=(20, 2)) for k in range(3)]).astype(np.float32)

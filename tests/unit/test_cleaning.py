@@ -3,11 +3,11 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 
-from components.data.contract import DatasetWriter, content_id, read_manifest, read_table
-from components.data.sources import RAW_IMAGE_SCHEMA, encode_png
-from components.data.images import decode_image
-from components.quality.cleaning import clean_dataset
-from components.quality.duplicates import exact_duplicate_rows
+from trainwise.components.data.contract import DatasetWriter, content_id, read_manifest, read_table
+from trainwise.components.data.sources import RAW_IMAGE_SCHEMA, encode_png
+from trainwise.components.data.images import decode_image
+from trainwise.components.quality.cleaning import clean_dataset
+from trainwise.components.quality.duplicates import exact_duplicate_rows
 from tests.demo_data import clean_options
 
 
@@ -70,7 +70,7 @@ def _numeric_raw(modality, rows):
 
 
 def test_sequences_and_features_are_checked_for_nan_inf_and_length(tmp_path):
-    from components.quality.cleaning import clean_dataset
+    from trainwise.components.quality.cleaning import clean_dataset
 
     rows = [([0.0, 1.0, 2.0], 0), ([1.0, 2.0, 3.0], 1), ([1.0, float("nan"), 3.0], 0), ([1.0, 2.0], 1),
             ([float("inf"), 0.0, 0.0], 1), ([5.0, 6.0, 7.0], 0), (None, 0), ([0.0, 1.0, 2.0], 0)]
@@ -87,7 +87,7 @@ def test_sequences_and_features_are_checked_for_nan_inf_and_length(tmp_path):
 
 
 def test_text_is_normalised(tmp_path):
-    from components.quality.cleaning import clean_dataset, normalize_text
+    from trainwise.components.quality.cleaning import clean_dataset, normalize_text
 
     assert normalize_text("  ﬁne\tday\x00\n ") == "fine day"
     raw = pa.table({"id": ["a", "b"], "label": [0, 1], "text": ["Hello\u00a0 world ", b"caf\xc3\xa9".decode()],

@@ -48,12 +48,12 @@ def test_choose_takes_the_best_mean_accuracy_and_on_a_tie_the_policy_that_change
 
 
 def test_sampler_attributes_a_stage_process_tree_and_its_memory():
-    # A parent whose child's command line carries "-m pipelines.fake" (as DVC's `python -m pipelines.X`)
+    # A parent whose child's command line carries "-m trainwise.pipelines.fake" (as DVC's `python -m trainwise.pipelines.X`)
     # and holds ~200 MB for a moment; the sampler must find it under the parent and see the memory.
     child = "import time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5)"
     parent = subprocess.Popen([sys.executable, "-c",
                                f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}, '-m', "
-                               "'pipelines.fake'])"])
+                               "'trainwise.pipelines.fake'])"])
     sampler = StageSampler(parent.pid, every=0.1)
     sampler.start()
     parent.wait(timeout=60)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.cli import dvc_stages, main
+from trainwise.pipelines.cli import dvc_stages, main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,7 +20,7 @@ def test_the_stage_list_is_dvc_yamls():
     assert {"audit", "embed"} <= set(stages)
     for name, module in stages.items():
         assert spec[name]["cmd"] == f"python -m {module}"
-        spec_ = importlib.util.find_spec(module)  # `pipelines.x` or, installed as one package, `trainwise.pipelines.x`
+        spec_ = importlib.util.find_spec(module)  # `trainwise.pipelines.x` or, installed as one package, `trainwise.pipelines.x`
         assert spec_ is not None and Path(spec_.origin) == REPO / "pipelines" / f"{name}.py"
 
 

@@ -6,12 +6,12 @@ import os
 import pytest
 import yaml
 
-from components.cluster import storage
-from components.cluster.jobs import WORKING_DIR_EXCLUDES, JobError, _client, job_entrypoint, stage_io
-from components.atomic_io import MARKER_TEXT, OUTPUT_MARKER
-from pipelines.config import ConfigError, parse_params
-from pipelines.remote import _job_params, submit
-from pipelines.stage import _stage_name
+from trainwise.components.cluster import storage
+from trainwise.components.cluster.jobs import WORKING_DIR_EXCLUDES, JobError, _client, job_entrypoint, stage_io
+from trainwise.components.atomic_io import MARKER_TEXT, OUTPUT_MARKER
+from trainwise.pipelines.config import ConfigError, parse_params
+from trainwise.pipelines.remote import _job_params, submit
+from trainwise.pipelines.stage import _stage_name
 from tests.conftest import REPO
 
 
@@ -22,7 +22,7 @@ def test_stage_io_comes_from_dvc_yaml_without_code():
     assert "params.yaml" not in io.inputs  # travels with the code
     assert {"models/model", "metrics/train.json"} <= set(io.outputs)
     entry = job_entrypoint(io, base="s3://b/jobs/k", storage_path="s3://b/ray")
-    assert entry.startswith("python -m pipelines.remote train --base s3://b/jobs/k --storage-path s3://b/ray")
+    assert entry.startswith("python -m trainwise.pipelines.remote train --base s3://b/jobs/k --storage-path s3://b/ray")
     assert "--outputs models/model" in entry
 
 
@@ -94,7 +94,7 @@ def test_submit_without_shared_storage_says_which_key(tmp_path, monkeypatch):
 
 
 def test_stage_name_from_module():
-    import pipelines.train as train
+    import trainwise.pipelines.train as train
 
     assert _stage_name(train.main) == "train"
     assert _stage_name(os.path.join) is None
@@ -102,7 +102,7 @@ def test_stage_name_from_module():
 
 # --- what fits where (issue 18): counted per node ----------------------------------------------
 
-from components.cluster.placement import cannot_fit, groups_that_fit  # noqa: E402
+from trainwise.components.cluster.placement import cannot_fit, groups_that_fit  # noqa: E402
 
 TWO_ONE_CPU_NODES = [({"CPU": 1.0, "memory": 8 * 2**30}, 2)]
 
@@ -121,7 +121,7 @@ def test_fits_are_counted_per_node_not_per_cluster():
 
 
 def test_nodes_of_one_shape_are_counted_together():
-    from components.cluster.placement import _merge, describe_nodes
+    from trainwise.components.cluster.placement import _merge, describe_nodes
 
     nodes = _merge([({"CPU": 1.0, "memory": 12.2 * 2**30, "node:127.0.0.1": 1.0}, 1),
                     ({"CPU": 1.0, "memory": 12.1 * 2**30, "object_store_memory": 1e9}, 1),
@@ -151,7 +151,7 @@ def test_the_infeasible_message_names_the_shape_and_the_nodes():
 
 # --- secrets never travel in a job spec (issue 16) ----------------------------------------------
 
-from pipelines.remote import job_env  # noqa: E402
+from trainwise.pipelines.remote import job_env  # noqa: E402
 
 SUBMITTER_ENV = {"AWS_SECRET_ACCESS_KEY": "fake-secret-1", "AWS_ACCESS_KEY_ID": "AKIAFAKE",
                  "MLFLOW_TRACKING_PASSWORD": "fake-secret-2", "RAY_AUTH_TOKEN": "fake-token",
@@ -200,8 +200,8 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 STUCK_STAGE = """
-from components.ray_start import init_ray
-from pipelines.stage import run_stage
+from trainwise.components.ray_start import init_ray
+from trainwise.pipelines.stage import run_stage
 
 def main():
     import ray
@@ -278,7 +278,7 @@ def dead_train_worker_group() -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_placement_group_clean_up_only_touches_this_jobs_groups(ray_session, tmp_path):
-    from components.tuning.cleanup import reap_orphaned_train_groups
+    from trainwise.components.tuning.cleanup import reap_orphaned_train_groups
 
     ray = ray_session
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -317,7 +317,7 @@ def test_in_process_ray_workers_run_at_the_drivers_priority(ray_session):
 def test_the_orphan_watchdog_stops_every_job_still_waited_for_from_its_own_thread():
     import threading
 
-    from components.cluster import jobs
+    from trainwise.components.cluster import jobs
 
     class Client:
         def __init__(self, ok):

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from pipelines.config import ConfigError, Params, load_params, parse_params
+from trainwise.pipelines.config import ConfigError, Params, load_params, parse_params
 from tests.conftest import REPO
 
 
@@ -163,10 +163,10 @@ def test_a_components_default_for_a_params_key_is_the_schemas():
     (SweepOptions.max_epochs was 10 while tune.max_epochs was 8)."""
     from dataclasses import MISSING, fields
 
-    from components.training.driver import Scaling
-    from components.training.loop_config import LoopConfig
-    from components.tuning.sweep import SweepOptions
-    from pipelines.config import TrainParams, TuneParams
+    from trainwise.components.training.driver import Scaling
+    from trainwise.components.training.loop_config import LoopConfig
+    from trainwise.components.tuning.sweep import SweepOptions
+    from trainwise.pipelines.config import TrainParams, TuneParams
 
     drift = [f"{cls.__name__}.{f.name}: {f.default!r}, the schema {getattr(section, f.name)!r}"
              for cls, section in ((LoopConfig, TrainParams()), (Scaling, TrainParams()), (SweepOptions, TuneParams()))

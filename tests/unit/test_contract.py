@@ -3,7 +3,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from components.data.contract import (DataContractError, DatasetWriter, SetAside, content_id, read_manifest,
+from trainwise.components.data.contract import (DataContractError, DatasetWriter, SetAside, content_id, read_manifest,
                                       read_table)
 
 
@@ -80,7 +80,7 @@ def test_an_extension_stores_only_what_it_adds_and_reads_as_whole_rows(tmp_path)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from components.data.contract import (DataContractError, DatasetWriter, SetAside, iter_batches, payload_dir,
+    from trainwise.components.data.contract import (DataContractError, DatasetWriter, SetAside, iter_batches, payload_dir,
                                           read_manifest, read_table)
 
     t = _images_table(20)

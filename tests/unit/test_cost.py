@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from components.tracking.cost import (CostMeter, ProcessTreeCpu, Rates, held_devices, metered_devices, nvml_probe,
+from trainwise.components.tracking.cost import (CostMeter, ProcessTreeCpu, Rates, held_devices, metered_devices, nvml_probe,
                                       process_tree_pids, reserved_cost)
 
 
@@ -180,7 +180,7 @@ class FakeNvml:
 
 
 def test_a_meter_with_a_process_filter_bills_gpu_use_and_energy_of_held_gpus_only():
-    from components.tracking.cost import NvmlProbe
+    from trainwise.components.tracking.cost import NvmlProbe
 
     me = process_tree_pids()[0]
     nv = FakeNvml({1: [me], 2: [10**9]})  # GPU 1 ours, GPU 2 someone else's, 0 and 3 idle

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from components.tracking.credentials import MASK, mask_secrets, mask_value, strip_credentials, url_credentials
+from trainwise.components.tracking.credentials import MASK, mask_secrets, mask_value, strip_credentials, url_credentials
 
 
 def test_a_password_holding_at_is_masked_up_to_the_host():
@@ -27,14 +27,14 @@ def test_credential_options_inside_a_value_are_masked():
 
 
 def test_environment_tags_mask_options_inside_values():
-    from components.tracking.mlflow_runs import environment_tags
+    from trainwise.components.tracking.mlflow_runs import environment_tags
 
     tags = environment_tags({"TRAINWISE_EXTRA_ARGS": "--password=hunter2 --epochs 3", "HOME": "/root"})
     assert tags == {"env.TRAINWISE_EXTRA_ARGS": f"--password={MASK} --epochs 3"}
 
 
 def test_masking_is_one_function_everywhere():
-    from components.tracking import mlflow_runs, tracker
+    from trainwise.components.tracking import mlflow_runs, tracker
 
     assert mlflow_runs.mask_value is mask_value and mlflow_runs.mask_secrets is mask_secrets
     assert tracker._safe_uri("https://u:p@ss@host") == f"https://{MASK}@host"
@@ -74,7 +74,7 @@ class _Health(http.server.BaseHTTPRequestHandler):
 def test_a_tracking_uri_with_user_and_password_passes_the_pre_flight_check():
     """MLflow sends a URI's user:password as basic auth; the pre-flight check called such a
     running server unreachable (urllib took `user:pass@host` for the host name)."""
-    from components.tracking.tracker import TrackingUnavailable, check_reachable
+    from trainwise.components.tracking.tracker import TrackingUnavailable, check_reachable
 
     server = http.server.HTTPServer(("127.0.0.1", 0), _Health)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from components.data.contract import read_manifest, read_table
+from trainwise.components.data.contract import read_manifest, read_table
 from tests.demo_data import write_synthetic_split
 
 

@@ -158,7 +158,7 @@ def test_params_examples_in_the_docs_are_valid_params(doc):
     typed schema accepts it (a renamed or mistyped key in the docs fails here)."""
     import yaml
 
-    from pipelines.config import parse_params
+    from trainwise.pipelines.config import parse_params
 
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     blocks = re.findall(r"```yaml\n(.*?)```", (REPO / doc).read_text(), re.S)

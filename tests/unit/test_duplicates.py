@@ -7,10 +7,10 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from components.data.contract import DatasetWriter, SetAside, content_id, read_table
-from components.data.sources import RAW_IMAGE_SCHEMA, encode_png
-from components.quality.cleaning import clean_dataset
-from components.quality.duplicates import (NearDuplicateIndex, cross_split_leaks, group_names, image_embedding,
+from trainwise.components.data.contract import DatasetWriter, SetAside, content_id, read_table
+from trainwise.components.data.sources import RAW_IMAGE_SCHEMA, encode_png
+from trainwise.components.quality.cleaning import clean_dataset
+from trainwise.components.quality.duplicates import (NearDuplicateIndex, cross_split_leaks, group_names, image_embedding,
                                            near_pairs, reduce_embedding, signatures, text_key)
 from tests.demo_data import clean_options
 
@@ -168,7 +168,7 @@ def test_split_reads_the_near_pairs_clean_found_and_reports_pairs_across_splits(
 
     import yaml
 
-    from components.quality.duplicates import NEAR_PAIRS_FILE, write_near_pairs
+    from trainwise.components.quality.duplicates import NEAR_PAIRS_FILE, write_near_pairs
     from tests.conftest import REPO
 
     rng = np.random.default_rng(7)
@@ -179,7 +179,7 @@ def test_split_reads_the_near_pairs_clean_found_and_reports_pairs_across_splits(
     assert len(st["near_pairs"]) >= 30
     write_near_pairs(tmp_path / "clean", st["near_pairs"])
     # split also reads embed (no vectors here: grouping by clean's groups and pixels) and ingest (no given split)
-    from components.embedding.store import write_no_backbone
+    from trainwise.components.embedding.store import write_no_backbone
 
     write_no_backbone(tmp_path / "embed", note="test")
     (tmp_path / "ingest").mkdir()
@@ -191,7 +191,7 @@ def test_split_reads_the_near_pairs_clean_found_and_reports_pairs_across_splits(
     env["PYTHONPATH"] = str(REPO)
 
     def split():
-        proc = subprocess.run([sys.executable, "-m", "pipelines.split"], cwd=tmp_path, env=env, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "trainwise.pipelines.split"], cwd=tmp_path, env=env, capture_output=True,
                               text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads((tmp_path / "split" / "manifest.json").read_text())["leakage"]
@@ -211,7 +211,7 @@ def test_split_reads_the_near_pairs_clean_found_and_reports_pairs_across_splits(
     assert {a, b} <= set(kept.column("id").to_pylist())  # examples name rows by id
     # without clean's pairs file the check cannot be honest: a clear error names the file and the fix
     (tmp_path / "clean" / NEAR_PAIRS_FILE).unlink()
-    proc = subprocess.run([sys.executable, "-m", "pipelines.split"], cwd=tmp_path, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "trainwise.pipelines.split"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode != 0 and "near_pairs.parquet" in proc.stderr and "dvc repro clean" in proc.stderr
 

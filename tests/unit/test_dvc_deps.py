@@ -44,7 +44,7 @@ MAPPED = ("components", "pipelines")
 
 
 def _module_base(module: str) -> Path:
-    """`components.tracking.cost` (or `trainwise.components.tracking.cost`) -> REPO/components/tracking/cost."""
+    """`trainwise.components.tracking.cost` (or `trainwise.components.tracking.cost`) -> REPO/components/tracking/cost."""
     parts = module.split(".")
     if parts[0] == "trainwise" and len(parts) > 1 and parts[1] in MAPPED:
         parts = parts[1:]
@@ -52,7 +52,7 @@ def _module_base(module: str) -> Path:
 
 
 def module_file(module: str) -> Path | None:
-    """The file of a project module (`components.tracking.cost`), or None if not one of ours."""
+    """The file of a project module (`trainwise.components.tracking.cost`), or None if not one of ours."""
     if module.split(".")[0] not in PACKAGES:
         return None
     base = _module_base(module)
@@ -124,14 +124,14 @@ def import_closure(start: Path) -> frozenset[str]:
 
 
 def stage_entry(cmd: str) -> Path | None:
-    """The project file a stage's `cmd` runs: `python -m pipelines.train`, `trainwise stage train` or
+    """The project file a stage's `cmd` runs: `python -m trainwise.pipelines.train`, `trainwise stage train` or
     `python pipelines/x.py`."""
     m = re.search(r"\bpython[0-9.]*\s+-m\s+([\w.]+)", cmd)
     if m:
         return module_file(m.group(1))
     m = re.search(r"\btrainwise\s+stage\s+(\w+)", cmd)  # the CLI runs pipelines.<name>
     if m:
-        return module_file(f"pipelines.{m.group(1)}")
+        return module_file(f"trainwise.pipelines.{m.group(1)}")
     m = re.search(r"\bpython[0-9.]*\s+(\S+\.py)\b", cmd)
     return REPO / m.group(1) if m and (REPO / m.group(1)).is_file() else None
 
@@ -174,5 +174,5 @@ def test_the_closure_follows_lazy_imports_and_submodules():
     assert "components/__init__.py" not in report  # a docstring-only package file
     assert not covered("components/evaluation/summary.py", ["components/evaluation/report.py", "components/eval"])
     assert covered("components/evaluation/summary.py", ["components/evaluation"])
-    assert stage_entry("python -m pipelines.train") == REPO / "pipelines" / "train.py"
+    assert stage_entry("python -m trainwise.pipelines.train") == REPO / "pipelines" / "train.py"
     assert stage_entry("trainwise stage train") == REPO / "pipelines" / "train.py"

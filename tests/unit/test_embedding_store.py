@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from components.data.contract import DataContractError
+from trainwise.components.data.contract import DataContractError
 import pyarrow.parquet as pq
 
-from components.embedding.store import (EMBEDDINGS, grouping_note, grouping_vectors, iter_grouping_vectors,
+from trainwise.components.embedding.store import (EMBEDDINGS, grouping_note, grouping_vectors, iter_grouping_vectors,
                                         read_embeddings, write_embeddings, write_no_backbone)
 
 

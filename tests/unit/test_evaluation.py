@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from components.evaluation.metrics import (calibration, classification_metrics, confidently_wrong,
+from trainwise.components.evaluation.metrics import (calibration, classification_metrics, confidently_wrong,
                                            paired_comparison, verdict)
-from components.evaluation.summary import best_baseline, totals
+from trainwise.components.evaluation.summary import best_baseline, totals
 
 
 def test_classification_metrics_on_known_predictions():
@@ -96,8 +96,8 @@ def test_pipeline_totals_sum_stage_costs():
 def test_the_verdict_names_a_backbone_network_as_people_do():
     """model.json names a backbone network `backbone:<train.backbone>` (what resolve_backbone writes);
     the verdict once printed "the backbone:all minilm l6 v2"."""
-    from components.models.backbone_names import network_display_name
-    from components.models.networks import BACKBONE_PREFIX
+    from trainwise.components.models.backbone_names import network_display_name
+    from trainwise.components.models.networks import BACKBONE_PREFIX
 
     saved = f"{BACKBONE_PREFIX}all_minilm_l6_v2"
     name = network_display_name(saved)

@@ -5,12 +5,12 @@ import pyarrow as pa
 import pytest
 import torch
 
-from components.data.contract import DataContractError, DatasetWriter, SetAside
-from components.embedding.store import write_embeddings
-from components.embedding.training import embedding_tables, network_error, resolve_backbone
-from components.models import build_model
-from components.models.backbones import build_classifier
-from components.training.data import decode, to_numpy
+from trainwise.components.data.contract import DataContractError, DatasetWriter, SetAside
+from trainwise.components.embedding.store import write_embeddings
+from trainwise.components.embedding.training import embedding_tables, network_error, resolve_backbone
+from trainwise.components.models import build_model
+from trainwise.components.models.backbones import build_classifier
+from trainwise.components.training.data import decode, to_numpy
 from tests.inprocess import InProcessSession
 from tests.params import loop_config
 
@@ -91,7 +91,7 @@ def test_training_loop_trains_the_head_on_vectors(tmp_path, monkeypatch):
     import ray
     from dataclasses import replace
 
-    from components.training import loop as L
+    from trainwise.components.training import loop as L
 
     split, _ = _split(tmp_path, n=40)
     labels = np.array([i % 2 for i in range(40)])

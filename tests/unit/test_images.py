@@ -8,11 +8,11 @@ import pyarrow as pa
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from components.data.contract import DatasetWriter, content_id
-from components.data.images import ANIMATED_FIRST_FRAME, EXIF_ROTATED, SCALED_16BIT, decode_image
-from components.data.sources import RAW_IMAGE_SCHEMA
-from components.quality.cleaning import clean_dataset
-from components.serving.preprocess import PreprocessError, preprocess_image
+from trainwise.components.data.contract import DatasetWriter, content_id
+from trainwise.components.data.images import ANIMATED_FIRST_FRAME, EXIF_ROTATED, SCALED_16BIT, decode_image
+from trainwise.components.data.sources import RAW_IMAGE_SCHEMA
+from trainwise.components.quality.cleaning import clean_dataset
+from trainwise.components.serving.preprocess import PreprocessError, preprocess_image
 from tests.demo_data import clean_options
 
 

@@ -19,16 +19,16 @@ ROOTS = ("components", "pipelines")
 # Lowest first. A module may import modules on its own floor or below, never above; the floor of a
 # module is that of the longest prefix listed here. Keep in step with docs/architecture.md.
 FLOORS: tuple[tuple[str, ...], ...] = (
-    ("components.stage_exit", "components.atomic_io"),   # ground: process lifecycle, atomic writes
-    ("components.data", "components.tracking", "components.cluster"),   # the data contract; MLflow and cost; Ray Jobs and placement
-    ("components.ray_start", "components.quality", "components.evaluation"),
-    ("components.models",),
-    ("components.embedding",),
-    ("components.training",),
-    ("components.tuning", "components.serving"),
+    ("trainwise.components.stage_exit", "trainwise.components.atomic_io"),   # ground: process lifecycle, atomic writes
+    ("trainwise.components.data", "trainwise.components.tracking", "trainwise.components.cluster"),   # the data contract; MLflow and cost; Ray Jobs and placement
+    ("trainwise.components.ray_start", "trainwise.components.quality", "trainwise.components.evaluation"),
+    ("trainwise.components.models",),
+    ("trainwise.components.embedding",),
+    ("trainwise.components.training",),
+    ("trainwise.components.tuning", "trainwise.components.serving"),
     # components/project (`trainwise init`) writes a project's params.yaml from the schema in
     # pipelines/config.py: a command beside the CLI, not a building block (issue 31 put it there)
-    ("pipelines", "components.project"),
+    ("trainwise.pipelines", "trainwise.components.project"),
 )
 
 
@@ -37,7 +37,8 @@ def _modules() -> dict[str, Path]:
     for root in ROOTS:
         for f in sorted((REPO / root).rglob("*.py")):
             parts = f.relative_to(REPO).with_suffix("").parts
-            mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+            # the import names: the folders are trainwise.components / trainwise.pipelines (pyproject package-dir)
+            mods[".".join(["trainwise", *(parts[:-1] if parts[-1] == "__init__" else parts)])] = f
     return mods
 
 
@@ -76,7 +77,7 @@ GRAPH = {m: imports(m) for m in MODULES}
 
 
 def floor(module: str) -> int:
-    if module in ROOTS:  # the packages' own __init__ files (empty)
+    if module in {f"trainwise.{r}" for r in ROOTS}:  # the packages' own __init__ files (empty)
         return 0
     best, level = "", None
     for k, names in enumerate(FLOORS):
@@ -126,9 +127,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_checks_see_what_they_check():
     """The graph and the two checks work: a known import is an edge, a planted circle and an
     upward import are found."""
-    assert "components.data.contract" in GRAPH["pipelines.stage"]
+    assert "trainwise.components.data.contract" in GRAPH["trainwise.pipelines.stage"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    assert floor("components.data.contract") < floor("components.training.loop") < floor("pipelines.train")
+    assert floor("trainwise.components.data.contract") < floor("trainwise.components.training.loop") < floor("trainwise.pipelines.train")
 
 
 def test_no_import_circle():

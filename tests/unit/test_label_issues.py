@@ -10,13 +10,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from components.data.contract import DatasetWriter, SetAside, iter_batches, read_manifest, read_table
+from trainwise.components.data.contract import DatasetWriter, SetAside, iter_batches, read_manifest, read_table
 from tests.demo_data import write_digits_split
-from components.quality.audit import NoiseOptions, audit_dataset, reduce_features
-from components.quality.label_issues import (LabelIssueOptions, decide, detection_scores, judge_auditor,
+from trainwise.components.quality.audit import NoiseOptions, audit_dataset, reduce_features
+from trainwise.components.quality.label_issues import (LabelIssueOptions, decide, detection_scores, judge_auditor,
                                              oof_probabilities, poisson_upper)
-from components.quality.noise import inject_symmetric_noise
-from pipelines.config import LabelIssueParams
+from trainwise.components.quality.noise import inject_symmetric_noise
+from trainwise.pipelines.config import LabelIssueParams
 
 CLASSES = [str(k) for k in range(10)]
 
@@ -279,7 +279,7 @@ def test_a_weak_auditor_on_correct_labels_acts_on_at_most_one_percent(tmp_path):
     n, f = 2000, 20
     x = rng.normal(size=(n, f)).astype(np.float32)
     labels = (x[:, 0] + rng.normal(scale=2.5, size=n) > 0).astype(np.int64)
-    from components.data.splitting import assign_splits
+    from trainwise.components.data.splitting import assign_splits
 
     ids = [f"hard-{i}" for i in range(n)]
     table = pa.table({"id": ids, "label": labels, "features": pa.FixedSizeListArray.from_arrays(
@@ -296,7 +296,7 @@ def test_a_weak_auditor_on_correct_labels_acts_on_at_most_one_percent(tmp_path):
 
 
 def _features_split(tmp_path, x, labels, name):
-    from components.data.splitting import assign_splits
+    from trainwise.components.data.splitting import assign_splits
 
     n, f = x.shape
     ids = [f"{name}-{i}" for i in range(n)]
@@ -465,7 +465,7 @@ def _digits_features_split(tmp_path, name, *, heldout_scale: float = 1.0):
     d = load_digits()
     x, y = d.data.astype(np.float32), d.target.astype(np.int64)
     ids = [f"d{i}" for i in range(len(y))]
-    from components.data.splitting import assign_splits
+    from trainwise.components.data.splitting import assign_splits
 
     split = assign_splits(ids, fractions={"train": 0.7, "val": 0.15, "test": 0.15}, seed=0)
     held = np.array(split) != "train"
@@ -492,7 +492,7 @@ def test_val_and_test_payloads_change_no_train_decision(tmp_path):
 def test_the_auditors_feature_transforms_are_fitted_on_train_rows_only(modality):
     """TF-IDF's IDF, the standardisation and the PCA of embeddings: train rows' features are the same
     whatever the val/test rows hold."""
-    from components.quality.audit import _Rows, embedding_features, payload_features, text_features
+    from trainwise.components.quality.audit import _Rows, embedding_features, payload_features, text_features
 
     rng = np.random.default_rng(0)
     n = 300

@@ -8,11 +8,11 @@ import pyarrow as pa
 import pytest
 import torch
 
-from components.data.contract import DatasetWriter, SetAside
-from components.embedding.store import write_embeddings
-from components.embedding.training import embedding_tables, resolve_backbone
-from components.models.backbones import build_classifier
-from components.models.linear_probe import init_from_probe, make_linear_probe
+from trainwise.components.data.contract import DatasetWriter, SetAside
+from trainwise.components.embedding.store import write_embeddings
+from trainwise.components.embedding.training import embedding_tables, resolve_backbone
+from trainwise.components.models.backbones import build_classifier
+from trainwise.components.models.linear_probe import init_from_probe, make_linear_probe
 from tests.inprocess import InProcessSession
 from tests.params import loop_config
 
@@ -69,7 +69,7 @@ class _KeepBest(InProcessSession):
 def test_a_frozen_linear_head_does_not_lose_to_its_own_probe(tmp_path, monkeypatch):
     import ray
 
-    from components.training import loop as L
+    from trainwise.components.training import loop as L
 
     x, y, split = _sentence_like(5160, seed=0)
     ids = [f"r{i}" for i in range(len(y))]
@@ -101,8 +101,8 @@ def test_a_frozen_linear_head_does_not_lose_to_its_own_probe(tmp_path, monkeypat
 
 
 def test_the_verdict_says_what_a_frozen_linear_head_can_add_over_the_probe():
-    from components.models.backbone_names import probe_note
-    from components.models.networks import BACKBONE_PREFIX
+    from trainwise.components.models.backbone_names import probe_note
+    from trainwise.components.models.networks import BACKBONE_PREFIX
 
     note = probe_note(f"{BACKBONE_PREFIX}{NAME}", backbone_mode="frozen")
     assert "linear probe's model" in note and "train.backbone_mode: finetune" in note

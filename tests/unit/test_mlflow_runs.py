@@ -1,6 +1,6 @@
 import mlflow
 
-from components.tracking.mlflow_runs import PIPELINE_RUN_ENV, flatten, log_history, pipeline_run_id, setup_mlflow, ui_command
+from trainwise.components.tracking.mlflow_runs import PIPELINE_RUN_ENV, flatten, log_history, pipeline_run_id, setup_mlflow, ui_command
 
 
 def test_flatten_nested_sections_for_mlflow_params():
@@ -27,7 +27,7 @@ def test_ui_command_is_relative_for_the_repo_store(tmp_path):
 
 
 def test_links_open_the_runs_view_not_the_genai_view(tmp_path):
-    from components.tracking.mlflow_runs import ui_url, where_to_look
+    from trainwise.components.tracking.mlflow_runs import ui_url, where_to_look
 
     # MLflow 3.17's UI picks GenAI vs Model training from this query parameter (else the browser's last choice).
     assert ui_url("http://h:5000/", "3", "abc") == "http://h:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
@@ -57,8 +57,8 @@ def _project(tmp_path):
 def test_stages_of_one_pipeline_run_nest_under_one_parent_with_the_total_cost(tmp_path, monkeypatch):
     import pytest
 
-    from components.tracking.mlflow_runs import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
-    from pipelines.stage import Stage
+    from trainwise.components.tracking.mlflow_runs import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+    from trainwise.pipelines.stage import Stage
 
     root = _project(tmp_path)
     monkeypatch.setenv(PIPELINE_RUN_ENV, "run-1")

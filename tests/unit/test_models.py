@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from components.models import build_model
-from components.training.export import load_model, save_model
+from trainwise.components.models import build_model
+from trainwise.components.training.export import load_model, save_model
 
 VOCAB = 50
 # (model, input_shape, vocab_size): each model on each modality it supports

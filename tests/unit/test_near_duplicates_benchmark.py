@@ -9,7 +9,7 @@ import numpy as np
 
 from benchmarks.near_duplicates_content import (SCALE_COPY_EVERY, _recommend, copy_source, edit_text, score,
                                                 synthetic_batch)
-from components.quality.content_groups import normalise_text
+from trainwise.components.quality.content_groups import normalise_text
 
 
 def test_score_counts_together_merged_and_spanning_per_item():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from components.tuning.ordered_asha import OrderedASHA, live_scheduler, rungs
+from trainwise.components.tuning.ordered_asha import OrderedASHA, live_scheduler, rungs
 
 
 class FakeTrial:
@@ -191,7 +191,7 @@ class RecordingSearcher:
 
 
 def _search_run(concurrency: int, finish_order_seed: int, *, ordered: bool) -> list[tuple]:
-    from components.tuning.budget import BudgetedSearch, SweepMonitor
+    from trainwise.components.tuning.budget import BudgetedSearch, SweepMonitor
 
     key = f"search-{concurrency}-{finish_order_seed}-{ordered}"
     monitor, inner = SweepMonitor(key, usd_per_hour=0.0), RecordingSearcher()

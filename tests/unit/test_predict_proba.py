@@ -5,8 +5,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from components.evaluation import metrics
-from components.evaluation.metrics import predict_proba
+from trainwise.components.evaluation import metrics
+from trainwise.components.evaluation.metrics import predict_proba
 
 
 class _Widths(nn.Module):

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from components.project import init as pinit
-from pipelines import cli
-from pipelines.config import ConfigError, load_params
+from trainwise.components.project import init as pinit
+from trainwise.pipelines import cli
+from trainwise.pipelines.config import ConfigError, load_params
 from tests.unit.test_dvc_deps import REPO, STAGES, import_closure, stage_entry
 
 
@@ -106,7 +106,7 @@ def test_init_creates_a_git_and_dvc_project_that_loads(tmp_path, capsys):
     assert params.ingest.source == "image_folder" and params.ingest.path == str(data)
     assert params.trainwise_version == pinit.installed_version()
     assert "/mlflow.db" in (proj / ".gitignore").read_text()
-    assert cli.dvc_stages(proj / "dvc.yaml")["train"].endswith("pipelines.train")
+    assert cli.dvc_stages(proj / "dvc.yaml")["train"].endswith("trainwise.pipelines.train")
 
 
 def test_generated_params_keep_every_key_and_comment(tmp_path):
@@ -157,7 +157,7 @@ def test_a_stage_refuses_another_trainwise_version(tmp_path, monkeypatch):
 
 def test_a_cluster_job_refuses_another_trainwise_version(tmp_path, monkeypatch, capsys):
     """The job side of a submitted stage runs the cluster's installed trainwise: it must be the project's."""
-    from pipelines import remote
+    from trainwise.pipelines import remote
 
     monkeypatch.chdir(tmp_path)
     Path("params.yaml").write_text('trainwise_version: "0.0.1"\n')

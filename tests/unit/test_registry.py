@@ -4,9 +4,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from components.evaluation.metrics import paired_comparison, paired_f1_interval
-from components.tracking.mlflow_runs import setup_mlflow
-from components.tracking.registry import apply_gate, gate_decision
+from trainwise.components.evaluation.metrics import paired_comparison, paired_f1_interval
+from trainwise.components.tracking.mlflow_runs import setup_mlflow
+from trainwise.components.tracking.registry import apply_gate, gate_decision
 
 # The demo's case from issue 14.4: +0.019 on test/acc, but the verdict's 95% interval reaches below 0.
 DEMO = dict(model_score=0.981, baseline_score=0.962, interval=(-0.004, 0.041))

@@ -1,5 +1,5 @@
-from components.evaluation.figures import pareto_front
-from components.evaluation.report import build_report, confusion_matrix_from_pairs
+from trainwise.components.evaluation.figures import pareto_front
+from trainwise.components.evaluation.report import build_report, confusion_matrix_from_pairs
 
 MANIFEST = {"rows": 9, "rows_in": 10, "set_aside": {"duplicate": 1}, "classes": ["a", "b"],
             "split_class_counts": {"train": {"a": 3, "b": 3}, "test": {"a": 2, "b": 1}}}
@@ -228,8 +228,8 @@ def test_report_shows_how_near_duplicates_were_checked_and_the_pairs_nearest_the
 def test_the_report_names_the_network_as_the_verdict_does():
     """The baselines table read "network (small_cnn)" for a frozen MiniLM + linear head (train.model
     is not what a backbone run trains): the name comes from what evaluate scored."""
-    from pipelines.config import parse_params
-    from pipelines.report import _network_name
+    from trainwise.pipelines.config import parse_params
+    from trainwise.pipelines.report import _network_name
 
     text = parse_params({"ingest": {"source": "table", "path": "x.csv", "text_column": "text"},
                          "train": {"backbone": "all_minilm_l6_v2"}})

@@ -2,7 +2,7 @@ import io
 
 import pytest
 
-from components.ray_start import _DropRayletNoise
+from trainwise.components.ray_start import _DropRayletNoise
 
 NOISE = ("\x1b[33m(raylet)\x1b[0m WARNING: 8 PYTHON worker processes have been started on node: abc with "
          "address: 10.0.0.1, which is 4x the maximum expected startup concurrency (2).")
@@ -77,7 +77,7 @@ def _orphan(child: str, out, *, shell: str | None = None) -> None:
 # A stand-in stage: watches its parent, says so, and cleans up when interrupted.
 STOPPING_CHILD = (
     "import sys, time\n"
-    "from components.stage_exit import watch_parent\n"
+    "from trainwise.components.stage_exit import watch_parent\n"
     "assert watch_parent(interval_s=0.1, grace_s=5, log=lambda m: print(m, flush=True))\n"
     "print('watching', flush=True)\n"
     "try:\n    time.sleep(120)\n"
@@ -104,7 +104,7 @@ def test_the_orphan_hook_runs_in_the_watcher_before_the_interrupt_even_when_it_f
     out = tmp_path / "child.log"
     _orphan(
         "import sys, threading, time\n"
-        "from components.stage_exit import watch_parent\n"
+        "from trainwise.components.stage_exit import watch_parent\n"
         "def hook():\n"
         "    print('hook in', threading.current_thread().name, flush=True)\n"
         "    raise ConnectionError('jobs API down')\n"
@@ -128,8 +128,8 @@ def test_an_orphan_that_swallows_the_interrupt_still_publishes_nothing(tmp_path)
     _orphan(
         "import sys, tempfile, time\n"
         "from pathlib import Path\n"
-        "from components.atomic_io import replace_dir, write_json_atomic\n"
-        "from components.stage_exit import Orphaned, watch_parent\n"
+        "from trainwise.components.atomic_io import replace_dir, write_json_atomic\n"
+        "from trainwise.components.stage_exit import Orphaned, watch_parent\n"
         "assert watch_parent(interval_s=0.1, grace_s=5, log=lambda m: print(m, flush=True))\n"
         "print('watching', flush=True)\n"
         "try:\n    time.sleep(120)\n"
@@ -150,7 +150,7 @@ def test_an_orphan_that_swallows_the_interrupt_still_publishes_nothing(tmp_path)
 
 
 def test_a_local_ray_start_that_misses_the_registration_window_is_retried(capsys):
-    from components.ray_start import _start_local_ray
+    from trainwise.components.ray_start import _start_local_ray
 
     class FakeRay:  # stands in for the ray module: its start-up window cannot be made to time out on demand
         def __init__(self, failures: int):

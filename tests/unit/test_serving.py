@@ -19,11 +19,11 @@ import pandas as pd
 import pytest
 import torch
 
-from components.serving.predictor import Predictor
-from components.serving.preprocess import preprocess_image
-from components.serving.registry import ModelNotFound, load_predictor, resolve_registered
-from components.data.images import images_to_tensor
-from components.training.data import load_split
+from trainwise.components.serving.predictor import Predictor
+from trainwise.components.serving.preprocess import preprocess_image
+from trainwise.components.serving.registry import ModelNotFound, load_predictor, resolve_registered
+from trainwise.components.data.images import images_to_tensor
+from trainwise.components.training.data import load_split
 from tests.conftest import experiment_in
 from tests.serving_helpers import digit_pngs, train_tiny_digits_model, train_tiny_model
 
@@ -41,8 +41,8 @@ def registry(tiny, tmp_path_factory):
     """A fresh SQLite MLflow store holding two registered versions of the tiny model."""
     import mlflow
 
-    from components.serving.pyfunc import log_classifier
-    from components.training.export import SPEC, WEIGHTS
+    from trainwise.components.serving.pyfunc import log_classifier
+    from trainwise.components.training.export import SPEC, WEIGHTS
 
     model_dir, spec = tiny
     store = tmp_path_factory.mktemp("mlflow")
@@ -122,8 +122,8 @@ def text_model(tmp_path_factory):
 
 def _raw_test_rows(split) -> tuple[list, list[str]]:
     """The test split as a user would send it: texts as strings, vectors as plain lists."""
-    from components.data.contract import read_manifest
-    from components.training.data import modality, read_split
+    from trainwise.components.data.contract import read_manifest
+    from trainwise.components.training.data import modality, read_split
 
     kind, classes = modality(str(split)), read_manifest(split)["classes"]
     table = read_split(str(split), "test")
@@ -191,8 +191,8 @@ def test_a_text_model_without_its_tokenizer_is_refused_at_load(text_model):
 def test_logged_pyfunc_of_other_modalities_takes_raw_columns(other, tmp_path):
     import mlflow
 
-    from components.serving.pyfunc import input_columns, log_classifier
-    from components.training.export import WEIGHTS
+    from trainwise.components.serving.pyfunc import input_columns, log_classifier
+    from trainwise.components.training.export import WEIGHTS
 
     split, model_dir, spec = other
     raw, _ = _raw_test_rows(split)

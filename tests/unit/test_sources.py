@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from components.data.contract import read_manifest, read_table
-from components.data.sources import SourceError, ingest, open_source
+from trainwise.components.data.contract import read_manifest, read_table
+from trainwise.components.data.sources import SourceError, ingest, open_source
 
 OPTS = dict(max_image_pixels=89_478_485, max_file_bytes=8 << 20)
 
@@ -549,7 +549,7 @@ def test_manifest_is_readable_by_the_next_stage(tmp_path):
 # -- incremental re-ingest -------------------------------------------------------------------
 
 def test_reingest_reads_only_new_and_changed_files(tmp_path, monkeypatch):
-    from components.data.sources import trees
+    from trainwise.components.data.sources import trees
 
     root = tmp_path / "src"
     for i in range(40):

@@ -3,8 +3,8 @@
 import numpy as np
 import pyarrow as pa
 
-from components.data.contract import read_manifest, read_table
-from components.data.splitting import assign_splits, class_fraction_gap, split_counts, split_keys
+from trainwise.components.data.contract import read_manifest, read_table
+from trainwise.components.data.splitting import assign_splits, class_fraction_gap, split_counts, split_keys
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -48,7 +48,7 @@ def test_class_fraction_gap_sees_an_unstratified_split():
 
 
 def test_a_given_test_set_is_kept_and_val_is_drawn_from_train_by_group():
-    from components.data.splitting import assign_splits_given, contamination
+    from trainwise.components.data.splitting import assign_splits_given, contamination
 
     keys = [f"g{k // 2}" for k in range(400)]            # groups of two rows
     given = ["test" if k % 10 == 0 else "train" for k in range(400)]

@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 PROGRAM = textwrap.dedent("""
     import atexit, sys, threading, time
     from pathlib import Path
-    from pipelines.config import ConfigError
-    from pipelines.stage import run_stage
+    from trainwise.pipelines.config import ConfigError
+    from trainwise.pipelines.stage import run_stage
 
     out = Path(sys.argv[1])
 
@@ -37,8 +37,8 @@ PROGRAM = textwrap.dedent("""
     def main():
         atexit.register(lambda: (out / "atexit").write_text("ran"))
         threading.Thread(target=late_writer).start()
-        import pipelines.stage
-        print("stage output; program:", pipelines.stage._STAGE_PROGRAM[0], flush=False)  # buffered: must still reach the pipe
+        import trainwise.pipelines.stage
+        print("stage output; program:", trainwise.pipelines.stage._STAGE_PROGRAM[0], flush=False)  # buffered: must still reach the pipe
         if sys.argv[2] == "config":
             raise ConfigError("params.yaml: train.epochs must be > 0")
         if sys.argv[2] == "exit-string":
@@ -81,8 +81,8 @@ def test_fast_exit_can_be_turned_off(tmp_path):
 
 
 def test_run_stage_called_from_other_code_returns_or_raises():
-    from pipelines.config import ConfigError
-    from pipelines.stage import run_stage
+    from trainwise.pipelines.config import ConfigError
+    from trainwise.pipelines.stage import run_stage
 
     ran = []
     run_stage(lambda: ran.append(1))  # defined here, not in __main__: no exit

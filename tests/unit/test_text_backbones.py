@@ -18,15 +18,15 @@ import torch
 
 pytest.importorskip("sentence_transformers", reason="the `text` extra (pip install 'trainwise[text]')")
 
-from components.data.contract import DataContractError, DatasetWriter, SetAside  # noqa: E402
-from components.embedding.store import write_embeddings  # noqa: E402
-from components.embedding.training import embedding_tables, network_error, resolve_backbone  # noqa: E402
-from components.models import build_model  # noqa: E402
-from components.models.backbone_names import TEXT_BUILTIN, TEXT_HUB_PREFIX, BackboneError  # noqa: E402
-from components.models.backbones import build_backbone, build_classifier  # noqa: E402
-from components.models.text_backbones import model_source, tokenize, tokenizer_spec  # noqa: E402
-from components.models.weights import sha256_file  # noqa: E402
-from components.training.text import encode  # noqa: E402
+from trainwise.components.data.contract import DataContractError, DatasetWriter, SetAside  # noqa: E402
+from trainwise.components.embedding.store import write_embeddings  # noqa: E402
+from trainwise.components.embedding.training import embedding_tables, network_error, resolve_backbone  # noqa: E402
+from trainwise.components.models import build_model  # noqa: E402
+from trainwise.components.models.backbone_names import TEXT_BUILTIN, TEXT_HUB_PREFIX, BackboneError  # noqa: E402
+from trainwise.components.models.backbones import build_backbone, build_classifier  # noqa: E402
+from trainwise.components.models.text_backbones import model_source, tokenize, tokenizer_spec  # noqa: E402
+from trainwise.components.models.weights import sha256_file  # noqa: E402
+from trainwise.components.training.text import encode  # noqa: E402
 from tests.inprocess import InProcessSession  # noqa: E402
 from tests.params import loop_config  # noqa: E402
 
@@ -121,8 +121,8 @@ def test_frozen_classifier_saved_model_takes_token_ids_of_raw_text(backbone):
         torch.testing.assert_close(m(ids), via_text, atol=1e-5, rtol=1e-4)
     # evaluate's attributions (Captum, layer integrated gradients at the word-piece embeddings): one score
     # per token id given, the all-padding baseline included
-    from components.evaluation.attributions import attribute, top_tokens
-    from components.training.text import vocabulary
+    from trainwise.components.evaluation.attributions import attribute, top_tokens
+    from trainwise.components.training.text import vocabulary
 
     attr = attribute(m, ids, [1, 0], steps=4)
     assert attr.shape == (2, 256) and np.isfinite(attr).all() and (attr[:, 12:] == 0).all()
@@ -151,9 +151,9 @@ def test_frozen_head_on_minilm_vectors_beats_chance_and_predicts_raw_text(backbo
     MLflow pyfunc use."""
     import ray
 
-    from components.serving.predictor import Predictor
-    from components.training import loop as L
-    from components.training.export import model_spec, save_model
+    from trainwise.components.serving.predictor import Predictor
+    from trainwise.components.training import loop as L
+    from trainwise.components.training.export import model_spec, save_model
 
     order = np.random.default_rng(0).permutation(24)
     texts = [(FOOD + SPORT)[k] for k in order]
@@ -183,7 +183,7 @@ def test_frozen_head_on_minilm_vectors_beats_chance_and_predicts_raw_text(backbo
     import mlflow
     import pandas as pd
 
-    from components.serving.pyfunc import log_classifier
+    from trainwise.components.serving.pyfunc import log_classifier
     from tests.conftest import experiment_in
 
     old = mlflow.get_tracking_uri()
@@ -214,7 +214,7 @@ def test_bad_text_backbone_input_names_the_param_and_fix(monkeypatch, tmp_path):
 
 
 def test_backbone_and_data_must_agree(tmp_path):
-    from pipelines.config import TEXT_BACKBONE_HUB_PREFIX, TEXT_BACKBONES, ConfigError, parse_params
+    from trainwise.pipelines.config import TEXT_BACKBONE_HUB_PREFIX, TEXT_BACKBONES, ConfigError, parse_params
 
     assert set(TEXT_BACKBONES) == set(TEXT_BUILTIN) and TEXT_BACKBONE_HUB_PREFIX == TEXT_HUB_PREFIX  # one list
     with pytest.raises(ConfigError, match=r"train\.backbone: 'all_minilm_l6_v2' embeds text, but ingest\.source: "
@@ -239,7 +239,7 @@ def test_finetune_trains_the_encoder_on_token_ids(backbone, tmp_path, monkeypatc
     the encoder's own weights move; one in-process rank, two short epochs."""
     import ray
 
-    from components.training import loop as L
+    from trainwise.components.training import loop as L
 
     texts, labels = (FOOD + SPORT)[:6] + (FOOD + SPORT)[12:18], [0] * 6 + [1] * 6
     split = _text_split(tmp_path, texts, labels, ["train", "train", "train", "train", "val", "val"] * 2)
@@ -248,7 +248,7 @@ def test_finetune_trains_the_encoder_on_token_ids(backbone, tmp_path, monkeypatc
     cfg = replace(cfg, **resolve_backbone(cfg))
     assert cfg.tokenizer["kind"] == "backbone" and cfg.embed_dim is None  # rows are texts, not vectors
     monkeypatch.setattr(ray, "get", lambda x: x)
-    from components.data.contract import read_table
+    from trainwise.components.data.contract import read_table
 
     refs = {s: read_table(str(split), columns=["label", "text"], filter_split=s) for s in ("train", "val")}
     s = InProcessSession()

@@ -5,8 +5,8 @@ import json
 import mlflow
 import yaml
 
-from components.tracking.mlflow_runs import MASK, dvc_locked_hashes, environment_tags, mask_secrets
-from pipelines.stage import Stage
+from trainwise.components.tracking.mlflow_runs import MASK, dvc_locked_hashes, environment_tags, mask_secrets
+from trainwise.pipelines.stage import Stage
 
 
 def test_credential_looking_keys_and_url_passwords_are_masked():
@@ -98,7 +98,7 @@ def test_tracking_off_writes_dvc_metrics_and_touches_no_store(tmp_path):
 
 def test_outage_mid_stage_is_spooled_and_sent_when_the_store_answers_again(tmp_path, monkeypatch, capfd):
     """Fault injection on a real SQLite store: the first write fails like a dead server would."""
-    import components.tracking.tracker as tracker
+    import trainwise.components.tracking.tracker as tracker
 
     real_apply, failures = tracker._apply, iter([ConnectionError("Connection refused")])
 
@@ -134,8 +134,8 @@ def test_a_request_mlflow_rejects_is_reported_not_fatal(tmp_path):
 
 
 def test_replay_skips_what_the_store_rejects_and_keeps_nothing_for_another_uri(tmp_path):
-    from components.tracking.mlflow_runs import setup_mlflow
-    from components.tracking.tracker import replay_spool
+    from trainwise.components.tracking.mlflow_runs import setup_mlflow
+    from trainwise.components.tracking.tracker import replay_spool
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     setup_mlflow(tracking_uri=uri, experiment="t", root=tmp_path)

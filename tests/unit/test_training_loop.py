@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from tests.demo_data import write_synthetic_split
-from components.models import build_model
-from components.training.data import augment, input_shape, load_split
-from components.training.driver import resolve, run_name
-from components.training.loop import Trainer
-from components.training.loop_config import LoopConfig
-from components.training.text import encode, fit_tokenizer
+from trainwise.components.models import build_model
+from trainwise.components.training.data import augment, input_shape, load_split
+from trainwise.components.training.driver import resolve, run_name
+from trainwise.components.training.loop import Trainer
+from trainwise.components.training.loop_config import LoopConfig
+from trainwise.components.training.text import encode, fit_tokenizer
 from tests.params import loop_config, scaling
 
 
@@ -157,8 +157,8 @@ def test_tokenizer_is_fitted_on_the_train_split_only(tmp_path):
     loop = resolve(loop_config(data_dir=str(split), n_classes=3, input_shape=(), model="gru", max_tokens=8))
     assert loop.modality == "text" and loop.input_shape == (8,)
     train_words = set()
-    from components.training.data import read_split
-    from components.training.text import words
+    from trainwise.components.training.data import read_split
+    from trainwise.components.training.text import words
     for t in read_split(str(split), "train").column("text").to_pylist():
         train_words.update(words(t))
     assert set(loop.tokenizer["vocab"][2:]) == train_words
@@ -193,7 +193,7 @@ def test_a_finished_run_is_marked_in_local_and_url_storage(tmp_path):
     same name then starts a new run instead of 'resuming' one that has nothing left to train."""
     import json
 
-    from components.training.driver import FINISHED, mark_finished, run_finished
+    from trainwise.components.training.driver import FINISHED, mark_finished, run_finished
 
     for storage in (str(tmp_path / "local"), f"file://{tmp_path}/url"):
         assert not run_finished(storage, "train-abc")
@@ -212,8 +212,8 @@ def _bn_run(rank: int, world: int, sync: bool, port: int, out: dict) -> None:
 
     import torch.distributed as dist
 
-    from components.training.loaders import MemoryBatches
-    from components.training.sync_batchnorm import sync_batchnorm
+    from trainwise.components.training.loaders import MemoryBatches
+    from trainwise.components.training.sync_batchnorm import sync_batchnorm
 
     torch.set_num_threads(1)
     if world > 1:
@@ -287,7 +287,7 @@ def test_sync_batchnorm_keeps_a_frozen_layer_frozen():
     """A frozen backbone's BatchNorm stays frozen when converted for 2 CPU ranks: its new parameters
     required grad before, so DDP waited for gradients the frozen head never produces ("Expected to
     have finished reduction in the prior iteration", the photo benchmark's 2-worker frozen train)."""
-    from components.training.sync_batchnorm import CpuSyncBatchNorm, sync_batchnorm
+    from trainwise.components.training.sync_batchnorm import CpuSyncBatchNorm, sync_batchnorm
 
     model = torch.nn.Sequential(torch.nn.BatchNorm2d(4), torch.nn.Sequential(torch.nn.BatchNorm2d(4)),
                                 torch.nn.Linear(4, 2))

@@ -1,6 +1,6 @@
 """A trial's history from what it trained (its checkpoint) and what Tune recorded (its reports)."""
 
-from components.tuning.analysis import trial_history, trial_row
+from trainwise.components.tuning.analysis import trial_history, trial_row
 
 
 def _epoch(e: int, val_loss: float) -> dict:

@@ -5,13 +5,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from components.tracking.cost import Rates
-from components.tuning.analysis import best_trial, spend_line, sweep_metrics, trial_line
-from components.tuning.budget import trial_usd_per_hour
-from components.tuning.plan import SweepDoesNotFit, plan_sweep
-from components.tuning.sweep import SweepOptions
+from trainwise.components.tracking.cost import Rates
+from trainwise.components.tuning.analysis import best_trial, spend_line, sweep_metrics, trial_line
+from trainwise.components.tuning.budget import trial_usd_per_hour
+from trainwise.components.tuning.plan import SweepDoesNotFit, plan_sweep
+from trainwise.components.tuning.sweep import SweepOptions
 from tests.params import sweep_options
-from pipelines.config import TuneParams
+from trainwise.pipelines.config import TuneParams
 
 RATES = Rates(cpu_hour_usd=0.05, gpu_hour_usd=2.0, node_hour_usd=0.5)
 

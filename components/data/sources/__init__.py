@@ -17,12 +17,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.data.contract import DatasetWriter
-from components.data.sources.base import RAW_IMAGE_SCHEMA, Source, SourceError, raw_schema
-from components.data.sources.digits import digits_source, encode_png
-from components.data.sources.folders import image_folder_source, text_folder_source
-from components.data.sources.sequences import sequences_source
-from components.data.sources.table import table_source
+from trainwise.components.data.contract import DatasetWriter
+from trainwise.components.data.sources.base import RAW_IMAGE_SCHEMA, Source, SourceError, raw_schema
+from trainwise.components.data.sources.digits import digits_source, encode_png
+from trainwise.components.data.sources.folders import image_folder_source, text_folder_source
+from trainwise.components.data.sources.sequences import sequences_source
+from trainwise.components.data.sources.table import table_source
 
 __all__ = ["RAW_IMAGE_SCHEMA", "SOURCES", "Source", "SourceError", "digits_source", "encode_png", "ingest",
            "open_source", "raw_schema"]

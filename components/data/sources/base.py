@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from components.data.contract import DataContractError, SetAside
+from trainwise.components.data.contract import DataContractError, SetAside
 
 
 class SourceError(DataContractError):

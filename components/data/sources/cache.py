@@ -30,7 +30,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.atomic_io import replace_dir
+from trainwise.components.atomic_io import replace_dir
 
 CACHE_VERSION = 1  # bump when what ingest accepts or stores for a file changes
 STAMPS = "stamps.parquet"

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from components.data.contract import batched, content_id
-from components.data.sources.base import RAW_IMAGE_SCHEMA, Source, Tally
+from trainwise.components.data.contract import batched, content_id
+from trainwise.components.data.sources.base import RAW_IMAGE_SCHEMA, Source, Tally
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

@@ -13,11 +13,11 @@ from typing import Callable, Iterator
 
 import pyarrow as pa
 
-from components.data.contract import SetAside, content_id
-from components.data.sources.base import GIVEN_SPLITS, RowBuffer, Source, SourceError, Tally
-from components.data.sources.imagecheck import Rejected, check_image
-from components.data.sources.cache import IngestCache
-from components.data.sources.trees import HIDDEN, NOT_REGULAR, DamagedMember, LocalTree, NotRegularFile, open_tree
+from trainwise.components.data.contract import SetAside, content_id
+from trainwise.components.data.sources.base import GIVEN_SPLITS, RowBuffer, Source, SourceError, Tally
+from trainwise.components.data.sources.imagecheck import Rejected, check_image
+from trainwise.components.data.sources.cache import IngestCache
+from trainwise.components.data.sources.trees import HIDDEN, NOT_REGULAR, DamagedMember, LocalTree, NotRegularFile, open_tree
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 TEXT_EXTENSIONS = (".txt",)

@@ -18,8 +18,8 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from components.data.contract import content_id
-from components.data.sources.base import RowBuffer, Source, SourceError, Tally
+from trainwise.components.data.contract import content_id
+from trainwise.components.data.sources.base import RowBuffer, Source, SourceError, Tally
 
 # The ten MNIST-1D templates (digit-like 1-D strokes), as published with the mnist1d package.
 TEMPLATES = np.array([

@@ -20,10 +20,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from components.data.contract import SetAside, content_id
-from components.data.sources.base import (GIVEN_SPLITS, PAYLOAD_TYPES, Source, SourceError, Tally, order_labels,
+from trainwise.components.data.contract import SetAside, content_id
+from trainwise.components.data.sources.base import (GIVEN_SPLITS, PAYLOAD_TYPES, Source, SourceError, Tally, order_labels,
                                           raw_schema)
-from components.data.sources.trees import fetch_to_temp, is_url
+from trainwise.components.data.sources.trees import fetch_to_temp, is_url
 
 MISSING_LABEL = "missing_label"
 UNKNOWN_SPLIT = "unknown_split"  # ingest.split_column holds a value that names no split

@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
-from components.data.sources.base import SourceError
+from trainwise.components.data.sources.base import SourceError
 
 # Reasons an entry is set aside before its bytes are read.
 LINK_OUTSIDE = "link_outside_source"
