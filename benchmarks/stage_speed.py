@@ -257,12 +257,7 @@ def split_audit_part(tmp: Path, n: int, face_mask: Path | None, threads: int) ->
     source = _photos(photos, n, face_mask)
     root, env = scratch_project(prefix="trainwise-speed-sa-")
     try:
-        _set_params(root, ingest={"source": "image_folder", "path": str(photos)},
-                    clean={"image_size": [224, 224], "channels": 3},
-                    train={"backbone": "efficientnet_lite0", "pretrained": True},
-                    embed={"cpus_per_replica": 1, "concurrency": threads}, ray={"num_cpus": threads},
-                    mlflow={"enabled": False})
-        st = {s: stage(root, env, s) for s in ("ingest", "clean", "embed", "split", "audit")}
+        st = _photo_stages(root, env, photos, threads)
         rows = st["clean"]["metrics"]["clean/rows"]
         out = {"source": source, "rows": rows, "stages": {s: {k: v for k, v in st[s].items() if k != "metrics"}
                                                           for s in ("split", "audit")}}
@@ -278,18 +273,23 @@ def split_audit_part(tmp: Path, n: int, face_mask: Path | None, threads: int) ->
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _photo_stages(root: Path, env: dict, photos: Path, threads: int) -> dict:
+    """The photos' project (224 px, frozen EfficientNet-Lite0, MLflow off) run stage by stage to audit."""
+    _set_params(root, ingest={"source": "image_folder", "path": str(photos)},
+                clean={"image_size": [224, 224], "channels": 3},
+                train={"backbone": "efficientnet_lite0", "pretrained": True},
+                embed={"cpus_per_replica": 1, "concurrency": threads}, ray={"num_cpus": threads},
+                mlflow={"enabled": False})
+    return {s: stage(root, env, s) for s in ("ingest", "clean", "embed", "split", "audit")}
+
+
 def images_part(tmp: Path, n: int, face_mask: Path | None, threads: int) -> dict:
     photos = tmp / "photos"
     source = _photos(photos, n, face_mask)
     n_files = sum(1 for p in photos.rglob("*") if p.is_file())
     root, env = scratch_project(prefix="trainwise-speed-img-")
     try:
-        _set_params(root, ingest={"source": "image_folder", "path": str(photos)},
-                    clean={"image_size": [224, 224], "channels": 3},
-                    train={"backbone": "efficientnet_lite0", "pretrained": True},
-                    embed={"cpus_per_replica": 1, "concurrency": threads}, ray={"num_cpus": threads},
-                    mlflow={"enabled": False})
-        st = {s: stage(root, env, s) for s in ("ingest", "clean", "embed", "split", "audit")}
+        st = _photo_stages(root, env, photos, threads)
         pil = plain(root, env, PLAIN_PIL, photos, what="plain PIL loop")
         batch = yaml.safe_load((root / "params.yaml").read_text())["embed"]["batch_size"]
         torch_loop = plain(root, env, PLAIN_TORCH, root / "data" / "clean", threads, batch, what="plain torch loop")
