@@ -10,10 +10,12 @@ never crosses splits. Memory: a few dozen bytes a row plus the vectors being sea
 import numpy as np
 import pyarrow as pa
 
-from trainwise.components.data.contract import DataContractError, DatasetWriter, SetAside, iter_batches, read_manifest, read_table
+from trainwise.components.data.contract import (DIGEST, TEXT_KEY, DataContractError, DatasetWriter, SetAside, iter_batches,
+                                                read_manifest, read_table)
 from trainwise.components.data.splitting import (assign_splits, assign_splits_given, class_fraction_gap, contamination,
                                        split_counts)
-from trainwise.components.quality.duplicates import cross_split_leaks, key64, keys_in_several_splits, read_near_pairs, row_keys
+from trainwise.components.quality.duplicates import (cross_split_leaks, digest_keys, key64, keys_in_several_splits,
+                                                     read_near_pairs)
 from trainwise.components.embedding.store import grouping_note, iter_grouping_vectors
 from trainwise.components.quality.content_groups import find_groups
 from trainwise.pipelines.stage import Stage, run_stage
@@ -82,17 +84,26 @@ def main() -> None:
 
 def _grouping_inputs(src, modality: str):
     """Pass 1: what grouping needs, a few dozen bytes a row: ids, labels, clean's groups (64-bit
-    keys), exact content keys, text keys (text) and the texts."""
+    keys), exact content keys (from clean's ``digest`` column), text keys (clean's ``text_key``) and
+    the texts (text). Never the payload of a photo: its pixels would make this pass grow with the
+    picture size (150 KB a row at 224x224x3) for keys clean has already computed."""
+    schema = read_manifest(src).get("schema", {})
+    need = [DIGEST, *([TEXT_KEY] if modality == "text" else [])]
+    if any(c not in schema for c in need):
+        raise DataContractError(
+            f"{src}/manifest.json: its rows have no {' / '.join(c for c in need if c not in schema)} column, "
+            "the per-row keys split checks exact copies by (written by clean from this version on); re-run clean "
+            "(`dvc repro --force clean`)")
+    group = "group" if "group" in schema else "id"
+    columns = list(dict.fromkeys(["id", "label", group, *need, *(["text"] if modality == "text" else [])]))
     ids, labels, clean_groups, hashes, text_keys, texts = [], [], [], [], [], []
-    for batch in iter_batches(src):
+    for batch in iter_batches(src, columns=columns):
         ids += batch.column("id").to_pylist()
         labels.append(batch.column("label").to_numpy())
-        key = "group" if "group" in batch.schema.names else "id"
-        clean_groups.append(np.fromiter((key64(k.encode()) for k in batch.column(key).to_pylist()), np.int64))
-        h, t = row_keys(batch.column(modality), modality)
-        hashes.append(h)
-        if t is not None:
-            text_keys.append(t)
+        clean_groups.append(np.fromiter((key64(k.encode()) for k in batch.column(group).to_pylist()), np.int64))
+        hashes.append(digest_keys(batch.column(DIGEST)))
+        if modality == "text":
+            text_keys.append(batch.column(TEXT_KEY).to_numpy().astype(np.int64, copy=False))
             texts += batch.column("text").to_pylist()
     labels_all = np.concatenate(labels) if labels else np.empty(0, np.int64)
     hashes_all = np.concatenate(hashes) if hashes else np.empty(0, np.int64)

@@ -21,7 +21,9 @@ Cleaned payloads (the data contract after clean):
   are set aside; manifest ``sequence_length`` / ``feature_names``.
 
 Columns added: ``group`` (near-duplicate group, named by its smallest id; split keeps a group
-together).
+together); ``digest`` (16 bytes: blake2b of the cleaned payload, what exact duplicates are found
+by) and for text ``text_key`` (int64 key of the normalised text): split's leakage check reads these
+instead of hashing every payload again (contract.DIGEST, contract.TEXT_KEY).
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from trainwise.components.data.contract import (BATCH_BYTES, DataContractError, DatasetWriter, SetAside, content_hash,
-                                      iter_file_batches)
+from trainwise.components.data.contract import (BATCH_BYTES, DIGEST, TEXT_KEY, DataContractError, DatasetWriter, SetAside,
+                                      content_hash, iter_file_batches)
 from trainwise.components.data.images import ANIMATED_FIRST_FRAME, EXIF_ROTATED, SCALED_16BIT, decode_image
 from trainwise.components.quality.duplicates import (DUPLICATE, LABEL_CONFLICT, NearDuplicateIndex, duplicate_pairs,
                                            exact_duplicate_rows, group_names, group_summary,
@@ -214,7 +216,12 @@ class _Staging:
         keep = self.keep
         if keep["id"]:
             column = _column(keep[self.modality], self.modality, self.options)
-            self.writer.write_table(pa.table({**keep, self.modality: column}, schema=self.schema))
+            # the keys travel with the rows into data/clean (split reads them, not the payload)
+            keys = {DIGEST: pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(self.digests),
+                                                                 [None, pa.py_buffer(b"".join(self.digests))])}
+            if self.modality == "text":
+                keys[TEXT_KEY] = pa.array(self.keys, pa.int64())
+            self.writer.write_table(pa.table({**keep, self.modality: column, **keys}, schema=self.schema))
             self.parts["id"].append(np.array([i.encode() for i in keep["id"]]))
             self.parts["label"].append(np.array(keep["label"], np.int64))
             self.parts["digest"].append(np.frombuffer(b"".join(self.digests), np.uint8).reshape(-1, 16))
@@ -231,7 +238,8 @@ def decode_pass(batches: Iterable[pa.RecordBatch], staged: Path, *, n_classes: i
     notes: Counter[str] = Counter()
     row_notes: list[str] = []
     stage_schema = pa.schema([("id", pa.string()), ("label", pa.int64()),
-                              (modality, _staging_type(modality, options)), ("source", pa.string())])
+                              (modality, _staging_type(modality, options)), ("source", pa.string()),
+                              (DIGEST, pa.binary(16)), *([(TEXT_KEY, pa.int64())] if modality == "text" else [])])
     near_distance = options.near_duplicate_distance if modality == "image" else 0.0
     # image embeddings: 36 numbers a row in memory, the full 1 KiB on disk (bounded memory)
     near_index = NearDuplicateIndex(radius=near_distance) if near_distance > 0 else None
