@@ -48,9 +48,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 PIXEL_RADIUS = 0.05                      # params.yaml clean.near_duplicate_distance
-DEFAULT_COSINE, DEFAULT_JACCARD = 0.93, 0.6   # split.near_duplicates with cosine alone (before the alignment check)
+DEFAULT_COSINE = 0.93   # split.near_duplicates with cosine alone (before the alignment check)
+FIRST_JACCARD = 0.6     # the first text method (character 5-gram Jaccard), shown beside the current one
 COSINE_SWEEP = (0.80, 0.82, 0.84, 0.86, 0.88, 0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97)
-JACCARD_SWEEP = (0.30, 0.35, 0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.80)
+TEXT_SWEEP = (0.50, 0.55, 0.60, 0.66, 0.70, 0.75, 0.80)   # min_text_similarity
+TEXT_MIN_WORDS = 6   # the targets are scored on sentences of this many words or more (shorter: reported apart)
 TARGETS = {"together": 0.99, "merged": 0.02, "spanning": 0.01}
 MODEL = "efficientnet_lite0"
 TEXT_FILES = ("yelp_labelled.txt", "amazon_cells_labelled.txt", "imdb_labelled.txt")
@@ -117,11 +119,11 @@ def _pct(values: np.ndarray, qs=(0, 1, 5, 10, 50)) -> dict:
     return {f"p{q}": round(float(np.percentile(values, q)), 4) for q in qs} if len(values) else {}
 
 
-def _params(*, cosine: float = DEFAULT_COSINE, jaccard: float = DEFAULT_JACCARD, alignment: float | None = None,
+def _params(*, cosine: float = DEFAULT_COSINE, text: float = 0.6, min_words: int = 5, alignment: float | None = None,
             neighbours: int = 8):
     # split.near_duplicates: the fields find_groups reads (max_group/near_misses: params.yaml defaults)
-    return SimpleNamespace(min_cosine=cosine, min_jaccard=jaccard, max_group=50, near_misses=20,
-                           min_alignment=alignment, neighbours=neighbours)
+    return SimpleNamespace(min_cosine=cosine, min_text_similarity=text, min_words=min_words, max_group=50,
+                           near_misses=20, min_alignment=alignment, neighbours=neighbours)
 
 
 def _split_defaults():
@@ -143,12 +145,11 @@ def _recommend(sweep: list[dict], key: str) -> dict:
             cur = []
     if cur:
         runs.append(cur)
-    if not runs:   # the most variants together without merging more than the target allows
-        ok = [r for r in sweep if r["merged"] <= TARGETS["merged"]] or sweep
-        best = max(ok, key=lambda r: (r["together"], r[key]))
+    if not runs:   # the fewest items wrong either way: merged with another, or spanning splits
+        best = min(sweep, key=lambda r: (r["merged"] + r["spanning"], -r[key]))
         return {key: best[key], "meets_targets": False,
-                "why": f"no threshold meets every target; the one with the most kept together among those that "
-                       f"merge <= {TARGETS['merged']:.0%} of items"}
+                "why": "no threshold meets every target; the one with the fewest items wrong either way "
+                       "(merged with another + spanning splits)"}
     run = max(runs, key=len)
     mid = run[(len(run) - 1) // 2]
     return {key: mid[key], "meets_targets": True, "range_meeting_targets": [run[0][key], run[-1][key]],
@@ -480,35 +481,84 @@ def edit_text(text: str, rng: np.random.Generator, vocab: list[str]) -> tuple[st
     return out, {"word_edits": ops, "surface": [str(s) for s in surface]}
 
 
-def _text_groups(texts: list[str], threshold: float | None) -> list[str]:
-    from trainwise.components.quality.content_groups import find_groups
-    from trainwise.components.quality.duplicates import key64, text_key
+def _text_groups(texts: list[str], mode: str) -> list[str]:
+    """Group names: ``before`` (clean's equal text_key), ``jaccard`` (the first method: character
+    5-gram Jaccard >= FIRST_JACCARD, every pair scored exactly) or a min_text_similarity (find_groups)."""
+    from trainwise.components.quality.content_groups import find_groups, union_find_groups
+    from trainwise.components.quality.duplicates import key64, key_pairs, text_key
 
     ids = [f"r{k:05d}" for k in range(len(texts))]
     exact = np.fromiter((key64(t.encode()) for t in texts), np.int64, len(texts))
     clean = np.fromiter((key64(text_key(t).encode()) for t in texts), np.int64, len(texts))
-    if threshold is None:    # before: clean's groups (equal text_key) and exact copies
-        from trainwise.components.quality.content_groups import union_find_groups
-        from trainwise.components.quality.duplicates import key_pairs
-
-        comp = union_find_groups(len(texts), np.concatenate([key_pairs(exact), key_pairs(clean)]))
+    fixed = np.concatenate([key_pairs(exact), key_pairs(clean)])
+    if mode == "before":    # clean's groups (equal text_key) and exact copies
+        return [f"g{c:06d}" for c in union_find_groups(len(texts), fixed).tolist()]
+    if mode == "jaccard":
+        jac = _char_jaccard(texts)
+        a, b = np.nonzero(np.triu(jac >= FIRST_JACCARD, 1))
+        comp = union_find_groups(len(texts), np.concatenate([fixed, np.stack([a, b], 1)]))
         return [f"g{c:06d}" for c in comp.tolist()]
+    params = _params(text=float(mode), min_words=_split_defaults().min_words)
     return find_groups(ids, modality="text", exact_keys=exact, clean_groups=clean, texts=texts, vectors=None,
-                       no_vectors_note="", pixel_distance=0.0, params=_params(jaccard=threshold)).names
+                       no_vectors_note="", pixel_distance=0.0, params=params).names
+
+
+def _char_jaccard(texts: list[str]) -> np.ndarray:
+    """Every pair's Jaccard of character 5-grams of the normalised text (the first text method)."""
+    from scipy.sparse import csr_matrix
+
+    from trainwise.components.quality.content_groups import normalise_text
+
+    sets = []
+    for t in texts:
+        n = normalise_text(t)
+        sets.append({n} if len(n) <= 5 else {n[k:k + 5] for k in range(len(n) - 4)})
+    vocab: dict[str, int] = {}
+    indptr, indices = [0], []
+    for x in sets:
+        indices += [vocab.setdefault(g, len(vocab)) for g in x]
+        indptr.append(len(indices))
+    m = csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(sets), len(vocab)))
+    inter = (m @ m.T).toarray()
+    size = np.asarray([len(x) for x in sets], np.float32)
+    return inter / (size[:, None] + size[None, :] - inter)
+
+
+def _word_similarity_matrix(texts: list[str]) -> np.ndarray:
+    """Every pair's word similarity (1 - word edits / words of the longer text), by brute force."""
+    from rapidfuzz.distance import Levenshtein
+    from rapidfuzz.process import cdist
+
+    from trainwise.components.quality.content_groups import text_words
+
+    words = [text_words(t) for t in texts]
+    vocab: dict[str, int] = {}
+    # each word as one character: rapidfuzz's string Levenshtein then counts word edits
+    coded = ["".join(chr(0x4E00 + vocab.setdefault(w, len(vocab))) for w in ws) for ws in words]
+    if len(vocab) > 0x10FFFF - 0x4E00:
+        raise SystemExit("near_duplicates: too many distinct words for the brute-force check")
+    dist = cdist(coded, coded, scorer=Levenshtein.distance, workers=2, dtype=np.int32)
+    lengths = np.asarray([len(w) for w in words])
+    longest = np.maximum(np.maximum(lengths[:, None], lengths[None, :]), 1)
+    return 1.0 - dist / longest
 
 
 def _text_worker(path: str, mode: str, out_path: str) -> None:
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     texts = json.loads(Path(path).read_text())
-    names = _text_groups(texts, None if mode == "before" else float(mode))
+    names = _text_groups(texts, mode)
     Path(out_path).write_text(json.dumps(names))
     _finish(t0, r0, {})
 
 
-def run_text(repo: Path, *, texts: int, copies: int, seed: int) -> dict:
-    from scipy.sparse import csr_matrix
+def _text_score(names: list[str], item: np.ndarray, keep: np.ndarray) -> dict:
+    """score() on all rows, and on the rows whose original sentence has TEXT_MIN_WORDS+ words."""
+    long_names = [n for n, k in zip(names, keep) if k]
+    return {**score(names, item), "long": score(long_names, item[keep])}
 
-    from trainwise.components.quality.content_groups import shingles
+
+def run_text(repo: Path, *, texts: int, copies: int, seed: int) -> dict:
+    from trainwise.components.quality.content_groups import TEXT_MARGIN, text_pairs, text_words
 
     originals, labels, files = load_texts(repo, texts)
     rng = np.random.default_rng(seed)
@@ -525,71 +575,88 @@ def run_text(repo: Path, *, texts: int, copies: int, seed: int) -> dict:
             edits.append(how)
     item_arr = np.asarray(item)
     words = np.asarray([len(t.split()) for t in originals])
-    long_rows = words[item_arr] >= 10     # sentences of 10+ words: where 1-2 edited words leave most of it
+    keep = words[item_arr] >= TEXT_MIN_WORDS
+    default = _split_defaults()
+    runs = {}
     with tempfile.TemporaryDirectory(prefix="trainwise-nd-text-") as tmp:
         tp = Path(tmp) / "texts.json"
         tp.write_text(json.dumps(rows))
-        before_run = _worker("text-run", str(tp), "before", str(Path(tmp) / "b.json"))
-        before_names = json.loads((Path(tmp) / "b.json").read_text())
-        rec_runs = {}
-        sweep = []
-        for t in JACCARD_SWEEP:
-            run = _worker("text-run", str(tp), str(t), str(Path(tmp) / "a.json"))
-            names = json.loads((Path(tmp) / "a.json").read_text())
-            long_names = [n for n, keep in zip(names, long_rows) if keep]
-            sweep.append({"min_jaccard": t, **score(names, item_arr),
-                          "together_10_words_plus": score(long_names, item_arr[long_rows])["together"]})
-            rec_runs[t] = run
-        print(f"  text: {len(rows)} rows, before {before_run['wall_s']} s, sweep of {len(JACCARD_SWEEP)} thresholds "
-              "done", flush=True)
-    # exact Jaccard of every pair (sparse shingle matrix): the distribution the threshold separates
-    sets = [shingles(t) for t in rows]
-    vocab_ix: dict[bytes, int] = {}
-    indptr, indices = [0], []
-    for s in sets:
-        indices += [vocab_ix.setdefault(x, len(vocab_ix)) for x in s]
-        indptr.append(len(indices))
-    m = csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(sets), len(vocab_ix)))
-    inter = (m @ m.T).toarray()
-    size = np.asarray([len(s) for s in sets], np.float32)
-    jac = inter / (size[:, None] + size[None, :] - inter)
-    same = item_arr[:, None] == item_arr[None, :]
-    copy_min = np.array([jac[np.ix_(item_arr == k, item_arr == k)][np.triu_indices(copies + 1, 1)].min()
-                         for k in range(len(originals))])
-    other = np.where(same, -1.0, jac)
-    per_text_other = np.array([other[item_arr == k].max() for k in range(len(originals))])
+        for mode in ("before", "jaccard", *(str(t) for t in TEXT_SWEEP)):
+            run = _worker("text-run", str(tp), mode, str(Path(tmp) / "out.json"))
+            runs[mode] = {"names": json.loads((Path(tmp) / "out.json").read_text()), **run}
+        print(f"  text: {len(rows)} rows, sweep of {len(TEXT_SWEEP)} thresholds done", flush=True)
+    sweep = []
+    for t in TEXT_SWEEP:
+        r = runs[str(t)]
+        sc = _text_score(r["names"], item_arr, keep)
+        # _meets / _recommend read the top-level keys: the sentences of TEXT_MIN_WORDS+ words
+        sweep.append({"min_text_similarity": t, **sc["long"], "all": {k: sc[k] for k in ("together", "merged",
+                                                                                       "spanning")}})
+    rec = _recommend(sweep, "min_text_similarity")
+    chosen = next(r for r in sweep if r["min_text_similarity"] == rec["min_text_similarity"])
+    at_default = next((r for r in sweep if abs(r["min_text_similarity"] - default.min_text_similarity) < 1e-9), None)
+    # brute force: every pair's word similarity; the LSH's recall against it (rows of min_words+ words)
+    sim = _word_similarity_matrix(rows)
+    floor = max(0.05, default.min_text_similarity - TEXT_MARGIN)
+    t0 = time.perf_counter()
+    found = text_pairs(rows, floor=floor, min_words=default.min_words)
+    pairs_s = time.perf_counter() - t0
+    nw = np.asarray([len(text_words(t)) for t in rows])
     iu = np.triu_indices(len(rows), 1)
-    cross = other[iu]
+    eligible = (np.minimum(nw[iu[0]], nw[iu[1]]) >= default.min_words) & (sim[iu] >= floor)
+    truth = set(zip(iu[0][eligible].tolist(), iu[1][eligible].tolist()))
+    got = {tuple(p) for p in found.pairs.tolist()}
+    same = item_arr[:, None] == item_arr[None, :]
+    copy_min = np.array([sim[np.ix_(item_arr == k, item_arr == k)][np.triu_indices(copies + 1, 1)].min()
+                         for k in range(len(originals))])
+    other = np.where(same, -1.0, sim)
+    long_pair = np.minimum(nw[:, None], nw[None, :]) >= default.min_words
+    per_text_other = np.array([np.where(long_pair, other, -1.0)[item_arr == k].max() for k in range(len(originals))])
+    cross = np.where(long_pair, other, -1.0)[iu]
     top = np.argsort(-cross)[:8]
-    closest = [{"a": rows[iu[0][k]], "b": rows[iu[1][k]], "jaccard": round(float(cross[k]), 4)} for k in top]
-    rec = _recommend(sweep, "min_jaccard")
-    chosen = next(r for r in sweep if r["min_jaccard"] == rec["min_jaccard"])
-    default = next(r for r in sweep if r["min_jaccard"] == DEFAULT_JACCARD)
-    # where the misses are: together share by length of the original (at the recommended threshold)
+    closest = [{"a": rows[iu[0][k]], "b": rows[iu[1][k]], "word_similarity": round(float(cross[k]), 4)} for k in top]
     by_len = {}
-    rec_names = _text_groups(rows, rec["min_jaccard"])
-    rec_arr = np.asarray(rec_names)
+    rec_arr = np.asarray(runs[str(rec["min_text_similarity"])]["names"])
+    jac_arr = np.asarray(runs["jaccard"]["names"])
     for lo, hi in ((1, 5), (6, 9), (10, 19), (20, 1000)):
         ks = np.flatnonzero((words >= lo) & (words <= hi))
         if len(ks):
             ok = sum(len(set(rec_arr[item_arr == k].tolist())) == 1 for k in ks)
-            by_len[f"{lo}-{hi} words"] = {"texts": int(len(ks)), "together": round(ok / len(ks), 4)}
+            ok_j = sum(len(set(jac_arr[item_arr == k].tolist())) == 1 for k in ks)
+            by_len[f"{lo}-{hi} words"] = {"texts": int(len(ks)), "together": round(ok / len(ks), 4),
+                                          "together_first_method": round(ok_j / len(ks), 4)}
+
+    def side(mode: str, method: str, **extra) -> dict:
+        sc = _text_score(runs[mode]["names"], item_arr, keep)
+        return {"method": method, **sc["long"], "all": {k: sc[k] for k in ("together", "merged", "spanning")},
+                **extra, **{k: runs[mode][k] for k in ("wall_s", "cpu_s", "peak_rss_mb")}}
+
+    rt = rec["min_text_similarity"]
     return {
         "source": "UCI 'sentiment labelled sentences' (Kotzias et al., KDD 2015: Yelp, Amazon, IMDb review "
                   "sentences), from github.com/kvrao/sentiment_analysis; distinct by text_key, picked by hash",
         "texts": len(originals), "copies": copies, "rows": len(rows), "seed": seed,
         "words_per_text": _pct(words.astype(float), (5, 50, 95)),
+        "scored_on": f"sentences of {TEXT_MIN_WORDS}+ words ({int((words >= TEXT_MIN_WORDS).sum())} of "
+                     f"{len(originals)}) with their copies; 'all' adds the shorter ones, where 1-2 changed words "
+                     "are most of the sentence",
+        "long_texts": int((words >= TEXT_MIN_WORDS).sum()),
         "edit_recipe": "each copy: 1-2 word edits (replace with a corpus word / insert one / delete one) and 1-3 "
                        "of: case (lower/upper/title/swapcase), whitespace, punctuation, digits changed or added",
-        "before": {"method": "equal text_key (clean: case, punctuation, whitespace folded)", **score(before_names, item_arr),
-                   **{k: before_run[k] for k in ("wall_s", "cpu_s", "peak_rss_mb")}},
-        "after": {"method": f"character 5-gram Jaccard >= {rec['min_jaccard']} (MinHash + LSH, find_groups)", **chosen,
-                  **{k: rec_runs[rec["min_jaccard"]][k] for k in ("wall_s", "cpu_s", "peak_rss_mb")}},
-        "after_at_default": {"min_jaccard": DEFAULT_JACCARD, **default},
+        "before": side("before", "equal text_key (clean: case, punctuation, whitespace folded)"),
+        "first_method": side("jaccard", f"character 5-gram Jaccard >= {FIRST_JACCARD} (every pair scored)",
+                             min_jaccard=FIRST_JACCARD),
+        "after": side(str(rt), f"word similarity >= {rt}, texts of {default.min_words}+ words (MinHash + LSH, "
+                               "find_groups)", min_text_similarity=rt, min_words=default.min_words),
+        "after_at_default": at_default and {"min_text_similarity": default.min_text_similarity, **at_default},
         "sweep": sweep, "recommended": rec, "together_by_length": by_len,
-        "copy_pair_min_jaccard": _pct(copy_min),
-        "other_text_max_jaccard": {**_pct(per_text_other, (50, 90, 99, 100)),
-                                   "max": round(float(per_text_other.max()), 4)},
+        "lsh": {"floor": round(floor, 4), "pairs_brute_force": len(truth), "pairs_found": len(got & truth),
+                "recall": round(len(got & truth) / max(1, len(truth)), 4),
+                "reported_below_floor": int(sum(1 for p in got if sim[p] < floor - 1e-6)),
+                "pairs_s": round(pairs_s, 2)},
+        "copy_pair_min_similarity": _pct(copy_min),
+        "other_text_max_similarity": {**_pct(per_text_other, (50, 90, 99, 100)),
+                                      "max": round(float(per_text_other.max()), 4)},
         "closest_different_texts": closest,
     }
 
@@ -804,21 +871,29 @@ def print_photos(r: dict) -> None:
 def print_text(r: dict) -> None:
     print(f"\nTEXT: {r['texts']} real sentences + {r['copies']} edited copies each = {r['rows']} rows "
           f"(words per sentence: median {r['words_per_text']['p50']:.0f}, p5 {r['words_per_text']['p5']:.0f}, "
-          f"p95 {r['words_per_text']['p95']:.0f})")
-    _side_by_side(r, "min_jaccard")
-    print("  Jaccard sweep (character 5-grams of normalised text, MinHash + LSH, find_groups):")
-    _sweep(r["sweep"], "min_jaccard")
-    v, o = r["copy_pair_min_jaccard"], r["other_text_max_jaccard"]
-    print(f"  lowest Jaccard among a sentence's copies, over sentences: min {v['p0']}  p1 {v['p1']}  p5 {v['p5']}  "
-          f"p10 {v['p10']}  median {v['p50']}")
-    print(f"  highest Jaccard to another sentence, over sentences: median {o['p50']}  p90 {o['p90']}  p99 {o['p99']}  "
-          f"max {o['max']}")
-    print("  together by length (recommended threshold): " +
-          ", ".join(f"{k}: {v['together']:.1%} of {v['texts']}" for k, v in r["together_by_length"].items()))
+          f"p95 {r['words_per_text']['p95']:.0f}); scored on {r['scored_on']}")
+    print(f"  {'':<58}{'together':>10}{'merged':>9}{'spanning':>10}{'largest':>9}{'wall s':>8}   all sentences")
+    for key in ("before", "first_method", "after"):
+        s, a = r[key], r[key]["all"]
+        print(f"  {s['method'][:57]:<58}{s['together']:>10.1%}{s['merged']:>9.1%}{s['spanning']:>10.1%}"
+              f"{s['largest_group']:>9}{s['wall_s']:>8.1f}   {a['together']:.1%} / {a['merged']:.1%} / {a['spanning']:.1%}")
+    print("  word-similarity sweep (find_groups, min_words as params.yaml):")
+    _sweep(r["sweep"], "min_text_similarity")
+    v, o, q = r["copy_pair_min_similarity"], r["other_text_max_similarity"], r["lsh"]
+    print(f"  lowest word similarity among a sentence's copies: p1 {v['p1']}  p5 {v['p5']}  p10 {v['p10']}  "
+          f"median {v['p50']}")
+    print(f"  highest to another sentence (both {r['after']['min_words']}+ words): median {o['p50']}  p90 {o['p90']}  "
+          f"p99 {o['p99']}  max {o['max']}")
+    print(f"  LSH candidates vs every pair by brute force (similarity >= {q['floor']}): {q['pairs_found']} of "
+          f"{q['pairs_brute_force']} (recall {q['recall']}), {q['reported_below_floor']} reported below the floor, "
+          f"{q['pairs_s']} s")
+    print("  together by length (recommended threshold; first method): " +
+          ", ".join(f"{k}: {v['together']:.1%} ({v['together_first_method']:.1%}) of {v['texts']}"
+                    for k, v in r["together_by_length"].items()))
     print("  closest different sentences:")
     for c in r["closest_different_texts"][:5]:
-        print(f"    {c['jaccard']:.4f}  {c['a'].strip()[:60]!r}  ~  {c['b'].strip()[:60]!r}")
-    print(f"  recommended min_jaccard: {r['recommended']['min_jaccard']} ({r['recommended']['why']})")
+        print(f"    {c['word_similarity']:.4f}  {c['a'].strip()[:60]!r}  ~  {c['b'].strip()[:60]!r}")
+    print(f"  recommended min_text_similarity: {r['recommended']['min_text_similarity']} ({r['recommended']['why']})")
 
 
 def _side_by_side(r: dict, key: str) -> None:

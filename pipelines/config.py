@@ -219,9 +219,13 @@ class NearDuplicateParams(_Section):
                                       "in the other (0.8-1.2x, mirrored or not) with this correlation of high-passed "
                                       "grey (crops, flips, re-encodes of one photo align; distinct photos of one "
                                       "setting do not); null: cosine alone decides")
-    min_jaccard: float = Field(
-        0.6, gt=0, le=1, description="text: rows whose normalised texts (case, spacing, punctuation, digits folded) "
-                                     "share this Jaccard similarity of character 5-grams are one group (MinHash + LSH)")
+    min_text_similarity: float = Field(
+        0.6, gt=0, le=1, description="text: rows of min_words+ words whose normalised texts (case, spacing, "
+                                      "punctuation, numbers folded) are this similar by words (1 - word edits / "
+                                      "words of the longer text; 0.6: two words in five changed) are one group "
+                                      "(MinHash + LSH candidates, checked exactly)")
+    min_words: int = Field(5, ge=1, description="text: shorter texts group only when equal once normalised "
+                                                "('very good' / 'very bad' are one word apart)")
     max_group: int = Field(
         50, gt=1, description="a group larger than this is reported with the threshold that would split it "
                               "(it is still kept in one split: leakage is worse than an uneven split)")

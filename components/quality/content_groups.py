@@ -12,9 +12,13 @@ train *and* test. Here two rows are near duplicates when
   (cosines overlap: benchmarks/near_duplicates.py); the alignment can, because variants of one photo
   share their pixels up to a crop, a mirror, a resize and a colour shift. With ``min_alignment: null``
   cosine alone decides (then ``min_cosine`` ~0.93). docs/data-quality.md explains the calibration;
-- **text**: their normalised texts (case, whitespace, punctuation and digits folded) share a
-  Jaccard similarity >= ``min_jaccard`` over character 5-gram shingles, found with MinHash + LSH
-  (datasketch) and then checked exactly on the shingle sets.
+- **text**: their normalised texts (case, whitespace, punctuation folded, every number read as
+  ``0``) are at most a few words apart: the word-level edit distance is at most ``1 -
+  min_text_similarity`` of the longer text's words (0.6: two words in five inserted, deleted or
+  replaced). Texts under ``min_words`` words group only when equal once normalised ("very good"
+  and "very bad" are one word apart). Candidates come from MinHash + LSH over word sets
+  (datasketch); each is then checked exactly (rapidfuzz). Character 5-gram Jaccard, the first
+  method, kept half as many edited copies together (benchmarks/near_duplicates.py).
 
 Search is sub-quadratic where it has to be. Up to ``exact_max_rows`` rows, every pair is scored
 (blocked matrix products over unit vectors: exact). Beyond, the vectors are projected on their top
@@ -40,10 +44,9 @@ import numpy as np
 # 0.93, 14 s at the threshold itself; benchmarks/near_duplicates.py), so it looks only a little below.
 COSINE_MARGIN = 0.08
 COSINE_MARGIN_LARGE = 0.02
-JACCARD_MARGIN = 0.15
-SHINGLE = 5
+TEXT_MARGIN = 0.16
 _PUNCT = re.compile(r"[\W_]+", re.UNICODE)
-_DIGITS = re.compile(r"\d+")
+_NUMBER = re.compile(r"\d+(?:[^\w\s]*\d+)*")
 
 
 @dataclass
@@ -354,47 +357,71 @@ def _alignment_scores(pairs: np.ndarray, thumbs: dict[int, np.ndarray], scores: 
 
 
 def normalise_text(text: str) -> str:
-    """Case, whitespace, punctuation folded; every run of digits becomes one ``0``."""
+    """Case, whitespace, punctuation folded; every number (digits with separators between them:
+    ``0906-1701``, ``7/10``, ``3.5``) becomes one ``0``."""
     folded = unicodedata.normalize("NFKC", text or "").casefold()
-    return " ".join(_PUNCT.sub(" ", _DIGITS.sub("0", folded)).split())
+    return " ".join(_PUNCT.sub(" ", _NUMBER.sub(" 0 ", folded)).split())
 
 
-def shingles(text: str, *, size: int = SHINGLE) -> set[bytes]:
-    """Character ``size``-grams of the normalised text (a text shorter than that: itself)."""
-    t = normalise_text(text)
-    if len(t) <= size:
-        return {t.encode()}
-    return {t[k:k + size].encode() for k in range(len(t) - size + 1)}
+def text_words(text: str) -> list[str]:
+    """The normalised text's words (:func:`normalise_text`)."""
+    return normalise_text(text).split()
 
 
-def text_pairs(texts: list[str], *, floor: float, num_perm: int = 128, seed: int = 0) -> Pairs:
-    """Pairs of texts whose shingle sets have Jaccard >= ``floor``.
+def word_similarity(a: str, b: str) -> float:
+    """1 - (word edits from one normalised text to the other) / (words in the longer one).
 
-    MinHash signatures + LSH banding (datasketch) propose candidates in about linear time; each
-    candidate's Jaccard is then computed exactly, so no pair below ``floor`` is reported.
+    Word-level Levenshtein distance (a word inserted, deleted or replaced is one edit): 0.75 is one
+    word in four changed. 1.0 for two texts equal after :func:`normalise_text`.
+    """
+    from rapidfuzz.distance import Levenshtein
+
+    wa, wb = text_words(a), text_words(b)
+    longest = max(len(wa), len(wb))
+    return 1.0 if longest == 0 else 1.0 - Levenshtein.distance(wa, wb) / longest
+
+
+def text_pairs(texts: list[str], *, floor: float, min_words: int = 5, num_perm: int = 128, seed: int = 0) -> Pairs:
+    """Pairs of texts whose :func:`word_similarity` is >= ``floor``, and pairs equal once normalised.
+
+    Texts under ``min_words`` words (in either of the two) pair only when their normalised texts
+    are equal: "very good" and "very bad" are one word apart and say opposite things. Candidates
+    come from MinHash signatures of each text's word set + LSH banding (datasketch), in about linear
+    time: ``e`` edits of the longer text's ``n`` words leave a word-set Jaccard of at least
+    (n - e) / (n + e), 1/3 at a word similarity of 0.5, and the LSH looks from a little under that.
+    Each candidate's word edit distance is then computed exactly (rapidfuzz), so no pair under
+    ``floor`` is reported; recall of the LSH against every pair: benchmarks/near_duplicates.py.
     """
     from datasketch import MinHash, MinHashLSH
+    from rapidfuzz.distance import Levenshtein
 
-    sets = [shingles(t) for t in texts]
-    if len(sets) < 2:
+    from trainwise.components.quality.duplicates import key64, key_pairs
+
+    words = [text_words(t) for t in texts]
+    if len(words) < 2:
         return Pairs()
-    # LSH tuned for a threshold a little under the floor: fewer misses, the exact check removes the rest
-    lsh = MinHashLSH(threshold=max(0.05, floor - 0.05), num_perm=num_perm)
-    hashes = MinHash.bulk([list(s) for s in sets], num_perm=num_perm, seed=seed)
-    by_key: dict[int, int] = {}
-    for k, m in enumerate(hashes):
-        lsh.insert(k, m, check_duplication=False)
-        by_key[k] = k
-    found_p, found_s = [], []
-    for k, m in enumerate(hashes):
-        for other in lsh.query(m):
-            if other <= k:
-                continue
-            a, b = sets[k], sets[other]
-            jac = len(a & b) / max(1, len(a | b))
-            if jac >= floor:
-                found_p.append((k, other))
-                found_s.append(jac)
+    # equal normalised texts, of any length: one key a row
+    same = key_pairs(np.fromiter((key64(" ".join(w).encode()) for w in words), np.int64, len(words)))
+    found_p = [tuple(p) for p in same.tolist()]
+    found_s = [1.0] * len(found_p)
+    long_rows = [k for k, w in enumerate(words) if len(w) >= min_words]
+    if len(long_rows) >= 2 and floor < 1.0:
+        # e edits of n words leave a word-set Jaccard >= (n - e) / (n + e) = f / (2 - f) at similarity f
+        jaccard_floor = max(0.05, floor / (2 - floor) - 0.08)
+        lsh = MinHashLSH(threshold=jaccard_floor, num_perm=num_perm)
+        hashes = MinHash.bulk([[w.encode() for w in set(words[k])] for k in long_rows], num_perm=num_perm, seed=seed)
+        for k, m in zip(long_rows, hashes):
+            lsh.insert(k, m, check_duplication=False)
+        seen = set(found_p)
+        for k, m in zip(long_rows, hashes):
+            for other in lsh.query(m):
+                if other <= k or (k, other) in seen:
+                    continue
+                longest = max(len(words[k]), len(words[other]))
+                sim = 1.0 - Levenshtein.distance(words[k], words[other]) / longest
+                if sim >= floor:
+                    found_p.append((k, other))
+                    found_s.append(sim)
     return Pairs.of(np.asarray(found_p, np.int64).reshape(-1, 2), np.asarray(found_s, np.float32))
 
 
@@ -447,7 +474,7 @@ class Grouping:
     pairs: Pairs                     # content pairs at or above the threshold (row numbers)
     near_misses: Pairs               # the closest pairs under it whose rows are in different groups
     checks: list[str]                # what was checked, in words
-    kind: str | None                 # "cosine" | "jaccard" | None (no content search)
+    kind: str | None                 # "cosine" | "alignment" | "word similarity" | None (no content search)
     model: str | None
     threshold: float | None
     max_group: int
@@ -516,7 +543,7 @@ class Grouping:
             lines.append(f"closest pair not grouped: {self.kind} {s:.3f} (threshold {self.threshold}); "
                          f"{len(self.near_misses)} such pairs in the manifest to judge the threshold by eye")
         for name, n in self.over_cap()[:3]:
-            param = {"cosine": "min_cosine", "jaccard": "min_jaccard", "alignment": "min_alignment"}.get(self.kind, "")
+            param = {"cosine": "min_cosine", "word similarity": "min_text_similarity", "alignment": "min_alignment"}.get(self.kind, "")
             how = (f"split.near_duplicates.{param} above {self.split_at:.4f} would keep every group within "
                    f"{self.max_group}"
                    if self.split_at is not None else "it is held together by exact or pixel duplicates")
@@ -533,7 +560,7 @@ def find_groups(ids: list[str], *, modality: str, exact_keys: np.ndarray, clean_
 
     ``vectors``: None or (model name, iterator of (ids, float32 array) batches) for images;
     ``texts``: the rows' texts for text; ``params``: ``split.near_duplicates`` (min_cosine,
-    min_alignment, neighbours, min_jaccard, max_group, near_misses); ``thumbnails``: for images,
+    min_alignment, neighbours, min_text_similarity, min_words, max_group, near_misses); ``thumbnails``: for images,
     a function from row numbers to {row: :func:`align_thumbnail`} (the pictures the candidates are
     aligned on); without it, or with ``min_alignment`` None, cosine alone decides.
     """
@@ -588,17 +615,18 @@ def find_groups(ids: list[str], *, modality: str, exact_keys: np.ndarray, clean_
             notes.append(f"{unusable} rows have no usable embedding (NaN or all zero): they are grouped by exact "
                          "content and pixels only")
     elif modality == "text" and texts is not None:
-        kind, model, threshold = "jaccard", "minhash", float(params.min_jaccard)
-        content = text_pairs(texts, floor=max(0.05, threshold - JACCARD_MARGIN))
-        checks.append(f"near-duplicates by normalised text (case, spacing, punctuation, digits folded; character "
-                      f"{SHINGLE}-gram Jaccard >= {threshold:g}, MinHash + LSH)")
+        kind, model, threshold = "word similarity", "word edits", float(params.min_text_similarity)
+        min_words = int(params.min_words)
+        content = text_pairs(texts, floor=max(0.05, threshold - TEXT_MARGIN), min_words=min_words)
+        checks.append(f"near-duplicates by normalised words (case, spacing, punctuation, numbers folded): texts of "
+                      f"{min_words}+ words with word similarity >= {threshold:g} (at most "
+                      f"{1 - threshold:.0%} of the longer text's words inserted, deleted or replaced; MinHash + LSH "
+                      f"candidates); shorter texts only when equal")
     if modality == "image" and pixel_distance > 0:
         checks.append(f"by pixels (16x16 grey, distance <= {pixel_distance:g})")
     if modality == "image" and vectors is None:
         notes.append("no content features for images" + (f" ({no_vectors_note})" if no_vectors_note else "") +
                      ": crops and mirror images of one photo are not found; set train.backbone or embed.grouping")
-    if modality == "text":
-        checks.append("equal normalised texts")
     grouped = content.at_least(threshold) if threshold is not None else Pairs()
     fixed = np.concatenate([key_pairs(np.asarray(exact_keys)), key_pairs(np.asarray(clean_groups))])
     component = union_find_groups(n, np.concatenate([fixed, grouped.pairs]))

@@ -68,3 +68,44 @@ def test_a_given_test_folder_is_kept_and_its_near_duplicates_in_train_are_counte
     assert {r["split"] for r in rows if r["source"].startswith("train/")} <= {"train", "val"}  # never test
     metrics = json.loads((tmp_path / "metrics/split.json").read_text())
     assert metrics["split/given/contaminated_test_rows"] == 2 and metrics["split/leakage/ok"] == 0
+
+
+REVIEWS = {  # (class, sentence, an edited copy: case, punctuation, a number, a word or two)
+    "pos": [("Great phone, the battery lasts two days", "great phone and the battery lasts 2 days!!"),
+            ("I loved this movie and the acting was superb", "I loved this film, the acting was superb")],
+    "neg": [("The pizza was cold and very salty", "the pasta was cold and too salty"),
+            ("Would not recommend this hotel to anyone", "would never recommend this place to anyone"),
+            ("The battery died after only two weeks", "battery died after only 2 weeks!!"),
+            ("Worst Customer Service Ever.", "Worst customer service.")],
+}
+
+
+@pytest.mark.slow
+def test_edited_copies_of_a_text_land_in_one_split_and_the_split_names_the_method(tmp_path: Path):
+    """Issue 26, text: an edited copy of a review (case, punctuation, a number, a word or two
+    changed) joins its original's group, and so its split; two different short reviews one word
+    apart stay apart. Character 5-gram Jaccard >= 0.6 (the first method) grouped none of the five
+    edited pairs (0.33-0.58) and did group the two short reviews (0.78)."""
+    env = copy_project(tmp_path, params={
+        "ingest": {"source": "text_folder", "path": "data/raw/reviews"},
+        "mlflow": {"enabled": False}, "ray": {"num_cpus": 2}})
+    for cls, pairs in REVIEWS.items():
+        (tmp_path / "data/raw/reviews" / cls).mkdir(parents=True)
+        for k, pair in enumerate(pairs):
+            for v, text in enumerate(pair):
+                (tmp_path / "data/raw/reviews" / cls / f"{k}-{v}.txt").write_text(text)
+    out = sh(["dvc", "repro", "split"], tmp_path, env)
+    assert "near-duplicates by normalised words" in out and "word similarity >= 0.6" in out, out[-3000:]
+    assert "leakage check: no group crosses splits" in out
+    rows = read_table(tmp_path / "data/split", columns=["source", "group", "split"]).to_pylist()
+    by_source = {r["source"]: r for r in rows}
+    for cls, pairs in REVIEWS.items():
+        for k in range(len(pairs)):
+            a, b = by_source[f"{cls}/{k}-0.txt"], by_source[f"{cls}/{k}-1.txt"]
+            if (cls, k) == ("neg", 3):   # 3-4 words, one apart: under min_words, only equal texts group
+                assert a["group"] != b["group"]
+            else:
+                assert a["group"] == b["group"] and a["split"] == b["split"], (cls, k)
+    assert len({r["group"] for r in rows}) == 7
+    metrics = json.loads((tmp_path / "metrics/split.json").read_text())
+    assert metrics["split/groups/multi_row"] == 5 and metrics["split/leakage/ok"] == 1

@@ -12,11 +12,11 @@ import pytest
 
 from trainwise.components.data.splitting import assign_splits
 from trainwise.components.quality.content_groups import (EmbeddingIndex, Pairs, _exact_pairs, find_groups, normalise_text,
-                                               splitting_threshold, text_pairs)
+                                               splitting_threshold, text_pairs, word_similarity)
 from trainwise.components.quality.duplicates import image_embedding, near_pairs
 from tests.photo_variants import variants_of
 
-PARAMS = SimpleNamespace(min_cosine=0.92, min_jaccard=0.6, max_group=50, near_misses=12)
+PARAMS = SimpleNamespace(min_cosine=0.92, min_text_similarity=0.6, min_words=5, max_group=50, near_misses=12)
 
 
 def _groups(ids, *, vectors=None, texts=None, modality="image", params=PARAMS, labels=None):
@@ -69,8 +69,56 @@ def test_text_edits_group_and_distinct_texts_do_not():
     assert len(set(g.names[:3])) == 1, g.names      # case, spacing, punctuation, numbers, a word
     assert len(set(g.names[3:5])) == 1, g.names     # a dropped word and apostrophe
     assert len({g.names[0], g.names[3], g.names[5]}) == 3
-    assert "normalised text" in g.method
-    assert normalise_text("Call 0906-1701 NOW!") == "call 0 0 now"
+    assert "normalised words" in g.method
+    assert normalise_text("Call 0906-1701 NOW!") == "call 0 now"     # one number, one word
+
+
+def test_a_few_changed_words_group_where_character_shingles_did_not():
+    """Issue 26: character 5-gram Jaccard >= 0.6 (the first text method) left these apart (0.52, 0.56,
+    0.64); a word or two changed out of 7-10 is what an edited copy looks like."""
+    texts = ["Great phone, the battery lasts two days", "great phone and the battery lasts 2 days!!",
+             "I loved this movie and the acting was superb", "I loved this film, the acting was superb",
+             "The food was great but the service was slow tonight",
+             "the food was cold but the service was slow tonight, 8/10"]
+    g = _groups([f"t{k}" for k in range(len(texts))], texts=texts, modality="text")
+    assert g.names[0] == g.names[1] and g.names[2] == g.names[3] and g.names[4] == g.names[5], g.names
+    assert len({g.names[0], g.names[2], g.names[4]}) == 3
+    assert word_similarity(texts[0], texts[1]) == 0.75      # 2 edits ("," -> "and"; "two" -> "2") of 8 words
+
+
+def test_short_texts_group_only_when_equal_once_normalised():
+    """Two real, different review sentences ("Worst Customer Service Ever." / "Worst customer
+    service.") are one word apart in four: under min_words they stay apart."""
+    texts = ["Very good!", "very bad.", "VERY GOOD", "Worst Customer Service Ever.", "Worst customer service."]
+    ids = [f"s{k}" for k in range(len(texts))]
+    g = _groups(ids, texts=texts, modality="text")
+    assert g.names[0] == g.names[2]                       # equal once normalised
+    assert len({g.names[0], g.names[1], g.names[3], g.names[4]}) == 4, g.names
+    loose = SimpleNamespace(**{**vars(PARAMS), "min_words": 2})
+    g = _groups(ids, texts=texts, modality="text", params=loose)
+    assert g.names[3] == g.names[4]                       # 1 edit of 4 words: 0.75 >= 0.6
+    assert g.names[0] != g.names[1]                       # "good" -> "bad": 1 of 2 words, 0.5
+
+
+def test_text_pairs_find_every_pair_brute_force_finds():
+    """The LSH proposes candidates; every pair at or over the floor by brute force must be among them."""
+    rng = np.random.default_rng(3)
+    words = [f"w{k}" for k in range(60)]
+    base = [" ".join(rng.choice(words, size=int(rng.integers(5, 16)))) for _ in range(40)]
+    texts = []
+    for t in base:
+        texts.append(t)
+        for _ in range(2):
+            w = t.split()
+            for _ in range(int(rng.integers(1, 3))):
+                w[int(rng.integers(0, len(w)))] = str(rng.choice(words))
+            texts.append(" ".join(w))
+    found = text_pairs(texts, floor=0.6, min_words=5)
+    got = {tuple(p) for p in found.pairs.tolist()}
+    want = {(a, b) for a in range(len(texts)) for b in range(a + 1, len(texts))
+            if word_similarity(texts[a], texts[b]) >= 0.6}
+    assert len(want) > 60 and want <= got, sorted(want - got)[:5]
+    assert all(word_similarity(texts[a], texts[b]) >= 0.6 for a, b in got)
 
 
 def test_inverted_file_finds_what_exact_search_finds():
@@ -106,7 +154,7 @@ def test_giant_group_is_reported_with_the_threshold_that_splits_it():
     # a chain of 12 rows whose neighbours are ever less alike: one group at 0.92, none above 12 rows at 0.97
     angles = np.cumsum(np.r_[0, np.linspace(0.1, 0.35, 11)])
     x = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
-    params = SimpleNamespace(min_cosine=0.92, min_jaccard=0.6, max_group=5, near_misses=3)
+    params = SimpleNamespace(min_cosine=0.92, min_text_similarity=0.6, min_words=5, max_group=5, near_misses=3)
     g = _groups([f"r{k:02d}" for k in range(12)], vectors=x, params=params)
     assert g.metrics()["split/groups/largest"] > 5 and g.over_cap()
     assert g.split_at is not None
@@ -127,7 +175,7 @@ def test_splitting_threshold_is_the_first_link_that_would_overflow():
 
 def test_near_misses_are_the_closest_pairs_left_apart():
     x = np.array([[1, 0], [0.99, 0.141], [0.0, 1.0], [0.3, 0.954]], np.float32)
-    g = _groups(["a", "b", "c", "d"], vectors=x, params=SimpleNamespace(min_cosine=0.999, min_jaccard=0.6,
+    g = _groups(["a", "b", "c", "d"], vectors=x, params=SimpleNamespace(min_cosine=0.999, min_text_similarity=0.6, min_words=5,
                                                                         max_group=50, near_misses=5))
     assert [tuple(p) for p in g.near_misses.pairs.tolist()][:1] == [(0, 1)]
     assert float(g.near_misses.sims[0]) == pytest.approx(0.99, abs=2e-3)
@@ -161,7 +209,7 @@ def test_a_preallocated_store_gives_the_same_pairs_and_survives_more_rows_than_a
 
 # --- pixel alignment: what confirms an image candidate ----------------------------------------------------
 
-ALIGNED = SimpleNamespace(min_cosine=0.5, neighbours=8, min_alignment=0.78, min_jaccard=0.6, max_group=50,
+ALIGNED = SimpleNamespace(min_cosine=0.5, neighbours=8, min_alignment=0.78, min_text_similarity=0.6, min_words=5, max_group=50,
                           near_misses=12)
 
 

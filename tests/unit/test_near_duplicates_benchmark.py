@@ -37,10 +37,14 @@ def test_recommend_takes_the_middle_of_the_widest_passing_range_else_the_best_sa
              row(0.97, 0.5, 0.0, 0.4)]
     rec = _recommend(sweep, "min_cosine")
     assert rec["meets_targets"] and rec["min_cosine"] == 0.9 and rec["range_meeting_targets"] == [0.85, 0.95]
-    # nothing passes: the threshold keeping the most together among those merging <= 2%
+    # nothing passes: the threshold with the fewest items wrong either way (merged + spanning)
     sweep = [row(0.8, 0.99, 0.3, 0.01), row(0.9, 0.7, 0.015, 0.2), row(0.95, 0.4, 0.0, 0.5)]
     rec = _recommend(sweep, "min_cosine")
     assert not rec["meets_targets"] and rec["min_cosine"] == 0.9
+    # the text sweep's shape: one more kept together (0.55) is not worth three times the merges
+    sweep = [row(0.5, 0.987, 0.048, 0.01), row(0.55, 0.981, 0.014, 0.013), row(0.6, 0.974, 0.005, 0.018),
+             row(0.66, 0.951, 0.003, 0.029)]
+    assert _recommend(sweep, "min_cosine")["min_cosine"] == 0.6
 
 
 def test_text_edits_are_seeded_and_change_words_not_only_the_surface():
