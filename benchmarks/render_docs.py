@@ -121,8 +121,11 @@ NOTES = {
         "{{photos_224px.after.together|pct}}, {{photos_224px.after.merged|pct}}, {{photos_224px.after.spanning|pct}}); "
         "cosine alone at {{photos_64px.cosine_only.at_previous_default.min_cosine}}: "
         "{{photos_64px.cosine_only.at_previous_default.together|pct}} together.",
-        "Text: equal normalised text kept {{text.before.together|pct}} of the sentences with their edited copies; "
-        "Jaccard >= {{text.after.min_jaccard}} kept {{text.after.together|pct}}, merged {{text.after.merged|pct}}.",
+        "Text ({{text.long_texts}} sentences of 6+ words with edited copies): equal normalised text kept "
+        "{{text.before.together|pct}} together; character 5-gram Jaccard >= {{text.first_method.min_jaccard}} "
+        "{{text.first_method.together|pct}} ({{text.first_method.spanning|pct}} spanning splits); word similarity >= "
+        "{{text.after.min_text_similarity}} kept {{text.after.together|pct}}, merged {{text.after.merged|pct}}, "
+        "{{text.after.spanning|pct}} spanning; LSH recall {{text.lsh.recall}}.",
         "EmbeddingIndex at {{embedding_scale.rows}} rows: {{embedding_scale.wall_s}} s wall ({{embedding_scale.cpu_s}} s "
         "CPU), {{embedding_scale.peak_rss_mb}} MB, recall {{embedding_scale.recall_in_sample}} against exact search on "
         "{{embedding_scale.sample_rows}} rows.",

@@ -3,7 +3,7 @@
 
 Groups join what clean found (exact copies; pixel near-duplicates; equal normalised texts) with
 near-duplicates by content (:mod:`trainwise.components.quality.content_groups`): embedding cosine for images,
-MinHash-checked Jaccard for text. A row's split is derived from its group's name, so a group
+word edit distance (MinHash + LSH candidates) for text. A row's split is derived from its group's name, so a group
 never crosses splits. Memory: a few dozen bytes a row plus the vectors being searched (float16).
 """
 
