@@ -51,13 +51,17 @@ def _image_shape(stage, src, raw) -> tuple[tuple[int, int], int, dict]:
         return (1, 1), 1, {}
     from trainwise.components.data.image_stats import choose_shape, survey_images
 
+    from trainwise.components.models.backbone_names import IMAGE_BUILTIN_INPUT
+
     backbone = stage.params.train.backbone
-    if backbone:  # torch: only when a backbone decides the input
+    backbone_input = IMAGE_BUILTIN_INPUT.get(backbone) if backbone else None
+    if backbone and backbone_input is None:  # torch (and timm): only for a backbone not built in
         from trainwise.components.models.backbones import expected_input
+
+        backbone_input = expected_input(backbone)
     survey = survey_images(iter_batches(src))
     size, channels, warnings = choose_shape(survey, image_size=p.image_size, channels=p.channels,
-                                            max_side=p.max_image_side,
-                                            backbone_input=expected_input(backbone) if backbone else None)
+                                            max_side=p.max_image_side, backbone_input=backbone_input)
     for w in warnings:
         stage.log("warning: %s", w)
     stage.log("images: %d surveyed, typically %dx%d, %d in colour -> stored as %dx%dx%d%s", survey.surveyed,

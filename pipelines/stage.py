@@ -73,8 +73,6 @@ class Stage:
 
     # -- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> "Stage":
-        import mlflow
-
         logging.basicConfig(level=logging.INFO, format=f"[{self.name}] %(message)s", force=True)
         for noisy in ("mlflow", "alembic", "urllib3", "filelock"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -87,6 +85,8 @@ class Stage:
             self.log("mlflow.enabled is false: nothing is tracked; metrics go to %s/%s.json only",
                      self.paths.metrics, self.name)
             return self
+        import mlflow  # here, not above: importing it took 5 s of a stage's start-up, for nothing when off
+
         set_fail_fast_http_env()
         # A stage's output is a log (dvc repro's, a CI job's): MLflow's progress bars for the
         # sub-second artifact copies of log_model / register_model only garble it. Users may set it.

@@ -29,10 +29,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainwise.components.models.backbone_names import TEXT_BUILTIN, BackboneError
+from trainwise.components.models.backbone_names import IMAGE_BUILTIN_INPUT, TEXT_BUILTIN, BackboneError
 from trainwise.components.models.weights import sha256_file, state_dict_sha256
 
-BUILTIN = ("efficientnet_lite0",)
+BUILTIN = tuple(IMAGE_BUILTIN_INPUT)
 
 
 @dataclass(frozen=True)
@@ -364,7 +364,7 @@ def weights_changed(recorded: dict, name: str, pretrained: bool | str, *, root: 
 def expected_input(name: str) -> tuple[int, int] | None:
     """The input size a backbone's weights expect, without building it (None: unknown here)."""
     if name in BUILTIN:
-        return (224, 224)
+        return IMAGE_BUILTIN_INPUT[name]
     if timm_available() is None:
         import timm
 

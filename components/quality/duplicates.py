@@ -140,7 +140,9 @@ class NearDuplicateIndex:
         ``keep``: a boolean mask of added rows (rows set aside meanwhile are left out); the
         pairs then index the kept rows in order (0 .. keep.sum() - 1).
         """
-        from sklearn.neighbors import KDTree
+        # scipy's KD-tree, not scikit-learn's: the same search, and importing sklearn.neighbors
+        # (scipy.stats with it) was 3-4 s of clean's start-up on 2 busy cores, more than its search
+        from scipy.spatial import cKDTree
 
         self._flush()
         self._file.flush()
@@ -150,17 +152,18 @@ class NearDuplicateIndex:
         if len(rows) < 2 or self.radius <= 0:
             return empty
         reduced = reduced[rows]
-        tree = KDTree(reduced, leaf_size=40)
+        tree = cKDTree(reduced, leafsize=40)
         # float32 projections may round a true distance of exactly `radius` a hair above it
         r_candidate = self.radius * (1 + 1e-5) + 1e-6
         found_pairs, found_dist = [], []
         full = np.memmap(self._file, dtype=np.float32, mode="r", shape=(self.rows, EMBED_SIZE * EMBED_SIZE))
         try:
             for start in range(0, len(rows), self.query_rows):
-                hits = tree.query_radius(reduced[start:start + self.query_rows], r=r_candidate)
+                # sorted: pairs come in (i, j) order whatever the tree's layout
+                hits = tree.query_ball_point(reduced[start:start + self.query_rows], r=r_candidate, return_sorted=True)
                 counts = np.fromiter((len(h) for h in hits), np.int64, len(hits))
                 i = np.repeat(np.arange(start, start + len(hits)), counts)
-                j = np.concatenate(hits).astype(np.int64) if len(hits) else np.empty(0, np.int64)
+                j = np.fromiter((x for h in hits for x in h), np.int64, int(counts.sum()))
                 i, j = i[i < j], j[i < j]
                 for s in range(0, len(i), self.check_pairs):   # exact check, a bounded block at a time
                     a, b = i[s:s + self.check_pairs], j[s:s + self.check_pairs]
