@@ -109,7 +109,7 @@ def pixel_encoding(schema: pa.Schema) -> dict:
               and f.type.value_type == pa.uint8()]
     if not pixels or int(pa.__version__.split(".")[0]) < 17:
         return {}
-    paths = [f"{f.name}.list.{f.type.value_field.name}" for f in pixels]
+    paths = [f"{f.name}.list.element" for f in pixels]   # Parquet's name for a list's values, whatever Arrow's
     return {"use_dictionary": [f.name for f in schema if f not in pixels],
             "column_encoding": {p: "BYTE_STREAM_SPLIT" for p in paths},
             "compression": {**{f.name: "snappy" for f in schema if f not in pixels}, **{p: "lz4" for p in paths}}}

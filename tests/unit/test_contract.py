@@ -128,3 +128,21 @@ def test_an_extension_stores_only_what_it_adds_and_reads_as_whole_rows(tmp_path)
         w.close(rows_in=20, set_aside=SetAside())
     with pytest.raises(DataContractError, match="was not written from the data there now"):
         read_table(tmp_path / "split")
+
+
+def test_pixels_are_written_byte_stream_split_and_read_back_the_same(tmp_path):
+    """Decoded pixels (list<uint8>, stored by Parquet as 4-byte integers) are written with
+    BYTE_STREAM_SPLIT + LZ4, not dictionary + snappy (faster to write and read, smaller); readers
+    get the same arrays, and the other columns keep the defaults."""
+    import pyarrow.parquet as pq
+
+    t = _images_table(20)
+    with DatasetWriter(tmp_path / "clean", classes=["a", "b"]) as w:
+        w.write(t)
+        m = w.close(rows_in=20, set_aside=SetAside())
+    meta = pq.ParquetFile(tmp_path / "clean" / m["shards"][0]).metadata.row_group(0)
+    chunks = {meta.column(j).path_in_schema: meta.column(j) for j in range(meta.num_columns)}
+    pixels = chunks["image.list.element"]
+    assert "BYTE_STREAM_SPLIT" in pixels.encodings and pixels.compression == "LZ4"
+    assert "RLE_DICTIONARY" in chunks["id"].encodings and chunks["id"].compression == "SNAPPY"
+    assert read_table(tmp_path / "clean").equals(t)
