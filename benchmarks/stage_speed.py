@@ -283,6 +283,37 @@ def _photo_stages(root: Path, env: dict, photos: Path, threads: int) -> dict:
     return {s: stage(root, env, s) for s in ("ingest", "clean", "embed", "split", "audit")}
 
 
+def ingest_clean_part(tmp: Path, n: int, face_mask: Path | None, before: str | None) -> dict:
+    """ingest + clean vs the plain PIL loop only (no embed: minutes on 2 cores), at ``before`` (a commit)
+    and in the working tree, on the same photos in one run; the PIL loop runs before each side."""
+    from benchmarks.split_speed import _tree_at
+
+    photos = tmp / "photos-ic"
+    source = _photos(photos, n, face_mask)
+    n_files = sum(1 for p in photos.rglob("*") if p.is_file())
+    sides = {"after": None} if before is None else {"before": _tree_at(before, tmp / "before-tree"), "after": None}
+    out: dict = {"source": source, "photos": n_files, "before_commit": before}
+    for side, src in sides.items():
+        root, env = scratch_project(**({"src": src} if src else {}), prefix=f"trainwise-speed-ic-{side}-")
+        try:
+            _set_params(root, ingest={"source": "image_folder", "path": str(photos)},
+                        clean={"image_size": [224, 224], "channels": 3},
+                        train={"backbone": "efficientnet_lite0", "pretrained": True}, mlflow={"enabled": False})
+            pil = plain(root, env, PLAIN_PIL, photos, what="plain PIL loop")
+            st = {s: stage(root, env, s) for s in ("ingest", "clean")}
+            wall = st["ingest"]["wall_s"] + st["clean"]["wall_s"]
+            cpu = st["ingest"]["cpu_s"] + st["clean"]["cpu_s"]
+            out[side] = {"stages": {k: {kk: vv for kk, vv in v.items() if kk != "metrics"} for k, v in st.items()},
+                         "plain_pil": pil, "clean_bytes": sum(f.stat().st_size for f in (root / "data" / "clean").iterdir()),
+                         "ingest_clean_images_per_s": round(n_files / wall, 2),
+                         "plain_pil_images_per_s": round(pil["rows"] / pil["wall_s"], 2),
+                         "ingest_clean_ratio": round(pil["wall_s"] / wall, 3),
+                         "ingest_clean_cpu_ratio": round(pil["cpu_s"] / cpu, 3)}
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
 def images_part(tmp: Path, n: int, face_mask: Path | None, threads: int) -> dict:
     photos = tmp / "photos"
     source = _photos(photos, n, face_mask)
@@ -353,8 +384,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPUs for embed and the plain loops")
     ap.add_argument("--face-mask", type=Path, default=MIRROR / "chandrikadeb7+Face-Mask-Detection" / "repo")
     ap.add_argument("--text-repo", type=Path, default=MIRROR / "kvrao+sentiment_analysis" / "repo")
-    ap.add_argument("--parts", nargs="+", default=["images", "text"], choices=["images", "text", "split_audit"],
-                    help="split_audit: only split and audit's reading and writing (its own results file)")
+    ap.add_argument("--parts", nargs="+", default=["images", "text"],
+                    choices=["images", "text", "split_audit", "ingest_clean"],
+                    help="split_audit: only split and audit's reading and writing; ingest_clean: only ingest + clean "
+                         "vs the PIL loop, with --before side by side (each its own results file)")
+    ap.add_argument("--before", default=None, help="ingest_clean: also measure this commit, in the same run")
     args = ap.parse_args()
     result: dict = {"targets": {"speed_ratio": TARGET_SPEED, "overhead_s_per_10k": TARGET_OVERHEAD_PER_10K}}
     with tempfile.TemporaryDirectory(prefix="trainwise-stage-speed-") as tmp:
@@ -364,6 +398,8 @@ def main() -> None:
             result["text"] = text_part(Path(tmp), args.texts, args.text_repo, args.threads)
         if "split_audit" in args.parts:
             result["split_audit"] = split_audit_part(Path(tmp), args.photos, args.face_mask, args.threads)
+        if "ingest_clean" in args.parts:
+            result["ingest_clean"] = ingest_clean_part(Path(tmp), args.photos, args.face_mask, args.before)
     print(json.dumps(result, indent=1))
     if "images" in result:
         r = result["images"]
@@ -387,7 +423,16 @@ def main() -> None:
             print(f"{s}: wall {r['stages'][s]['wall_s']} s = compute {r[s + '_compute_s']} s + reading/writing "
                   f"{r[s + '_io_s']} s ({r[s + '_io_s_per_10k']} s per 10k rows, target <= {TARGET_OVERHEAD_PER_10K}) + "
                   f"start-up and the rest {r[s + '_fixed_s']} s")
-    name = "stage_speed_split_audit.json" if args.parts == ["split_audit"] else "stage_speed.json"
+    for side in ("before", "after"):
+        r = result.get("ingest_clean", {}).get(side)
+        if r:
+            print(f"{side} ({result['ingest_clean']['before_commit'] if side == 'before' else 'working tree'}): "
+                  f"ingest+clean {r['ingest_clean_images_per_s']} img/s (ingest {r['stages']['ingest']['wall_s']} s, "
+                  f"clean {r['stages']['clean']['wall_s']} s) vs plain PIL {r['plain_pil_images_per_s']} img/s: "
+                  f"{r['ingest_clean_ratio']}x (target {TARGET_SPEED}x); by CPU seconds {r['ingest_clean_cpu_ratio']}x; "
+                  f"data/clean {r['clean_bytes'] / 2**20:.1f} MB")
+    name = {("split_audit",): "stage_speed_split_audit.json",
+            ("ingest_clean",): "stage_speed_ingest_clean.json"}.get(tuple(args.parts), "stage_speed.json")
     write_results(RESULTS / name, result)
 
 
