@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,35 @@ def experiment_in(tmp: Path, name: str) -> str:
 def digits_split(tmp_path_factory) -> Path:
     """The digits demo set taken through ingest -> clean -> split components (no DVC, no MLflow)."""
     return write_digits_split(tmp_path_factory.mktemp("digits"))
+
+
+@dataclass(frozen=True)
+class DemoPipeline:
+    """One `dvc repro` of the demo project (tests/project.py:demo_params), shared by a session."""
+    root: Path        # where it ran; the e2e module's, which changes it (a second repro, `dvc exp run`)
+    env: dict         # to run DVC and stages in ``root`` with
+    out: str          # the repro's log
+    pristine: Path    # a copy taken right after the repro, never run in
+
+    def copy_to(self, dst: Path) -> dict:
+        """A copy of the project as the repro left it, at ``dst`` (new); returns the env to run it with."""
+        from tests.project import copy_finished_project
+
+        return copy_finished_project(self.pristine, dst)
+
+
+@pytest.fixture(scope="session")
+def demo_pipeline(tmp_path_factory) -> DemoPipeline:
+    """The whole demo pipeline through real `dvc repro`, once a session (~100 s): the e2e tests
+    read and then change it, tests that start from a finished pipeline copy it (`copy_to`)."""
+    from tests.project import copy_finished_project, copy_project, demo_params, sh
+
+    root = tmp_path_factory.mktemp("demo")
+    env = copy_project(root, params=demo_params())
+    out = sh(["dvc", "repro"], root, env, timeout=1200)
+    pristine = tmp_path_factory.mktemp("demo-pristine") / "project"
+    copy_finished_project(root, pristine)
+    return DemoPipeline(root=root, env=env, out=out, pristine=pristine)
 
 
 # Whether the Ray running in this process was started by `ray_session` (and is ended by it).

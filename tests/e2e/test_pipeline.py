@@ -12,29 +12,23 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
-from tests.project import copy_project
+from tests.project import DEMO_EXTRA_SPACE, DEMO_TRIALS
 from tests.project import sh as _sh
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 STAGES = ["ingest", "clean", "split", "audit", "baseline", "tune", "train", "evaluate", "report"]
-TRIALS = 3  # more than run at once (2): a finished trial must hand its CPU back
+TRIALS = DEMO_TRIALS
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    # FIFO, not the default ASHA: every trial runs max_epochs, which keeps this run short and its
-    # trial-epochs fixed. ASHA (ordered: the same trials at any concurrency) is tested in
-    # tests/stages/test_tune.py and tests/unit/test_ordered_asha.py.
-    env = copy_project(root, params={
-        "tune": dict(num_samples=TRIALS, max_concurrent_trials=2, max_epochs=2, grace_period=1, scheduler="fifo"),
-        "train": dict(epochs=3)})
-    git = ["git"]
-    out = _sh(["dvc", "repro"], root, env, timeout=1200)
-    return root, env, git, out
+def project(demo_pipeline):
+    """The session's demo `dvc repro` (tests/conftest.py:demo_pipeline; params: tests/project.py:demo_params):
+    these tests read it, then change it."""
+    return demo_pipeline.root, demo_pipeline.env, ["git"], demo_pipeline.out
 
 
 def _metrics(root, stage):
@@ -158,6 +152,36 @@ def test_mlflow_lineage_cost_and_registry_gate(project):
         assert "champion" not in client.get_registered_model("trainwise-digits").aliases
 
 
+def test_the_train_stage_trains_with_every_key_tune_chose(project):
+    """tune samples the shipped search space plus label_smoothing (a key train used to ignore,
+    like optimizer); the train stage, run after it, trains with the winner: the loop's own config
+    in its checkpoint has every key, and the run's train.* MLflow params are exactly what the loop
+    ran with."""
+    root = project[0]
+    import mlflow
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    best = json.loads((root / "models/tune/best_params.json").read_text())
+    winner = best["params"]
+    assert best["source"] == "tune" and set(winner) == set(params["tune"]["search_space"])
+    assert set(DEMO_EXTRA_SPACE) <= set(winner) and 0.05 <= winner["label_smoothing"] <= 0.3
+    assert params["train"]["label_smoothing"] != winner["label_smoothing"]
+    # what the loop ran with: the config it saved in its checkpoints
+    ray_run = json.loads((root / "models/model/model.json").read_text())["ray_run"]
+    (ckpt,) = sorted((root / ".trainwise/ray" / ray_run).glob("checkpoint_*/checkpoint.pt"))[-1:]
+    ran = torch.load(ckpt, map_location="cpu", weights_only=True)["config"]
+    assert {k: ran[k] for k in winner} == winner
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("trainwise")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`trainwise.stage` = 'train'")
+    logged = run.data.params
+    shared = [k for k in ran if f"train.{k}" in logged]
+    assert len(shared) >= 15, shared  # every loop knob is a train.* param
+    for k in shared:
+        assert logged[f"train.{k}"] == str(ran[k]), (k, logged[f"train.{k}"], ran[k])
+
+
 def test_second_repro_changes_nothing(project):
     root, env, _, _ = project
     out = _sh(["dvc", "repro"], root, env)
@@ -165,28 +189,22 @@ def test_second_repro_changes_nothing(project):
     assert "Running stage" not in out
 
 
-def test_forced_rerun_of_train_trains_again_instead_of_resuming_the_finished_run(project):
+# That a rerun of a finished train stage trains afresh instead of resuming the finished Ray run:
+# tests/faults/test_stage_death.py, on a copy of this project after a killed repro.
+
+
+def test_a_train_knob_changes_train_and_what_follows_not_tune_or_before(project):
     root, env, _, _ = project
-    before = json.loads((root / "models/model/model.json").read_text())
-    out = _sh(["dvc", "repro", "-f", "-s", "train"], root, env)
-    assert "already finished with these params and data; training afresh" in out
-    assert "epoch  1 " in out  # it trained from the first epoch, not resumed past the last
-    after = json.loads((root / "models/model/model.json").read_text())
-    assert after["ray_run"].startswith(before["ray_run"] + "-") and after["mlflow_run_id"] != before["mlflow_run_id"]
-    assert _metrics(root, "train")["train/epochs_run"] == 3
-
-
-def test_exp_run_with_a_changed_param_shows_in_metrics_diff(project):
-    root, env, git, _ = project
-    _sh([*git, "add", "-A"], root, env)
-    _sh([*git, "commit", "-qm", "first run"], root, env)
-    out = _sh(["dvc", "exp", "run", "-S", "train.epochs=2"], root, env)
-    for stage in ("ingest", "clean", "split", "audit", "baseline", "tune"):  # only what reads train.epochs re-ran
-        assert f"Running stage '{stage}'" not in out
-    assert "Running stage 'train'" in out
-    diff = json.loads(_sh(["dvc", "metrics", "diff", "--json"], root, env))
-    change = diff["metrics/train.json"]["train/epochs_run"]
-    assert (change["old"], change["new"]) == (3, 2)
+    original = (root / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["train"]["epochs"] = 2
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = json.loads(_sh(["dvc", "status", "--json"], root, env))
+    finally:
+        (root / "params.yaml").write_text(original)
+    # only what reads train.epochs is out of date (what follows it re-runs after it)
+    assert "train" in status and not {"ingest", "clean", "split", "audit", "baseline", "tune"} & set(status), status
 
 
 def test_a_label_audit_knob_changes_the_audit_and_what_follows_not_clean_or_split(project):
@@ -218,9 +236,14 @@ def test_more_workers_than_the_machine_has_is_an_error_not_a_hang(project):
     assert "Traceback" not in proc.stderr
 
 
-def test_tune_can_be_turned_off_and_train_then_uses_train_params(project):
-    root, env, _, _ = project
+# Last: `dvc exp run` leaves its -S change in the workspace's params.yaml.
+def test_tune_turned_off_by_exp_run_trains_with_train_params_and_shows_in_metrics_diff(project):
+    root, env, git, _ = project
+    _sh([*git, "add", "-A"], root, env)
+    _sh([*git, "commit", "-qm", "first run"], root, env)
     out = _sh(["dvc", "exp", "run", "-S", "tune.enabled=false"], root, env)
+    for stage in ("ingest", "clean", "split", "audit", "baseline"):  # only what reads tune.enabled re-ran
+        assert f"Running stage '{stage}'" not in out
     assert "Running stage 'tune'" in out and "Running stage 'train'" in out
     best = json.loads((root / "models/tune/best_params.json").read_text())
     assert best == {"source": "train", "params": {}}  # nothing tuned: train trains with train.* as given
@@ -228,3 +251,6 @@ def test_tune_can_be_turned_off_and_train_then_uses_train_params(project):
     assert _metrics(root, "tune")["tune/trials"] == 0
     report = (root / "reports/report.html").read_text()
     assert "<h2>Tuning trials</h2><p class='missing'>" in report  # the section says so instead of breaking
+    diff = json.loads(_sh(["dvc", "metrics", "diff", "--json"], root, env))
+    change = diff["metrics/tune.json"]["tune/trials"]
+    assert (change["old"], change["new"]) == (TRIALS, 0)

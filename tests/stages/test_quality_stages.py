@@ -4,7 +4,6 @@ data of at least clean.label_issues.ray_min_rows rows."""
 
 import csv
 import json
-import os
 import subprocess
 import sys
 
@@ -51,26 +50,29 @@ def _run(stage, cwd, env, *, probe=False):
 
 
 @pytest.mark.slow
-def test_ingest_clean_split_audit_with_injected_noise(tmp_path):
-    params = {"clean": {"noise": {"rate": 0.2, "seed": 1}, "label_issues": {"policy": "flag"}},
-              "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "ray": {"num_cpus": 2}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    env["PYTHONPATH"] = str(REPO)
-    for stage in ("ingest", "clean", "embed", "split"):  # embed before split: split groups near-duplicates on it
-        _run(stage, tmp_path, env)
+def test_ingest_clean_split_audit_with_injected_noise(demo_pipeline, tmp_path):
+    # ingest, clean, embed and split as the session's demo pipeline ran them (tests/conftest.py:
+    # demo_pipeline); the noise is the audit's (clean.noise is an audit param in dvc.yaml)
+    project = tmp_path / "project"
+    env = demo_pipeline.copy_to(project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["clean"]["noise"].update(rate=0.2, seed=1)
+    params["clean"]["label_issues"]["policy"] = "flag"
+    params["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params["ray"]["num_cpus"] = 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # 1,797 rows < ray_min_rows (50,000): the folds run in the stage's process, Ray is never imported
-    out = _run("audit", tmp_path, env, probe=True)
+    out = _run("audit", project, env, probe=True)
     assert "RAY_STARTED False False" in out and "in-process" in out
 
-    clean = json.loads((tmp_path / "metrics/clean.json").read_text())
+    clean = json.loads((project / "metrics/clean.json").read_text())
     assert clean["clean/rows_in"] == clean["clean/rows"] + clean["clean/set_aside"]
     assert not any("label_issues" in k or "noise" in k for k in clean)  # clean no longer judges labels
-    audit = json.loads((tmp_path / "metrics/audit.json").read_text())
+    audit = json.loads((project / "metrics/audit.json").read_text())
     assert audit["audit/noise/flipped"] > 200 and audit["audit/label_issues/ray"] == 0
     assert audit["audit/label_issues/f1"] >= 0.85
     assert audit["audit/label_issues/acted"] == 0 and audit["audit/rows"] == clean["clean/rows"]  # flag: all kept
-    with open(tmp_path / "data/audit/label_issues.csv") as f:
+    with open(project / "data/audit/label_issues.csv") as f:
         suspects = list(csv.DictReader(f))
     assert len(suspects) >= 50 and {"split", "given_label", "predicted_label", "confidence"} <= set(suspects[0])
     assert "label audit: policy flag" in out  # the one terminal line that says what the audit did
@@ -82,24 +84,24 @@ def test_ingest_clean_split_audit_with_injected_noise(tmp_path):
     assert run.data.params["clean.label_issues.policy"] == "flag" and run.data.params["clean.noise.rate"] == "0.2"
     assert run.data.tags["audit.decision"].startswith("policy flag")
 
-    split = json.loads((tmp_path / "metrics/split.json").read_text())
+    split = json.loads((project / "metrics/split.json").read_text())
     assert split["split/leakage/ok"] == 1 and split["split/leakage/near_pairs"] == 0
     assert sum(split[f"split/{s}_rows"] for s in ("train", "val", "test")) == clean["clean/rows"]
-    man = read_manifest(tmp_path / "data/audit")
+    man = read_manifest(project / "data/audit")
     assert man["image_shape"] == [8, 8, 1] and man["label_issues"]["decision"].startswith("policy flag")
     # the marker and true-label columns travel with the data; training reads only what it names
-    t = read_table(tmp_path / "data/audit")
+    t = read_table(project / "data/audit")
     assert {"id", "label", "image", "split", "group", "true_label", "label_issue", "given_label"} <= set(t.schema.names)
     from trainwise.components.training.data import load_split
-    x, y, _ = load_split(str(tmp_path / "data/audit"), "train")
+    x, y, _ = load_split(str(project / "data/audit"), "train")
     assert x.shape[1:] == (1, 8, 8) and len(y) == split["split/train_rows"]
 
     # From ray_min_rows rows on, the folds are Ray tasks: same folds, same seed, the same suspects.
     params["clean"]["label_issues"]["ray_min_rows"] = 1000
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    out = _run("audit", tmp_path, env, probe=True)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run("audit", project, env, probe=True)
     assert "RAY_STARTED True True" in out and "as Ray tasks" in out
-    with_ray = json.loads((tmp_path / "metrics/audit.json").read_text())
+    with_ray = json.loads((project / "metrics/audit.json").read_text())
     assert with_ray["audit/label_issues/ray"] == 1
     # billed for what it held: one CPU in-process; with Ray, `workers` (2) 1-CPU fold tasks at once
     assert audit["cost/cpu_hours"] == pytest.approx(audit["cost/wall_s"] / 3600, rel=1e-6)

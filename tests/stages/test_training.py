@@ -7,6 +7,7 @@ import sys
 import textwrap
 import threading
 import time
+from dataclasses import replace
 
 import psutil
 import pytest
@@ -17,15 +18,19 @@ from tests.demo_data import write_synthetic_split
 from trainwise.components.training.data import input_shape, load_split
 from trainwise.components.training.driver import Scaling, best_checkpoint_state, fit, run_history, run_name
 from trainwise.components.training.export import load_model_from_state, model_spec
-from trainwise.components.training.loop_config import LoopConfig
+from tests.params import loop_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
+EPOCHS = 6  # two_runs' runs; the killed-worker test's run (the same config) ends where they end
+
+
 def _loop(data, **kw):
-    kw = {"epochs": 3, **kw}
-    return LoopConfig(data_dir=str(data), n_classes=10, input_shape=input_shape(data), batch_size=64,
-                      lr=3e-3, weight_decay=1e-4, dropout=0.1, patience=None, seed=0, **kw)
+    kw = {"epochs": EPOCHS, **kw}
+    # patience None (no early stopping) is the loop's, not a params.yaml value
+    return replace(loop_config(data_dir=str(data), input_shape=input_shape(data), batch_size=64, lr=3e-3,
+                               weight_decay=1e-4, dropout=0.1, seed=0, **kw), patience=None)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +46,7 @@ def test_ddp_run_reports_every_epoch_and_learns(two_runs):
     (result, _), seen = two_runs
     assert result.error is None
     history = run_history(result)
-    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert [r["epoch"] for r in history] == list(range(1, EPOCHS + 1))
     for key in ("train/loss", "train/acc", "val/loss", "val/acc", "gap/acc", "samples_per_s"):
         assert all(key in r for r in history)
     assert history[-1]["val/acc"] > 0.85
@@ -90,8 +95,10 @@ def _latest_checkpoint(snapshot) -> str | None:
     return (latest or {}).get("checkpoint_dir_name")
 
 
-def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_session, digits_split, tmp_path):
-    epochs = 20
+def test_a_killed_worker_resumes_from_the_last_checkpoint(two_runs, ray_session, digits_split, tmp_path):
+    # The kill lands within ~0.1 s of the first registered checkpoint, and the surviving worker
+    # waits on the dead one at its next all-reduce: a few epochs after it are enough
+    epochs = EPOCHS
     done = {}
     thread = threading.Thread(target=lambda: done.update(result=fit(
         _loop(digits_split, epochs=epochs), scaling=Scaling(num_workers=2), storage_path=str(tmp_path),
@@ -113,18 +120,18 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_session, digits_sp
     assert history[0]["restarts"] == 0 and history[-1]["restarts"] == 1  # resumed once, from a checkpoint
     first_after = next(r["epoch"] for r in history if r["restarts"] == 1)
     assert 2 <= first_after < epochs  # the restart began after the checkpointed epoch, not at epoch 1
-    # ... and it ends where an uninterrupted run of the same config ends (RNG state is checkpointed too)
-    reference = run_history(fit(_loop(digits_split, epochs=epochs), scaling=Scaling(num_workers=2),
-                                storage_path=str(tmp_path), name="uninterrupted", checkpoints_to_keep=1))
+    # ... and it ends where an uninterrupted run of the same config ends (RNG state is checkpointed
+    # too): two_runs' first run
+    reference = run_history(two_runs[0][0])
     assert abs(history[-1]["val/acc"] - reference[-1]["val/acc"]) <= 0.02
     assert abs(history[-1]["val/loss"] - reference[-1]["val/loss"]) <= 0.05
 
 
 def test_text_through_ray_data_in_bf16_trains_and_exports_its_tokenizer(ray_session, tmp_path):
     split = write_synthetic_split(tmp_path / "data", "text")
-    loop = LoopConfig(data_dir=str(split), n_classes=3, input_shape=(), model="gru", epochs=3, batch_size=32,
-                      lr=3e-3, dropout=0.1, patience=None, loader="ray_data", precision="bf16",
-                      lr_schedule="one_cycle", grad_clip=1.0, label_smoothing=0.05, augment=0.2, max_tokens=12)
+    loop = replace(loop_config(data_dir=str(split), n_classes=3, input_shape=(), model="gru", epochs=3, batch_size=32,
+                               lr=3e-3, dropout=0.1, loader="ray_data", precision="bf16", lr_schedule="one_cycle",
+                               grad_clip=1.0, label_smoothing=0.05, augment=0.2, max_tokens=12), patience=None)
     result = fit(loop, scaling=Scaling(num_workers=2), storage_path=str(tmp_path / "ray"), name="text",
                  checkpoints_to_keep=1)
     assert result.error is None
@@ -161,9 +168,10 @@ DRIVER = textwrap.dedent("""
 def test_rerun_after_the_driver_died_resumes_the_same_run(ray_session, digits_split, tmp_path):
     """The driver (a second Ray job on this cluster) is SIGKILLed after its first checkpoint;
     fit() again with the same deterministic name continues from that checkpoint."""
-    loop = _loop(digits_split, epochs=10, loader="ray_data")
+    epochs = 6  # the driver is killed within ~0.1 s of its first registered checkpoint
+    loop = _loop(digits_split, epochs=epochs, loader="ray_data")
     name = run_name("train", loop, Scaling(num_workers=2), data_hash=read_manifest(digits_split)["content_hash"])
-    assert name == run_name("train", _loop(digits_split, epochs=10, loader="ray_data"), Scaling(num_workers=2),
+    assert name == run_name("train", _loop(digits_split, epochs=epochs, loader="ray_data"), Scaling(num_workers=2),
                             data_hash=read_manifest(digits_split)["content_hash"])
     script = tmp_path / "driver.py"
     script.write_text(DRIVER.replace("{config}", repr(loop.to_dict())))
@@ -186,59 +194,10 @@ def test_rerun_after_the_driver_died_resumes_the_same_run(ray_session, digits_sp
                  checkpoints_to_keep=1)
     assert result.error is None
     history = run_history(result)
-    assert [r["epoch"] for r in history] == list(range(1, 11))  # nothing repeated, nothing lost
+    assert [r["epoch"] for r in history] == list(range(1, epochs + 1))  # nothing repeated, nothing lost
     first_resumed = next(r["epoch"] for r in history if r["restarts"] >= 1)
-    assert 2 <= first_resumed < 10  # began after the dead driver's checkpointed epoch, not at epoch 1
+    assert 2 <= first_resumed < epochs  # began after the dead driver's checkpointed epoch, not at epoch 1
 
 
-def test_the_train_stage_trains_with_every_key_tune_chose(tmp_path):
-    """tune samples label_smoothing and optimizer (keys train used to ignore); the train stage,
-    run after it, trains with the winner: the loop's own config in the checkpoint has it, and
-    the run's train.* MLflow params are exactly what the loop ran with."""
-    import os
-
-    import mlflow
-    import yaml
-
-    from tests.demo_data import write_digits_split
-    from tests.conftest import REPO
-
-    root = tmp_path / "project"
-    write_digits_split(root / "data")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["tune"].update(num_samples=2, max_concurrent_trials=1, max_epochs=1, scheduler="fifo", seed=1,
-                          budget_usd=None, time_budget_s=None,
-                          search_space={"label_smoothing": {"type": "uniform", "low": 0.05, "high": 0.3},
-                                        "optimizer": {"type": "choice", "values": ["sgd"]}})
-    params["train"].update(model="mlp", epochs=1, num_workers=1)
-    params["ray"].update(num_cpus=2)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db", TRAINWISE_PIPELINE_RUN="t")
-    for stage in ("tune", "train"):
-        proc = subprocess.run([sys.executable, "-m", f"trainwise.pipelines.{stage}"], cwd=root, env=env, capture_output=True,
-                              text=True, timeout=900)
-        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-        assert "Downloading artifacts" not in proc.stdout + proc.stderr  # no MLflow progress bars in the log
-
-    best = json.loads((root / "models/tune/best_params.json").read_text())
-    winner = best["params"]
-    assert best["source"] == "tune" and set(winner) == {"label_smoothing", "optimizer"}
-    assert 0.05 <= winner["label_smoothing"] <= 0.3 and winner["optimizer"] == "sgd"
-    # what the loop ran with: the config it saved in its checkpoints
-    ray_run = json.loads((root / "models/model/model.json").read_text())["ray_run"]
-    (ckpt,) = sorted((root / ".trainwise/ray" / ray_run).glob("checkpoint_*/checkpoint.pt"))[-1:]
-    ran = torch.load(ckpt, map_location="cpu", weights_only=True)["config"]
-    assert ran["label_smoothing"] == winner["label_smoothing"] and ran["optimizer"] == "sgd"
-    assert params["train"]["label_smoothing"] != winner["label_smoothing"] and params["train"]["optimizer"] != "sgd"
-
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name("trainwise")
-    (run,) = client.search_runs([exp.experiment_id], "tags.`trainwise.stage` = 'train'")
-    logged = run.data.params
-    shared = [k for k in ran if f"train.{k}" in logged]
-    assert len(shared) >= 15, shared  # every loop knob is a train.* param
-    for k in shared:
-        value = ran[k]
-        assert logged[f"train.{k}"] == str(value), (k, logged[f"train.{k}"], value)
+# That the train stage trains with every key tune chose (the loop's config in its checkpoint, its
+# train.* MLflow params): tests/e2e/test_pipeline.py, on the session's demo pipeline run.
