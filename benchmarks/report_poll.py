@@ -14,6 +14,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from benchmarks._results import write_results
@@ -21,7 +22,7 @@ from tests.demo_data import write_digits_split
 from trainwise.components.ray_start import init_ray
 from trainwise.components.training.data import input_shape
 from trainwise.components.training.driver import Scaling, fit, run_history
-from trainwise.components.training.loop_config import LoopConfig
+from tests.params import loop_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,8 +31,8 @@ def one_run(split: Path, storage: Path, *, poll_s: float, epochs: int) -> dict:
     import ray
 
     init_ray(num_cpus=2, train_poll_s=poll_s)
-    loop = LoopConfig(data_dir=str(split), n_classes=10, input_shape=input_shape(split), epochs=epochs,
-                      patience=None, seed=0)
+    loop = replace(loop_config(data_dir=str(split), input_shape=input_shape(split), epochs=epochs, seed=0),
+                   patience=None)
     t0 = time.perf_counter()
     result = fit(loop, scaling=Scaling(num_workers=2), storage_path=str(storage), name=f"poll-{poll_s}")
     wall = time.perf_counter() - t0

@@ -32,6 +32,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,8 @@ from trainwise.components.models import build_model
 from trainwise.components.ray_start import init_ray
 from trainwise.components.training.data import input_shape, load_split
 from trainwise.components.training.driver import Scaling, fit, run_history
+from tests.params import loop_config
 from trainwise.components.training.loop import Trainer
-from trainwise.components.training.loop_config import LoopConfig
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH, LR, SEED = 64, 3e-3, 0
@@ -87,8 +88,8 @@ def plain_loop(split: Path, ckpt_dir: Path, *, model: str, epochs: int) -> dict:
 
 
 def ray_run(split: Path, storage: Path, *, model: str, epochs: int, workers: int, loader: str) -> dict:
-    loop = LoopConfig(data_dir=str(split), n_classes=10, input_shape=input_shape(split), model=model, epochs=epochs,
-                      batch_size=BATCH, lr=LR, dropout=0.25, patience=None, seed=SEED, loader=loader)
+    loop = replace(loop_config(data_dir=str(split), input_shape=input_shape(split), model=model, epochs=epochs,
+                               batch_size=BATCH, lr=LR, dropout=0.25, seed=SEED, loader=loader), patience=None)
     t0 = time.perf_counter()
     result = fit(loop, scaling=Scaling(num_workers=workers), storage_path=str(storage),
                  name=f"bench-{workers}-{loader}-{time.time_ns()}", checkpoints_to_keep=1)
@@ -138,8 +139,8 @@ def model_logging(split: Path, tmp: Path, *, model: str) -> dict:
 def train_and_test(x, y, xv, yv, xt, yt, *, model: str, epochs: int, **kw) -> dict:
     """Train with the workers' per-rank code in this process; test accuracy of the best val epoch."""
     torch.manual_seed(SEED)
-    cfg = LoopConfig(data_dir="-", n_classes=10, input_shape=tuple(x.shape[1:]), model=model, epochs=epochs,
-                     n_train=len(x), modality="image" if x.dim() == 4 else "sequence", **kw)
+    cfg = loop_config(data_dir="-", input_shape=tuple(x.shape[1:]), model=model, epochs=epochs,
+                      n_train=len(x), modality="image" if x.dim() == 4 else "sequence", **kw)
     net = build_model(model, input_shape=cfg.input_shape, n_classes=10, dropout=cfg.dropout)
     tr = Trainer(net, cfg, device=torch.device("cpu"), steps_per_epoch=-(-len(x) // cfg.batch_size))
     from trainwise.components.training.data import augment

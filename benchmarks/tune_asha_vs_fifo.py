@@ -41,7 +41,7 @@ from trainwise.components.training.loop import CHECKPOINT_FILE, DATA_REFS, run_l
 from trainwise.components.training.loop_config import LoopConfig
 from trainwise.components.tuning.space import apply_trial_config
 from trainwise.components.tuning.sweep import run_sweep, trial_histories
-from tests.params import sweep_options
+from tests.params import loop_config, sweep_options
 from tests.demo_data import write_digits_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,8 +170,8 @@ def _run_seeds(args, grace, rf, extra, arms) -> tuple[list[dict], int]:
         split = write_digits_split(Path(tmp) / "data")
         n_val = read_split(str(split), "val").num_rows
         for seed in args.seeds:
-            base = LoopConfig(data_dir=str(split), n_classes=10, input_shape=input_shape(split), model=args.model,
-                              seed=seed, patience=None, epochs=args.epochs)
+            base = replace(loop_config(data_dir=str(split), input_shape=input_shape(split), model=args.model, seed=seed,
+                                       epochs=args.epochs), patience=None)
             asha = sweep(base, Path(tmp) / "ray", scheduler="asha", search="random", args=args, seed=seed,
                          grace=grace, rf=rf)
             more = {a: sweep(base, Path(tmp) / "ray", scheduler="asha", search="random", args=args, seed=seed,

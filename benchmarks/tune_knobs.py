@@ -30,9 +30,8 @@ from benchmarks._results import write_results
 from trainwise.components.ray_start import init_ray
 from trainwise.components.training.data import input_shape
 from trainwise.components.training.driver import Scaling
-from trainwise.components.training.loop_config import LoopConfig
 from trainwise.components.tuning.sweep import patient_worker_start, run_sweep, trial_histories
-from tests.params import sweep_options
+from tests.params import loop_config, sweep_options
 from tests.demo_data import write_digits_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +89,7 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         split = write_digits_split(Path(tmp) / "data")
-        base = LoopConfig(data_dir=str(split), n_classes=10, input_shape=input_shape(split), model=args.model)
+        base = loop_config(data_dir=str(split), input_shape=input_shape(split), model=args.model)
         one(base, Path(tmp) / "ray", "warm-up", args, env=chosen_env)  # first-use costs (imports, object store)
         for name, kw in variants.items():
             rows[name] = one(base, Path(tmp) / "ray", name, args, **kw)

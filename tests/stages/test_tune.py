@@ -176,11 +176,10 @@ def test_a_spent_budget_ends_the_running_trial_and_starts_no_new_one(patient_ray
                                                                      tmp_path):
     from trainwise.components.training.data import input_shape
     from trainwise.components.training.driver import Scaling
-    from trainwise.components.training.loop_config import LoopConfig
     from trainwise.components.tuning.sweep import run_sweep, trial_histories
-    from tests.params import sweep_options
+    from tests.params import loop_config, sweep_options
 
-    base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
+    base = loop_config(data_dir=str(digits_split), input_shape=input_shape(digits_split), model="mlp")
     # $1 per trial-hour and a $1e-6 budget: spent by the first report of the first trial.
     options = sweep_options(num_samples=3, max_concurrent_trials=1, max_epochs=3, grace_period=1,
                             budget_usd=1e-6, usd_per_trial_hour=1.0, time_budget_s=None)
@@ -205,9 +204,8 @@ def test_both_trial_paths_and_the_final_model_layout_report_the_same_metrics(pat
     the (BN-cancelled) conv biases into full steps; both would blur a comparison of layouts."""
     from trainwise.components.training.data import input_shape
     from trainwise.components.training.driver import Scaling, fit, run_history
-    from trainwise.components.training.loop_config import LoopConfig
     from trainwise.components.tuning.sweep import run_sweep, trial_histories
-    from tests.params import sweep_options
+    from tests.params import loop_config, sweep_options
 
     from trainwise.components.training.data import read_split
     from tests.demo_data import write_digits_split
@@ -219,8 +217,8 @@ def test_both_trial_paths_and_the_final_model_layout_report_the_same_metrics(pat
         if read_split(str(split), "train").num_rows % 2 == 0:
             break
     assert read_split(str(split), "train").num_rows % 2 == 0
-    base = LoopConfig(data_dir=str(split), n_classes=10, input_shape=input_shape(split),
-                      model="small_cnn", optimizer="sgd", lr=0.05, dropout=0.0, batch_size=64, seed=3)
+    base = loop_config(data_dir=str(split), input_shape=input_shape(split),
+                       model="small_cnn", optimizer="sgd", lr=0.05, dropout=0.0, batch_size=64, seed=3)
     space = {"momentum": {"type": "choice", "values": [0.8]}}
 
     def sweep(path: str) -> list[dict]:
@@ -251,11 +249,10 @@ def test_optuna_tpe_takes_over_from_random_after_its_startup_trials(patient_ray,
     seeded random ones (the same as random search with that seed), the rest are TPE's own."""
     from trainwise.components.training.data import input_shape
     from trainwise.components.training.driver import Scaling
-    from trainwise.components.training.loop_config import LoopConfig
     from trainwise.components.tuning.sweep import run_sweep
-    from tests.params import sweep_options
+    from tests.params import loop_config, sweep_options
 
-    base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
+    base = loop_config(data_dir=str(digits_split), input_shape=input_shape(digits_split), model="mlp")
     space = {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
              "dropout": {"type": "uniform", "low": 0.0, "high": 0.5}}
 
@@ -335,11 +332,10 @@ def test_a_sweep_at_concurrency_2_picks_the_same_trials_and_winner_as_one_at_a_t
     per trial (ASHA's decisions) and the same metrics; so `dvc repro` twice gives the same model."""
     from trainwise.components.training.data import input_shape
     from trainwise.components.training.driver import Scaling
-    from trainwise.components.training.loop_config import LoopConfig
     from trainwise.components.tuning.sweep import run_sweep, trial_histories
-    from tests.params import sweep_options
+    from tests.params import loop_config, sweep_options
 
-    base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
+    base = loop_config(data_dir=str(digits_split), input_shape=input_shape(digits_split), model="mlp")
     space = {"lr": {"type": "loguniform", "low": 1e-4, "high": 3e-2}}
 
     def outcome(concurrent: int) -> dict:
@@ -364,11 +360,10 @@ def test_a_trial_ordered_asha_paused_and_resumed_reports_every_epoch_once(patien
     histories come from what each trial trained (its latest checkpoint)."""
     from trainwise.components.training.data import input_shape
     from trainwise.components.training.driver import Scaling, checkpoint_history
-    from trainwise.components.training.loop_config import LoopConfig
     from trainwise.components.tuning.sweep import run_sweep, sweep_rows, trial_histories
-    from tests.params import sweep_options
+    from tests.params import loop_config, sweep_options
 
-    base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
+    base = loop_config(data_dir=str(digits_split), input_shape=input_shape(digits_split), model="mlp")
     # Seed 116 proposes (batch_size, lr) = (2, 1e-5), then (512, 1e-2) three times: the first trial
     # is slow (hundreds of steps an epoch against a few) and poor, so the later ones reach the rung
     # (epoch 2) first, wait there paused until it has reported there, and are then resumed (they
@@ -400,11 +395,10 @@ def test_tpe_at_concurrency_2_proposes_the_same_configs_on_a_second_run(patient_
     (tests/unit/test_ordered_asha.py checks the rule itself); two runs propose the same configs."""
     from trainwise.components.training.data import input_shape
     from trainwise.components.training.driver import Scaling
-    from trainwise.components.training.loop_config import LoopConfig
     from trainwise.components.tuning.sweep import run_sweep
-    from tests.params import sweep_options
+    from tests.params import loop_config, sweep_options
 
-    base = LoopConfig(data_dir=str(digits_split), n_classes=10, input_shape=input_shape(digits_split), model="mlp")
+    base = loop_config(data_dir=str(digits_split), input_shape=input_shape(digits_split), model="mlp")
     space = {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1}}
 
     def configs(run: int) -> list[float]:
