@@ -298,7 +298,7 @@ PIXEL_KEYS = ("radius", "copy_fraction", "rows", "target", "candidates", "shared
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", nargs="+", choices=["pixels", "photos", "text", "scale", "neighbours"],
+    ap.add_argument("--parts", nargs="+", choices=["pixels", "photos", "text", "text_scale", "scale", "neighbours"],
                     default=["photos", "text", "scale"])
     ap.add_argument("--sizes", type=int, nargs="+", default=[20_000, 50_000, 200_000], help="pixels: rows")
     ap.add_argument("--candidates", action="store_true", help="pixels: also time the alternatives (smallest size)")
@@ -312,13 +312,14 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=1000, help="text: distinct sentences")
     ap.add_argument("--copies", type=int, default=3, help="text: edited copies per sentence")
     ap.add_argument("--scale-rows", type=int, default=200_000)
+    ap.add_argument("--text-scale-rows", type=int, nargs="+", default=[20_000, 100_000, 200_000])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results", type=Path, default=RESULTS_FILE, help="the results file to update")
     args = ap.parse_args()
     from benchmarks import near_duplicates_content as content
     from benchmarks._results import provenance
 
-    for part, flag in (("photos", "photos_repo"), ("text", "text_repo")):
+    for part, flag in (("photos", "photos_repo"), ("text", "text_repo"), ("text_scale", "text_repo")):
         if part in args.parts and getattr(args, flag) is None:
             ap.error(f"--parts {part} needs --{flag.replace('_', '-')} (see this module's docstring for the clone)")
     previous = json.loads(args.results.read_text()) if args.results.exists() else {}
@@ -337,6 +338,17 @@ def main() -> None:
     if "text" in args.parts:
         result["text"] = {**content.run_text(args.text_repo, texts=args.texts, copies=args.copies, seed=args.seed),
                           "provenance": provenance()}
+    if "text_scale" in args.parts:   # the split's text search (text_pairs) on synthetic review-like rows
+        load0 = os.getloadavg()
+        runs = [content._worker("text-scale", str(args.text_repo), str(n), str(args.seed)) for n in args.text_scale_rows]
+        result["text_scale"] = {"rows": runs, "structure": "sentences of 4-25 words drawn from the UCI sentences' word "
+                                "frequencies, each with 3 edited copies (edit_text)",
+                                "load_average_before": [round(v, 1) for v in load0],
+                                "load_average_after": [round(v, 1) for v in os.getloadavg()], "provenance": provenance()}
+        for r in runs:
+            print(f"TEXT SCALE: {r['rows']} rows: {r['wall_s']} s wall, {r['cpu_s']} CPU s, {r['peak_rss_mb']} MB peak "
+                  f"RSS ({r['peak_rss_before_search_mb']} MB before the search), {r['pairs']} pairs, {r['grouped_pairs']} grouped ({r['grouped_pairs_within_one_sentence']:.2%} "
+                  "within one sentence's copies)")
     if "scale" in args.parts:
         result["embedding_scale"] = {**content.run_scale(rows=args.scale_rows, seed=args.seed,
                                                          threshold=_threshold(result), sample=20_000),

@@ -599,13 +599,18 @@ def run_text(repo: Path, *, texts: int, copies: int, seed: int) -> dict:
     sim = _word_similarity_matrix(rows)
     floor = max(0.05, default.min_text_similarity - TEXT_MARGIN)
     t0 = time.perf_counter()
-    found = text_pairs(rows, floor=floor, min_words=default.min_words)
+    found = text_pairs(rows, threshold=default.min_text_similarity, floor=floor, min_words=default.min_words)
     pairs_s = time.perf_counter() - t0
     nw = np.asarray([len(text_words(t)) for t in rows])
     iu = np.triu_indices(len(rows), 1)
-    eligible = (np.minimum(nw[iu[0]], nw[iu[1]]) >= default.min_words) & (sim[iu] >= floor)
-    truth = set(zip(iu[0][eligible].tolist(), iu[1][eligible].tolist()))
     got = {tuple(p) for p in found.pairs.tolist()}
+
+    def recall(at: float) -> dict:
+        eligible = (np.minimum(nw[iu[0]], nw[iu[1]]) >= default.min_words) & (sim[iu] >= at - 1e-6)
+        truth = set(zip(iu[0][eligible].tolist(), iu[1][eligible].tolist()))
+        return {"at": round(at, 4), "pairs_brute_force": len(truth), "pairs_found": len(got & truth),
+                "recall": round(len(got & truth) / max(1, len(truth)), 4)}
+
     same = item_arr[:, None] == item_arr[None, :]
     copy_min = np.array([sim[np.ix_(item_arr == k, item_arr == k)][np.triu_indices(copies + 1, 1)].min()
                          for k in range(len(originals))])
@@ -650,8 +655,7 @@ def run_text(repo: Path, *, texts: int, copies: int, seed: int) -> dict:
                                "find_groups)", min_text_similarity=rt, min_words=default.min_words),
         "after_at_default": at_default and {"min_text_similarity": default.min_text_similarity, **at_default},
         "sweep": sweep, "recommended": rec, "together_by_length": by_len,
-        "lsh": {"floor": round(floor, 4), "pairs_brute_force": len(truth), "pairs_found": len(got & truth),
-                "recall": round(len(got & truth) / max(1, len(truth)), 4),
+        "lsh": {"threshold": recall(default.min_text_similarity), "floor": recall(floor),
                 "reported_below_floor": int(sum(1 for p in got if sim[p] < floor - 1e-6)),
                 "pairs_s": round(pairs_s, 2)},
         "copy_pair_min_similarity": _pct(copy_min),
@@ -884,9 +888,11 @@ def print_text(r: dict) -> None:
           f"median {v['p50']}")
     print(f"  highest to another sentence (both {r['after']['min_words']}+ words): median {o['p50']}  p90 {o['p90']}  "
           f"p99 {o['p99']}  max {o['max']}")
-    print(f"  LSH candidates vs every pair by brute force (similarity >= {q['floor']}): {q['pairs_found']} of "
-          f"{q['pairs_brute_force']} (recall {q['recall']}), {q['reported_below_floor']} reported below the floor, "
-          f"{q['pairs_s']} s")
+    for key, what in (("threshold", "grouped"), ("floor", "near misses too")):
+        x = q[key]
+        print(f"  LSH candidates vs every pair by brute force, similarity >= {x['at']} ({what}): {x['pairs_found']} of "
+              f"{x['pairs_brute_force']} (recall {x['recall']})")
+    print(f"  {q['reported_below_floor']} pairs reported below the floor; text_pairs took {q['pairs_s']} s")
     print("  together by length (recommended threshold; first method): " +
           ", ".join(f"{k}: {v['together']:.1%} ({v['together_first_method']:.1%}) of {v['texts']}"
                     for k, v in r["together_by_length"].items()))
@@ -936,8 +942,50 @@ def print_scale(r: dict) -> None:
           f"{'OK' if t['ok_at_threshold_floor_by_cpu_time'] else 'MISSED'} by CPU")
 
 
+def text_scale_rows(repo: Path, n: int, *, copies: int = 3, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """``n`` rows for the text scale part: sentences of 4-25 words drawn from the UCI sentences' word
+    frequencies (Zipf-like: common words shared across rows, as in real text) with ``copies`` edited
+    copies each (edit_text)."""
+    from collections import Counter
+
+    originals, _, _ = load_texts(repo, 3000)
+    cnt = Counter(w.lower() for t in originals for w in t.split())
+    words = sorted(cnt)
+    freq = np.asarray([cnt[w] for w in words], float)
+    rng = np.random.default_rng([seed, 7])
+    base = [" ".join(rng.choice(words, size=int(rng.integers(4, 26)), p=freq / freq.sum()))
+            for _ in range(n // (copies + 1))]
+    vocab = sorted({w for t in base for w in t.split() if len(w) > 2})
+    rows, item = [], []
+    for k, t in enumerate(base):
+        rows.append(t)
+        item.append(k)
+        for _ in range(copies):
+            rows.append(edit_text(t, rng, vocab)[0])
+            item.append(k)
+    return rows, np.asarray(item)
+
+
+def _text_scale_worker(repo: str, n: str, seed: str) -> None:
+    """text_pairs at the split's default threshold and floor on ``n`` rows, timed alone."""
+    from trainwise.components.quality.content_groups import TEXT_MARGIN, text_pairs
+
+    rows, item = text_scale_rows(Path(repo), int(n), seed=int(seed))
+    nd = _split_defaults()
+    # the process's high-water mark before the search (imports, the rows): what text_pairs adds is the rest
+    before_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    found = text_pairs(rows, threshold=nd.min_text_similarity, floor=max(0.05, nd.min_text_similarity - TEXT_MARGIN),
+                       min_words=nd.min_words)
+    grouped = found.pairs[found.sims >= nd.min_text_similarity]
+    _finish(t0, r0, {"rows": len(rows), "peak_rss_before_search_mb": before_mb, "pairs": len(found), "grouped_pairs": int(len(grouped)),
+                     "grouped_pairs_within_one_sentence": round(float((item[grouped[:, 0]] == item[grouped[:, 1]]).mean())
+                                                               if len(grouped) else 1.0, 4)})
+
+
 WORKERS = {"neighbours-run": _neighbours_worker, "photos-before": _photos_before, "photos-after": _photos_after, "text-run": _text_worker,
-           "scale-run": _scale_worker, "scale-exact": _scale_exact}
+           "scale-run": _scale_worker, "scale-exact": _scale_exact,
+           "text-scale": _text_scale_worker}
 
 if __name__ == "__main__":
     WORKERS[sys.argv[1]](*sys.argv[2:])

@@ -381,48 +381,93 @@ def word_similarity(a: str, b: str) -> float:
     return 1.0 if longest == 0 else 1.0 - Levenshtein.distance(wa, wb) / longest
 
 
-def text_pairs(texts: list[str], *, floor: float, min_words: int = 5, num_perm: int = 128, seed: int = 0) -> Pairs:
-    """Pairs of texts whose :func:`word_similarity` is >= ``floor``, and pairs equal once normalised.
+def text_pairs(texts: list[str], *, threshold: float, floor: float | None = None, min_words: int = 5,
+               num_perm: int = 128, seed: int = 0) -> Pairs:
+    """Pairs of texts whose :func:`word_similarity` is >= ``floor`` (default ``threshold``), and
+    pairs equal once normalised.
 
     Texts under ``min_words`` words (in either of the two) pair only when their normalised texts
     are equal: "very good" and "very bad" are one word apart and say opposite things. Candidates
     come from MinHash signatures of each text's word set + LSH banding (datasketch), in about linear
     time: ``e`` edits of the longer text's ``n`` words leave a word-set Jaccard of at least
-    (n - e) / (n + e), 1/3 at a word similarity of 0.5, and the LSH looks from a little under that.
-    Each candidate's word edit distance is then computed exactly (rapidfuzz), so no pair under
-    ``floor`` is reported; recall of the LSH against every pair: benchmarks/near_duplicates.py.
+    (n - e) / (n + e) = f / (2 - f) at word similarity f, and the LSH is tuned a little under that
+    bound at ``threshold`` (0.43 at 0.6). Pairs between ``floor`` and ``threshold`` (the near misses
+    a user judges the threshold by) are those the same candidates hold. Each candidate's word edit
+    distance is computed exactly (rapidfuzz) after a length filter (e >= the difference in length),
+    so no pair under ``floor`` is reported; recall against every pair: benchmarks/near_duplicates.py.
     """
-    from datasketch import MinHash, MinHashLSH
     from rapidfuzz.distance import Levenshtein
 
     from trainwise.components.quality.duplicates import key64, key_pairs
 
+    floor = threshold if floor is None else min(floor, threshold)
     words = [text_words(t) for t in texts]
     if len(words) < 2:
         return Pairs()
     # equal normalised texts, of any length: one key a row
     same = key_pairs(np.fromiter((key64(" ".join(w).encode()) for w in words), np.int64, len(words)))
-    found_p = [tuple(p) for p in same.tolist()]
-    found_s = [1.0] * len(found_p)
-    long_rows = [k for k, w in enumerate(words) if len(w) >= min_words]
+    found_p, found_s = [same], [np.ones(len(same), np.float32)]
+    long_rows = np.asarray([k for k, w in enumerate(words) if len(w) >= min_words], np.int64)
     if len(long_rows) >= 2 and floor < 1.0:
-        # e edits of n words leave a word-set Jaccard >= (n - e) / (n + e) = f / (2 - f) at similarity f
-        jaccard_floor = max(0.05, floor / (2 - floor) - 0.08)
-        lsh = MinHashLSH(threshold=jaccard_floor, num_perm=num_perm)
-        hashes = MinHash.bulk([[w.encode() for w in set(words[k])] for k in long_rows], num_perm=num_perm, seed=seed)
-        for k, m in zip(long_rows, hashes):
-            lsh.insert(k, m, check_duplication=False)
-        seen = set(found_p)
-        for k, m in zip(long_rows, hashes):
-            for other in lsh.query(m):
-                if other <= k or (k, other) in seen:
-                    continue
-                longest = max(len(words[k]), len(words[other]))
-                sim = 1.0 - Levenshtein.distance(words[k], words[other]) / longest
-                if sim >= floor:
-                    found_p.append((k, other))
-                    found_s.append(sim)
-    return Pairs.of(np.asarray(found_p, np.int64).reshape(-1, 2), np.asarray(found_s, np.float32))
+        cand = _lsh_candidates([words[k] for k in long_rows.tolist()],
+                               jaccard=max(0.05, threshold / (2 - threshold) - 0.05), num_perm=num_perm, seed=seed)
+        cand = long_rows[cand]
+        n_words = np.fromiter((len(w) for w in words), np.int64, len(words))
+        la, lb = n_words[cand[:, 0]], n_words[cand[:, 1]]
+        cand = cand[np.minimum(la, lb) >= floor * np.maximum(la, lb)]   # edits >= the difference in length
+        for start in range(0, len(cand), 65536):     # a block at a time: no Python list of every candidate
+            block = cand[start:start + 65536]
+            sims = np.fromiter((1.0 - Levenshtein.distance(words[a], words[b]) / max(len(words[a]), len(words[b]))
+                                for a, b in block.tolist()), np.float32, len(block))
+            keep = sims >= floor - 1e-6
+            found_p.append(block[keep])
+            found_s.append(sims[keep])
+    return Pairs.of(np.concatenate(found_p), np.concatenate(found_s))
+
+
+def _lsh_candidates(word_lists: list[list[str]], *, jaccard: float, num_perm: int, seed: int,
+                    block: int = 4096) -> np.ndarray:
+    """Row pairs (i < j) whose word sets collide in some LSH band: MinHash signatures (datasketch)
+    cut into ``b`` bands of ``r`` values, ``b`` and ``r`` as datasketch's MinHashLSH picks them for
+    ``jaccard``. Banded here with numpy (a sort per band) instead of MinHashLSH's dictionaries,
+    which held 1.3 GB at 100k texts; memory is the signatures (1 KB a row) and the candidates."""
+    from datasketch import MinHash, MinHashLSH
+
+    lsh = MinHashLSH(threshold=jaccard, num_perm=num_perm)
+    bands, r = lsh.b, lsh.r
+    n = len(word_lists)
+    keys = np.empty((n, bands), np.uint64)
+    mult = np.uint64(0x9E3779B97F4A7C15)
+    for start in range(0, n, block):
+        chunk = word_lists[start:start + block]
+        sig = np.stack([m.hashvalues for m in MinHash.bulk([[w.encode() for w in set(ws)] for ws in chunk],
+                                                           num_perm=num_perm, seed=seed)]).astype(np.uint64)
+        band = sig[:, :bands * r].reshape(len(chunk), bands, r)
+        h = np.zeros((len(chunk), bands), np.uint64)
+        with np.errstate(over="ignore"):
+            for j in range(r):
+                h = (h * mult) ^ band[:, :, j]
+        keys[start:start + len(chunk)] = h
+    codes = []
+    for j in range(bands):
+        order = np.argsort(keys[:, j], kind="stable")
+        sorted_keys = keys[order, j]
+        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        sizes = np.diff(np.r_[starts, n])
+        for size in np.unique(sizes[sizes > 1]).tolist():   # buckets of one size at a time, vectorised
+            members = np.sort(order[starts[sizes == size][:, None] + np.arange(size)], axis=1)
+            a, b = np.triu_indices(size, 1)
+            codes.append((members[:, a] * n + members[:, b]).ravel())
+        if sum(len(c) for c in codes) > 4_000_000:   # dedupe as it goes: a pair collides in several bands
+            codes = [_sorted_unique(np.concatenate(codes))]
+    codes = _sorted_unique(np.concatenate(codes)) if codes else np.empty(0, np.int64)
+    return np.stack([codes // n, codes % n], axis=1)
+
+
+def _sorted_unique(x: np.ndarray) -> np.ndarray:
+    """np.unique by sorting (numpy's hash-based unique took 35 s on 40M int64 here)."""
+    x = np.sort(x)
+    return x[np.r_[True, x[1:] != x[:-1]]] if len(x) else x
 
 
 def union_find_groups(n: int, pairs: np.ndarray) -> np.ndarray:
@@ -617,7 +662,7 @@ def find_groups(ids: list[str], *, modality: str, exact_keys: np.ndarray, clean_
     elif modality == "text" and texts is not None:
         kind, model, threshold = "word similarity", "word edits", float(params.min_text_similarity)
         min_words = int(params.min_words)
-        content = text_pairs(texts, floor=max(0.05, threshold - TEXT_MARGIN), min_words=min_words)
+        content = text_pairs(texts, threshold=threshold, floor=max(0.05, threshold - TEXT_MARGIN), min_words=min_words)
         checks.append(f"near-duplicates by normalised words (case, spacing, punctuation, numbers folded): texts of "
                       f"{min_words}+ words with word similarity >= {threshold:g} (at most "
                       f"{1 - threshold:.0%} of the longer text's words inserted, deleted or replaced; MinHash + LSH "
