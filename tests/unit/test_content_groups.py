@@ -113,7 +113,7 @@ def test_text_pairs_find_every_pair_brute_force_finds():
             for _ in range(int(rng.integers(1, 3))):
                 w[int(rng.integers(0, len(w)))] = str(rng.choice(words))
             texts.append(" ".join(w))
-    found = text_pairs(texts, floor=0.6, min_words=5)
+    found = text_pairs(texts, threshold=0.6, min_words=5)
     got = {tuple(p) for p in found.pairs.tolist()}
     want = {(a, b) for a in range(len(texts)) for b in range(a + 1, len(texts))
             if word_similarity(texts[a], texts[b]) >= 0.6}
