@@ -10,10 +10,10 @@ import pyarrow as pa
 import pytest
 import yaml
 
-import trainwise.components.data.contract as contract
 from trainwise.components.data.contract import DatasetWriter, SetAside, read_manifest
 from trainwise.components.embedding.store import write_embeddings
 from trainwise.pipelines.stage import run_stage
+from tests.reads import spy_reads
 
 REPO = Path(__file__).resolve().parents[2]
 H = W = 16
@@ -49,14 +49,7 @@ def _project(tmp: Path) -> None:
 def test_audit_with_embeddings_never_reads_the_payload(tmp_path, monkeypatch):
     _project(tmp_path)
     monkeypatch.chdir(tmp_path)
-    reads = []
-    real = contract.iter_file_batches
-
-    def spy(parquet_file, **kw):
-        reads.append(kw.get("columns"))
-        return real(parquet_file, **kw)
-
-    monkeypatch.setattr(contract, "iter_file_batches", spy)
+    reads = spy_reads(monkeypatch)
     from trainwise.pipelines import audit
 
     run_stage(audit.main, exit_process=False)

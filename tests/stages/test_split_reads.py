@@ -18,6 +18,7 @@ import trainwise.components.data.contract as contract
 from trainwise.components.data.contract import DataContractError, DatasetWriter, SetAside, content_id, read_manifest
 from trainwise.components.data.sources import RAW_IMAGE_SCHEMA, encode_png
 from trainwise.components.quality.cleaning import clean_dataset
+from tests.reads import spy_reads
 from tests.demo_data import clean_options
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,18 +55,6 @@ def _zero_the_payload(clean: Path) -> None:
         pq.write_table(t.set_column(k, t.schema.field(k), zeros), clean / shard)
 
 
-def _spy_reads(monkeypatch) -> list:
-    reads = []
-    real = contract.iter_file_batches
-
-    def spy(parquet_file, **kw):
-        reads.append(kw.get("columns"))
-        return real(parquet_file, **kw)
-
-    monkeypatch.setattr(contract, "iter_file_batches", spy)
-    return reads
-
-
 def test_split_keys_come_from_clean_digests_not_the_payload(tmp_path, monkeypatch):
     from trainwise.pipelines.split import _grouping_inputs
 
@@ -75,7 +64,7 @@ def test_split_keys_come_from_clean_digests_not_the_payload(tmp_path, monkeypatc
     digests = kept.column("digest").to_pylist()
     # the digest is of the payload as stored (what an exact copy shares), not of the file or its name
     assert digests == [hashlib.blake2b(bytes(p), digest_size=16).digest() for p in pixels]
-    reads = _spy_reads(monkeypatch)
+    reads = spy_reads(monkeypatch)
     ids, _, _, hashes, _, _ = _grouping_inputs(tmp_path / "clean", "image")
     assert reads and not [c for c in reads if c is None or "image" in c], f"split's key pass read the payload: {reads}"
     source = dict(zip(kept.column("id").to_pylist(), kept.column("source").to_pylist()))
@@ -126,7 +115,7 @@ def test_split_catches_exact_copies_across_splits_without_reading_pixels(tmp_pat
     _project(tmp_path)
     _zero_the_payload(tmp_path / "data" / "clean")   # had split hashed the pixels, every row would be one copy
     monkeypatch.chdir(tmp_path)
-    reads = _spy_reads(monkeypatch)
+    reads = spy_reads(monkeypatch)
     run_stage(split.main, exit_process=False)
     metrics = json.loads((tmp_path / "metrics" / "split.json").read_text())
     assert metrics["split/leakage/exact_pairs"] == COPIES and metrics["split/leakage/ok"] == 0
