@@ -193,30 +193,29 @@ def test_second_repro_changes_nothing(project):
 # tests/faults/test_stage_death.py, on a copy of this project after a killed repro.
 
 
-def test_a_train_knob_changes_train_and_what_follows_not_tune_or_before(project):
+def _status_with(project, section: str, key: str, value) -> dict:
+    """`dvc status` with params.yaml's ``section.key`` set to ``value`` (restored after)."""
     root, env, _, _ = project
     original = (root / "params.yaml").read_text()
     params = yaml.safe_load(original)
-    params["train"]["epochs"] = 2
+    params[section][key] = value
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        status = json.loads(_sh(["dvc", "status", "--json"], root, env))
+        return json.loads(_sh(["dvc", "status", "--json"], root, env))
     finally:
         (root / "params.yaml").write_text(original)
+
+
+def test_a_train_knob_changes_train_and_what_follows_not_tune_or_before(project):
+    status = _status_with(project, "train", "epochs", 2)
     # only what reads train.epochs is out of date (what follows it re-runs after it)
     assert "train" in status and not {"ingest", "clean", "split", "audit", "baseline", "tune"} & set(status), status
 
 
 def test_a_label_audit_knob_changes_the_audit_and_what_follows_not_clean_or_split(project):
     root, env, _, _ = project
-    original = (root / "params.yaml").read_text()
-    params = yaml.safe_load(original)
-    params["clean"]["label_issues"]["policy"] = "flag"
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    try:
-        status = json.loads(_sh(["dvc", "status", "--json"], root, env))
-    finally:
-        (root / "params.yaml").write_text(original)
+    label_issues = {**yaml.safe_load((root / "params.yaml").read_text())["clean"]["label_issues"], "policy": "flag"}
+    status = _status_with(project, "clean", "label_issues", label_issues)
     assert "audit" in status and not {"ingest", "clean", "split"} & set(status), status
 
 
