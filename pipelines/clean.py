@@ -17,10 +17,13 @@ def main() -> None:
         options = CleanOptions(
             image_size=image_size, channels=channels, drop_duplicates=p.drop_duplicates,
             payload_length=p.payload_length, near_duplicate_distance=p.near_duplicate_distance)
-        with DatasetWriter(out, classes=raw["classes"], metadata={"source": raw.get("source"),
-                                                                  **shape_notes}) as writer:
+        modality = raw.get("payload", "image")
+        # photos: data/clean extends data/ingest (keys, groups); the files' bytes stay where ingest wrote
+        # them, written once (components/data/contract.py)
+        with DatasetWriter(out, classes=raw["classes"], base=src if modality == "image" else None,
+                           metadata={"source": raw.get("source"), **shape_notes}) as writer:
             stats = clean_dataset(iter_batches(src), writer, n_classes=len(raw["classes"]),
-                                  modality=raw.get("payload", "image"), options=options, classes=raw["classes"],
+                                  modality=modality, options=options, classes=raw["classes"],
                                   feature_names=raw.get("feature_names"))
             require_rows_per_class(writer.class_counts, raw["classes"])  # before split and the baselines trip on it
             manifest = writer.close(rows_in=stats["rows_in"], set_aside=stats["set_aside"], extra=stats["extra"])

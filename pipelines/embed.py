@@ -113,7 +113,7 @@ def _embed() -> None:
                   "" if purpose == "backbone" else ": features for near-duplicate grouping only "
                   "(train.backbone is null; embed.grouping)")
         t0 = time.perf_counter()
-        by_id = embed_images([src / s for s in split["shards"]], payload=split["payload"],
+        by_id = embed_images(src, payload=split["payload"],
                              image_shape=tuple(split["image_shape"]) if split.get("image_shape") else None,
                              name=name, pretrained=pretrained, seed=t.seed, root=str(stage.root),
                              batch_size=e.batch_size, replicas=replicas, cpus_per_replica=e.cpus_per_replica,

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from trainwise.components.data.contract import (DIGEST, TEXT_KEY, DataContractError, DatasetWriter, SetAside, iter_batches,
-                                                read_manifest, read_table)
+                                                read_images, read_manifest, read_table)
 from trainwise.components.data.splitting import (assign_splits, assign_splits_given, class_fraction_gap, contamination,
                                        split_counts)
 from trainwise.components.quality.duplicates import (cross_split_leaks, digest_keys, key64, keys_in_several_splits,
@@ -20,7 +20,7 @@ from trainwise.components.embedding.store import grouping_note, iter_grouping_ve
 from trainwise.components.quality.content_groups import find_groups
 from trainwise.pipelines.stage import Stage, run_stage
 
-CARRIED = ("source", "image_shape", "sequence_length", "feature_names", "near_duplicates")
+CARRIED = ("source", "image_shape", "payload_encoding", "sequence_length", "feature_names", "near_duplicates")
 
 
 def main() -> None:
@@ -113,19 +113,12 @@ def _grouping_inputs(src, modality: str):
 
 def _thumbnails(src, ids: list[str]):
     """Row numbers -> {row: grey thumbnail} for the pictures the content search proposes as pairs: one
-    streamed pass over the cleaned pixels, keeping 4 KB a wanted row (trainwise.components.quality.content_groups)."""
+    streamed pass that decodes only those rows, keeping 4 KB a wanted row (trainwise.components.quality.content_groups)."""
     from trainwise.components.quality.content_groups import align_thumbnail
 
     def read(rows: list[int]) -> dict[int, np.ndarray]:
-        h, w, c = read_manifest(src)["image_shape"]
         want = {ids[r]: r for r in rows}
-        found: dict[int, np.ndarray] = {}
-        for batch in iter_batches(src, columns=["id", "image"]):
-            col = batch.column("image")
-            for k, i in enumerate(batch.column("id").to_pylist()):
-                if i in want:
-                    found[want[i]] = align_thumbnail(col[k].values.to_numpy(zero_copy_only=False).reshape(h, w, c))
-        return found
+        return {want[i]: align_thumbnail(pixels) for i, pixels in read_images(src, want).items()}
     return read
 
 

@@ -12,6 +12,15 @@ path relative to itself) with that dataset's content hash. Its rows are a subseq
 base's, in the base's order (a stage may drop rows, never reorder them). :func:`iter_batches`
 and :func:`read_table` join the chain by id as they stream, so readers see whole rows; a read of
 the extension's own columns only never touches the payload.
+
+Photos are stored once, as the files' bytes (JPEG, PNG, ...): ingest writes them, and clean's
+dataset is an extension of ingest's (its keys, groups and digests), with ``payload_encoding:
+"encoded"`` and ``image_shape`` in its manifest. Readers get decoded pixels all the same:
+:func:`iter_batches` and :func:`read_table` decode the ``image`` column with the one decoder
+(:func:`trainwise.components.data.images.decode_image`, at ``image_shape``) into the
+``fixed_size_list<uint8>[h*w*c]`` a decoded dataset stores, unless asked for the bytes
+(``decode=False``: embed and the ``ray_data`` loader decode where their batches are used).
+A dataset that stores decoded pixels (no ``payload_encoding``) reads as it always did.
 """
 
 from __future__ import annotations
@@ -49,6 +58,8 @@ DIGEST, TEXT_KEY = "digest", "text_key"
 # 16-bit levels per pixel: writing a batch took ~11x its pixel bytes and reading ~17x (measured,
 # pyarrow 25, 224x224x3), so batches are bounded in bytes, not rows (8192 such rows are 1.2 GB).
 BATCH_BYTES = 16 * 2**20
+# manifest["payload_encoding"]: the image column holds encoded image files, decoded on read to image_shape
+ENCODED = "encoded"
 ROW_GROUP_BYTES = 16 * 2**20
 
 
@@ -98,7 +109,8 @@ def payload_column(schema: pa.Schema) -> str:
 
 
 def pixel_encoding(schema: pa.Schema) -> dict:
-    """ParquetWriter options for decoded pixels (list<uint8> columns): Parquet stores each uint8 as a
+    """ParquetWriter options for image payloads. Encoded files (a binary ``image``): stored as they are,
+    neither compressed again nor dictionary-encoded. Decoded pixels (list<uint8> columns): Parquet stores each uint8 as a
     4-byte INT32, and by default dictionary-encodes them (256 values) and compresses with snappy.
     BYTE_STREAM_SPLIT puts the one byte that carries the pixel in a stream of its own (the other three,
     all zeros, compress to nothing) and LZ4 compresses it: on 224x224x3 photos 1.4 CPU-ms a photo to
@@ -107,6 +119,10 @@ def pixel_encoding(schema: pa.Schema) -> dict:
     so an older pyarrow writes the defaults."""
     pixels = [f for f in schema if (pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type))
               and f.type.value_type == pa.uint8()]
+    files = [f.name for f in schema if f.name == "image" and pa.types.is_binary(f.type)]
+    if files:  # encoded image files (JPEG, PNG): already compressed, and never two alike in a dictionary
+        return {"use_dictionary": [f.name for f in schema if f.name not in files],
+                "compression": {f.name: "none" if f.name in files else "snappy" for f in schema}}
     if not pixels or int(pa.__version__.split(".")[0]) < 17:
         return {}
     paths = [f"{f.name}.list.element" for f in pixels]   # Parquet's name for a list's values, whatever Arrow's
@@ -300,14 +316,21 @@ def payload_dir(data_dir: str | os.PathLike) -> Path:
 
 
 def read_table(data_dir: str | os.PathLike, *, columns: list[str] | None = None,
-               filter_split: str | None = None) -> pa.Table:
+               filter_split: str | None = None, decode: bool = True) -> pa.Table:
     """Read every shard listed in the manifest (optionally one split) into one table; an extension
-    is joined with its base (only when a column it does not hold is asked for)."""
+    is joined with its base (only when a column it does not hold is asked for). Encoded images come
+    decoded (see the module docstring) unless ``decode`` is False."""
+    shape = _decode_shape(data_dir, columns, decode)
+    table = _raw_table(data_dir, columns=columns, filter_split=filter_split)
+    return table if shape is None else decode_images_in(table, shape, data_dir)
+
+
+def _raw_table(data_dir: str | os.PathLike, *, columns: list[str] | None, filter_split: str | None) -> pa.Table:
     manifest = read_manifest(data_dir)
     ext = extension_of(manifest, data_dir)
     if ext is not None and (columns is None or not {*columns, *(["split"] if filter_split else [])} <= set(ext[1])):
         parts = []
-        for b in iter_batches(data_dir, columns=columns if columns is None or not filter_split
+        for b in _raw_batches(data_dir, columns=columns if columns is None or not filter_split
                               else list(dict.fromkeys([*columns, "split"]))):
             t = pa.Table.from_batches([b])
             if filter_split:
@@ -328,10 +351,107 @@ def read_table(data_dir: str | os.PathLike, *, columns: list[str] | None = None,
 
 
 def iter_batches(data_dir: str | os.PathLike, *, batch_rows: int = 8192, batch_bytes: int = BATCH_BYTES,
-                 columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+                 columns: list[str] | None = None, decode: bool = True) -> Iterator[pa.RecordBatch]:
     """Stream a dataset shard by shard, so memory is bounded by ``batch_rows`` rows and, for wide
-    rows (images), by about ``batch_bytes`` bytes of them. An extension streams joined with its base
-    (the base's batches, filtered to this dataset's rows, with its columns)."""
+    rows (images), by about ``batch_bytes`` bytes of them (of decoded pixels, for encoded images). An
+    extension streams joined with its base (the base's batches, filtered to this dataset's rows, with
+    its columns). Encoded images come decoded unless ``decode`` is False (the module docstring)."""
+    shape = _decode_shape(data_dir, columns, decode)
+    if shape is None:
+        yield from _raw_batches(data_dir, batch_rows=batch_rows, batch_bytes=batch_bytes, columns=columns)
+        return
+    rows = max(1, min(batch_rows, batch_bytes // (shape[0] * shape[1] * shape[2])))
+    for b in _raw_batches(data_dir, batch_rows=rows, batch_bytes=batch_bytes, columns=columns):
+        yield decode_images_in(b, shape, data_dir)
+
+
+def _decode_shape(data_dir, columns, decode: bool) -> tuple[int, int, int] | None:
+    return encoded_image_shape(data_dir) if decode and (columns is None or "image" in columns) else None
+
+
+def encoded_image_shape(data_dir: str | os.PathLike) -> tuple[int, int, int] | None:
+    """(h, w, c) the ``image`` column of ``data_dir`` (or of a dataset down its extension chain) decodes
+    to, when it stores encoded image files; None when it stores decoded pixels or is not images."""
+    data_dir = Path(data_dir)
+    while True:
+        m = read_manifest(data_dir)
+        if "payload_encoding" in m:
+            if m["payload_encoding"] != ENCODED:
+                return None
+            try:
+                h, w, c = (int(v) for v in m["image_shape"])
+            except (KeyError, TypeError, ValueError):
+                raise DataContractError(f"{data_dir}/manifest.json: encoded images need image_shape [h, w, c]; "
+                                        "re-run clean (`dvc repro --force clean`)") from None
+            return h, w, c
+        ext = extension_of(m, data_dir)
+        if ext is None:
+            return None
+        data_dir = ext[0]
+
+
+def pixel_type(width: int) -> pa.DataType:
+    """The decoded image column's type: fixed_size_list<uint8>[h*w*c] ("element": the child's name a
+    list read back from Parquet has)."""
+    return pa.list_(pa.field("element", pa.uint8()), width)
+
+
+def decode_images_in(table, shape: tuple[int, int, int], where: str | os.PathLike = "data"):
+    """A Table or RecordBatch whose ``image`` column holds encoded files -> the same with decoded pixels
+    (``pixel_type``), by the one decoder. Anything else comes back as it is. A row that no longer
+    decodes (clean decoded every row it kept) is a DataContractError naming it."""
+    i = table.schema.get_field_index("image")
+    if i < 0 or not (pa.types.is_binary(table.schema.field(i).type) or pa.types.is_large_binary(table.schema.field(i).type)):
+        return table
+    from trainwise.components.data.images import decode_image
+
+    h, w, c = shape
+    payloads = table.column(i).to_pylist()
+    out = np.empty((len(payloads), h * w * c), np.uint8)
+    for k, data in enumerate(payloads):
+        try:
+            out[k] = decode_image(data, size=(h, w), channels=c).reshape(-1)
+        except Exception as err:  # PIL raises many kinds; clean set every such row aside
+            row = table.column("id")[k].as_py() if "id" in table.schema.names else k
+            raise DataContractError(f"{where}: row {row}: its image no longer decodes ({type(err).__name__}: {err}), "
+                                    "though clean decoded it: the stored file changed; re-run ingest and clean "
+                                    "(`dvc repro --force ingest`) or restore them (`dvc checkout`)") from None
+    pixels = pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), type=pixel_type(h * w * c))
+    return table.set_column(i, pa.field("image", pixels.type), pixels)
+
+
+def read_images(data_dir: str | os.PathLike, ids: Iterable[str]) -> dict[str, np.ndarray]:
+    """(h, w, c) uint8 pixels of the rows ``ids`` (those the dataset holds), in one streamed pass that
+    decodes only those rows (thumbnails, alignment checks: a handful of a dataset's photos)."""
+    want = set(ids)
+    if not want:
+        return {}
+    encoded = encoded_image_shape(data_dir)
+    shape = encoded or tuple(_image_shape_of(data_dir))
+    found: dict[str, np.ndarray] = {}
+    for batch in _raw_batches(data_dir, columns=["id", "image"]):
+        col = batch.column("image")
+        for k, row in enumerate(batch.column("id").to_pylist()):
+            if row not in want:
+                continue
+            if encoded:
+                found[row] = decode_images_in(batch.slice(k, 1), encoded, data_dir).column("image")[0] \
+                    .values.to_numpy(zero_copy_only=False).reshape(shape)
+            else:
+                found[row] = col[k].values.to_numpy(zero_copy_only=False).reshape(shape)
+    return found
+
+
+def _image_shape_of(data_dir: Path) -> list[int]:
+    m = read_manifest(data_dir)
+    if "image_shape" not in m:
+        raise DataContractError(f"{data_dir}/manifest.json: no image_shape; re-run clean (`dvc repro --force clean`)")
+    return m["image_shape"]
+
+
+def _raw_batches(data_dir: str | os.PathLike, *, batch_rows: int = 8192, batch_bytes: int = BATCH_BYTES,
+                 columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """:func:`iter_batches` as stored: encoded images stay encoded."""
     manifest = read_manifest(data_dir)
     ext = extension_of(manifest, data_dir)
     if ext is not None and (columns is None or not set(columns) <= set(ext[1])):
@@ -347,7 +467,7 @@ def iter_batches(data_dir: str | os.PathLike, *, batch_rows: int = 8192, batch_b
 def _empty_joined(data_dir: Path, manifest: dict, ext: tuple[Path, list[str]], columns: list[str] | None) -> pa.Table:
     """No row matched: an empty table with the joined columns' types."""
     base, own_cols = ext
-    first = next(iter_batches(base, batch_rows=1), None)
+    first = next(_raw_batches(base, batch_rows=1), None)
     if first is None:
         raise DataContractError(f"{base}: no rows; re-run the stage that writes it (dvc repro)")
     t = pa.Table.from_batches([first]).slice(0, 0)
@@ -379,7 +499,7 @@ def _joined_batches(data_dir: Path, manifest: dict, ext: tuple[Path, list[str]],
     own = _own_batches(data_dir, manifest)
     pending = None
     matched = 0
-    for bb in iter_batches(base, batch_rows=batch_rows, batch_bytes=batch_bytes, columns=base_cols):
+    for bb in _raw_batches(base, batch_rows=batch_rows, batch_bytes=batch_bytes, columns=base_cols):
         n = bb.num_rows
         while pending is None or pending.num_rows < n:  # enough of our rows to cover this batch
             nxt = next(own, None)

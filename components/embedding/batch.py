@@ -1,7 +1,8 @@
 """Embed every row of a cleaned dataset with a backbone: Ray Data ``map_batches`` batch inference.
 
 Each replica is a Ray Data actor that builds the backbone once and embeds batches of stored
-images (uint8, as clean wrote them) or texts (tokenized by the backbone's own tokenizer); replicas run on as many CPUs / GPUs as the cluster
+images (the files' bytes, decoded in the replica by the one decoder, or uint8 pixels where a dataset
+stores them) or texts (tokenized by the backbone's own tokenizer); replicas run on as many CPUs / GPUs as the cluster
 gives. Rows come back keyed by id and are put back in the dataset's order.
 """
 
@@ -42,20 +43,24 @@ class _Embedder:
             spec = tokenizer_spec(self.model.info.name, max_tokens=self.model.info.max_tokens)
             x = torch.from_numpy(tokenize([str(t) if t is not None else "" for t in raw], spec)).to(self.device)
         else:
-            if raw.dtype == object:  # fixed-size lists may arrive as an array of arrays
-                raw = np.stack(list(raw))
             h, w, c = self.shape
+            if raw.dtype == object and len(raw) and isinstance(raw[0], bytes):  # encoded files: decoded here
+                from trainwise.components.data.images import decode_image
+
+                raw = np.stack([decode_image(b, size=(h, w), channels=c) for b in raw])
+            elif raw.dtype == object:  # fixed-size lists may arrive as an array of arrays
+                raw = np.stack(list(raw))
             x = images_to_tensor(np.ascontiguousarray(raw).reshape(-1, h, w, c)).to(self.device)
         with torch.inference_mode():
             emb = self.model(x).float().cpu().numpy()
         return {"id": batch["id"], "embedding": list(emb)}
 
 
-def embed_images(shards: list[str | Path], *, image_shape: tuple[int, int, int] | None, name: str, pretrained,
+def embed_images(data_dir: str | Path, *, image_shape: tuple[int, int, int] | None, name: str, pretrained,
                  seed: int, root: str, batch_size: int, replicas: int, cpus_per_replica: int, use_gpu: bool,
                  log: Callable[..., None] = lambda *a: None, payload: str = "image") -> dict[str, np.ndarray]:
-    """id -> embedding (float32) for every row of ``shards`` (Parquet with id and the
-    ``payload`` column: ``image``, or ``text`` for a text backbone)."""
+    """id -> embedding (float32) for every row of the dataset ``data_dir`` (its id and ``payload``
+    column: ``image``, or ``text`` for a text backbone), read through the contract as stored."""
     import ray.data
 
     import pyarrow as pa
@@ -63,7 +68,7 @@ def embed_images(shards: list[str | Path], *, image_shape: tuple[int, int, int] 
     import pyarrow.parquet as pq
     import ray
 
-    from trainwise.components.data.contract import iter_file_batches
+    from trainwise.components.data.contract import iter_batches
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the stage logs its own progress
@@ -72,23 +77,24 @@ def embed_images(shards: list[str | Path], *, image_shape: tuple[int, int, int] 
     # 1-CPU list/read tasks never start while the replicas hold every CPU (seen here: 2
     # replicas on 2 CPUs waited forever), and a replica is worth more than a reader.
     # Blocks of a few batches each, so every replica gets work (one block per shard would feed one).
-    # Read a row group at a time (iter_file_batches): pq.read_table of a whole shard of 224 px
-    # photos peaked at 2x the memory of these bounded batches.
+    # Read a batch at a time: pq.read_table of a whole shard of 224 px photos peaked at 2x the memory
+    # of these bounded batches. Photos travel as their files' bytes (decode=False) and are decoded in
+    # the replicas, in parallel, not here.
     refs = []
     if payload == "text":
         # Longest texts first, as SentenceTransformer.encode orders them: a batch is as wide as its
         # longest text, so batches of mixed lengths pad every short text to a long one. Rows come back
         # keyed by id. Texts are small: all of them at once is what the object store held anyway.
-        parts = [pa.Table.from_batches([b]).select(["id", payload]) for s in shards
-                 for b in iter_file_batches(pq.ParquetFile(s), batch_rows=4 * batch_size)]
+        parts = [pa.Table.from_batches([b]).select(["id", payload])
+                 for b in iter_batches(data_dir, batch_rows=4 * batch_size, columns=["id", payload])]
         table = pa.concat_tables(parts) if parts else pa.table({"id": pa.array([], pa.string()),
                                                                 payload: pa.array([], pa.string())})
         lengths = pc.fill_null(pc.utf8_length(table.column(payload)), 0).to_numpy()
         table = table.take(pa.array(np.argsort(-lengths, kind="stable")))
         refs = [ray.put(table.slice(k, 4 * batch_size)) for k in range(0, table.num_rows, 4 * batch_size)]
-    for s in shards if payload != "text" else ():
-        for b in iter_file_batches(pq.ParquetFile(s), batch_rows=4 * batch_size):
-            refs.append(ray.put(pa.Table.from_batches([b]).select(["id", payload])))
+    for b in iter_batches(data_dir, batch_rows=4 * batch_size, columns=["id", payload], decode=False) \
+            if payload != "text" else ():
+        refs.append(ray.put(pa.Table.from_batches([b]).select(["id", payload])))
     ds = ray.data.from_arrow_refs(refs)
     ds = ds.map_batches(
         _Embedder, batch_size=batch_size, batch_format="numpy",

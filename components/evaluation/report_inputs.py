@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainwise.components.data.contract import DataContractError, iter_batches, read_manifest
+from trainwise.components.data.contract import DataContractError, iter_batches, read_images, read_manifest
 
 # Written by the audit stage beside its manifest (`label_issues.csv`, ranked: least self-confident
 # first): one row per likely label error with at least `id`; the report shows every other column it
@@ -59,12 +59,8 @@ def image_thumbnails(ids: list[str], *, clean_dir: str | Path, ingest_dir: str |
     if m.get("payload") != "image" or not want:
         return {}
     h, w, c = m["image_shape"]
-    # Streamed, and only the wanted rows' pixels leave Arrow: the whole table's pixels as Python
-    # lists were ~8 bytes per pixel (2,000 photos at 224x224x3: 2.4 GB) for a handful of thumbnails.
-    for batch in iter_batches(clean_dir):
-        ids_here = batch.column("id").to_pylist()
-        for k in (k for k, i in enumerate(ids_here) if i in want):
-            found[ids_here[k]] = batch.column("image")[k].values.to_numpy(zero_copy_only=False).reshape(h, w, c)
+    # Streamed, and only the wanted rows are decoded: a handful of thumbnails, not every photo
+    found.update(read_images(clean_dir, want))
     rest = want - set(found)
     if rest and ingest_dir is not None:
         try:

@@ -13,8 +13,12 @@ Label errors are not judged here: the audit stage (components/quality/audit.py) 
 split, where it knows which rows are train rows (the only ones it may change).
 
 Cleaned payloads (the data contract after clean):
-- ``image``: fixed_size_list<uint8>[h*w*c], decoded, resized to ``image_size``, converted to
-  ``channels``; manifest ``image_shape`` [h, w, c].
+- ``image``: the files' bytes as ingest stored them, not written again: the clean stage's dataset
+  is an *extension* of ingest's (contract.py), holding each kept row's keys and group (given a
+  writer that is not an extension, clean writes the bytes itself as a binary ``image``). Every row was
+  decoded here (validated, hashed, embedded for near duplicates); readers decode it again with the
+  same decoder at the manifest's ``image_shape`` [h, w, c] (``payload_encoding: "encoded"``) and get
+  fixed_size_list<uint8>[h*w*c], resized to ``image_size``, converted to ``channels``.
 - ``text``: string, Unicode NFKC, control characters removed, whitespace collapsed and
   stripped; empty text is set aside.
 - ``sequence`` / ``features``: fixed_size_list<float32>[L]; rows with NaN/inf or another length
@@ -41,8 +45,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from trainwise.components.data.contract import (BATCH_BYTES, DIGEST, TEXT_KEY, DataContractError, DatasetWriter, SetAside,
-                                      content_hash, iter_file_batches)
+from trainwise.components.data.contract import (BATCH_BYTES, DIGEST, ENCODED, TEXT_KEY, DataContractError, DatasetWriter,
+                                                SetAside, content_hash, iter_file_batches)
 from trainwise.components.data.images import ANIMATED_FIRST_FRAME, EXIF_ROTATED, SCALED_16BIT, decode_image
 from trainwise.components.quality.duplicates import (DUPLICATE, LABEL_CONFLICT, NearDuplicateIndex, duplicate_pairs,
                                            exact_duplicate_rows, group_names, group_summary,
@@ -134,37 +138,25 @@ def _decode(payload, modality: str, options: CleanOptions, notes: list[str] | No
     return values, values.tobytes()
 
 
-def _image_width(options: CleanOptions) -> int:
-    h, w = options.image_size
-    return h * w * options.channels
-
-
-def _staging_type(modality: str, options: CleanOptions) -> pa.DataType:
+def _staging_type(modality: str) -> pa.DataType:
     if modality == "image":
-        # Staged as fixed-size binary, not list<uint8>: Parquet writes a list with two 16-bit
-        # levels per pixel (~11x the pixels in memory while writing, ~17x while reading); a
-        # fixed-size binary has none. Pass 2 turns it back into the contract's list, zero-copy.
-        return pa.binary(_image_width(options))
+        return pa.binary()   # the file's bytes
     if modality == "text":
         return pa.string()
     return pa.list_(pa.float32())  # lengths are checked after pass 1
 
 
-def _column(values: list, modality: str, options: CleanOptions) -> pa.Array:
+def _column(values: list, modality: str) -> pa.Array:
     if modality == "image":
-        pixels = pa.py_buffer(np.concatenate(values))
-        return pa.FixedSizeBinaryArray.from_buffers(pa.binary(_image_width(options)), len(values), [None, pixels])
+        return pa.array(values, pa.binary())
     if modality == "text":
         return pa.array(values, pa.string())
     return pa.array([v.tolist() for v in values], pa.list_(pa.float32()))
 
 
-def _as_pixel_list(column: pa.ChunkedArray, width: int) -> pa.FixedSizeListArray:
-    """Staged fixed-size binary rows -> the contract's fixed_size_list<uint8>[width], sharing the bytes."""
-    col = column.combine_chunks()
-    pixels = pa.Array.from_buffers(pa.uint8(), len(col) * width, [None, col.buffers()[1]], offset=col.offset * width)
-    # "element": the child's name a list read back from Parquet has (the manifest's schema string says it)
-    return pa.FixedSizeListArray.from_arrays(pixels, type=pa.list_(pa.field("element", pa.uint8()), width))
+# What the staging file holds of a photo when its bytes stay in ingest's shards (its id, label, source,
+# digest; never the decoded pixels), so a flush comes every ~16 MB of these.
+_STAGED_IMAGE_ROW_BYTES = 160
 
 
 @dataclass
@@ -173,7 +165,7 @@ class Decoded:
     Python object per row). Row k of each array is row k of the staging file ``staged``, where the
     decoded payloads wait; sources are read back from it when needed."""
 
-    staged: Path                    # the staging Parquet file (decoded payloads, id, label, source)
+    staged: Path                    # the staging Parquet file (id, label, source, keys; payloads but a photo's)
     rows_in: int                    # raw rows read, set aside or not
     ids: np.ndarray                 # encoded (bytes) ids
     labels: np.ndarray              # int64
@@ -203,25 +195,27 @@ class _Staging:
     """Decoded rows buffered, then written to the staging file one row group at a time (memory
     holds BATCH_BYTES of them), with what is remembered of each row appended to ``parts``."""
 
-    def __init__(self, writer: pq.ParquetWriter, schema: pa.Schema, modality: str, options: CleanOptions):
-        self.writer, self.schema, self.modality, self.options = writer, schema, modality, options
+    def __init__(self, writer: pq.ParquetWriter, schema: pa.Schema, modality: str, staged: bool):
+        self.writer, self.schema, self.modality = writer, schema, modality
+        self.staged = staged   # False: the payload is not written (a photo's bytes stay in ingest's shards)
         self.parts: dict[str, list[np.ndarray]] = {"id": [], "label": [], "digest": [], "length": [], "key": []}
         self._reset()
 
     def _reset(self) -> None:
-        self.keep: dict[str, list] = {"id": [], "label": [], self.modality: [], "source": []}
+        self.keep: dict[str, list] = {"id": [], "label": [], **({self.modality: []} if self.staged else {}),
+                                      "source": []}
         self.digests, self.lengths, self.keys, self.decoded_bytes = [], [], [], 0
 
     def flush(self) -> None:
         keep = self.keep
         if keep["id"]:
-            column = _column(keep[self.modality], self.modality, self.options)
+            payload = {self.modality: _column(keep[self.modality], self.modality)} if self.staged else {}
             # the keys travel with the rows into data/clean (split reads them, not the payload)
             keys = {DIGEST: pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(self.digests),
                                                                  [None, pa.py_buffer(b"".join(self.digests))])}
             if self.modality == "text":
                 keys[TEXT_KEY] = pa.array(self.keys, pa.int64())
-            self.writer.write_table(pa.table({**keep, self.modality: column, **keys}, schema=self.schema))
+            self.writer.write_table(pa.table({**keep, **payload, **keys}, schema=self.schema))
             self.parts["id"].append(np.array([i.encode() for i in keep["id"]]))
             self.parts["label"].append(np.array(keep["label"], np.int64))
             self.parts["digest"].append(np.frombuffer(b"".join(self.digests), np.uint8).reshape(-1, 16))
@@ -231,20 +225,21 @@ class _Staging:
 
 
 def decode_pass(batches: Iterable[pa.RecordBatch], staged: Path, *, n_classes: int, modality: str,
-                options: CleanOptions, aside: SetAside) -> Decoded:
+                options: CleanOptions, aside: SetAside, stage_payload: bool = True) -> Decoded:
     """Pass 1: decode and validate every raw row into the staging file ``staged``; a row that
-    cannot be used is added to ``aside`` with its reason."""
+    cannot be used is added to ``aside`` with its reason. ``stage_payload`` False (images whose
+    dataset extends ingest's): the payload is validated, hashed and embedded, not staged."""
     rows_in = 0
     notes: Counter[str] = Counter()
     row_notes: list[str] = []
     stage_schema = pa.schema([("id", pa.string()), ("label", pa.int64()),
-                              (modality, _staging_type(modality, options)), ("source", pa.string()),
+                              *([(modality, _staging_type(modality))] if stage_payload else []), ("source", pa.string()),
                               (DIGEST, pa.binary(16)), *([(TEXT_KEY, pa.int64())] if modality == "text" else [])])
     near_distance = options.near_duplicate_distance if modality == "image" else 0.0
     # image embeddings: 36 numbers a row in memory, the full 1 KiB on disk (bounded memory)
     near_index = NearDuplicateIndex(radius=near_distance) if near_distance > 0 else None
     with pq.ParquetWriter(staged, stage_schema, use_dictionary=modality != "image") as writer:
-        stage = _Staging(writer, stage_schema, modality, options)
+        stage = _Staging(writer, stage_schema, modality, stage_payload)
         for batch in batches:
             ids, labels = batch.column("id").to_pylist(), batch.column("label").to_pylist()
             payloads, sources = batch.column(modality).to_pylist(), batch.column("source").to_pylist()
@@ -270,9 +265,13 @@ def decode_pass(batches: Iterable[pa.RecordBatch], staged: Path, *, n_classes: i
                     stage.keys.append(key64(text_key(value).encode()))
                 else:
                     stage.lengths.append(len(value))
-                for k, v in (("id", row_id), ("label", label), (modality, value), ("source", source)):
-                    stage.keep[k].append(v)
-                stage.decoded_bytes += len(raw)
+                # a photo is kept as its file's bytes (readers decode them as clean did), not its pixels
+                stored = payload if modality == "image" else value
+                for k, v in (("id", row_id), ("label", label), (modality, stored), ("source", source)):
+                    if k in stage.keep:
+                        stage.keep[k].append(v)
+                stage.decoded_bytes += (len(stored) if modality == "image" else len(raw)) if stage.staged \
+                    else _STAGED_IMAGE_ROW_BYTES
                 if stage.decoded_bytes >= BATCH_BYTES:   # a batch of small photos decodes to a lot of pixels
                     stage.flush()
         stage.flush()
@@ -299,6 +298,7 @@ def decide(decoded: Decoded, *, modality: str, options: CleanOptions,
     length = None
     if modality == "image":
         extra["image_shape"] = [*options.image_size, options.channels]
+        extra["payload_encoding"] = ENCODED   # the files as ingested, decoded on read to image_shape
         # what decoding changed without saying (rows in, not rows kept: a note is about the file)
         extra["decode_notes"] = {k: notes[k] for k in (EXIF_ROTATED, SCALED_16BIT, ANIMATED_FIRST_FRAME)}
     elif modality in ("sequence", "features"):
@@ -363,9 +363,6 @@ def write_pass(staged: Path, decisions: Decisions, writer: DatasetWriter, aside:
     if len(kept_mask):
         for batch in iter_file_batches(pq.ParquetFile(staged), batch_rows=4096):
             table = pa.Table.from_batches([batch])
-            if modality == "image":
-                table = table.set_column(table.schema.get_field_index(modality), modality,
-                                         _as_pixel_list(table.column(modality), _image_width(options)))
             mask = kept_mask[start:start + table.num_rows]
             if not mask.all():
                 sources = table.column("source").to_pylist()
@@ -394,7 +391,8 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
                   modality: str, options: CleanOptions, classes: list[str] | None = None,
                   feature_names: list[str] | None = None) -> dict:
     """Clean raw rows of one modality into ``writer``: :func:`decode_pass`, :func:`decide`,
-    :func:`write_pass`.
+    :func:`write_pass`. For images ``writer`` may extend the dataset ``batches`` come from (the clean
+    stage's does): the files' bytes then stay there; else they are written here, as they came.
 
     Returns ``rows_in``, ``set_aside`` (a :class:`SetAside`), ``extra`` (manifest keys),
     ``metrics`` (``clean/...`` numbers), ``conflicts`` (near-duplicate groups whose labels
@@ -406,7 +404,8 @@ def clean_dataset(batches: Iterable[pa.RecordBatch], writer: DatasetWriter, *, n
     aside = SetAside()
     with tempfile.TemporaryDirectory(prefix="trainwise-clean-") as tmp:
         staged = Path(tmp) / "decoded.parquet"
-        decoded = decode_pass(batches, staged, n_classes=n_classes, modality=modality, options=options, aside=aside)
+        decoded = decode_pass(batches, staged, n_classes=n_classes, modality=modality, options=options, aside=aside,
+                              stage_payload=modality != "image" or writer.base is None)
         rows_in = decoded.rows_in
         decisions = decide(decoded, modality=modality, options=options, feature_names=feature_names)
         del decoded   # pass 2 needs one bit a row (kept_mask) and the groups of 2+

@@ -74,7 +74,12 @@ def decode(batch: dict[str, np.ndarray], *, kind: str, shape: tuple[int, ...],
             raise ValueError("text needs the tokenizer fitted on the train split (model.json 'tokenizer')")
         x = torch.from_numpy(encode(raw, tokenizer))
     else:
-        if raw.dtype == object:  # Ray Data may hand fixed-size lists as an array of arrays
+        if kind == "image" and raw.dtype == object and len(raw) and isinstance(raw[0], bytes):
+            from trainwise.components.data.images import decode_image  # files' bytes (a reader that did not decode)
+
+            c, h, w = shape
+            raw = np.stack([decode_image(b, size=(h, w), channels=c) for b in raw])
+        elif raw.dtype == object:  # Ray Data may hand fixed-size lists as an array of arrays
             raw = np.stack(list(raw))
         elif not raw.flags.writeable:  # a zero-copy view of Arrow memory: torch wants its own
             raw = raw.copy()

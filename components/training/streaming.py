@@ -23,9 +23,10 @@ from the Parquet footers, and a zero-CPU ``map_batches`` reads them. Local files
 driver's node (other nodes may not see them; a ``ray.io/node-id`` label selector), URLs wherever
 tasks run.
 
-An extension dataset (data/audit -> data/split -> data/clean) holds no payload: the payload
-row groups are read from the end of the chain (``payload_dir``) and each is cut to the rows the
-chain kept, with their label, by ``id`` (a small (id, label) table per split travels to the tasks
+An extension dataset (data/audit -> data/split -> data/clean -> data/ingest for photos) holds no
+payload: the payload row groups are read from the end of the chain (``payload_dir``) and each is cut
+to the rows the chain kept, with their label, by ``id``; photos stored as their files' bytes are then
+decoded in the read task (the one decoder, at the manifest's ``image_shape``) (a small (id, label) table per split travels to the tasks
 through the object store).
 
 Splitting across ranks (:class:`StreamingDataConfig`): the train stream is split equally (DDP
@@ -73,32 +74,36 @@ def _pieces(paths: list[str]) -> list[dict]:
     return [{"path": p, "row_group": k} for p in paths for k in range(_open(p).metadata.num_row_groups)]
 
 
-def read_pieces(batch: pa.Table, *, columns: list[str], kind: str, rows=None, split: str | None = None):
+def read_pieces(batch: pa.Table, *, columns: list[str], kind: str, rows=None, split: str | None = None,
+                shape: tuple[int, int, int] | None = None):
     """A batch of pieces -> tables of ``label`` and ``kind``, about ``BLOCK_BYTES`` each (a
     generator: Ray Data makes each a block as it comes). ``rows``: (id, label) of the rows to keep
-    (an extension); else ``split``: keep the rows of that split."""
-    from trainwise.components.data.contract import rows_within
+    (an extension); else ``split``: keep the rows of that split. ``shape``: the payload is encoded
+    image files, decoded here (in the read task, after the rows are chosen) to (h, w, c) pixels."""
+    from trainwise.components.data.contract import decode_images_in, rows_within
 
     if isinstance(rows, ray.ObjectRef):  # Ray Data passes fn_kwargs as they are: fetch it (zero-copy)
         rows = ray.get(rows)
     for path, k in zip(batch.column("path").to_pylist(), batch.column("row_group").to_pylist()):
         f = _open(path)
-        for b in f.iter_batches(batch_size=rows_within(f, batch_rows=8192, batch_bytes=BLOCK_BYTES), row_groups=[k],
-                                columns=columns):
+        size = rows_within(f, batch_rows=8192, batch_bytes=BLOCK_BYTES)
+        if shape is not None:  # blocks of about BLOCK_BYTES of pixels, not of the files' bytes
+            size = max(1, min(size, BLOCK_BYTES // (shape[0] * shape[1] * shape[2])))
+        for b in f.iter_batches(batch_size=size, row_groups=[k], columns=columns):
             t = pa.Table.from_batches([b])
             if rows is not None:
                 t = join_rows(t, rows)
             else:
                 t = t.filter(pc.equal(t.column("split"), split)).select(["label", kind])
             if t.num_rows:
-                yield t
+                yield decode_images_in(t, shape, path) if shape is not None and kind == "image" else t
 
 
 def stream_datasets(data_dir: str, kind: str) -> dict:
     """{"train": Dataset, "val": Dataset} of ``label`` and the ``kind`` payload column, lazy (not executed)."""
     from ray.util.placement_group import NODE_ID_LABEL_KEY
 
-    from trainwise.components.data.contract import payload_dir, read_manifest, read_table
+    from trainwise.components.data.contract import encoded_image_shape, payload_dir, read_manifest, read_table
 
     base = data_dir
     local = "://" not in base
@@ -111,10 +116,11 @@ def stream_datasets(data_dir: str, kind: str) -> dict:
     node = ray.get_runtime_context().get_node_id() if local else None
     place = {"label_selector": {NODE_ID_LABEL_KEY: node}} if local else {}
     cap = read_concurrency(node)
+    shape = encoded_image_shape(base) if local and kind == "image" else None
 
     def stream(**kw):
         ds = ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
-            read_pieces, fn_kwargs={"kind": kind, **kw}, batch_size=1, batch_format="pyarrow", num_cpus=0,
+            read_pieces, fn_kwargs={"kind": kind, "shape": shape, **kw}, batch_size=1, batch_format="pyarrow", num_cpus=0,
             compute=ray.data.TaskPoolStrategy(size=cap), **place)
         ds.context.target_max_block_size = BLOCK_BYTES  # this dataset's (a copy of the driver's context)
         return ds

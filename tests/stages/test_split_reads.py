@@ -46,12 +46,16 @@ def _clean(data: Path) -> pa.Table:
 
 
 def _zero_the_payload(clean: Path) -> None:
-    """Every row's pixels replaced by zeros of the same type, everything else as clean wrote it."""
+    """Every row's image replaced by zeros of the same type (encoded files: 8 zero bytes, which no longer
+    decode), everything else as clean wrote it."""
     for shard in read_manifest(clean)["shards"]:
         t = pq.read_table(clean / shard)
         k = t.schema.get_field_index("image")
-        zeros = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(t.num_rows * t.schema.field(k).type.list_size,
-                                                                    np.uint8)), type=t.schema.field(k).type)
+        if pa.types.is_binary(t.schema.field(k).type):
+            zeros = pa.array([bytes(8)] * t.num_rows, pa.binary())
+        else:
+            zeros = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(t.num_rows * t.schema.field(k).type.list_size,
+                                                                        np.uint8)), type=t.schema.field(k).type)
         pq.write_table(t.set_column(k, t.schema.field(k), zeros), clean / shard)
 
 
@@ -62,7 +66,7 @@ def test_split_keys_come_from_clean_digests_not_the_payload(tmp_path, monkeypatc
     assert kept.schema.field("digest").type == pa.binary(16)
     pixels = kept.column("image").to_pylist()
     digests = kept.column("digest").to_pylist()
-    # the digest is of the payload as stored (what an exact copy shares), not of the file or its name
+    # the digest is of the decoded pixels (what an exact copy shares), not of the file or its name
     assert digests == [hashlib.blake2b(bytes(p), digest_size=16).digest() for p in pixels]
     reads = spy_reads(monkeypatch)
     ids, _, _, hashes, _, _ = _grouping_inputs(tmp_path / "clean", "image")
