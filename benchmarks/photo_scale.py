@@ -7,13 +7,16 @@ this repository at two commits, side by side in one run:
 
 - before: ``--before`` (default: the commit before split and audit became extensions), where
   split and audit rewrite every row's decoded pixels;
-- after: the working tree, where they write only what they add and readers join by id.
+- decoded once (``--decoded-once``, optional): a commit where clean wrote the decoded pixels once and
+  split and audit were extensions (7dc1cc9);
+- after: the working tree, where clean keeps the files' bytes where ingest wrote them (data/clean
+  extends data/ingest) and readers decode them.
 
 Reported per commit: bytes of data/ and of .dvc/cache (``du``: hard links counted once), their
 sum as a multiple of the JPEGs, and each stage's wall time (``cost/wall_s``). ``embed.grouping`` is
 off and there is no backbone, so the numbers are about the data contract, not the network.
 
-    python -m benchmarks.photo_scale [--sizes 2000] [--before 3077c6b]
+    python -m benchmarks.photo_scale [--sizes 2000] [--before 3077c6b] [--decoded-once 7dc1cc9]
 """
 
 from __future__ import annotations
@@ -134,6 +137,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[2000])
     ap.add_argument("--before", default="3077c6b", help="the commit to compare with (before the payload was "
                                                        "written once)")
+    ap.add_argument("--decoded-once", default=None, help="also measure this commit (clean's pixels written once)")
     args = ap.parse_args()
     rows = []
     for n in args.sizes:
@@ -141,11 +145,14 @@ def main() -> None:
         try:
             jpeg_bytes = make_photos(photos, n)
             before = measure(args.before, photos, jpeg_bytes)
+            once = measure(args.decoded_once, photos, jpeg_bytes) if args.decoded_once else None
             after = measure(None, photos, jpeg_bytes)
         finally:
             shutil.rmtree(photos, ignore_errors=True)
         rows.append({"photos": n, "jpeg_bytes": jpeg_bytes, "before": before, "after": after,
-                     "footprint_ratio": round(after["data_plus_cache_bytes"] / before["data_plus_cache_bytes"], 3)})
+                     "footprint_ratio": round(after["data_plus_cache_bytes"] / before["data_plus_cache_bytes"], 3),
+                     **({"decoded_once": once, "footprint_ratio_vs_decoded_once":
+                         round(after["data_plus_cache_bytes"] / once["data_plus_cache_bytes"], 3)} if once else {})})
     mb = 1 / 2**20
     print(f"{'photos':>7} {'JPEGs MB':>9} | {'before data+cache MB':>21} {'x JPEGs':>8} | "
           f"{'after data+cache MB':>20} {'x JPEGs':>8} | after/before")
@@ -154,10 +161,17 @@ def main() -> None:
         print(f"{r['photos']:>7} {r['jpeg_bytes'] * mb:>9.1f} | {b['data_plus_cache_bytes'] * mb:>21.1f} "
               f"{b['x_jpegs']:>8.2f} | {a['data_plus_cache_bytes'] * mb:>20.1f} {a['x_jpegs']:>8.2f} | "
               f"{r['footprint_ratio']:.3f}x")
-        for name in ("before", "after"):
+        if "decoded_once" in r:
+            o = r["decoded_once"]
+            print(f"    decoded once ({o['commit']}): data+cache {o['data_plus_cache_bytes'] * mb:.1f} MB, "
+                  f"{o['x_jpegs']:.2f}x the JPEGs; after / decoded once {r['footprint_ratio_vs_decoded_once']:.3f}x")
+        for name in ("before", "decoded_once", "after"):
+            if name not in r:
+                continue
             print(f"    {name:6} per folder MB: " + ", ".join(f"{k} {v * mb:.1f}" for k, v in r[name]["per_dir_bytes"].items())
                   + " | stage wall s: " + ", ".join(f"{k} {v}" for k, v in r[name]["stage_wall_s"].items()))
-    write_results(RESULTS / "photo_scale.json", {"rows": rows, "before_commit": args.before})
+    write_results(RESULTS / "photo_scale.json", {"rows": rows, "before_commit": args.before,
+                                                 "decoded_once_commit": args.decoded_once})
 
 
 if __name__ == "__main__":

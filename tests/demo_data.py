@@ -50,7 +50,7 @@ def write_digits_split(root: str | Path, *, fractions: dict[str, float] | None =
         for b in src.batches:
             w.write(b)
         raw = w.close(rows_in=w.rows, set_aside=SetAside())
-    with DatasetWriter(root / "clean", classes=raw["classes"]) as w:
+    with DatasetWriter(root / "clean", classes=raw["classes"], base=root / "ingest") as w:   # as the clean stage writes
         stats = clean_dataset(iter_batches(root / "ingest"), w, n_classes=len(raw["classes"]), modality="image",
                               options=clean_options())
         w.close(rows_in=stats["rows_in"], set_aside=stats["set_aside"], extra=stats["extra"])

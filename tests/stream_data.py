@@ -1,5 +1,6 @@
 """A large image split for the streaming loader (``train.loader: ray_data``): data/clean with the
-decoded pixels, data/split as an extension of it (id, label, split only), as the stages write them;
+decoded pixels, data/split as an extension of it (id, label, split only); or, ``encoded``, as the
+stages write photos now: data/ingest with the PNG files' bytes, data/clean and data/split extensions;
 and a model small enough that reading, not computing, is what a fit of it costs. Used by
 tests/stages/test_stream_loader.py and benchmarks/stream_loader.py.
 
@@ -15,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 from torch import nn
 
-from trainwise.components.data.contract import DatasetWriter, SetAside
+from trainwise.components.data.contract import ENCODED, DatasetWriter, SetAside
 
 CLASSES = ["top", "bottom"]
 
@@ -34,26 +35,56 @@ def _images(start: int, n: int, side: int) -> tuple[np.ndarray, np.ndarray]:
     return pix.reshape(n, -1), labels
 
 
+def _png(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
 def write_image_chain(root: str | Path, *, n_train: int, n_val: int, n_test: int = 0, side: int = 128,
-                      batch: int = 500) -> Path:
+                      batch: int = 500, encoded: bool = False) -> Path:
     """``root/clean`` (whole rows, payload) and ``root/split`` (an extension: id, label, split);
     returns the split folder. Splits are interleaved (every row's split from its index), so each
-    shard holds rows of every split, as the split stage's hash assignment gives."""
+    shard holds rows of every split, as the split stage's hash assignment gives. ``encoded``: the
+    payload is PNG files in ``root/ingest``, and ``root/clean`` extends it (the clean stage's layout)."""
     root = Path(root)
     n = n_train + n_val + n_test
     order = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * n_test)
     order = order[np.random.default_rng(0).permutation(n)]
     width = side * side * 3
     meta = {"image_shape": [side, side, 3]}
-    with DatasetWriter(root / "clean", classes=CLASSES, metadata=meta) as w:
-        for k in range(0, n, batch):
-            m = min(batch, n - k)
-            pix, labels = _images(k, m, side)
-            w.write(pa.table({"id": [f"r{i:07d}" for i in range(k, k + m)],
-                              "label": pa.array(labels, pa.int64()),
-                              "image": pa.FixedSizeListArray.from_arrays(pa.array(pix.reshape(-1)), width),
-                              "source": [f"img/{i}.png" for i in range(k, k + m)]}))
-        w.close(rows_in=n, set_aside=SetAside())
+    if encoded:
+        with DatasetWriter(root / "ingest", classes=CLASSES) as w:
+            for k in range(0, n, batch):
+                m = min(batch, n - k)
+                pix, labels = _images(k, m, side)
+                w.write(pa.table({"id": [f"r{i:07d}" for i in range(k, k + m)],
+                                  "label": pa.array(labels, pa.int64()),
+                                  "image": pa.array([_png(p.reshape(side, side, 3)) for p in pix], pa.binary()),
+                                  "source": [f"img/{i}.png" for i in range(k, k + m)]}))
+            w.close(rows_in=n, set_aside=SetAside())
+        meta = {**meta, "payload_encoding": ENCODED}
+        with DatasetWriter(root / "clean", classes=CLASSES, metadata=meta, base=root / "ingest") as w:
+            for k in range(0, n, batch):
+                m = min(batch, n - k)
+                w.write(pa.table({"id": [f"r{i:07d}" for i in range(k, k + m)],
+                                  "label": pa.array(np.arange(k, k + m) % 2, pa.int64()),
+                                  "group": [f"r{i:07d}" for i in range(k, k + m)]}))
+            w.close(rows_in=n, set_aside=SetAside())
+    else:
+        with DatasetWriter(root / "clean", classes=CLASSES, metadata=meta) as w:
+            for k in range(0, n, batch):
+                m = min(batch, n - k)
+                pix, labels = _images(k, m, side)
+                w.write(pa.table({"id": [f"r{i:07d}" for i in range(k, k + m)],
+                                  "label": pa.array(labels, pa.int64()),
+                                  "image": pa.FixedSizeListArray.from_arrays(pa.array(pix.reshape(-1)), width),
+                                  "source": [f"img/{i}.png" for i in range(k, k + m)]}))
+            w.close(rows_in=n, set_aside=SetAside())
     with DatasetWriter(root / "split", classes=CLASSES, metadata=meta, base=root / "clean") as w:
         for k in range(0, n, batch):
             m = min(batch, n - k)

@@ -1,6 +1,7 @@
 """``train.loader: ray_data`` streams the train split from the Parquet shards (issue 29, "Training
-streams"): a split five times the object store trains on a two-CPU Ray with two one-CPU workers,
-nothing spills, every row is seen once."""
+streams"): a split whose decoded pixels are five times the object store (stored as PNG files,
+decoded in the read tasks) trains on a two-CPU Ray with two one-CPU workers, nothing spills, every
+row is seen once."""
 
 import json
 import os
@@ -30,9 +31,12 @@ def test_join_rows_keeps_the_batch_order_and_the_chain_labels():
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_split_five_times_the_object_store_streams_through_a_two_worker_fit(tmp_path):
-    split = write_image_chain(tmp_path / "data", n_train=11_000, n_val=600, n_test=200)
-    assert read_manifest(split)["extends"]  # the payload lives in data/clean: the join by id is exercised
-    train_bytes = read_table(split, columns=["image"], filter_split="train").nbytes
+    # as the stages write photos: PNG files in data/ingest, data/clean and data/split extensions of it
+    split = write_image_chain(tmp_path / "data", n_train=11_000, n_val=600, n_test=200, encoded=True)
+    assert read_manifest(split)["extends"]  # the payload lives in data/ingest: the join by id is exercised
+    train_bytes = read_table(split, columns=["image"], filter_split="train").nbytes   # decoded pixels
+    files = read_table(split, columns=["image"], filter_split="train", decode=False).nbytes
+    assert files < train_bytes / 5   # the stream carries the files; the read tasks decode them
     args = {"split": str(split), "loader": "ray_data", "workers": 2, "storage": str(tmp_path / "ray"),
             "name": "stream", "epochs": 1, "object_store_mb": STORE_MB}
     # a process of its own: its own Ray (2 CPUs, a 100 MB store; the suite's fixture has Ray's default
