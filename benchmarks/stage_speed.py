@@ -144,24 +144,25 @@ print(len(files), time.perf_counter() - t0)
 
 PLAIN_TORCH = r"""
 import sys, time
+from pathlib import Path
 t0 = time.perf_counter()
-import numpy as np, pyarrow.parquet as pq, torch
-from trainwise.components.data.contract import read_manifest
+import numpy as np, torch
+from PIL import Image
 from trainwise.components.models.backbones import build_backbone
 from trainwise.components.data.images import images_to_tensor
 src, threads, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)
-m = read_manifest(src)
-h, w, c = m["image_shape"]
+files = sorted(p for p in Path(src).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 model = build_backbone("efficientnet_lite0", True, seed=0, root=".").eval()
 n, t1 = 0, time.perf_counter()
 with torch.no_grad():
-    for s in m["shards"]:
-        for b in pq.ParquetFile(f"{src}/{s}").iter_batches(batch_size=batch, columns=["image"]):
-            col = b.column(0)
-            x = col.values.to_numpy(zero_copy_only=False).reshape(-1, h, w, c)
-            model(images_to_tensor(x))
-            n += len(x)
+    for k in range(0, len(files), batch):   # the files decoded, as embed decodes them (photos are stored as files)
+        x = []
+        for f in files[k:k + batch]:
+            with Image.open(f) as im:
+                x.append(np.asarray(im.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)))
+        model(images_to_tensor(np.stack(x)))
+        n += len(x)
 print(n, time.perf_counter() - t1)
 """
 
@@ -323,7 +324,7 @@ def images_part(tmp: Path, n: int, face_mask: Path | None, threads: int) -> dict
         st = _photo_stages(root, env, photos, threads)
         pil = plain(root, env, PLAIN_PIL, photos, what="plain PIL loop")
         batch = yaml.safe_load((root / "params.yaml").read_text())["embed"]["batch_size"]
-        torch_loop = plain(root, env, PLAIN_TORCH, root / "data" / "clean", threads, batch, what="plain torch loop")
+        torch_loop = plain(root, env, PLAIN_TORCH, photos, threads, batch, what="plain torch loop")
         rows = st["clean"]["metrics"]["clean/rows"]
         ingest_clean = st["ingest"]["wall_s"] + st["clean"]["wall_s"]
         out = {"source": source, "photos": n_files, "rows": rows, "threads": threads, "batch_size": batch,

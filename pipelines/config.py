@@ -350,6 +350,10 @@ class EmbedParams(_Section):
                                 "cpus_per_replica CPUs of the cluster (one per GPU with use_gpu)")
     cpus_per_replica: int = Field(1, gt=0, description="CPUs per replica; also its torch threads")
     use_gpu: bool = Field(False, description="one GPU per replica")
+    ray_min_rows: int = Field(
+        5_000, ge=0, description="from this many rows on (or with ray.address / RAY_ADDRESS: a cluster), the "
+                                 "replicas are Ray Data actors; below, one model in the stage's process on "
+                                 "ray.num_cpus threads (all CPUs when null), with no Ray start-up")
     grouping: Literal["auto", "efficientnet_lite0", "none"] = Field(
         "auto", description="images without train.backbone: features used only to find near-duplicates before "
                             "the split. auto: efficientnet_lite0 for photos (>= 32 px a side) when its package is "

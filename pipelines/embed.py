@@ -76,12 +76,18 @@ def main() -> None:
     run_stage(_embed)
 
 
+def _purpose(purpose: str) -> str:
+    return "" if purpose == "backbone" else ": features for near-duplicate grouping only (train.backbone is null; " \
+                                            "embed.grouping)"
+
+
 def _embed() -> None:
+    import os
     import time
 
     from trainwise.components.data.contract import read_table
     from trainwise.components.models.backbone_names import mismatch
-    from trainwise.components.embedding.batch import embed_images
+    from trainwise.components.embedding.batch import embed_images, embed_in_process
     from trainwise.components.embedding.store import write_embeddings
     from trainwise.components.models.backbone_names import BackboneError
     from trainwise.components.models.backbones import build_backbone
@@ -103,21 +109,29 @@ def _embed() -> None:
             info = build_backbone(name, pretrained, seed=t.seed, root=stage.root).info
         except BackboneError as err:
             raise StageError(str(err)) from None
-        resources = init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose)
-        per = {"GPU": 1.0} if e.use_gpu else {"CPU": float(e.cpus_per_replica)}
-        key = next(iter(per))
-        replicas = e.concurrency or max(1, int(resources.get(key, 0) // per[key]))
-        stage.meter.reserve(cpus=replicas * e.cpus_per_replica, gpus=replicas if e.use_gpu else 0)
-        stage.log("embedding %d rows with %s (%s weights, sha256 %s...) on %d replica(s)%s", split["rows"],
-                  info.name, info.weights, info.weights_sha256[:12], replicas,
-                  "" if purpose == "backbone" else ": features for near-duplicate grouping only "
-                  "(train.backbone is null; embed.grouping)")
-        t0 = time.perf_counter()
-        by_id = embed_images(src, payload=split["payload"],
-                             image_shape=tuple(split["image_shape"]) if split.get("image_shape") else None,
-                             name=name, pretrained=pretrained, seed=t.seed, root=str(stage.root),
-                             batch_size=e.batch_size, replicas=replicas, cpus_per_replica=e.cpus_per_replica,
-                             use_gpu=e.use_gpu, log=stage.log)
+        shape = tuple(split["image_shape"]) if split.get("image_shape") else None
+        common = dict(image_shape=shape, name=name, pretrained=pretrained, seed=t.seed, root=str(stage.root),
+                      batch_size=e.batch_size, use_gpu=e.use_gpu, log=stage.log, payload=split["payload"])
+        cluster = rp.address or os.environ.get("RAY_ADDRESS")
+        if split["rows"] < e.ray_min_rows and not cluster:   # too few rows to repay Ray's start-up
+            threads = rp.num_cpus or os.cpu_count() or 1
+            stage.meter.reserve(cpus=threads, gpus=1 if e.use_gpu else 0)
+            stage.log("embedding %d rows with %s (%s weights, sha256 %s...) in-process on %d thread(s) "
+                      "(< embed.ray_min_rows %d)%s", split["rows"], info.name, info.weights, info.weights_sha256[:12],
+                      threads, e.ray_min_rows, _purpose(purpose))
+            t0 = time.perf_counter()
+            by_id = embed_in_process(src, threads=threads, **common)
+            replicas = 0
+        else:
+            resources = init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose)
+            per = {"GPU": 1.0} if e.use_gpu else {"CPU": float(e.cpus_per_replica)}
+            key = next(iter(per))
+            replicas = e.concurrency or max(1, int(resources.get(key, 0) // per[key]))
+            stage.meter.reserve(cpus=replicas * e.cpus_per_replica, gpus=replicas if e.use_gpu else 0)
+            stage.log("embedding %d rows with %s (%s weights, sha256 %s...) on %d replica(s)%s", split["rows"],
+                      info.name, info.weights, info.weights_sha256[:12], replicas, _purpose(purpose))
+            t0 = time.perf_counter()
+            by_id = embed_images(src, replicas=replicas, cpus_per_replica=e.cpus_per_replica, **common)
         wall = time.perf_counter() - t0
         ids = read_table(src, columns=["id"]).column("id").to_pylist()
         missing = [i for i in ids if i not in by_id]

@@ -60,41 +60,15 @@ def embed_images(data_dir: str | Path, *, image_shape: tuple[int, int, int] | No
                  seed: int, root: str, batch_size: int, replicas: int, cpus_per_replica: int, use_gpu: bool,
                  log: Callable[..., None] = lambda *a: None, payload: str = "image") -> dict[str, np.ndarray]:
     """id -> embedding (float32) for every row of the dataset ``data_dir`` (its id and ``payload``
-    column: ``image``, or ``text`` for a text backbone), read through the contract as stored."""
+    column: ``image``, or ``text`` for a text backbone), read through the contract as stored; the
+    batches go to ``replicas`` Ray Data actors."""
+    import ray
     import ray.data
 
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-    import ray
-
-    from trainwise.components.data.contract import iter_batches
-
+    refs = [ray.put(t) for t in _tables(data_dir, payload=payload, batch_size=batch_size)]
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the stage logs its own progress
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    # Shards go in from the driver, one at a time, rather than through read_parquet: its
-    # 1-CPU list/read tasks never start while the replicas hold every CPU (seen here: 2
-    # replicas on 2 CPUs waited forever), and a replica is worth more than a reader.
-    # Blocks of a few batches each, so every replica gets work (one block per shard would feed one).
-    # Read a batch at a time: pq.read_table of a whole shard of 224 px photos peaked at 2x the memory
-    # of these bounded batches. Photos travel as their files' bytes (decode=False) and are decoded in
-    # the replicas, in parallel, not here.
-    refs = []
-    if payload == "text":
-        # Longest texts first, as SentenceTransformer.encode orders them: a batch is as wide as its
-        # longest text, so batches of mixed lengths pad every short text to a long one. Rows come back
-        # keyed by id. Texts are small: all of them at once is what the object store held anyway.
-        parts = [pa.Table.from_batches([b]).select(["id", payload])
-                 for b in iter_batches(data_dir, batch_rows=4 * batch_size, columns=["id", payload])]
-        table = pa.concat_tables(parts) if parts else pa.table({"id": pa.array([], pa.string()),
-                                                                payload: pa.array([], pa.string())})
-        lengths = pc.fill_null(pc.utf8_length(table.column(payload)), 0).to_numpy()
-        table = table.take(pa.array(np.argsort(-lengths, kind="stable")))
-        refs = [ray.put(table.slice(k, 4 * batch_size)) for k in range(0, table.num_rows, 4 * batch_size)]
-    for b in iter_batches(data_dir, batch_rows=4 * batch_size, columns=["id", payload], decode=False) \
-            if payload != "text" else ():
-        refs.append(ray.put(pa.Table.from_batches([b]).select(["id", payload])))
     ds = ray.data.from_arrow_refs(refs)
     ds = ds.map_batches(
         _Embedder, batch_size=batch_size, batch_format="numpy",
@@ -112,6 +86,70 @@ def embed_images(data_dir: str | Path, *, image_shape: tuple[int, int, int] | No
             out[str(i)] = np.asarray(e, dtype=np.float32)
         now = time.perf_counter() - t0
         if now - last > 15:  # progress on long runs; Ray Data's own bars are off without verbose
+            last = now
+            log("embedded %d rows (%.1f rows/s)", len(out), len(out) / now)
+    return out
+
+
+def _tables(data_dir: str | Path, *, payload: str, batch_size: int):
+    """The rows to embed, as Arrow tables of ``id`` and ``payload``, 4 batches each (so every replica
+    gets work; one block per shard would feed one).
+
+    Read on the driver through the contract rather than by Ray Data's read_parquet: its 1-CPU
+    list/read tasks never start while the replicas hold every CPU (seen here: 2 replicas on 2 CPUs
+    waited forever), and a replica is worth more than a reader. A batch at a time: pq.read_table of a
+    whole shard of 224 px photos peaked at 2x the memory of these bounded batches. Photos travel as
+    their files' bytes (decode=False) and are decoded by the embedder (in the replicas, in parallel).
+    Texts: longest first, as SentenceTransformer.encode orders them (a batch is as wide as its
+    longest text, so batches of mixed lengths pad every short text to a long one); rows come back
+    keyed by id. Texts are small: all of them at once is what the object store held anyway."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from trainwise.components.data.contract import iter_batches
+
+    step = 4 * batch_size
+    if payload != "text":
+        for b in iter_batches(data_dir, batch_rows=step, columns=["id", payload], decode=False):
+            yield pa.Table.from_batches([b]).select(["id", payload])
+        return
+    parts = [pa.Table.from_batches([b]).select(["id", payload])
+             for b in iter_batches(data_dir, batch_rows=step, columns=["id", payload])]
+    table = pa.concat_tables(parts) if parts else pa.table({"id": pa.array([], pa.string()),
+                                                            payload: pa.array([], pa.string())})
+    lengths = pc.fill_null(pc.utf8_length(table.column(payload)), 0).to_numpy()
+    table = table.take(pa.array(np.argsort(-lengths, kind="stable")))
+    for k in range(0, table.num_rows, step):
+        yield table.slice(k, step)
+
+
+def embed_in_process(data_dir: str | Path, *, image_shape: tuple[int, int, int] | None, name: str, pretrained,
+                     seed: int, root: str, batch_size: int, threads: int, use_gpu: bool,
+                     log: Callable[..., None] = lambda *a: None, payload: str = "image") -> dict[str, np.ndarray]:
+    """:func:`embed_images` without Ray: one model in this process on ``threads`` torch threads (what a
+    plain ``no_grad`` loop does), for a dataset too small to repay Ray's start-up and a model per
+    replica. The same embedder and batches, so the same vectors."""
+    import pyarrow as pa
+
+    model = _Embedder(name=name, pretrained=pretrained, seed=seed, root=str(root),
+                      image_shape=tuple(image_shape) if image_shape else None, threads=threads, use_gpu=use_gpu,
+                      payload=payload)
+    out: dict[str, np.ndarray] = {}
+    t0, last = time.perf_counter(), 0.0
+    for table in _tables(data_dir, payload=payload, batch_size=batch_size):
+        for k in range(0, table.num_rows, batch_size):
+            part = table.slice(k, batch_size)
+            col = part.column(payload).combine_chunks()
+            if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type):   # stored pixels
+                raw = col.flatten().to_numpy(zero_copy_only=False).reshape(part.num_rows, -1)
+            else:   # files' bytes or texts, as Ray Data hands them to a replica
+                raw = np.empty(part.num_rows, dtype=object)
+                raw[:] = col.to_pylist()
+            got = model({"id": part.column("id").to_pylist(), payload: raw})
+            for i, e in zip(got["id"], got["embedding"]):
+                out[str(i)] = np.asarray(e, dtype=np.float32)
+        now = time.perf_counter() - t0
+        if now - last > 15:  # progress on long runs
             last = now
             log("embedded %d rows (%.1f rows/s)", len(out), len(out) / now)
     return out

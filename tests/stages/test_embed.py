@@ -25,9 +25,10 @@ from trainwise.components.models.weights import sha256_file
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _project(tmp: Path, train: dict) -> Path:
+def _project(tmp: Path, train: dict, embed: dict | None = None) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"].update(train)
+    params["embed"].update(embed or {})
     params["mlflow"]["enabled"] = False
     params["ray"]["num_cpus"] = 2
     params["embed"]["batch_size"] = 4
@@ -68,10 +69,14 @@ def test_no_backbone_writes_null_manifest_without_ray(tmp_path):
 
 
 @pytest.mark.slow
-def test_backbone_embeds_every_row_like_the_backbone_itself(tmp_path):
-    root = _project(tmp_path, {"backbone": "efficientnet_lite0", "pretrained": True})
+@pytest.mark.parametrize("ray_min_rows, how", [(0, "on 2 replica(s)"), (5000, "in-process on 2 thread(s)")])
+def test_backbone_embeds_every_row_like_the_backbone_itself(tmp_path, ray_min_rows, how):
+    """Ray Data replicas (from embed.ray_min_rows rows on) and the in-process model (below) give the
+    backbone's own vectors, in the rows' order."""
+    root = _project(tmp_path, {"backbone": "efficientnet_lite0", "pretrained": True}, {"ray_min_rows": ray_min_rows})
     proc = _run(root)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "embedding 12 rows with efficientnet_lite0" in proc.stderr and how in proc.stderr, proc.stderr[-3000:]
     manifest = json.loads((root / "data/embed/manifest.json").read_text())
     assert manifest["backbone"] == "efficientnet_lite0" and manifest["rows"] == 12 and manifest["dim"] == 1280
     assert manifest["weights_sha256"] == sha256_file(packaged_weights_file("efficientnet_lite0"))
