@@ -177,6 +177,11 @@ class LabelIssueParams(_Section):
     max_features: int = Field(
         256, ge=2, description="values per row the auditor sees (images area-averaged, embeddings PCA, wide rows "
                                "projected): its memory is at most rows x this x 4 bytes")
+    max_fit_rows: int = Field(
+        5_000, ge=2, description="rows each fold's auditor is fitted on at most (a stratified sample of its "
+                                 "training rows; every row is still predicted by a model that did not see it): "
+                                 "an SVC's fit grows with the square of its rows, so above this the audit's "
+                                 "cost grows linearly (predictions) instead")
 
 
 class NoiseParams(_Section):

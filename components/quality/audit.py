@@ -222,7 +222,8 @@ def audit_dataset(batches: Iterable[pa.RecordBatch], rewind, writer: DatasetWrit
                                   want_features=True)
                 x, described = payload_features(rows, modality, fit_rows=train)
             proba, oof_s = oof_probabilities(x, labels, n_classes=n_classes, model=li.model, folds=li.folds,
-                                             workers=li.workers, seed=li.seed, use_ray=use_ray, fit_rows=train)
+                                             workers=li.workers, seed=li.seed, use_ray=use_ray, fit_rows=train,
+                                             max_fit_rows=li.max_fit_rows)
         except TooFewRows as err:
             decision = str(err)
             extra["label_issues"] = {"skipped": decision, "acted": 0}

@@ -58,6 +58,7 @@ class LabelIssueOptions:
     min_precision: float
     ray_min_rows: int
     max_features: int
+    max_fit_rows: int
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -120,8 +121,23 @@ def fold_indices(y: np.ndarray, *, folds: int, seed: int) -> list[tuple[np.ndarr
     return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
 
 
+def fit_sample(fit_idx: np.ndarray, y: np.ndarray, *, max_rows: int, seed: int) -> np.ndarray:
+    """At most ``max_rows`` of the rows ``fit_idx``, stratified by ``y`` (each class keeps its share, and at
+    least one row), drawn with ``seed``, in their original order; all of them when they are few enough."""
+    if len(fit_idx) <= max_rows:
+        return fit_idx
+    from sklearn.model_selection import train_test_split
+
+    try:
+        kept, _ = train_test_split(fit_idx, train_size=max_rows, stratify=y[fit_idx], random_state=seed)
+    except ValueError:   # a class with a single row cannot be stratified: a plain sample
+        kept = np.random.default_rng(seed).choice(fit_idx, size=max_rows, replace=False)
+    return np.sort(kept)
+
+
 def oof_probabilities(x, y: np.ndarray, *, n_classes: int, model: str, folds: int, workers: int, seed: int,
-                      use_ray: bool, fit_rows: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+                      use_ray: bool, fit_rows: np.ndarray | None = None,
+                      max_fit_rows: int | None = None) -> tuple[np.ndarray, float]:
     """Held-out predicted probabilities (N, n_classes) of every row, and the wall seconds they took.
 
     Folds are cut over ``fit_rows`` (a bool mask; all rows when None): each of those rows is
@@ -129,6 +145,8 @@ def oof_probabilities(x, y: np.ndarray, *, n_classes: int, model: str, folds: in
     fold models (none of which saw it). ``use_ray``: each fold a Ray task (Ray must already be
     initialised, ``trainwise.components.ray_start.init_ray``), at most ``workers`` at once; otherwise the
     folds run one after another here, without importing Ray. Both give the same numbers.
+    ``max_fit_rows``: each fold model is fitted on at most this many of its training rows
+    (:func:`fit_sample`), so the fits cost the same at any size and only predicting grows with the rows.
     """
     y = np.asarray(y, dtype=np.int64)
     fit_rows = np.ones(len(y), bool) if fit_rows is None else np.asarray(fit_rows, bool)
@@ -136,6 +154,9 @@ def oof_probabilities(x, y: np.ndarray, *, n_classes: int, model: str, folds: in
     pool, others = np.flatnonzero(fit_rows), np.flatnonzero(~fit_rows)
     jobs = [(pool[tr], np.concatenate([pool[te], others]))
             for tr, te in fold_indices(y[pool], folds=folds, seed=seed)]
+    if max_fit_rows is not None:
+        jobs = [(fit_sample(fit_idx, y, max_rows=max_fit_rows, seed=seed + k), predict_idx)
+                for k, (fit_idx, predict_idx) in enumerate(jobs)]
     proba = np.zeros((len(y), n_classes), dtype=np.float64)
 
     def collect(result: np.ndarray, predicted: np.ndarray) -> None:

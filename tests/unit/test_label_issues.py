@@ -341,6 +341,38 @@ def test_out_of_fold_without_ray_below_the_threshold():
     assert np.allclose(proba.sum(1), 1) and (proba.argmax(1) == y).mean() > 0.95
 
 
+def test_each_fold_fits_at_most_max_fit_rows_and_still_never_sees_the_rows_it_predicts(monkeypatch):
+    """The auditor's fits cost the same at any size (an SVC's fit grows with rows squared): each fold
+    model fits a stratified sample of at most max_fit_rows of its training rows, and every train row
+    is still predicted by the one model that did not see it."""
+    from sklearn.datasets import load_digits
+
+    from trainwise.components.quality import label_issues
+
+    d = load_digits()
+    x, y = (d.data / 16).astype(np.float32), d.target
+    train = np.arange(len(y)) % 10 < 7
+    fits = []
+    real = label_issues.fit_predict_fold
+    monkeypatch.setattr(label_issues, "fit_predict_fold",
+                        lambda x, y, fit_idx, predict_idx, **kw: fits.append((fit_idx, predict_idx)) or
+                        real(x, y, fit_idx, predict_idx, **kw))
+    proba, _ = oof_probabilities(x, y, n_classes=10, model="svc", folds=5, workers=1, seed=0, use_ray=False,
+                                 fit_rows=train, max_fit_rows=300)
+    assert len(fits) == 5 and all(len(f) == 300 for f, _ in fits)
+    for fit_idx, predict_idx in fits:
+        assert not set(fit_idx) & set(predict_idx)          # held out: never predicts a row it was fitted on
+        assert train[fit_idx].all()                         # fitted on train rows only
+        counts = np.bincount(y[fit_idx], minlength=10)
+        assert counts.min() >= 25                           # stratified: every class keeps its share (~30)
+    held = np.concatenate([p[:len(p) - int((~train).sum())] for _, p in fits])
+    assert sorted(held.tolist()) == np.flatnonzero(train).tolist()   # every train row predicted once
+    assert (proba.argmax(1) == y).mean() > 0.9   # 300 rows a fold still make a useful auditor on digits
+    uncapped, _ = oof_probabilities(x, y, n_classes=10, model="svc", folds=5, workers=1, seed=0, use_ray=False,
+                                    fit_rows=train, max_fit_rows=10_000)
+    assert not np.allclose(proba, uncapped)                 # the cap changed what was fitted (the test can fail)
+
+
 @pytest.mark.slow
 def test_out_of_fold_as_ray_tasks_gives_the_same_probabilities(ray_session):
     from sklearn.datasets import load_digits
