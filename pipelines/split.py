@@ -118,7 +118,7 @@ def _thumbnails(src, ids: list[str]):
 
     def read(rows: list[int]) -> dict[int, np.ndarray]:
         want = {ids[r]: r for r in rows}
-        return {want[i]: align_thumbnail(pixels) for i, pixels in read_images(src, want).items()}
+        return {want[i]: thumb for i, thumb in read_images(src, want, transform=align_thumbnail).items()}
     return read
 
 

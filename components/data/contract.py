@@ -420,9 +420,10 @@ def decode_images_in(table, shape: tuple[int, int, int], where: str | os.PathLik
     return table.set_column(i, pa.field("image", pixels.type), pixels)
 
 
-def read_images(data_dir: str | os.PathLike, ids: Iterable[str]) -> dict[str, np.ndarray]:
+def read_images(data_dir: str | os.PathLike, ids: Iterable[str], transform=None) -> dict[str, np.ndarray]:
     """(h, w, c) uint8 pixels of the rows ``ids`` (those the dataset holds), in one streamed pass that
-    decodes only those rows (thumbnails, alignment checks: a handful of a dataset's photos)."""
+    decodes only those rows (thumbnails, alignment checks). ``transform``: applied to each row's pixels
+    as it is decoded, and what is kept (a thumbnail: memory holds thumbnails, not every photo wanted)."""
     want = set(ids)
     if not want:
         return {}
@@ -435,10 +436,11 @@ def read_images(data_dir: str | os.PathLike, ids: Iterable[str]) -> dict[str, np
             if row not in want:
                 continue
             if encoded:
-                found[row] = decode_images_in(batch.slice(k, 1), encoded, data_dir).column("image")[0] \
+                pixels = decode_images_in(batch.slice(k, 1), encoded, data_dir).column("image")[0] \
                     .values.to_numpy(zero_copy_only=False).reshape(shape)
             else:
-                found[row] = col[k].values.to_numpy(zero_copy_only=False).reshape(shape)
+                pixels = col[k].values.to_numpy(zero_copy_only=False).reshape(shape)
+            found[row] = pixels if transform is None else transform(pixels)
     return found
 
 

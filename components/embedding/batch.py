@@ -110,8 +110,22 @@ def _tables(data_dir: str | Path, *, payload: str, batch_size: int):
 
     step = 4 * batch_size
     if payload != "text":
+        # Tables of exactly ``step`` rows (the last one excepted), whatever sizes the join yields: every
+        # batch the model sees then has ``batch_size`` rows. Batches of many sizes made the CPU's
+        # kernels (oneDNN) cache a plan per shape: RSS grew with the rows (measured, EfficientNet-Lite0
+        # in-process: 1,732 MB after 1,500 photos, 1,222 MB with equal batches).
+        pending: list[pa.Table] = []
+        held = 0
         for b in iter_batches(data_dir, batch_rows=step, columns=["id", payload], decode=False):
-            yield pa.Table.from_batches([b]).select(["id", payload])
+            pending.append(pa.Table.from_batches([b]).select(["id", payload]))
+            held += b.num_rows
+            while held >= step:
+                joined = pa.concat_tables(pending).combine_chunks()
+                yield joined.slice(0, step)
+                rest = joined.slice(step)
+                pending, held = ([rest] if rest.num_rows else []), rest.num_rows
+        if held:
+            yield pa.concat_tables(pending).combine_chunks()
         return
     parts = [pa.Table.from_batches([b]).select(["id", payload])
              for b in iter_batches(data_dir, batch_rows=step, columns=["id", payload])]

@@ -106,3 +106,31 @@ def test_a_stored_file_that_no_longer_decodes_is_named_with_the_fix(tmp_path):
     with pytest.raises(DataContractError) as err:
         read_table(tmp_path / "clean")
     assert t.column("id")[0].as_py() in str(err.value) and "dvc repro --force ingest" in str(err.value)
+
+
+def test_thumbnails_keep_only_what_the_transform_returns(tmp_path):
+    files, _ = _ingest_and_clean(tmp_path)
+    ids = [content_id(p, s) for p, s in files[:4]]
+    got = read_images(tmp_path / "clean", ids, transform=lambda px: px.mean(axis=2).astype(np.uint8)[:4, :4])
+    assert set(got) == set(ids) and all(v.shape == (4, 4) for v in got.values())   # not the (16, 12, 3) photos
+
+
+def test_embed_batches_have_one_size_whatever_the_reader_yields(tmp_path, monkeypatch):
+    """Batches of many sizes made the CPU kernels cache a plan per shape (embed's RSS grew with the rows)."""
+    from trainwise.components.embedding.batch import _tables
+
+    _, m = _ingest_and_clean(tmp_path)
+    real = contract.iter_batches
+
+    def ragged(*a, **k):   # the join yields batches of whatever sizes the bases' row groups give
+        sizes = iter([3, 1, 2, 3] * 10)
+        for b in real(*a, **k):
+            start = 0
+            while start < b.num_rows:
+                n = next(sizes)
+                yield b.slice(start, n)
+                start += n
+    monkeypatch.setattr(contract, "iter_batches", ragged)
+    tables = list(_tables(tmp_path / "clean", payload="image", batch_size=1))   # 4 rows a table
+    assert [t.num_rows for t in tables] == [4, 4, 1] and sum(t.num_rows for t in tables) == m["rows"]
+    assert all(pa.types.is_binary(t.schema.field("image").type) for t in tables)   # the files, decoded by the embedder
