@@ -437,7 +437,7 @@ def read_images(data_dir: str | os.PathLike, ids: Iterable[str], transform=None)
                 continue
             if encoded:
                 pixels = decode_images_in(batch.slice(k, 1), encoded, data_dir).column("image")[0] \
-                    .values.to_numpy(zero_copy_only=False).reshape(shape)
+                    .values.to_numpy(zero_copy_only=False).reshape(shape)   # errors name the row
             else:
                 pixels = col[k].values.to_numpy(zero_copy_only=False).reshape(shape)
             found[row] = pixels if transform is None else transform(pixels)

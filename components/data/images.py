@@ -76,6 +76,14 @@ def decode_image(data: bytes, *, size: tuple[int, int], channels: int, notes: li
     return arr.reshape(h, w, channels)
 
 
+def decode_files(payloads, *, shape: tuple[int, int, int]) -> np.ndarray:
+    """Encoded files (a sequence of bytes) -> uint8 (N, h, w, c) by :func:`decode_image`: what a reader
+    handed the files rather than the pixels (embed's replicas, a training batch) decodes them with."""
+    h, w, c = shape
+    return np.stack([decode_image(b, size=(h, w), channels=c) for b in payloads]) if len(payloads) else \
+        np.empty((0, h, w, c), np.uint8)
+
+
 def images_to_tensor(pixels: np.ndarray) -> "torch.Tensor":
     """Decoded uint8 images (N, H, W, C) -> the float32 (N, C, H, W) in [0, 1] that models take.
 

@@ -45,9 +45,9 @@ class _Embedder:
         else:
             h, w, c = self.shape
             if raw.dtype == object and len(raw) and isinstance(raw[0], bytes):  # encoded files: decoded here
-                from trainwise.components.data.images import decode_image
+                from trainwise.components.data.images import decode_files
 
-                raw = np.stack([decode_image(b, size=(h, w), channels=c) for b in raw])
+                raw = decode_files(raw, shape=(h, w, c))
             elif raw.dtype == object:  # fixed-size lists may arrive as an array of arrays
                 raw = np.stack(list(raw))
             x = images_to_tensor(np.ascontiguousarray(raw).reshape(-1, h, w, c)).to(self.device)

@@ -75,10 +75,10 @@ def decode(batch: dict[str, np.ndarray], *, kind: str, shape: tuple[int, ...],
         x = torch.from_numpy(encode(raw, tokenizer))
     else:
         if kind == "image" and raw.dtype == object and len(raw) and isinstance(raw[0], bytes):
-            from trainwise.components.data.images import decode_image  # files' bytes (a reader that did not decode)
+            from trainwise.components.data.images import decode_files  # files' bytes (a reader that did not decode)
 
             c, h, w = shape
-            raw = np.stack([decode_image(b, size=(h, w), channels=c) for b in raw])
+            raw = decode_files(raw, shape=(h, w, c))
         elif raw.dtype == object:  # Ray Data may hand fixed-size lists as an array of arrays
             raw = np.stack(list(raw))
         elif not raw.flags.writeable:  # a zero-copy view of Arrow memory: torch wants its own
