@@ -62,18 +62,21 @@ def _image_shape(stage, src, raw) -> tuple[tuple[int, int], int, dict]:
         from trainwise.components.models.backbones import expected_input
 
         backbone_input = expected_input(backbone)
-    survey = survey_images(iter_batches(src))
+    # colour matters to `channels: auto` without a backbone, and to the warning for `channels: 1`
+    survey = survey_images(iter_batches(src), colour=p.channels == 1 or (p.channels == "auto" and not backbone_input))
     size, channels, warnings = choose_shape(survey, image_size=p.image_size, channels=p.channels,
                                             max_side=p.max_image_side, backbone_input=backbone_input)
     for w in warnings:
         stage.log("warning: %s", w)
-    stage.log("images: %d surveyed, typically %dx%d, %d in colour -> stored as %dx%dx%d%s", survey.surveyed,
-              *survey.typical, survey.colour, *size, channels,
+    stage.log("images: %d surveyed, typically %dx%d, %s -> stored as %dx%dx%d%s", survey.surveyed,
+              *survey.typical, f"{survey.colour} in colour" if survey.colour_surveyed else "colour not surveyed",
+              *size, channels,
               " (auto)" if "auto" in (p.image_size, p.channels) else "")
     return size, channels, {"image_shape_chosen": {"image_size": list(size), "channels": channels,
                                                    "requested": {"image_size": p.image_size, "channels": p.channels},
                                                    "typical_size": list(survey.typical),
-                                                   "colour_images": survey.colour, "surveyed": survey.surveyed,
+                                                   "colour_images": survey.colour if survey.colour_surveyed else None,
+                                                   "surveyed": survey.surveyed,
                                                    "degenerate_left_out": survey.degenerate},
                             "image_warnings": warnings}
 

@@ -34,6 +34,7 @@ class ImageSurvey:
     colour: int = 0          # surveyed images with colour
     surveyed: int = 0
     degenerate: int = 0      # images with a side under DEGENERATE_SIDE: not in `sizes`, not surveyed
+    colour_surveyed: bool = True   # False: sizes only (``colour`` stays 0, it was not looked at)
 
     @property
     def median_side(self) -> int:
@@ -55,9 +56,12 @@ def _has_colour(img: Image.Image) -> bool:
         > COLOUR_LEVEL
 
 
-def survey_images(batches: Iterable[pa.RecordBatch], *, limit: int = 2000) -> ImageSurvey:
-    """Sizes and colour of up to ``limit`` images (the first ones; ingest order is by path)."""
-    s = ImageSurvey()
+def survey_images(batches: Iterable[pa.RecordBatch], *, limit: int = 2000, colour: bool = True) -> ImageSurvey:
+    """Sizes and colour of up to ``limit`` images (the first ones; ingest order is by path).
+    ``colour`` False: sizes only, from the files' headers (nothing is decoded); ``colour_surveyed``
+    says so. Colour decides only ``channels: auto`` without a backbone and the warning for
+    ``channels: 1``; decoding 2,000 thumbnails for nothing was a fifth of clean's time on 3,000 photos."""
+    s = ImageSurvey(colour_surveyed=colour)
     for batch in batches:
         for data in batch.column("image").to_pylist():
             if s.surveyed + s.degenerate >= limit:
@@ -70,12 +74,12 @@ def survey_images(batches: Iterable[pa.RecordBatch], *, limit: int = 2000) -> Im
                         continue
                     if img.getexif().get(0x0112) in _QUARTER_TURNS:  # as decode_image will turn it
                         w, h = h, w
-                    colour = _has_colour(img)
+                    has_colour = colour and _has_colour(img)
             except Exception:  # clean sets unreadable files aside itself, with the reason
                 continue
             s.surveyed += 1
             s.sizes.append((h, w))
-            s.colour += int(colour)
+            s.colour += int(has_colour)
     return s
 
 
@@ -84,6 +88,8 @@ def choose_shape(survey: ImageSurvey, *, image_size, channels, max_side: int,
     """((height, width), channels, warnings) for the clean stage; ``auto`` values decided here."""
     warnings: list[str] = []
     if channels == "auto":
+        if not (backbone_input or survey.colour_surveyed):
+            raise ValueError("channels auto without a backbone needs the colour survey (survey_images colour=True)")
         channels = 3 if survey.colour or backbone_input else 1
     if image_size == "auto":
         if backbone_input:

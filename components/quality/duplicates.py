@@ -116,6 +116,7 @@ class NearDuplicateIndex:
         self.query_rows, self.check_pairs = query_rows, check_pairs
         self._reduced: list[np.ndarray] = []
         self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
         self._file = tempfile.TemporaryFile(prefix="trainwise-near-")
         self.rows = 0
 
@@ -123,14 +124,15 @@ class NearDuplicateIndex:
         """Append one embedding (256,) or a batch (m, 256); rows are numbered in order of adding."""
         v = np.asarray(vectors, dtype=np.float32).reshape(-1, EMBED_SIZE * EMBED_SIZE)
         self._pending.append(v)
+        self._pending_rows += len(v)   # a running count: summing the pending list each row was O(n^2)
         self.rows += len(v)
-        if sum(len(p) for p in self._pending) >= 4096:
+        if self._pending_rows >= 4096:
             self._flush()
 
     def _flush(self) -> None:
         if self._pending:
             v = np.concatenate(self._pending)
-            self._pending = []
+            self._pending, self._pending_rows = [], 0
             self._reduced.append(reduce_embedding(v))
             self._file.write(np.ascontiguousarray(v).tobytes())
 

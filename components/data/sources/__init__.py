@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainwise.components.data.contract import DatasetWriter
+from trainwise.components.data.contract import DatasetWriter, pixel_encoding
 from trainwise.components.data.sources.base import RAW_IMAGE_SCHEMA, Source, SourceError, raw_schema
 from trainwise.components.data.sources.digits import digits_source, encode_png
 from trainwise.components.data.sources.folders import image_folder_source, text_folder_source
@@ -68,7 +68,8 @@ class StreamingDatasetWriter(DatasetWriter):
         while table.num_rows:
             if self._writer is None:
                 path = self._tmp / f"part-{len(self._shards):05d}.parquet"
-                self._writer = pq.ParquetWriter(path, self._schema)
+                # encoded files are stored as they are: not snappy-compressed again, not dictionary-encoded
+                self._writer = pq.ParquetWriter(path, self._schema, **pixel_encoding(self._schema))
                 self._shards.append(path)
             rows, nbytes = self._in_shard
             head, table = table.slice(0, self.shard_rows - rows), table.slice(self.shard_rows - rows)
