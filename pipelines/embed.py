@@ -110,7 +110,8 @@ def _embed() -> None:
         except BackboneError as err:
             raise StageError(str(err)) from None
         shape = tuple(split["image_shape"]) if split.get("image_shape") else None
-        common = dict(image_shape=shape, name=name, pretrained=pretrained, seed=t.seed, root=str(stage.root),
+        ids = read_table(src, columns=["id"]).column("id").to_pylist()   # the rows' order, which the vectors keep
+        common = dict(ids=ids, image_shape=shape, name=name, pretrained=pretrained, seed=t.seed, root=str(stage.root),
                       batch_size=e.batch_size, use_gpu=e.use_gpu, log=stage.log, payload=split["payload"])
         cluster = rp.address or os.environ.get("RAY_ADDRESS")
         if split["rows"] < e.ray_min_rows and not cluster:   # too few rows to repay Ray's start-up
@@ -120,7 +121,7 @@ def _embed() -> None:
                       "(< embed.ray_min_rows %d)%s", split["rows"], info.name, info.weights, info.weights_sha256[:12],
                       threads, e.ray_min_rows, _purpose(purpose))
             t0 = time.perf_counter()
-            by_id = embed_in_process(src, threads=threads, **common)
+            got = embed_in_process(src, threads=threads, **common)
             replicas = 0
         else:
             resources = init_ray(address=rp.address, num_cpus=rp.num_cpus, verbose=rp.verbose)
@@ -131,15 +132,14 @@ def _embed() -> None:
             stage.log("embedding %d rows with %s (%s weights, sha256 %s...) on %d replica(s)%s", split["rows"],
                       info.name, info.weights, info.weights_sha256[:12], replicas, _purpose(purpose))
             t0 = time.perf_counter()
-            by_id = embed_images(src, replicas=replicas, cpus_per_replica=e.cpus_per_replica, **common)
+            got = embed_images(src, replicas=replicas, cpus_per_replica=e.cpus_per_replica, **common)
         wall = time.perf_counter() - t0
-        ids = read_table(src, columns=["id"]).column("id").to_pylist()
-        missing = [i for i in ids if i not in by_id]
+        missing = got.missing()
         if missing:
             raise StageError(f"embed: {len(missing)} rows came back without an embedding (e.g. {missing[:3]})")
         head = info.manifest() if purpose == "backbone" else {**info.manifest(), "backbone": None,
                                                               "grouping": info.name}
-        manifest = write_embeddings(out, ids=ids, embeddings=np.stack([by_id[i] for i in ids]),
+        manifest = write_embeddings(out, ids=ids, embeddings=got.matrix,
                                     manifest={**head, "pretrained": pretrained,
                                               "source_content_hash": split["content_hash"],
                                               "replicas": replicas, "wall_s": round(wall, 2)})

@@ -183,9 +183,76 @@ def measured_fit(split: str, *, loader: str, workers: int, storage: str, name: s
             "ray_process_peak_rss": peak["ray_process_rss"]}
 
 
-if __name__ == "__main__":  # python -m tests.stream_data '{"split": ..., "loader": ..., ...}'
+def write_noise_photos(root: str | Path, *, n: int, side: int, stored_side: int, batch: int = 250) -> Path:
+    """data/ingest of ``n`` PNG files of noise, ``side`` pixels square (incompressible: ~3 bytes a
+    pixel on disk, in the object store and in the stream) and data/clean an extension keeping every
+    row but every 7th (as clean sets rows aside), stored at ``stored_side`` (what readers decode to:
+    small, so a model over them is cheap while the files are large); returns the clean folder. For
+    the embed stage's stream."""
+    root = Path(root)
+    rng = np.random.default_rng(0)
+    ids = [f"r{i:07d}" for i in range(n)]
+    with DatasetWriter(root / "ingest", classes=CLASSES) as w:
+        for k in range(0, n, batch):
+            m = min(batch, n - k)
+            w.write(pa.table({"id": ids[k:k + m], "label": pa.array(np.arange(k, k + m) % 2, pa.int64()),
+                              "image": pa.array([_png(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+                                                 for _ in range(m)], pa.binary()),
+                              "source": [f"img/{i}.png" for i in range(k, k + m)]}))
+        w.close(rows_in=n, set_aside=SetAside())
+    kept = [i for i in range(n) if i % 7]
+    with DatasetWriter(root / "clean", classes=CLASSES, base=root / "ingest",
+                       metadata={"image_shape": [stored_side, stored_side, 3], "payload_encoding": ENCODED}) as w:
+        for k in range(0, len(kept), batch):
+            rows = kept[k:k + batch]
+            w.write(pa.table({"id": [ids[i] for i in rows], "label": pa.array([i % 2 for i in rows], pa.int64()),
+                              "group": [ids[i] for i in rows]}))
+        aside = SetAside()
+        for i in range(0, n, 7):
+            aside.add(ids[i], f"img/{i}.png", "duplicate")
+        w.close(rows_in=n, set_aside=aside)
+    return root / "clean"
+
+
+def measured_embed(clean: str, *, object_store_mb: int = 100, batch_size: int = 32) -> dict:
+    """Start Ray (2 CPUs, an object store of ``object_store_mb``), run the embed stage's Ray path
+    (``embed_images``: EfficientNet-Lite0 on two one-CPU replicas) over ``clean``, sampling the
+    object store every 0.2 s. In a process of its own, as :func:`measured_fit`."""
+    import threading
+    import time
+
+    from trainwise.components.data.contract import read_manifest, read_table
+    from trainwise.components.embedding.batch import embed_images
+    from trainwise.components.ray_start import init_ray
+
+    init_ray(num_cpus=2, object_store_memory=object_store_mb * 2**20)
+    peak = {"used": 0}
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.2):
+            peak["used"] = max(peak["used"], _store_stats()["used"])
+
+    threading.Thread(target=sample, daemon=True).start()
+    t0 = time.perf_counter()
+    ids = read_table(clean, columns=["id"]).column("id").to_pylist()
+    out = embed_images(clean, image_shape=tuple(read_manifest(clean)["image_shape"]), name="efficientnet_lite0",
+                       pretrained=True, seed=0, root=".", batch_size=batch_size, replicas=2, cpus_per_replica=1,
+                       use_gpu=False, ids=ids)
+    done.set()
+    end = _store_stats()
+    return {"rows": out.count, "ids": sorted(ids), "missing": out.missing(), "dims": list(out.matrix.shape[1:]),
+            "nonzero_rows": int((np.abs(out.matrix).sum(axis=1) > 0).sum()),
+            "wall_s": round(time.perf_counter() - t0, 1), "store_capacity": end["capacity"],
+            "peak_used": peak["used"], "spilled": end["spilled"]}
+
+
+if __name__ == "__main__":  # python -m tests.stream_data '{"split": ..., "loader": ..., ...}' (or '{"embed": clean}')
     import json
     import sys
 
     args = json.loads(sys.argv[1])
-    print("RESULT " + json.dumps(measured_fit(args.pop("split"), **args)), flush=True)
+    if "embed" in args:
+        print("RESULT " + json.dumps(measured_embed(args.pop("embed"), **args)), flush=True)
+    else:
+        print("RESULT " + json.dumps(measured_fit(args.pop("split"), **args)), flush=True)

@@ -29,6 +29,9 @@ to the rows the chain kept, with their label, by ``id``; photos stored as their 
 decoded in the read task (the one decoder, at the manifest's ``image_shape``) (a small (id, label) table per split travels to the tasks
 through the object store).
 
+The embed stage's Ray path streams the photos to its replicas through :func:`read_stream` too
+(``components/embedding/batch.py``: ``image_stream``).
+
 Splitting across ranks (:class:`StreamingDataConfig`): the train stream is split equally (DDP
 ranks step in lockstep); the validation stream is split too, unequally, so every row is scored
 exactly once and read once per epoch (not once per rank).
@@ -60,7 +63,7 @@ def read_concurrency(node_id: str | None = None) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _open(path: str) -> pq.ParquetFile:
+def open_parquet(path: str) -> pq.ParquetFile:
     if "://" in path:
         import pyarrow.fs
 
@@ -69,9 +72,9 @@ def _open(path: str) -> pq.ParquetFile:
     return pq.ParquetFile(path)
 
 
-def _pieces(paths: list[str]) -> list[dict]:
+def row_group_pieces(paths: list[str]) -> list[dict]:
     """One item per (shard, row group): the unit a read task reads."""
-    return [{"path": p, "row_group": k} for p in paths for k in range(_open(p).metadata.num_row_groups)]
+    return [{"path": p, "row_group": k} for p in paths for k in range(open_parquet(p).metadata.num_row_groups)]
 
 
 def read_pieces(batch: pa.Table, *, columns: list[str], kind: str, rows=None, split: str | None = None,
@@ -85,7 +88,7 @@ def read_pieces(batch: pa.Table, *, columns: list[str], kind: str, rows=None, sp
     if isinstance(rows, ray.ObjectRef):  # Ray Data passes fn_kwargs as they are: fetch it (zero-copy)
         rows = ray.get(rows)
     for path, k in zip(batch.column("path").to_pylist(), batch.column("row_group").to_pylist()):
-        f = _open(path)
+        f = open_parquet(path)
         size = rows_within(f, batch_rows=8192, batch_bytes=BLOCK_BYTES)
         if shape is not None:  # blocks of about BLOCK_BYTES of pixels, not of the files' bytes
             size = max(1, min(size, BLOCK_BYTES // (shape[0] * shape[1] * shape[2])))
@@ -99,10 +102,24 @@ def read_pieces(batch: pa.Table, *, columns: list[str], kind: str, rows=None, sp
                 yield decode_images_in(t, shape, path) if shape is not None and kind == "image" else t
 
 
-def stream_datasets(data_dir: str, kind: str) -> dict:
-    """{"train": Dataset, "val": Dataset} of ``label`` and the ``kind`` payload column, lazy (not executed)."""
+def read_stream(pieces: list[dict], fn, fn_kwargs: dict, *, local: bool = True) -> "ray.data.Dataset":
+    """A lazy dataset of what ``fn`` (a generator of tables) yields for each piece: zero-CPU read tasks,
+    at most one per CPU of the node that reads at once, blocks of about ``BLOCK_BYTES`` (see the module
+    docstring). ``local``: the pieces are files on this (the driver's) node, so the tasks run here."""
     from ray.util.placement_group import NODE_ID_LABEL_KEY
 
+    # Ray's node-id label: Ray 2.60 deprecates scheduling_strategy through (ray_)remote_args
+    node = ray.get_runtime_context().get_node_id() if local else None
+    place = {"label_selector": {NODE_ID_LABEL_KEY: node}} if local else {}
+    ds = ray.data.from_items(pieces, override_num_blocks=max(1, len(pieces))).map_batches(
+        fn, fn_kwargs=fn_kwargs, batch_size=1, batch_format="pyarrow", num_cpus=0,
+        compute=ray.data.TaskPoolStrategy(size=read_concurrency(node)), **place)
+    ds.context.target_max_block_size = BLOCK_BYTES  # this dataset's (a copy of the driver's context)
+    return ds
+
+
+def stream_datasets(data_dir: str, kind: str) -> dict:
+    """{"train": Dataset, "val": Dataset} of ``label`` and the ``kind`` payload column, lazy (not executed)."""
     from trainwise.components.data.contract import encoded_image_shape, payload_dir, read_manifest, read_table
 
     base = data_dir
@@ -111,19 +128,11 @@ def stream_datasets(data_dir: str, kind: str) -> dict:
     shards = [f"{root.rstrip('/')}/{s}" for s in read_manifest(root)["shards"]]
     if local:
         shards = [os.path.abspath(p) for p in shards]
-    pieces = _pieces(shards)
-    # Ray's node-id label: Ray 2.60 deprecates scheduling_strategy through (ray_)remote_args
-    node = ray.get_runtime_context().get_node_id() if local else None
-    place = {"label_selector": {NODE_ID_LABEL_KEY: node}} if local else {}
-    cap = read_concurrency(node)
+    pieces = row_group_pieces(shards)
     shape = encoded_image_shape(base) if local and kind == "image" else None
 
     def stream(**kw):
-        ds = ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
-            read_pieces, fn_kwargs={"kind": kind, "shape": shape, **kw}, batch_size=1, batch_format="pyarrow", num_cpus=0,
-            compute=ray.data.TaskPoolStrategy(size=cap), **place)
-        ds.context.target_max_block_size = BLOCK_BYTES  # this dataset's (a copy of the driver's context)
-        return ds
+        return read_stream(pieces, read_pieces, {"kind": kind, "shape": shape, **kw}, local=local)
 
     if root == base:  # the payload is in this dataset: rows of one split by its split column
         return {s: stream(columns=["label", kind, "split"], split=s) for s in SPLITS}

@@ -81,3 +81,33 @@ def test_tune_trials_stream_too_with_every_cpu_held_by_a_trial(ray_session, tmp_
     assert len(histories) == 2
     for history in histories.values():
         assert [(h["epoch"], h["train/rows"], h["val/rows"]) for h in history] == [(1, 600, 100), (2, 600, 100)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_embed_streams_a_folder_larger_than_the_object_store(tmp_path):
+    """The embed stage's Ray path reads the photos as a stream (zero-CPU read tasks, a row group at a
+    time) while two one-CPU replicas embed them: files of 1.5x the object store pass through it with
+    nothing spilled. Before, every file's bytes were ray.put before the first batch: the store held
+    the folder and spilled the rest. Every kept row (and no row clean set aside) comes back once."""
+    from tests.stream_data import write_noise_photos
+
+    n = 3600
+    clean = write_noise_photos(tmp_path / "data", n=n, side=128, stored_side=32)  # a cheap model, large files
+    files = read_table(clean, columns=["image"], decode=False).nbytes
+    assert files >= 1.4 * STORE_MB * 2**20
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "tests.stream_data",
+                           json.dumps({"embed": str(clean), "object_store_mb": STORE_MB})],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=840)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(lines[-1][len("RESULT "):])
+    print({k: v for k, v in r.items() if k != "ids"}, f"files {files / 1e6:.0f} MB")
+    kept = n - len(range(0, n, 7))
+    assert r["ids"] == sorted(f"r{i:07d}" for i in range(n) if i % 7) and r["dims"] == [1280]
+    assert r["rows"] == r["nonzero_rows"] == kept and r["missing"] == []
+    assert r["store_capacity"] <= 1.05 * STORE_MB * 2**20
+    assert r["spilled"] < 0.1 * files, r
+    assert r["peak_used"] < 0.8 * files, r
