@@ -125,7 +125,7 @@ def make_folder(out: Path, n: int, photos: list[tuple[str, bytes]]) -> int:
     return total
 
 
-def run_size(n: int, photos: list[tuple[str, bytes]], workdir: Path) -> dict:
+def run_size(n: int, photos: list[tuple[str, bytes]], workdir: Path, target: str = "train") -> dict:
     folder = workdir / f"photos-{n}"
     jpeg_bytes = make_folder(folder, n, photos)
     root, env = scratch_project(prefix=f"trainwise-rows-{n}-")
@@ -144,12 +144,12 @@ def run_size(n: int, photos: list[tuple[str, bytes]], workdir: Path) -> dict:
         env = {**env, "PYTHONPATH": f"{probe_dir}:{env['PYTHONPATH']}", "TRAINWISE_PROBE_DIR": str(probe_out)}
         subprocess.run(["git", "add", "-A"], cwd=root, env=env, check=True, capture_output=True)
         t0 = time.perf_counter()
-        proc = subprocess.run(["dvc", "repro", "train"], cwd=root, env=env, capture_output=True, text=True)
+        proc = subprocess.run(["dvc", "repro", target], cwd=root, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if proc.returncode:
-            raise SystemExit(f"dvc repro train failed at {n} rows:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            raise SystemExit(f"dvc repro {target} failed at {n} rows:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         stages = {}
-        for s in STAGES:
+        for s in STAGES[:STAGES.index(target) + 1]:
             m = root / "metrics" / f"{s}.json"
             metrics = json.loads(m.read_text()) if m.exists() else {}
             peak = json.loads((probe_out / f"{s}.json").read_text()) if (probe_out / f"{s}.json").exists() else {}
@@ -201,6 +201,9 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[250, 500, 1000])
     ap.add_argument("--face-mask", type=Path, default=MIRROR)
     ap.add_argument("--refit", action="store_true", help="refit the curve of the committed results file, run nothing")
+    ap.add_argument("--until", default="train", choices=STAGES,
+                    help="`dvc repro` this stage (and those before it) only; not train: results go to "
+                         "photo_rows_until_<stage>.json, the scale table's file is left as it is")
     args = ap.parse_args()
     if args.refit:
         old = json.loads((RESULTS / "photo_rows.json").read_text())
@@ -211,15 +214,21 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="trainwise-photo-rows-") as tmp:
         for n in sorted(args.sizes):
-            rows.append(run_size(n, photos, Path(tmp)))
+            rows.append(run_size(n, photos, Path(tmp), args.until))
             r = rows[-1]
             print(f"{n} photos ({r['jpeg_bytes'] / 2**20:.1f} MB): repro {r['repro_wall_s']} s, data+cache "
                   f"{r['x_jpegs']}x the JPEGs, largest peak RSS {r['largest_peak_rss_mb']} MB", flush=True)
             for s, v in r["stages"].items():
                 print(f"    {s:7} wall {v['wall_s']:7.1f} s  cpu {v['cpu_s']:7.1f} s  peak RSS {v['peak_rss_mb']:7.1f} MB "
                       f"(tree {v['peak_tree_rss_mb']:7.1f})  output {v['output_bytes'] / 2**20:8.1f} MB", flush=True)
-            save(rows, len(photos))   # after each size: a long run cut short keeps what it measured
-    print(json.dumps(fit(rows), indent=1))
+            if args.until == "train":
+                save(rows, len(photos))   # after each size: a long run cut short keeps what it measured
+            else:
+                write_results(RESULTS / f"photo_rows_until_{args.until}.json",
+                              {"until": args.until, "rows": rows, "rss_limit_mb": RSS_LIMIT_MB,
+                               "largest_peak_rss_mb": max(r["largest_peak_rss_mb"] for r in rows)})
+    if args.until == "train":
+        print(json.dumps(fit(rows), indent=1))
 
 
 def save(rows: list[dict], photos_in_folder: int, provenance: dict | None = None) -> None:
