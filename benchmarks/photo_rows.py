@@ -82,6 +82,7 @@ if _stage and _out and b"-m" in _cmd:
     def _done():
         hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
         _peak["single_kb"] = max(_peak["single_kb"], hwm)
+        _peak["self_kb"] = hwm   # the stage's own process (embed's driver), apart from its Ray workers
         json.dump(_peak, open(os.path.join(_out, f"{_stage}.json"), "w"))
     atexit.register(_done)
 '''
@@ -157,6 +158,7 @@ def run_size(n: int, photos: list[tuple[str, bytes]], workdir: Path, target: str
                          "cpu_s": round(metrics.get("cost/cpu_hours_used", 0.0) * 3600, 1),
                          "peak_rss_mb": round(peak.get("single_kb", 0) / 1024, 1),
                          "peak_tree_rss_mb": round(peak.get("tree_kb", 0) / 1024, 1),
+                         "peak_stage_process_rss_mb": round(peak.get("self_kb", 0) / 1024, 1),
                          "output_bytes": _du(root / OUTS[s])}
         clean = json.loads((root / "data" / "clean" / "manifest.json").read_text())
         both = _du(root / "data", root / ".dvc" / "cache")
