@@ -134,7 +134,7 @@ def embed_images(data_dir: str | Path, *, image_shape: tuple[int, int, int] | No
 
 def image_stream(data_dir: str | Path, *, batch_size: int) -> "ray.data.Dataset":
     """The rows of ``data_dir`` as a lazy Ray Data stream of (id, image) blocks (the ``ray_data``
-    training loader's reader, components/training/streaming.py): one read task per Parquet row group
+    training loader's reader, components/data/ray_stream.py): one read task per Parquet row group
     of the dataset holding the photos (data/ingest at the end of the chain), cut on the driver to the
     rows ``data_dir`` keeps by position (the ids are read once here, not matched again in every task).
     Photos travel as their files' bytes and are decoded by the replicas."""
@@ -143,7 +143,7 @@ def image_stream(data_dir: str | Path, *, batch_size: int) -> "ray.data.Dataset"
     import pyarrow.compute as pc
 
     from trainwise.components.data.contract import payload_dir, read_manifest, read_table
-    from trainwise.components.training.streaming import open_parquet, read_stream, row_group_pieces
+    from trainwise.components.data.ray_stream import open_parquet, read_stream, row_group_pieces
 
     data_dir = Path(data_dir).resolve()
     root = Path(payload_dir(data_dir)).resolve()
@@ -163,7 +163,7 @@ def read_image_pieces(batch, *, batch_size: int):
     import pyarrow as pa
 
     from trainwise.components.data.contract import rows_within
-    from trainwise.components.training.streaming import BLOCK_BYTES, open_parquet
+    from trainwise.components.data.ray_stream import BLOCK_BYTES, open_parquet
 
     takes = batch.column("take").to_pylist() if "take" in batch.column_names else [None] * batch.num_rows
     pending: list[pa.Table] = []

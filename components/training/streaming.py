@@ -29,8 +29,8 @@ to the rows the chain kept, with their label, by ``id``; photos stored as their 
 decoded in the read task (the one decoder, at the manifest's ``image_shape``) (a small (id, label) table per split travels to the tasks
 through the object store).
 
-The embed stage's Ray path streams the photos to its replicas through :func:`read_stream` too
-(``components/embedding/batch.py``: ``image_stream``).
+The pieces and the zero-CPU read tasks are ``components/data/ray_stream.py``; the embed stage's Ray
+path streams the photos to its replicas through them too (``components/embedding/batch.py``).
 
 Splitting across ranks (:class:`StreamingDataConfig`): the train stream is split equally (DDP
 ranks step in lockstep); the validation stream is split too, unequally, so every row is scored
@@ -47,36 +47,9 @@ import pyarrow.parquet as pq
 import ray
 import ray.train
 
+from trainwise.components.data.ray_stream import BLOCK_BYTES, open_parquet, read_stream, row_group_pieces
+
 SPLITS = ("train", "val")
-# Blocks of about this size: Ray Data budgets the object store in blocks, and with 16 MiB row-group
-# blocks a 100 MB store overran its budget (89 MiB held by the read, 376 MB spilled in one epoch).
-BLOCK_BYTES = 4 * 2**20
-
-
-def read_concurrency(node_id: str | None = None) -> int:
-    """Read tasks at once per stream: one per CPU of the node they are pinned to (``node_id``), else
-    of the cluster (see the module docstring)."""
-    if node_id is not None:
-        for node in ray.nodes():
-            if node["NodeID"] == node_id and node["Alive"]:
-                return max(1, int(node["Resources"].get("CPU", 1)))
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
-def open_parquet(path: str) -> pq.ParquetFile:
-    if "://" in path:
-        import pyarrow.fs
-
-        fs, inner = pyarrow.fs.FileSystem.from_uri(path)
-        return pq.ParquetFile(fs.open_input_file(inner))
-    return pq.ParquetFile(path)
-
-
-def row_group_pieces(paths: list[str]) -> list[dict]:
-    """One item per (shard, row group): the unit a read task reads."""
-    return [{"path": p, "row_group": k} for p in paths for k in range(open_parquet(p).metadata.num_row_groups)]
-
-
 def read_pieces(batch: pa.Table, *, columns: list[str], kind: str, rows=None, split: str | None = None,
                 shape: tuple[int, int, int] | None = None):
     """A batch of pieces -> tables of ``label`` and ``kind``, about ``BLOCK_BYTES`` each (a
@@ -100,22 +73,6 @@ def read_pieces(batch: pa.Table, *, columns: list[str], kind: str, rows=None, sp
                 t = t.filter(pc.equal(t.column("split"), split)).select(["label", kind])
             if t.num_rows:
                 yield decode_images_in(t, shape, path) if shape is not None and kind == "image" else t
-
-
-def read_stream(pieces: list[dict], fn, fn_kwargs: dict, *, local: bool = True) -> "ray.data.Dataset":
-    """A lazy dataset of what ``fn`` (a generator of tables) yields for each piece: zero-CPU read tasks,
-    at most one per CPU of the node that reads at once, blocks of about ``BLOCK_BYTES`` (see the module
-    docstring). ``local``: the pieces are files on this (the driver's) node, so the tasks run here."""
-    from ray.util.placement_group import NODE_ID_LABEL_KEY
-
-    # Ray's node-id label: Ray 2.60 deprecates scheduling_strategy through (ray_)remote_args
-    node = ray.get_runtime_context().get_node_id() if local else None
-    place = {"label_selector": {NODE_ID_LABEL_KEY: node}} if local else {}
-    ds = ray.data.from_items(pieces, override_num_blocks=max(1, len(pieces))).map_batches(
-        fn, fn_kwargs=fn_kwargs, batch_size=1, batch_format="pyarrow", num_cpus=0,
-        compute=ray.data.TaskPoolStrategy(size=read_concurrency(node)), **place)
-    ds.context.target_max_block_size = BLOCK_BYTES  # this dataset's (a copy of the driver's context)
-    return ds
 
 
 def stream_datasets(data_dir: str, kind: str) -> dict:
